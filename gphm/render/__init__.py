@@ -1,0 +1,13 @@
+"""Differentiable renderers (DESIGN.md §5).
+
+* :func:`rasterize_gaussians` — 3D Gaussian splatting with gsplat's "classic"
+  semantics; pure-torch tiled reference on any device, gsplat on CUDA.
+* :func:`render_mesh` — z-buffer triangle rasterizer with perspective-correct feature
+  interpolation and a soft (antialiased) silhouette; pure torch, nvdiffrast on CUDA
+  when it is installed.
+"""
+
+from gphm.render.gaussians import rasterize_gaussians
+from gphm.render.mesh import MeshRender, render_mesh
+
+__all__ = ["MeshRender", "rasterize_gaussians", "render_mesh"]

@@ -1,0 +1,27 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: creates (once) and activates the
+# project's virtual environment with torch pinned to 2.13.0 (the local CPU wheel) and
+# installs gphm with a constraint file so that no dependency can upgrade torch.
+# Re-running is cheap: the install is skipped while pyproject.toml is unchanged.
+set -euo pipefail
+GPHM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${GPHM_VENV:-$GPHM_ROOT/.venv}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[gphm] creating virtual environment in $VENV"
+    "$PY" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+stamp="$VENV/.gphm-installed"
+want="$(cat "$GPHM_ROOT/pyproject.toml" "$GPHM_ROOT/scripts/_setup_env.sh" | sha1sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[gphm] installing torch==2.13.0 and gphm[dev] (torch pinned by constraint)"
+    constraints="$VENV/constraints.txt"
+    echo "torch==2.13.0" > "$constraints"
+    python -m pip install -q torch==2.13.0
+    python -m pip install -q -c "$constraints" -e "$GPHM_ROOT[dev]"
+    python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} installed, expected 2.13.0')"
+    echo "$want" > "$stamp"
+fi
