@@ -12,6 +12,22 @@ from gphm.geometry.cameras import (
     transform_points,
     world_to_camera,
 )
+from gphm.geometry.marching_tets import marching_tets
+from gphm.geometry.mesh import (
+    edge_list,
+    euler_characteristic,
+    face_normals,
+    is_watertight,
+    knn_mean_distance,
+    laplacian_cotangent,
+    laplacian_uniform,
+    laplacian_vectors,
+    mesh_volume,
+    subdivide_midpoint,
+    subdivide_to_count,
+    vertex_normals,
+)
+from gphm.geometry.pose import solve_pnp, umeyama
 from gphm.geometry.rotations import (
     axis_angle_to_matrix,
     axis_angle_to_quat,
@@ -24,3 +40,52 @@ from gphm.geometry.rotations import (
     quat_to_axis_angle,
     quat_to_matrix,
 )
+from gphm.geometry.tets import grid_edges, tet_edges, tet_grid
+from gphm.geometry.triangulation import (
+    RobustTriangulation,
+    triangulate_dlt,
+    triangulate_robust,
+)
+
+__all__ = [
+    "axis_angle_to_matrix",
+    "axis_angle_to_quat",
+    "camera_centers",
+    "edge_list",
+    "euler_characteristic",
+    "face_normals",
+    "focal_from_fov",
+    "grid_edges",
+    "intrinsics",
+    "invert_viewmat",
+    "is_watertight",
+    "knn_mean_distance",
+    "laplacian_cotangent",
+    "laplacian_uniform",
+    "laplacian_vectors",
+    "look_at",
+    "marching_tets",
+    "matrix_to_axis_angle",
+    "matrix_to_quat",
+    "mesh_volume",
+    "project_points",
+    "quat_conjugate",
+    "quat_multiply",
+    "quat_normalize",
+    "quat_rotate",
+    "quat_to_axis_angle",
+    "quat_to_matrix",
+    "rescale_K",
+    "RobustTriangulation",
+    "solve_pnp",
+    "subdivide_midpoint",
+    "subdivide_to_count",
+    "tet_edges",
+    "tet_grid",
+    "transform_points",
+    "triangulate_dlt",
+    "triangulate_robust",
+    "umeyama",
+    "vertex_normals",
+    "world_to_camera",
+]

@@ -135,11 +135,15 @@ def axis_angle_to_matrix(aa: Tensor) -> Tensor:
     _check_last(aa, 3, "aa")
     theta2 = (aa * aa).sum(-1, keepdim=True)[..., None]  # [..., 1, 1]
     small = theta2 < _SMALL_ANGLE**2
-    # Keep the sqrt argument away from 0 on the branch that is discarded, so its
-    # gradient is never NaN.
-    theta = torch.where(small, torch.ones_like(theta2), theta2).sqrt()
+    # Keep θ² away from 0 on the branch that is discarded (in the sqrt and in the
+    # divisions), so its gradient is never NaN: torch.where multiplies the discarded
+    # branch's gradient by 0, and 0·inf = NaN.
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = theta2_safe.sqrt()
     a = torch.where(small, 1 - theta2 / 6 + theta2**2 / 120, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - torch.cos(theta)) / theta2)
+    b = torch.where(
+        small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - torch.cos(theta)) / theta2_safe
+    )
     K = _skew(aa)
     eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand(K.shape)
     return eye + a * K + b * (K @ K)
@@ -165,8 +169,12 @@ def quat_to_axis_angle(q: Tensor) -> Tensor:
     s2 = (v * v).sum(-1, keepdim=True)
     small = s2 < _SMALL_ANGLE**2
     s = torch.where(small, torch.ones_like(s2), s2).sqrt()
-    # θ = 2·atan2(|v|, w); θ/|v| → 2/w·(1 - |v|²/(3w²)) as |v| → 0.
-    scale = torch.where(small, 2 / w * (1 - s2 / (3 * w * w)), 2 * torch.atan2(s, w) / s)
+    # θ = 2·atan2(|v|, w); θ/|v| → 2/w·(1 - |v|²/(3w²)) as |v| → 0, where w ≈ 1. The
+    # series is evaluated with w replaced by 1 off its branch: at 180° w = 0 exactly and
+    # 2/w would turn the (discarded) gradient into NaN.
+    w_series = torch.where(small, w, torch.ones_like(w))
+    series = 2 / w_series * (1 - s2 / (3 * w_series * w_series))
+    scale = torch.where(small, series, 2 * torch.atan2(s, w) / s)
     return scale * v
 
 

@@ -19,12 +19,23 @@ from pathlib import Path
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent directories are created)."""
+    """Write ``data`` to ``path`` atomically (parent directories are created).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus
+    the umask), not mkstemp's owner-only 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -56,6 +67,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
     except BaseException:

@@ -45,3 +45,15 @@ def test_atomic_directory_overwrite_swaps_contents(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(os.listdir(target)) == ["new.txt"]
     assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_permissions_follow_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "f.txt", "x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "y").write_text("y")
+    finally:
+        os.umask(old)
+    assert p.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
