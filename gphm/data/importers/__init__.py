@@ -1,0 +1,1 @@
+"""Importers converting other capture layouts into the gphm dataset format."""
