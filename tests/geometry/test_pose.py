@@ -115,3 +115,17 @@ def test_solve_pnp_errors():
         solve_pnp(X, uv, K[:2])
     with pytest.raises(ValueError, match=r"points3d must have shape \[N, 3\]"):
         solve_pnp(X[:, :2], uv, K)
+
+
+def test_similarity_matrix_round_trip():
+    import numpy as np
+
+    from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix
+
+    R = axis_angle_to_matrix(torch.tensor([0.3, -1.2, 0.5], dtype=torch.float64)).numpy()
+    M = similarity_matrix(1.7, R, np.array([0.1, -2.0, 3.0]))
+    s, R2, T2 = decompose_similarity(M)
+    assert abs(s - 1.7) < 1e-12 and np.allclose(R2, R) and np.allclose(T2, [0.1, -2.0, 3.0])
+    noisy = R + 1e-3 * np.random.default_rng(0).standard_normal((3, 3))
+    P = nearest_rotation(noisy)
+    assert np.allclose(P @ P.T, np.eye(3)) and np.linalg.det(P) > 0 and np.allclose(P, R, atol=5e-3)

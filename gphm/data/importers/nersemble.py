@@ -59,6 +59,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from gphm.data.format import FORMAT_VERSION, write_dataset
+from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix
 from gphm.geometry.rotations import axis_angle_to_matrix
 
 __all__ = ["CaptureError", "ImportOptions", "import_nersemble"]
@@ -286,24 +287,6 @@ def scan_capture(src: Path, opts: ImportOptions) -> list[_Frame]:
 # ----------------------------------------------------------------------------- geometry
 
 
-def _sim(scale: float, R: np.ndarray, T: np.ndarray) -> np.ndarray:  # [4, 4]
-    M = np.eye(4)
-    M[:3, :3] = scale * R
-    M[:3, 3] = T
-    return M
-
-
-def _project_rotation(A: np.ndarray) -> np.ndarray:  # nearest rotation to A [3, 3]
-    U, _, Vt = np.linalg.svd(A)
-    d = np.sign(np.linalg.det(U @ Vt)) or 1.0
-    return U @ np.diag([1.0, 1.0, d]) @ Vt
-
-
-def _decompose(M: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    s = float(np.cbrt(np.linalg.det(M[:3, :3])))
-    return s, _project_rotation(M[:3, :3] / s), M[:3, 3].copy()
-
-
 def canonical_transform(frames: list[_Frame], opts: ImportOptions) -> tuple[np.ndarray, np.ndarray]:
     """(S [4, 4] source world → dataset world, C [4, 4] canonical → model space)."""
     if opts.canonical == "none":
@@ -313,10 +296,10 @@ def canonical_transform(frames: list[_Frame], opts: ImportOptions) -> tuple[np.n
     radius = float(np.linalg.norm(lmk - c, axis=1).max())
     if radius <= 0:
         raise CaptureError("landmarks: all landmarks coincide; cannot normalise the scale")
-    R0 = _project_rotation(sum(f.pose_R for f in frames)).T  # chordal mean, inverted
+    R0 = nearest_rotation(sum(f.pose_R for f in frames)).T  # chordal mean, inverted
     s0 = opts.landmark_radius / radius
-    S = _sim(s0, R0, -s0 * R0 @ c)
-    P_mean = _sim(
+    S = similarity_matrix(s0, R0, -s0 * R0 @ c)
+    P_mean = similarity_matrix(
         float(np.mean([f.pose_scale for f in frames])),
         R0.T,
         np.mean([f.pose_T for f in frames], axis=0),
@@ -369,7 +352,7 @@ def import_nersemble(
     convention = opts.landmark_convention
     if convention == "auto":
         convention = "ibug68" if L == 68 else f"unknown{L}"
-    _, ct_R, ct_T = _decompose(S)
+    _, ct_R, ct_T = decompose_similarity(S)
     meta = {
         "format_version": FORMAT_VERSION,
         "subjects": subjects,
@@ -390,8 +373,8 @@ def import_nersemble(
 
     def rows() -> Iterator[dict[str, Any]]:
         for fi, f in enumerate(frames):
-            P = _sim(f.pose_scale, f.pose_R, f.pose_T)
-            head_s, head_R, head_T = _decompose(S @ P @ C)
+            P = similarity_matrix(f.pose_scale, f.pose_R, f.pose_T)
+            head_s, head_R, head_T = decompose_similarity(S @ P @ C)
             lmk = f.landmarks @ S[:3, :3].T + S[:3, 3]
             for v in f.views:
                 rgb, mask, (W1, H1) = _read_view(src, v, (W, H))
@@ -402,7 +385,7 @@ def import_nersemble(
                 E[:3] = v.extrinsic
                 viewmat = E @ S_inv
                 viewmat[:3] *= s0  # undo the scale so the camera stays rigid
-                viewmat[:3, :3] = _project_rotation(viewmat[:3, :3])
+                viewmat[:3, :3] = nearest_rotation(viewmat[:3, :3])
                 split = "heldout_view" if v.camera in opts.heldout_cameras else "train"
                 yield {
                     "subject": subjects.index(f.subject),

@@ -1,0 +1,168 @@
+"""Foreground (head) masks: segmentation refined with the face hull, user masks, compositing.
+
+Mask rule (:func:`refine_mask`), from a person-segmentation probability map and the 2D
+face points of the same image (a detector's dense mesh, or 68 landmarks):
+
+1. ``person`` = probability > ``threshold`` (0.5): head, hair, neck, shoulders;
+2. ``hull`` = the filled convex hull of the face points;
+3. keep only the connected components of ``person`` that touch ``hull`` (drops other
+   people and stray blobs), then add ``hull`` itself (the segmenter sometimes misses
+   parts of the face: beards, glasses, hard shadows).
+
+The default segmenter is MediaPipe's selfie segmentation (general 256×256 model, shipped
+inside the wheel). Masks are uint8 [H, W] with 255 = head, 0 = background (the dataset
+format's convention); :func:`composite_on_white` applies one as DESIGN.md §3 says:
+``rgb · m + (1 − m)``, the same formula as :class:`gphm.data.loaders.HeadDataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from gphm.data.preprocess.detectors import (
+    BackendUnavailableError,
+    _import_mediapipe,
+    _protobuf_hint,
+    check_rgb_image,
+)
+
+__all__ = [
+    "MediaPipeSegmenter",
+    "Segmenter",
+    "composite_on_white",
+    "get_segmenter",
+    "hull_mask",
+    "load_mask",
+    "refine_mask",
+]
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """``segment(image uint8 [H, W, 3] RGB) -> float32 [H, W]`` person probability."""
+
+    name: str
+
+    def segment(self, image: np.ndarray) -> np.ndarray: ...
+
+
+class MediaPipeSegmenter:
+    """MediaPipe selfie segmentation (legacy ``solutions`` API), kept warm between calls."""
+
+    name = "mediapipe"
+
+    def __init__(self, model_selection: int = 0):
+        mp = _import_mediapipe()
+        try:
+            self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(
+                model_selection=model_selection
+            )
+        except (AttributeError, TypeError) as err:
+            raise BackendUnavailableError(
+                f"mediapipe selfie segmentation failed to start ({type(err).__name__}: {err})"
+                f"{_protobuf_hint()}"
+            ) from None
+
+    def segment(self, image: np.ndarray) -> np.ndarray:  # [H, W] float32 in [0, 1]
+        image = check_rgb_image(image)
+        prob = self._seg.process(image).segmentation_mask
+        return np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
+
+    def close(self) -> None:
+        self._seg.close()
+
+
+_CACHE: dict[str, Segmenter] = {}
+
+
+def get_segmenter(name: str = "mediapipe") -> Segmenter:
+    """The shared, warm segmenter ``name`` (only ``mediapipe`` exists)."""
+    if name != "mediapipe":
+        raise ValueError(f"unknown segmenter {name!r}; expected 'mediapipe'")
+    if name not in _CACHE:
+        _CACHE[name] = MediaPipeSegmenter()
+    return _CACHE[name]
+
+
+def hull_mask(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # [H, W] bool
+    """Filled convex hull of ``points`` [N, 2] (pixels, centres at i + 0.5) in an (H, W) image.
+
+    Pixels are set where OpenCV's polygon filling puts them (pixels on the boundary
+    included, so the hull may grow by up to a pixel). Non-finite points are ignored;
+    fewer than 3 finite points give an empty mask.
+    """
+    H, W = size
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(1)]
+    out = np.zeros((H, W), dtype=np.uint8)
+    if len(pts) < 3:
+        return out.astype(bool)
+    shift = 4  # sub-pixel vertices: 1/16 px
+    pts_cv = (pts - 0.5) * (1 << shift)  # OpenCV rasterises with pixel centres at integers
+    big = 4 * (H + W) * (1 << shift)  # keep far-away points representable as int32
+    hull = cv2.convexHull(np.clip(np.rint(pts_cv), -big, big).astype(np.int32))
+    cv2.fillConvexPoly(out, hull, 1, lineType=cv2.LINE_8, shift=shift)
+    return out.astype(bool)
+
+
+def refine_mask(
+    prob: np.ndarray,  # [H, W] person probability in [0, 1]
+    face_points: np.ndarray,  # [N, 2] pixels, centres at i + 0.5
+    threshold: float = 0.5,
+) -> np.ndarray:  # [H, W] uint8, 255 = head
+    """Segmentation refined with the face hull (rule in the module docstring)."""
+    if prob.ndim != 2:
+        raise ValueError(f"prob must have shape [H, W], got {prob.shape}")
+    hull = hull_mask(face_points, prob.shape)
+    person = (np.asarray(prob) > threshold).astype(np.uint8)
+    n, labels = cv2.connectedComponents(person, connectivity=8)
+    touching = np.unique(labels[hull & (person > 0)])
+    keep = np.isin(labels, touching[touching > 0]) if n > 1 else np.zeros_like(hull)
+    return ((keep | hull) * 255).astype(np.uint8)
+
+
+def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A user mask [H, W] uint8 (255 = head) from an image file (any mode, converted to L).
+
+    With ``size`` = (H, W) the mask must have that size (a ``ValueError`` names the file
+    and both sizes otherwise): masks are never stretched silently.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: mask not found")
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: not a readable mask image ({err})") from None
+    if size is not None and mask.shape != tuple(size):
+        raise ValueError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW), expected "
+            f"{size[0]}x{size[1]} like its image"
+        )
+    return mask
+
+
+def composite_on_white(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image · m + (1 − m)``: float32 [..., H, W, 3] in [0, 1] on a white background.
+
+    ``image`` [..., H, W, 3] uint8 or float in [0, 1]; ``mask`` [..., H, W] or
+    [..., H, W, 1], uint8 (255 = foreground) or float in [0, 1].
+    """
+    img = np.asarray(image)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    m = np.asarray(mask)
+    m = m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32)
+    if m.ndim == img.ndim - 1:
+        m = m[..., None]
+    if m.shape[:-1] != img.shape[:-1] or m.shape[-1] != 1 or img.shape[-1] != 3:
+        raise ValueError(
+            f"image [..., H, W, 3] and mask [..., H, W(, 1)] disagree: {img.shape} vs "
+            f"{np.shape(mask)}"
+        )
+    return img * m + (1.0 - m)

@@ -1,0 +1,270 @@
+"""Single-image preprocessing: landmarks (MediaPipe), framing, masks, .pts files.
+
+Tests marked by ``mediapipe`` skip when the optional backend is not installed; the rest
+run everywhere (landmarks then come from the canonical template or a .pts file).
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from gphm.data.preprocess import (
+    BackendUnavailableError,
+    Framing,
+    NoFaceError,
+    composite_on_white,
+    detectors,
+    get_detector,
+    hull_mask,
+    prepare_image,
+    read_pts,
+    refine_mask,
+    write_pts,
+)
+from gphm.data.preprocess.detectors import MEDIAPIPE_TO_IBUG68, mediapipe_to_ibug68
+from gphm.data.preprocess.single_image import TRAINING_FOV, similarity_2d, warp_image
+from gphm.data.preprocess.template import framing_points
+
+HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
+needs_mediapipe = pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe not installed")
+#: Where the astronaut's face is in skimage's 512x512 photo (u0, v0, u1, v1), generous.
+ASTRONAUT_FACE = (150, 40, 300, 210)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skdata.astronaut()  # [512, 512, 3] uint8, one frontal face
+
+
+@pytest.fixture(scope="module")
+def detection(astronaut):
+    pytest.importorskip("mediapipe")
+    return get_detector("mediapipe").detect(astronaut, source="astronaut")
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def test_mediapipe_map_is_a_convex_combination():
+    assert MEDIAPIPE_TO_IBUG68.shape == (68, 468)
+    assert (MEDIAPIPE_TO_IBUG68 >= 0).all()
+    np.testing.assert_allclose(MEDIAPIPE_TO_IBUG68.sum(1), 1.0)
+    assert (MEDIAPIPE_TO_IBUG68 > 0).sum(1).max() <= 2  # one vertex or two averaged
+    mesh = np.random.default_rng(0).normal(size=(478, 3))
+    np.testing.assert_allclose(mediapipe_to_ibug68(mesh)[8], mesh[152])  # chin
+    with pytest.raises(ValueError, match="468 or 478"):
+        mediapipe_to_ibug68(mesh[:100])
+
+
+@needs_mediapipe
+def test_astronaut_landmarks(detection):
+    lmk = detection.landmarks68
+    assert lmk.shape == (68, 2) and np.isfinite(lmk).all()
+    assert detection.image_size == (512, 512) and detection.dense.shape == (478, 2)
+    u0, v0, u1, v1 = detection.box
+    assert ((lmk >= [u0 - 1, v0 - 1]) & (lmk <= [u1 + 1, v1 + 1])).all()
+    fu0, fv0, fu1, fv1 = ASTRONAUT_FACE
+    assert fu0 <= u0 < u1 <= fu1 and fv0 <= v0 < v1 <= fv1
+    y = lmk[:, 1]
+    eyes, mouth = y[36:48].mean(), y[48:68].mean()
+    assert y[17:27].mean() < eyes < y[30] < mouth < y[8]  # brows, eyes, nose tip, mouth, chin
+    assert y[8] == y[:17].max()  # the chin is the lowest jaw point
+    # iBUG left/right: 36-41 is the subject's right eye = image left for a frontal face.
+    x = lmk[:, 0]
+    assert x[36:42].mean() < x[27] < x[42:48].mean()
+    assert x[0] < x[8] < x[16] and x[48] < x[51] < x[54] and x[31] < x[33] < x[35]
+    assert x[36] < x[39] < x[42] < x[45]  # outer → inner corner, then inner → outer
+    assert y[37] < y[41] and y[43] < y[47]  # upper lids above lower lids
+
+
+@needs_mediapipe
+def test_detector_is_shared_and_warm():
+    assert get_detector("mediapipe") is get_detector("mediapipe")
+
+
+@needs_mediapipe
+@pytest.mark.parametrize("kind", ["coins", "flat"])
+def test_no_face_is_a_clear_error(kind, tmp_path):
+    if kind == "coins":
+        img = np.repeat(skdata.coins()[..., None], 3, axis=-1)
+    else:
+        img = np.full((256, 256, 3), 200, np.uint8)
+    with pytest.raises(NoFaceError, match="no face found in the image"):
+        get_detector().detect(img)
+    path = tmp_path / f"{kind}.png"
+    Image.fromarray(img).save(path)
+    with pytest.raises(NoFaceError, match=f"no face found in {path}"):
+        prepare_image(path)
+
+
+def test_backend_missing_says_how_to_install(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "mediapipe" else real(n, *a)
+    )
+    monkeypatch.delitem(detectors._CACHE, "mediapipe", raising=False)
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'gphm\[preprocess\]'"):
+        get_detector("mediapipe")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no cached weights
+    with pytest.raises(BackendUnavailableError, match="face.alignment"):
+        detectors.FaceAlignmentDetector()
+    with pytest.raises(ValueError, match="unknown detector 'dlib'"):
+        get_detector("dlib")
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def test_framing_targets():
+    t = Framing().targets(512)  # right eye, left eye, mouth
+    assert TRAINING_FOV == pytest.approx(36.67, abs=0.01)
+    assert t[0, 0] < 256 < t[1, 0] and t[0, 1] == pytest.approx(t[1, 1])
+    assert t[2, 0] == pytest.approx(256, abs=0.5) and t[2, 1] > t[0, 1] + 50
+    np.testing.assert_allclose(Framing().targets(256), t / 2)
+
+
+def test_similarity_2d_recovers_a_similarity():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(10, 2)) * 50
+    th, s, t = 0.4, 1.7, np.array([30.0, -12.0])
+    A = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    M = similarity_2d(src, src @ A.T + t)
+    np.testing.assert_allclose(M, np.c_[A, t], atol=1e-9)
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_2d(np.ones((3, 2)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("scale", [2.3, 0.4])  # enlarge, and shrink (area pre-filter)
+def test_warp_image_pixel_convention(scale):
+    """A bright block lands where the affine map sends its centre (pixel centres at +0.5)."""
+    img = np.zeros((200, 240), np.float32)
+    img[100:104, 60:64] = 1.0  # centre at (62, 102) in our convention
+    th = 0.3
+    A = scale * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    M = np.c_[A, [40.0, -20.0]]
+    out = warp_image(img, M, (300, 300), border="zero")
+    v, u = np.unravel_index(np.argmax(out), out.shape)
+    ys, xs = np.mgrid[: out.shape[0], : out.shape[1]] + 0.5
+    w = out / out.sum()
+    centre = np.array([(w * xs).sum(), (w * ys).sum()])
+    np.testing.assert_allclose(centre, A @ [62.0, 102.0] + M[:, 2], atol=0.3)
+
+
+def _face_photo(rng: np.random.Generator):
+    """A smooth random image and template landmarks placed by a known similarity."""
+    lmk_out = Framing().landmarks(256)
+    th, s, t = -0.2, 1.6, np.array([35.0, 20.0])
+    A = s * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    lmk_in = lmk_out @ A.T + t
+    small = rng.uniform(0, 255, size=(12, 15, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((560, 480), Image.BICUBIC))
+    return img, lmk_in, lmk_out
+
+
+def test_prepare_image_from_pts_file(tmp_path):
+    img, lmk_in, lmk_out = _face_photo(np.random.default_rng(2))
+    pts = write_pts(tmp_path / "face.pts", lmk_in)
+    Image.fromarray(img).save(tmp_path / "face.png")
+    p = prepare_image(tmp_path / "face.png", landmarks=pts, mask="hull", out_size=256)
+    assert p.image.shape == p.rgb.shape == (256, 256, 3) and p.mask.shape == (256, 256, 1)
+    assert p.image.dtype == np.float32 and p.source == str(tmp_path / "face.png")
+    np.testing.assert_allclose(p.landmarks, lmk_out, atol=1e-6)  # an exact similarity
+    np.testing.assert_allclose(framing_points(p.landmarks), Framing().targets(256), atol=1e-6)
+    np.testing.assert_allclose(p.K, Framing().K(256))
+    # Transform back to the input image: landmarks and pixel values.
+    np.testing.assert_allclose(p.map_to_input(p.landmarks), lmk_in, atol=1e-6)
+    np.testing.assert_allclose(p.map_from_input(lmk_in), p.landmarks, atol=1e-6)
+    uv = np.array([[128.5, 140.5], [90.5, 100.5]])
+    src = p.map_to_input(uv) - 0.5  # OpenCV pixel index space
+    for (u, v), (x, y) in zip(uv.astype(int), src):
+        x0, y0 = int(x), int(y)
+        fx, fy = x - x0, y - y0
+        want = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
+                + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)  # fmt: skip
+        np.testing.assert_allclose(p.rgb[v, u] * 255, want, atol=2.0)
+    # mask="hull": inside the face hull, composited on white outside.
+    assert p.mask[int(p.landmarks[30, 1]), int(p.landmarks[30, 0]), 0] == 1.0
+    assert p.mask[2, 2, 0] == 0.0 and np.allclose(p.image[2, 2], 1.0)
+
+
+def test_prepare_image_user_mask_and_errors(tmp_path):
+    img, lmk_in, _ = _face_photo(np.random.default_rng(3))
+    user = np.zeros(img.shape[:2], np.uint8)
+    user[100:400, 150:450] = 255
+    p = prepare_image(img, landmarks=lmk_in, mask=user, out_size=128)
+    assert p.source is None and p.detection is None
+    assert 0.2 < p.mask.mean() < 1.0
+    with pytest.raises(ValueError, match=r"mask: expected uint8 or bool \[480, 560\]"):
+        prepare_image(img, landmarks=lmk_in, mask=user[:10])
+    with pytest.raises(ValueError, match=r"expected 68 finite iBUG landmarks"):
+        prepare_image(img, landmarks=lmk_in[:5], mask="hull")
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        prepare_image(tmp_path / "nothere.png", landmarks=lmk_in)
+    (tmp_path / "broken.png").write_bytes(b"no image")
+    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+        prepare_image(tmp_path / "broken.png", landmarks=lmk_in)
+
+
+@needs_mediapipe
+def test_prepare_image_astronaut(astronaut, detection):
+    p = prepare_image(astronaut, out_size=512)
+    got = framing_points(p.landmarks)
+    want = Framing().targets(512)
+    assert np.abs(got[:2] - want[:2]).max() < 6.0  # eye centres within a few pixels
+    np.testing.assert_allclose(p.map_to_input(p.landmarks), detection.landmarks68, atol=1e-6)
+    nose = p.landmarks[30].astype(int)
+    assert p.mask[nose[1], nose[0], 0] > 0.99  # segmentation + hull cover the face
+    assert p.mask[5, 5, 0] < 0.01  # background (outside the photo: zero border)
+    assert 0.2 < p.mask.mean() < 0.9
+
+
+# ----------------------------------------------------------------------------- files, masks
+
+
+def test_pts_round_trip(tmp_path):
+    lmk = np.random.default_rng(4).uniform(0, 500, size=(68, 2))
+    path = write_pts(tmp_path / "a.pts", lmk)
+    text = path.read_text()
+    assert text.startswith("version: 1\nn_points: 68\n{\n") and text.endswith("}\n")
+    first = [float(v) for v in text.splitlines()[3].split()]
+    np.testing.assert_allclose(first, lmk[0] + 0.5, atol=1e-6)  # iBUG counts pixels from 1
+    np.testing.assert_allclose(read_pts(path), lmk, atol=1e-6)
+    np.testing.assert_allclose(
+        read_pts(write_pts(tmp_path / "b.pts", lmk, 0.0), 0.0), lmk, atol=1e-6
+    )
+    (tmp_path / "bad.pts").write_text("version: 1\nn_points: 3\n{\n1 2\n3 4\n}\n")
+    with pytest.raises(ValueError, match=r"bad.pts: expected 3 'x y' lines"):
+        read_pts(tmp_path / "bad.pts")
+    (tmp_path / "nohead.pts").write_text("{\n1 2\n}\n")
+    with pytest.raises(ValueError, match="nohead.pts: missing or bad 'n_points'"):
+        read_pts(tmp_path / "nohead.pts")
+
+
+def test_hull_and_refined_mask():
+    square = np.array([[10.0, 10.0], [30.0, 10.0], [30.0, 30.0], [10.0, 30.0]])
+    h = hull_mask(square, (40, 50))
+    assert h[10, 10] and h[29, 29] and not h[31, 31] and not h[8, 8]
+    assert 20 * 20 <= h.sum() <= 21 * 21  # OpenCV also fills pixels on the boundary
+    prob = np.zeros((40, 50), np.float32)
+    prob[5:38, 5:35] = 0.9  # the person, touching the face hull
+    prob[2:8, 42:48] = 0.8  # a blob elsewhere: dropped
+    m = refine_mask(prob, square)
+    assert m.dtype == np.uint8 and m[20, 20] == 255 and m[36, 6] == 255 and m[4, 44] == 0
+    prob[:] = 0.0  # segmenter missed the face: the hull alone remains
+    assert (refine_mask(prob, square) > 0).sum() == h.sum()
+
+
+def test_composite_on_white():
+    img = np.full((2, 4, 4, 3), 0.25, np.float32)
+    mask = np.zeros((2, 4, 4), np.uint8)
+    mask[:, :2] = 255
+    out = composite_on_white(img, mask)
+    assert out.shape == (2, 4, 4, 3) and out.dtype == np.float32
+    assert np.allclose(out[:, :2], 0.25) and np.allclose(out[:, 2:], 1.0)
+    np.testing.assert_allclose(composite_on_white(img, mask[..., None] / 510.0)[0, 0, 0], 0.625)
+    with pytest.raises(ValueError, match="disagree"):
+        composite_on_white(img, mask[:, :3])
