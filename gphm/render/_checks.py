@@ -57,3 +57,16 @@ def check_image_size(width: object, height: object) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(width), int(height)  # type: ignore[arg-type]
+
+
+def check_same_dtype(tensors: dict[str, Tensor]) -> torch.dtype:
+    """Check that all ``tensors`` share one dtype; returns it (the first one's)."""
+    names = list(tensors)
+    first = tensors[names[0]].dtype
+    others = {n: t.dtype for n, t in tensors.items() if t.dtype != first}
+    if others:
+        listing = ", ".join(f"{n}: {d}" for n, d in others.items())
+        raise TypeError(
+            f"all floating-point inputs must share one dtype; {names[0]} is {first} but {listing}"
+        )
+    return first

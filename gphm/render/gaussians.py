@@ -1,0 +1,153 @@
+"""Public Gaussian-splatting entry point: validation and backend dispatch (DESIGN.md §5).
+
+Backends:
+
+* ``"torch"`` — tiled pure-torch rasterizer (:mod:`gphm.render._gaussians_torch`), any
+  device, float32 or float64;
+* ``"gsplat"`` — ``gsplat.rasterization(rasterize_mode="classic")`` on CUDA float32
+  tensors (optional dependency: ``pip install gphm[gpu]``);
+* ``"auto"`` — gsplat for CUDA float32 inputs when it imports (otherwise torch, with a
+  warning logged once), torch for everything else.
+
+Both follow gsplat's "classic" semantics; see :mod:`gphm.render._gaussians_torch` for
+the precise rules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from gphm.render._checks import (
+    check_image_size,
+    check_named_dims,
+    check_same_dtype,
+    check_tensor,
+)
+from gphm.render._gaussians_gsplat import INSTALL_HINT, load_gsplat, rasterize_gsplat
+from gphm.render._gaussians_torch import rasterize_torch
+
+__all__ = ["BACKENDS", "rasterize_gaussians", "select_backend"]
+
+BACKENDS = ("auto", "torch", "gsplat")
+_log = logging.getLogger(__name__)
+_warned_fallback = False
+
+
+def select_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Resolve ``backend`` to ``"torch"`` or ``"gsplat"`` for inputs on ``device``/``dtype``.
+
+    Raises with an actionable message when ``"gsplat"`` is asked for but cannot run.
+    """
+    global _warned_fallback
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    gsplat_ok = device.type == "cuda" and dtype == torch.float32
+    if backend == "auto":
+        if not gsplat_ok:
+            return "torch"
+        module, reason = load_gsplat()
+        if module is None:
+            if not _warned_fallback:
+                _log.warning(
+                    "gsplat is unavailable (%s); rasterizing CUDA tensors with the slower "
+                    "torch backend. Install it with `%s`.",
+                    reason,
+                    INSTALL_HINT,
+                )
+                _warned_fallback = True
+            return "torch"
+        return "gsplat"
+    # backend == "gsplat"
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"backend='gsplat' needs CUDA tensors and the gsplat package ({INSTALL_HINT}); "
+            f"got tensors on {device}. Use backend='torch' or 'auto' on this device."
+        )
+    if dtype != torch.float32:
+        raise TypeError(f"backend='gsplat' supports float32 only, got {dtype}; use 'torch'")
+    module, reason = load_gsplat()
+    if module is None:
+        raise ImportError(f"backend='gsplat' needs the gsplat package ({INSTALL_HINT}); {reason}")
+    return "gsplat"
+
+
+def rasterize_gaussians(
+    means: Tensor,  # [N, 3] world coordinates
+    quats: Tensor,  # [N, 4] wxyz rotations, need not be normalised
+    scales: Tensor,  # [N, 3] linear (not log) standard deviations along the local axes
+    opacities: Tensor,  # [N] in [0, 1]
+    features: Tensor,  # [N, D] or [C, N, D] (per camera) features/colours
+    viewmats: Tensor,  # [C, 4, 4] world -> camera, OpenCV (x right, y down, z forward)
+    Ks: Tensor,  # [C, 3, 3] intrinsics in pixels of this image (zero skew)
+    width: int,
+    height: int,
+    backgrounds: Tensor | None = None,  # [C, D]; None = zeros
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
+    """Render 3D Gaussians to ``C`` images of ``D`` channels (gsplat "classic" semantics).
+
+    ``render = Σ wᵢ fᵢ + T·background`` and ``alpha = 1 - T`` with front-to-back weights
+    ``wᵢ = αᵢ Π_{j<i}(1 - αⱼ)``; pixel centres are at ``(i + 0.5, j + 0.5)``. Differentiable
+    in means, quats, scales, opacities, features and backgrounds. The output follows the
+    inputs' device and dtype.
+    """
+    width, height = check_image_size(width, height)
+    dtype = _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
+    chosen = select_backend(backend, means.device, dtype)
+    if means.shape[0] == 0:
+        return _empty_render(features, viewmats.shape[0], width, height, backgrounds)
+    impl = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
+    return impl(means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds)
+
+
+def _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds) -> torch.dtype:
+    """Check shapes, symbolic sizes (N, C, D), dtypes and devices; returns the dtype."""
+    device = means.device if isinstance(means, Tensor) else None
+    check_tensor("means", means, ("N", 3))
+    check_tensor("quats", quats, ("N", 4), device=device)
+    check_tensor("scales", scales, ("N", 3), device=device)
+    check_tensor("opacities", opacities, ("N",), device=device)
+    if not isinstance(features, Tensor) or features.dim() not in (2, 3):
+        got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must have shape [N, D] or [C, N, D], got {got}")
+    check_tensor("features", features, (None,) * features.dim(), device=device)
+    check_tensor("viewmats", viewmats, ("C", 4, 4), device=device)
+    check_tensor("Ks", Ks, ("C", 3, 3), device=device)
+    per_camera = features.dim() == 3
+    named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities}
+    named |= {"features": features, "viewmats": viewmats, "Ks": Ks}
+    if backgrounds is not None:
+        check_tensor("backgrounds", backgrounds, ("C", "D"), device=device)
+        named["backgrounds"] = backgrounds
+    # Symbolic sizes: the axis each argument carries them on.
+    axes = {
+        "N": {"means": 0, "quats": 0, "scales": 0, "opacities": 0, "features": int(per_camera)},
+        "C": {"viewmats": 0, "Ks": 0, "features": 0 if per_camera else None, "backgrounds": 0},
+        "D": {"features": features.dim() - 1, "backgrounds": 1},
+    }
+    for dim, where in axes.items():
+        where = {k: a for k, a in where.items() if k in named and a is not None}
+        check_named_dims({k: named[k] for k in where}, {dim: tuple(where.values())})
+    dtype = check_same_dtype(named)
+    if features.shape[-1] == 0:
+        raise ValueError("features must have at least one channel (D >= 1), got D = 0")
+    if bool((Ks[:, 0, 1] != 0).any()):
+        raise ValueError("Ks must have zero skew (Ks[:, 0, 1] == 0); gsplat ignores it")
+    return dtype
+
+
+def _empty_render(
+    features: Tensor, C: int, width: int, height: int, backgrounds: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """No Gaussians: the background everywhere, without calling a backend."""
+    D = features.shape[-1]
+    bg = backgrounds if backgrounds is not None else features.new_zeros(C, D)
+    # `+ 0·Σfeatures` keeps the output connected to features so backward() still works.
+    render = bg[:, None, None, :].expand(C, height, width, D) + 0.0 * features.sum()
+    alpha = features.new_zeros(C, height, width, 1)
+    return render, alpha
