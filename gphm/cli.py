@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,11 +46,14 @@ def register_config(name: str, schema: type, group: str | None = None) -> None:
 
 
 def _valid_keys(schema: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(schema)  # resolves `from __future__` string annotations
     keys = []
     for f in dataclasses.fields(schema):
+        if f.name == "defaults":  # hydra's defaults list, not an option
+            continue
         keys.append(prefix + f.name)
-        if dataclasses.is_dataclass(f.type):
-            keys += _valid_keys(f.type, prefix + f.name + ".")  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            keys += _valid_keys(hints[f.name], prefix + f.name + ".")
     return keys
 
 
@@ -56,10 +61,21 @@ def _check_keys(schema: type, overrides: Sequence[str]) -> None:
     valid = _valid_keys(schema)
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3)
-            hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            raise UserError(f"unknown option '{key}'.{hint} Valid options: {', '.join(valid)}")
+        if key in valid:
+            continue
+        # List the options at the level of the typo (siblings), not the whole tree.
+        parts = key.split(".")
+        parent = ""
+        for i in range(len(parts) - 1, 0, -1):
+            if ".".join(parts[:i]) in valid:
+                parent = ".".join(parts[:i]) + "."
+                break
+        depth = parent.count(".")
+        siblings = [k for k in valid if k.startswith(parent) and k.count(".") == depth]
+        close = difflib.get_close_matches(key, valid, n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        where = f" under '{parent[:-1]}'" if parent else ""
+        raise UserError(f"unknown option '{key}'.{hint} Valid options{where}: {', '.join(siblings)}")
 
 
 def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = None) -> T:
@@ -86,6 +102,12 @@ def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = N
         cause = err.__cause__ or err
         key = getattr(cause, "full_key", None)
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        missing_option = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+        if missing_option:
+            group, option = missing_option.groups()
+            choices = ConfigStore.instance().list(group)
+            names = ", ".join(sorted(c.removesuffix(".yaml") for c in choices))
+            raise UserError(f"{group}={option} is not a known preset; choose one of: {names}") from None
         raise UserError(f"option {key}: {msg}" if key else msg) from None
     except ValueError as err:  # raised by the schema's __post_init__
         raise UserError(str(err)) from None

@@ -1,0 +1,123 @@
+"""Loss terms (DESIGN.md §2). Pure functions of tensors; weights live in the configs.
+
+Every image term is a mean over pixels *and* batch rows, computed per row and then
+averaged, so a batch split across processes (DDP averages gradients) gives the same
+gradient as one process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gphm.geometry.mesh import laplacian_uniform
+
+__all__ = [
+    "l1",
+    "silhouette_iou",
+    "landmark_mse",
+    "offset_l2",
+    "code_l2",
+    "mesh_laplacian",
+    "sdf_sphere",
+    "sdf_abs",
+    "ssim",
+    "dssim",
+]
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
+    """Mean absolute error."""
+    if pred.shape != target.shape:
+        raise ValueError(f"l1: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    return (pred - target).abs().mean()
+
+
+def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """``mean_b (1 − IoU_b)`` of soft masks ``pred``, ``target`` [B, H, W, 1] in [0, 1]."""
+    if pred.shape != target.shape:
+        raise ValueError(f"silhouette_iou: {list(pred.shape)} vs {list(target.shape)}")
+    dims = tuple(range(1, pred.dim()))
+    inter = (pred * target).sum(dims)
+    union = (pred + target - pred * target).sum(dims)
+    return (1.0 - (inter + eps) / (union + eps)).mean()
+
+
+def landmark_mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, L, 3] x2 -> []
+    """Mean over landmarks of the squared Euclidean distance; NaN targets are ignored."""
+    if pred.shape != target.shape:
+        raise ValueError(f"landmark_mse: {list(pred.shape)} vs {list(target.shape)}")
+    valid = torch.isfinite(target).all(-1)  # [B, L]
+    sq = ((pred - torch.nan_to_num(target)) ** 2).sum(-1)
+    return (sq * valid).sum() / valid.sum().clamp_min(1)
+
+
+def offset_l2(delta: Tensor) -> Tensor:  # [..., 3] -> []
+    """Mean squared norm of per-point offsets."""
+    return (delta**2).sum(-1).mean()
+
+
+def code_l2(code: Tensor) -> Tensor:  # [B, D] -> []
+    """Mean squared norm of latent codes (keeps the auto-decoder's codes near 0)."""
+    return (code**2).sum(-1).mean()
+
+
+def mesh_laplacian(verts: Tensor, faces: Tensor) -> Tensor:  # [..., V, 3], [F, 3] -> []
+    """Uniform Laplacian smoothness of vertex positions."""
+    return laplacian_uniform(verts, faces)
+
+
+def sdf_sphere(sdf: Tensor, points: Tensor, radius: float) -> Tensor:  # [N], [N, 3] -> []
+    """Squared error to the signed distance of a sphere of ``radius`` at the origin.
+
+    Used to pre-fit f_mean so DMTet has a surface to start from.
+    """
+    return ((sdf - (points.norm(dim=-1) - radius)) ** 2).mean()
+
+
+def sdf_abs(sdf: Tensor) -> Tensor:  # [...] -> []
+    """Mean |sdf|: pulls the zero level set through given points (e.g. landmarks)."""
+    return sdf.abs().mean()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(
+    pred: Tensor,  # [B, H, W, C] in [0, 1]
+    target: Tensor,  # [B, H, W, C]
+    window: int = 11,
+    sigma: float = 1.5,
+    reduce: bool = True,
+) -> Tensor:  # [] (or [B, H', W'] map when reduce=False)
+    """Structural similarity (Wang et al. 2004) with a Gaussian window, valid region only.
+
+    Matches ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=1)`` up to border handling (we
+    average over the valid region, skimage crops the same border).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"ssim: {list(pred.shape)} vs {list(target.shape)}")
+    C = pred.shape[-1]
+    x = pred.permute(0, 3, 1, 2)
+    y = target.permute(0, 3, 1, 2)
+    w = _gaussian_window(window, sigma, C, x)
+    mu_x = F.conv2d(x, w, groups=C)
+    mu_y = F.conv2d(y, w, groups=C)
+    sxx = F.conv2d(x * x, w, groups=C) - mu_x**2
+    syy = F.conv2d(y * y, w, groups=C) - mu_y**2
+    sxy = F.conv2d(x * y, w, groups=C) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    s = s.mean(1)  # over channels
+    return s.mean() if reduce else s
+
+
+def dssim(pred: Tensor, target: Tensor) -> Tensor:
+    """``(1 − SSIM) / 2``: the perceptual substitute used when no VGG weights exist."""
+    return (1.0 - ssim(pred, target)) / 2

@@ -1,0 +1,188 @@
+"""Full training state, without pickle: ``RUN/checkpoints/step_XXXXXXXX/``.
+
+Each checkpoint directory holds
+
+* ``model.safetensors`` + ``config.json`` — the model (``save_pretrained``),
+* ``optimizer.safetensors`` + ``optimizer.json`` — the optimiser's state dict, tensors
+  in safetensors and the nested structure (param groups, hyper-parameters) in JSON,
+* ``rng.safetensors`` + ``trainer_state.json`` — torch's CPU/CUDA generator states,
+  Python's and NumPy's RNG states, the step, the stage and free metadata.
+
+A checkpoint is written into a temporary sibling and renamed when complete, so a crash
+never leaves a half-written ``step_*`` behind; the newest complete one is what
+``latest_checkpoint`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from gphm.io.atomic import atomic_directory
+
+__all__ = [
+    "flatten_state",
+    "unflatten_state",
+    "capture_rng",
+    "restore_rng",
+    "save_training_state",
+    "load_training_state",
+    "latest_checkpoint",
+    "prune_checkpoints",
+]
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tuples, tensors, scalars) into a JSON-able
+    skeleton and a flat ``{key: tensor}`` dict. Dict keys become strings; int keys are
+    restored by :func:`unflatten_state`."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x: Any, key: str) -> Any:
+        if isinstance(x, torch.Tensor):
+            tensors[key] = x.detach().contiguous().cpu()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            return {
+                "__dict__": [[k if isinstance(k, str) else {"__int__": k}, walk(v, f"{key}.{k}")]
+                             for k, v in x.items()]
+            }  # fmt: skip
+        if isinstance(x, (list, tuple)):
+            items = [walk(v, f"{key}.{i}") for i, v in enumerate(x)]
+            return {"__tuple__": items} if isinstance(x, tuple) else items
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot serialise {type(x).__name__} at '{key}' without pickle")
+
+    return walk(obj, prefix or "s"), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+        if "__dict__" in skeleton:
+            out = {}
+            for k, v in skeleton["__dict__"]:
+                out[k["__int__"] if isinstance(k, dict) else k] = unflatten_state(v, tensors)
+            return out
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON-able Python/NumPy states, torch generator states)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *map(_py, np_state[2:])],
+    }
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    return meta, tensors
+
+
+def _py(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x
+
+
+def restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_training_state(
+    checkpoints_dir: str | Path,
+    step: int,
+    model: Any,  # a SerializableModule (unwrapped)
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write ``checkpoints_dir/step_{step:08d}`` atomically and return its path."""
+    target = Path(checkpoints_dir) / f"step_{step:08d}"
+    with atomic_directory(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        skeleton, tensors = flatten_state(optimizer.state_dict(), "opt")
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(skeleton))
+        rng_meta, rng_tensors = capture_rng()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        state = {"step": step, "rng": rng_meta, **trainer_state}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    return target
+
+
+def load_training_state(
+    checkpoint: str | Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None,
+) -> dict[str, Any]:
+    """Load weights, optimiser and RNG states from ``checkpoint``; returns trainer state."""
+    checkpoint = Path(checkpoint)
+    required = ["model.safetensors", "optimizer.safetensors", "optimizer.json",
+                "rng.safetensors", "trainer_state.json"]  # fmt: skip
+    missing = [n for n in required if not (checkpoint / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{checkpoint}: incomplete checkpoint, missing {missing}")
+    state = load_file(str(checkpoint / "model.safetensors"))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint}: weights do not fit the model (missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}); was it written with another config?"
+        )
+    if optimizer is not None:
+        skeleton = json.loads((checkpoint / "optimizer.json").read_text())
+        tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+        optimizer.load_state_dict(unflatten_state(skeleton, tensors))
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+    restore_rng(trainer_state.pop("rng"), load_file(str(checkpoint / "rng.safetensors")))
+    return trainer_state
+
+
+def _step_dirs(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for p in checkpoints_dir.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """Newest complete ``step_*`` directory, or None."""
+    dirs = _step_dirs(Path(checkpoints_dir))
+    return dirs[-1][1] if dirs else None
+
+
+def prune_checkpoints(checkpoints_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (``keep <= 0`` keeps all)."""
+    if keep <= 0:
+        return
+    for _, p in _step_dirs(Path(checkpoints_dir))[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)

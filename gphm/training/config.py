@@ -1,0 +1,171 @@
+"""Configuration schemas of ``scripts/train.py`` (hydra structured configs).
+
+``model=tiny|paper`` selects a preset from the ConfigStore group ``model``; any field can
+then be overridden (``model.guidance.tet_resolution=40``). Every field is typed, so a
+typo or a wrong type fails at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from gphm.cli import register_config
+from gphm.models.guidance import GuidanceConfig
+from gphm.models.mlp import MLPConfig
+from gphm.models.upsampler import UpsamplerConfig
+
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "GuidanceLossConfig", "TrainRunConfig"]
+
+STAGES = ("guidance", "gaussian", "all")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    """Preset name (informational)."""
+    lr_size: int = 64
+    """Height of the low-resolution render; hr = lr_size × upsampler factor must equal
+    the dataset's image height."""
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+
+    def __post_init__(self) -> None:
+        if self.lr_size < 8:
+            raise ValueError(f"model.lr_size must be >= 8, got {self.lr_size}")
+
+    @property
+    def hr_size(self) -> int:
+        return self.lr_size * self.guidance.upsampler.factor
+
+
+def tiny_model() -> ModelConfig:
+    """CPU-sized: tet grid 32, lr 64 -> hr 128, 64-wide MLPs."""
+    mlp = MLPConfig(width=64, depth=2)
+    return ModelConfig(
+        name="tiny",
+        lr_size=64,
+        guidance=GuidanceConfig(
+            tet_resolution=32,
+            f_mean=MLPConfig(width=64, depth=3, skips=(), activation="softplus"),
+            mean_feature_dim=16,
+            injected_dim=32,
+            f_inj=mlp,
+            f_id=MLPConfig(width=64, depth=2, zero_init_last=True),
+            f_exp=MLPConfig(width=64, depth=2, zero_init_last=True),
+            f_col=mlp,
+            color_channels=32,
+            upsampler=UpsamplerConfig(factor=2, width=32, blocks=1),
+        ),
+    )
+
+
+def paper_model() -> ModelConfig:
+    """GPU-sized (paper scale): tet grid 128, lr 256 -> hr 512, 256-wide MLPs."""
+    mlp = MLPConfig(width=256, depth=3)
+    return ModelConfig(
+        name="paper",
+        lr_size=256,
+        guidance=GuidanceConfig(
+            tet_resolution=128,
+            f_mean=MLPConfig(width=256, depth=6, skips=(3,), activation="softplus"),
+            mean_feature_dim=64,
+            injected_dim=128,
+            f_inj=mlp,
+            f_id=MLPConfig(width=256, depth=3, zero_init_last=True),
+            f_exp=MLPConfig(width=256, depth=3, zero_init_last=True),
+            f_col=mlp,
+            color_channels=32,
+            upsampler=UpsamplerConfig(factor=2, width=64, blocks=3),
+        ),
+    )
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING
+    """Dataset directory written by make_synthetic.py / import_capture.py."""
+
+
+@dataclass
+class GuidanceLossConfig:
+    """Stage-1 loss weights (DESIGN.md §2)."""
+
+    rgb_hr: float = 1.0
+    """L1 of Ψ's high-resolution RGB."""
+    silhouette: float = 1.0
+    """1 − IoU of the soft mask."""
+    rgb_lr: float = 1.0
+    """L1 of the first three low-resolution feature channels."""
+    landmark: float = 100.0
+    """Squared 3D landmark distance (canonical units ~ head radius 1)."""
+    offset: float = 0.01
+    """||δV_id||² + ||δV_exp||²."""
+    laplacian: float = 1.0
+    """Uniform Laplacian of the posed canonical mesh."""
+    code: float = 1e-3
+    """||z_id||² + ||z_exp||²."""
+    sdf_landmark: float = 0.1
+    """|sdf| at the canonical mean landmarks (keeps the surface through them)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4
+    """Rows per process and step (global batch = batch_size × processes)."""
+    guidance_steps: int = 1500
+    gaussian_steps: int = 1500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    """How many step_* checkpoints to keep (0 keeps all)."""
+    log_every: int = 10
+    preview_every: int = 250
+    lr: float = 2e-3
+    """Adam learning rate of the networks."""
+    code_lr: float = 2e-3
+    """Adam learning rate of identity/expression codes and canonical landmarks."""
+    lr_decay: float = 0.1
+    """Learning-rate factor reached at the last step (exponential schedule)."""
+    sdf_prefit_steps: int = 200
+    """Adam steps fitting f_mean's SDF to a sphere before the main loop."""
+    sdf_prefit_lr: float = 1e-2
+    sdf_prefit_radius: float = 0.7
+    mixed_precision: str = "no"
+    """no | fp16 | bf16 (accelerate)."""
+    cpu: bool = False
+    """Force CPU even when a GPU is present."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "log_every", "preview_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("guidance_steps", "gaussian_steps", "sdf_prefit_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"train.mixed_precision must be no|fp16|bf16, got {self.mixed_precision!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+
+@dataclass
+class TrainRunConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"model": "tiny"}])
+    data: DataConfig = field(default_factory=DataConfig)
+    run_dir: str = MISSING
+    """Run directory; re-running with the same run_dir resumes from its latest checkpoint."""
+    model: ModelConfig = field(default_factory=tiny_model)
+    stage: str = "guidance"
+    """guidance | gaussian | all."""
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: GuidanceLossConfig = field(default_factory=GuidanceLossConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {'|'.join(STAGES)}, got {self.stage!r}")
+
+
+register_config("tiny", tiny_model(), group="model")
+register_config("paper", paper_model(), group="model")

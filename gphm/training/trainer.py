@@ -1,0 +1,292 @@
+"""Stage-1 training with accelerate (DESIGN.md §2, §5).
+
+Determinism and resume: the rows of step ``k`` are a pure function of (seed, k, global
+batch size) — an epoch-seeded permutation cut into global batches, of which process
+``r`` takes ``rows[r::W]`` — and the learning rate is a pure function of ``k``. With the
+model, optimiser and RNG states in the checkpoint, a resumed run repeats exactly what
+the uninterrupted run would have done. Every loss term is a per-row mean, so W
+processes × batch b (DDP averages gradients) equal one process × batch W·b.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from gphm import losses
+from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
+from gphm.io.atomic import atomic_directory, atomic_write_text
+from gphm.io.images import image_grid, save_png
+from gphm.models.guidance import GuidanceModel, GuidanceOutput
+from gphm.training.checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+)
+from gphm.training.config import TrainRunConfig
+from gphm.training.logging import MetricLogger
+
+__all__ = ["TrainingDiverged", "DatasetMismatch", "step_rows", "GuidanceTrainer"]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/Inf; training stopped without applying the step."""
+
+
+class DatasetMismatch(ValueError):
+    """The dataset does not fit the model configuration."""
+
+
+def step_rows(step: int, num_rows: int, global_batch: int, seed: int) -> list[int]:
+    """Dataset rows of global batch ``step`` (all processes together)."""
+    if num_rows < global_batch:
+        raise DatasetMismatch(
+            f"the training split has {num_rows} rows, fewer than the global batch "
+            f"{global_batch} (train.batch_size × processes)"
+        )
+    per_epoch = num_rows // global_batch
+    epoch, k = divmod(step, per_epoch)
+    sampler = DistributedFrameSampler(num_rows, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler.order()[k * global_batch : (k + 1) * global_batch]
+
+
+def canonical_landmark_mean(dataset: HeadDataset, max_rows: int = 256) -> torch.Tensor:
+    """Mean canonical landmarks [L, 3]: world landmarks mapped back through each row's
+    head pose (``x_c = Rᵀ(x_w − T)/s``), averaged over up to ``max_rows`` rows."""
+    rows = range(0, len(dataset), max(1, len(dataset) // max_rows))
+    acc = []
+    for i in rows:
+        it = dataset[i]
+        acc.append((it.landmarks_3d - it.head_T) @ it.head_R / it.head_scale)
+    return torch.stack(acc).nanmean(0)
+
+
+class GuidanceTrainer:
+    """Owns the data, model, optimiser and loop of stage 1 for one ``run_dir``."""
+
+    def __init__(self, cfg: TrainRunConfig, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        self.acc = accelerator or Accelerator(
+            cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision
+        )
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        set_seed(cfg.seed)  # identical initialisation on every process
+        self.dataset = HeadDataset(cfg.data.path, split="train", lr_size=cfg.model.lr_size)
+        hr = self.dataset.hr_size[0]
+        if hr != cfg.model.hr_size:
+            raise DatasetMismatch(
+                f"{cfg.data.path}: images are {hr} px high but model={cfg.model.name} renders "
+                f"{cfg.model.lr_size} -> {cfg.model.hr_size} px; regenerate the data at "
+                f"resolution={cfg.model.hr_size} or set model.lr_size={hr // cfg.model.guidance.upsampler.factor}"
+            )
+        meta = self.dataset.meta
+        self.model = GuidanceModel(
+            cfg.model.guidance, num_subjects=len(meta["subjects"]), num_frames=meta["num_frames"]
+        )
+        if self.model.config.num_landmarks != meta.get("num_landmarks", 68):
+            raise DatasetMismatch(
+                f"{cfg.data.path}: {meta.get('num_landmarks')} landmarks per row, the model "
+                f"expects model.guidance.num_landmarks={self.model.config.num_landmarks}"
+            )
+        codes = [self.model.identity_codes.codes.weight, self.model.expression_codes.codes.weight]
+        codes.append(self.model.landmarks_canonical)
+        code_ids = {id(p) for p in codes}
+        nets = [p for p in self.model.parameters() if id(p) not in code_ids]
+        self.optimizer = torch.optim.Adam(
+            [{"params": nets, "lr": cfg.train.lr}, {"params": codes, "lr": cfg.train.code_lr}]
+        )
+        self.base_lrs = [cfg.train.lr, cfg.train.code_lr]
+        self.total_steps = cfg.train.guidance_steps
+        self.global_batch = cfg.train.batch_size * self.acc.num_processes
+
+    # ------------------------------------------------------------------ set-up
+    def prefit_sdf(self) -> float:
+        """Fit f_mean's SDF to a sphere so DMTet starts from a closed surface.
+
+        Runs identically on every process (same seed, no communication)."""
+        t = self.cfg.train
+        model = self.model
+        opt = torch.optim.Adam(model.f_mean.parameters(), lr=t.sdf_prefit_lr)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        loss = torch.tensor(0.0)
+        bound = model.config.grid_bound
+        for _ in range(t.sdf_prefit_steps):
+            x = (torch.rand(4096, 3, generator=g) * 2 - 1) * bound
+            x = x.to(model.grid_verts.device)
+            loss = losses.sdf_sphere(model.mean_field(x).sdf, x, t.sdf_prefit_radius)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    def _start(self) -> int:
+        """Resume from the latest checkpoint, or initialise; returns the first step."""
+        latest = latest_checkpoint(self.ckpt_dir)
+        if latest is not None:
+            state = load_training_state(latest, self.model, self.optimizer)
+            if state.get("stage") != "guidance":
+                raise DatasetMismatch(f"{latest}: checkpoint of stage {state.get('stage')!r}")
+            self.acc.print(f"[train] resuming from {latest} (step {state['step']})")
+            return int(state["step"])
+        self.model.to(self.acc.device)
+        with torch.no_grad():
+            self.model.landmarks_canonical.copy_(canonical_landmark_mean(self.dataset))
+        loss = self.prefit_sdf()
+        try:
+            faces = self.model.mean_mesh().faces.shape[0]
+        except RuntimeError:
+            faces = 0
+        if faces == 0:
+            raise TrainingDiverged(
+                f"the SDF pre-fit left no surface (loss {loss:.2e} after "
+                f"{self.cfg.train.sdf_prefit_steps} steps); raise train.sdf_prefit_steps"
+            )
+        self.acc.print(f"[train] SDF pre-fit to a sphere: loss {loss:.2e}, {faces} faces")
+        return 0
+
+    # ------------------------------------------------------------------ one step
+    def compute_losses(self, out: GuidanceOutput, batch: HeadBatch) -> dict[str, torch.Tensor]:
+        w = self.cfg.loss
+        d = out.deformation
+        model = self.acc.unwrap_model(self.model)
+        terms = {
+            "rgb_hr": losses.l1(out.rgb, batch.image),
+            "silhouette": losses.silhouette_iou(out.mask, batch.mask_lr),
+            "rgb_lr": losses.l1(out.features[..., :3], batch.image_lr),
+            "landmark": losses.landmark_mse(out.landmarks, batch.landmarks_3d),
+            "offset": losses.offset_l2(d.delta_id) + losses.offset_l2(d.delta_exp),
+            "laplacian": losses.mesh_laplacian(d.points, out.faces),
+            "code": losses.code_l2(model.identity_codes(batch.subject))
+            + losses.code_l2(model.expression_codes(batch.frame)),
+            "sdf_landmark": losses.sdf_abs(model.mean_field(model.landmarks_canonical).sdf),
+        }
+        terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
+        return terms
+
+    def _batch(self, step: int) -> HeadBatch:
+        rows = step_rows(step, len(self.dataset), self.global_batch, self.cfg.seed)
+        local = rows[self.acc.process_index :: self.acc.num_processes]
+        return collate_views([self.dataset[i] for i in local]).to(self.acc.device)
+
+    def _set_lr(self, step: int) -> None:
+        frac = step / max(1, self.total_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.cfg.train.lr_decay**frac
+
+    def _forward(self, batch: HeadBatch) -> GuidanceOutput:
+        h, w = batch.image_lr.shape[1:3]
+        return self.model(
+            batch.subject, batch.frame, batch.head_R, batch.head_T, batch.head_scale,
+            batch.viewmat, batch.K_lr, w, h,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run (or resume) stage 1 to ``train.guidance_steps``.
+
+        ``stop_after`` ends the loop early after that global step, as an interruption
+        would (used by the resume tests); nothing is exported then.
+        """
+        cfg, acc = self.cfg, self.acc
+        start = self._start()
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        logger = MetricLogger(self.run_dir / "logs", enabled=acc.is_main_process)
+        if acc.is_main_process:
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        t0 = time.perf_counter()
+        terms: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
+                   desc="stage 1", disable=not acc.is_local_main_process)  # fmt: skip
+        for step in bar:
+            self._set_lr(step)
+            batch = self._batch(step)
+            out = self._forward(batch)
+            terms = self.compute_losses(out, batch)
+            finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
+            if not bool(finite):
+                self._diverged(step, terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            acc.backward(terms["total"])
+            self.optimizer.step()
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == self.total_steps:
+                scalars = {k: float(v.detach()) for k, v in terms.items()}
+                logger.log(done, scalars, lr=self.optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{1 - scalars['silhouette']:.3f}")
+            if acc.is_main_process and (done % cfg.train.preview_every == 0 or done == self.total_steps):
+                self._preview(done, out, batch)
+            if done % cfg.train.checkpoint_every == 0 or done == self.total_steps:
+                self._checkpoint(done)
+            if stop_after is not None and done >= stop_after:
+                logger.close()
+                return {"stage": "guidance", "stopped_after": done}
+        logger.close()
+        acc.wait_for_everyone()
+        summary = {
+            "stage": "guidance",
+            "steps": self.total_steps,
+            "resumed_from": start,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "final_losses": {k: round(float(v.detach()), 6) for k, v in terms.items()},
+            "processes": acc.num_processes,
+        }
+        if acc.is_main_process:
+            self.export(summary)
+        return summary
+
+    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        last = latest_checkpoint(self.ckpt_dir)
+        raise TrainingDiverged(
+            f"non-finite loss at step {step} (terms: {', '.join(bad) or 'on another process'}); "
+            f"the step was not applied. Last good checkpoint: {last or 'none'}. "
+            "Lower train.lr or check the data."
+        )
+
+    def _checkpoint(self, step: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            save_training_state(self.ckpt_dir, step, model, self.optimizer, {"stage": "guidance"})
+            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def _preview(self, step: int, out: GuidanceOutput, batch: HeadBatch) -> None:
+        n = min(2, len(batch))
+        tiles = []
+        for i in range(n):
+            tiles += [out.rgb[i].detach().float().cpu(), batch.image[i].cpu()]
+        save_png(self.run_dir / "previews" / f"guidance_{step:08d}.png", image_grid(tiles, 2))
+
+    def export(self, summary: dict[str, Any]) -> Path:
+        """Write the self-describing ``RUN/model`` (config.json + model.safetensors)."""
+        model = self.acc.unwrap_model(self.model)
+        meta = self.dataset.meta
+        extra = {
+            "stage": "guidance",
+            "lr_size": self.cfg.model.lr_size,
+            "hr_size": self.cfg.model.hr_size,
+            "subjects": meta["subjects"],
+            "frames": meta["frames"],
+            "expressions": meta.get("expressions"),
+            "landmark_convention": meta.get("landmark_convention"),
+            "train_config": asdict(self.cfg.train),
+            "summary": summary,
+        }
+        target = self.run_dir / "model"
+        with atomic_directory(target, overwrite=True) as tmp:
+            model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
+        return target
+

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from gphm import losses
+
+
+def test_ssim_matches_skimage():
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 48, 3))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
+    ref = structural_similarity(
+        a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=1.0,
+    )  # fmt: skip
+    ours = losses.ssim(torch.from_numpy(a)[None], torch.from_numpy(b)[None])
+    assert abs(float(ours) - ref) < 2e-3
+    assert float(losses.dssim(torch.from_numpy(a)[None], torch.from_numpy(a)[None])) < 1e-6
+
+
+def test_silhouette_iou_is_per_row_mean():
+    full = torch.ones(1, 4, 4, 1)
+    half = torch.zeros(1, 4, 4, 1)
+    half[:, :2] = 1
+    both = losses.silhouette_iou(torch.cat([full, half]), torch.cat([full, full]))
+    assert abs(float(both) - 0.25) < 1e-5  # rows: 1 - 1 = 0 and 1 - 0.5 = 0.5
+
+
+def test_landmark_mse_ignores_nan_targets():
+    pred = torch.zeros(1, 3, 3)
+    target = torch.tensor([[[1.0, 0, 0], [float("nan"), 0, 0], [0, 2.0, 0]]])
+    assert float(losses.landmark_mse(pred, target)) == pytest.approx(2.5)
+
+
+def test_sdf_sphere_zero_for_exact_sdf():
+    x = torch.randn(100, 3)
+    assert float(losses.sdf_sphere(x.norm(dim=-1) - 0.5, x, 0.5)) < 1e-12

@@ -1,0 +1,142 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gphm.cli import UserError, parse_config
+from gphm.models.guidance import GuidanceModel
+from gphm.training.checkpoint import latest_checkpoint
+from gphm.training.config import TrainRunConfig
+from gphm.training.trainer import GuidanceTrainer, TrainingDiverged, step_rows
+
+from .conftest import TINY_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(data, run_dir, *extra):
+    return parse_config(
+        TrainRunConfig, [f"data.path={data}", f"run_dir={run_dir}", *TINY_OVERRIDES, *extra]
+    )
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_step_rows_partition_global_batches():
+    seen = [r for k in range(3) for r in step_rows(k, 7, 2, seed=0)]
+    assert len(seen) == 6 and len(set(seen)) == 6  # one epoch: no repeats
+    assert step_rows(3, 7, 2, seed=0) != step_rows(0, 7, 2, seed=0)  # next epoch reshuffles
+    assert step_rows(5, 7, 2, seed=1) == step_rows(5, 7, 2, seed=1)
+
+
+def test_training_lowers_the_loss_and_exports(tiny_head_dataset, tmp_path):
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", "train.guidance_steps=12", "train.batch_size=2")
+    trainer = GuidanceTrainer(cfg)
+    summary = trainer.train()
+    log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
+    first, last = log[0]["total"], log[-1]["total"]
+    assert last < first, (first, last)
+    model = GuidanceModel.from_pretrained(tmp_path / "run/model")
+    desc = json.loads((tmp_path / "run/model/config.json").read_text())
+    assert desc["extra"]["subjects"] == ["a", "b"] and desc["extra"]["hr_size"] == 32
+    assert model.identity_codes.num_codes == 2 and model.expression_codes.num_codes == 4
+    assert summary["steps"] == 12
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())[-1] == "step_00000012"
+    assert list((tmp_path / "run/previews").glob("guidance_*.png"))
+
+
+def test_resume_is_bit_exact(tiny_head_dataset, tmp_path):
+    extra = ["train.guidance_steps=6", "train.checkpoint_every=3", "train.batch_size=2"]
+    GuidanceTrainer(_cfg(tiny_head_dataset, tmp_path / "full", *extra)).train()
+    interrupted = GuidanceTrainer(_cfg(tiny_head_dataset, tmp_path / "resumed", *extra))
+    interrupted.train(stop_after=3)
+    assert not (tmp_path / "resumed/model").exists()
+    resumed = GuidanceTrainer(_cfg(tiny_head_dataset, tmp_path / "resumed", *extra))
+    summary = resumed.train()
+    assert summary["resumed_from"] == 3
+    a = load_file(str(tmp_path / "full/model/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/model/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_head_dataset, tmp_path):
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", "train.guidance_steps=4", "train.checkpoint_every=2")
+    trainer = GuidanceTrainer(cfg)
+    trainer.train(stop_after=2)
+    good = latest_checkpoint(tmp_path / "run/checkpoints")
+    before = load_file(str(good / "model.safetensors"))
+    cfg.loss.rgb_hr = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 2 \(terms: total\).*step_00000002"):
+        GuidanceTrainer(cfg).train()
+    assert latest_checkpoint(tmp_path / "run/checkpoints") == good
+    after = load_file(str(good / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_config_errors_are_clear(tiny_head_dataset, tmp_path):
+    with pytest.raises(UserError, match="unknown option 'train.bacth_size'"):
+        _cfg(tiny_head_dataset, tmp_path, "train.bacth_size=2")
+    with pytest.raises(UserError, match="model=huge is not a known preset; choose one of: paper, tiny"):
+        _cfg(tiny_head_dataset, tmp_path, "model=huge")
+    with pytest.raises(UserError, match="stage must be one of"):
+        _cfg(tiny_head_dataset, tmp_path, "stage=both")
+
+
+def test_cli_two_steps_and_missing_dataset(tiny_head_dataset, tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts/train.py"), f"run_dir={tmp_path / 'run'}", *TINY_OVERRIDES]
+    ok = subprocess.run(
+        cmd + [f"data.path={tiny_head_dataset}", "train.guidance_steps=2"],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "train: stage guidance 2 steps" in ok.stdout
+    assert (tmp_path / "run/model/model.safetensors").is_file()
+    assert json.loads((tmp_path / "run/train_report.json").read_text())["steps"] == 2
+    bad = subprocess.run(
+        cmd + [f"data.path={tmp_path / 'nope'}"], capture_output=True, text=True, env=_env(), timeout=600
+    )
+    assert bad.returncode == 2
+    assert f"{tmp_path / 'nope'}: dataset directory not found" in bad.stderr
+    mismatch = subprocess.run(
+        cmd + [f"data.path={tiny_head_dataset}", "model.lr_size=32"],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert mismatch.returncode == 2 and "images are 32 px high" in mismatch.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_path):
+    common = [f"data.path={tiny_head_dataset}", *TINY_OVERRIDES, "train.guidance_steps=3"]
+    script = str(ROOT / "scripts/train.py")
+    single = subprocess.run(
+        [sys.executable, script, f"run_dir={tmp_path / 'one'}", "train.batch_size=2", *common],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29517", script,
+    ]  # fmt: skip
+    env = _env() | {"ACCELERATE_USE_CPU": "true"}
+    multi = subprocess.run(
+        launch + [f"run_dir={tmp_path / 'two'}", "train.batch_size=1", *common],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "on 2 process(es)" in multi.stdout
+    a = load_file(str(tmp_path / "one/model/model.safetensors"))
+    b = load_file(str(tmp_path / "two/model/model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
