@@ -1,0 +1,100 @@
+"""Configuration of the synthetic dataset generator (``scripts/make_synthetic.py``).
+
+A dataclass schema for hydra (DESIGN.md §5): ``key=value`` overrides, validated in
+``__post_init__`` with messages that name the option and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import MISSING
+
+from gphm.data.synthetic.params import EXPRESSION_NAMES
+from gphm.data.synthetic.splits import max_heldout_combos
+
+__all__ = ["MakeSyntheticConfig"]
+
+
+@dataclass
+class MakeSyntheticConfig:
+    """Options of ``make_synthetic.py`` (defaults: the demo set, 8 × 8 × 8 at 128 px)."""
+
+    out: str = MISSING
+    """Output dataset directory (created atomically; see ``overwrite``)."""
+    num_identities: int = 8
+    """Number of subjects K (each a random identity)."""
+    num_expressions: int = 8
+    """Number of expression labels E: the first E of EXPRESSION_NAMES (neutral first)."""
+    num_views: int = 8
+    """Number of cameras V (>= 2), spread over ±70° azimuth and ±25° elevation."""
+    resolution: int = 128
+    """Image width = height in pixels: a multiple of 16, at least 32."""
+    seed: int = 0
+    """Seed of every random choice (identities, head poses, held-out pairs)."""
+    heldout_views: Optional[int] = None  # noqa: UP045 (hydra needs Optional[...])
+    """Cameras held out of training (never the most frontal one); default max(1, V // 4)."""
+    heldout_combos_per_subject: Optional[int] = None  # noqa: UP045
+    """Non-neutral expressions held out per subject; default 1 when possible (K >= 2, E >= 3)."""
+    supersample: int = 2
+    """Anti-aliasing: render at supersample × resolution and box-downsample (1..4)."""
+    mesh_frequency: int = 40
+    """Geodesic frequency of the head mesh: 10·f² + 2 vertices (16002 at 40)."""
+    overwrite: bool = False
+    """Replace an existing ``out`` (only once the new dataset is complete)."""
+
+    def __post_init__(self) -> None:
+        n_avail = len(EXPRESSION_NAMES)
+        if self.num_identities < 1:
+            raise ValueError(f"num_identities must be >= 1, got {self.num_identities}")
+        if not 1 <= self.num_expressions <= n_avail:
+            raise ValueError(
+                f"num_expressions must be in 1..{n_avail} (available, in order: "
+                f"{', '.join(EXPRESSION_NAMES)}), got {self.num_expressions}"
+            )
+        if self.num_views < 2:
+            raise ValueError(
+                f"num_views must be >= 2 (one camera can be held out only if another is "
+                f"left for training), got {self.num_views}"
+            )
+        if self.num_views > 64:
+            raise ValueError(f"num_views must be <= 64, got {self.num_views}")
+        if self.resolution < 32 or self.resolution % 16:
+            raise ValueError(
+                f"resolution must be a multiple of 16 and >= 32 (e.g. 64, 128, 256), "
+                f"got {self.resolution}"
+            )
+        if self.resolution > 2048:
+            raise ValueError(f"resolution must be <= 2048, got {self.resolution}")
+        if not 1 <= self.supersample <= 4:
+            raise ValueError(f"supersample must be in 1..4, got {self.supersample}")
+        if not 8 <= self.mesh_frequency <= 100:
+            raise ValueError(f"mesh_frequency must be in 8..100, got {self.mesh_frequency}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        views = self.heldout_views
+        if views is not None and not 0 <= views <= self.num_views - 1:
+            raise ValueError(
+                f"heldout_views must be in 0..{self.num_views - 1} (num_views - 1: at least "
+                f"one camera must stay in training), got {views}"
+            )
+        combos = self.heldout_combos_per_subject
+        limit = max_heldout_combos(self.num_identities, self.num_expressions)
+        if combos is not None and not 0 <= combos <= limit:
+            raise ValueError(
+                f"heldout_combos_per_subject must be in 0..{limit} with num_identities="
+                f"{self.num_identities} and num_expressions={self.num_expressions} (every "
+                f"held-out expression must stay in training for another identity; neutral "
+                f"is never held out), got {combos}"
+            )
+
+    def resolved_heldout_views(self) -> int:
+        if self.heldout_views is not None:
+            return self.heldout_views
+        return max(1, self.num_views // 4)
+
+    def resolved_heldout_combos(self) -> int:
+        if self.heldout_combos_per_subject is not None:
+            return self.heldout_combos_per_subject
+        return min(1, max_heldout_combos(self.num_identities, self.num_expressions))
