@@ -75,7 +75,8 @@ def _check_keys(schema: type, overrides: Sequence[str]) -> None:
         close = difflib.get_close_matches(key, valid, n=3)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         where = f" under '{parent[:-1]}'" if parent else ""
-        raise UserError(f"unknown option '{key}'.{hint} Valid options{where}: {', '.join(siblings)}")
+        listing = ", ".join(siblings)
+        raise UserError(f"unknown option '{key}'.{hint} Valid options{where}: {listing}")
 
 
 def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = None) -> T:
@@ -107,7 +108,8 @@ def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = N
             group, option = missing_option.groups()
             choices = ConfigStore.instance().list(group)
             names = ", ".join(sorted(c.removesuffix(".yaml") for c in choices))
-            raise UserError(f"{group}={option} is not a known preset; choose one of: {names}") from None
+            msg = f"{group}={option} is not a known preset; choose one of: {names}"
+            raise UserError(msg) from None
         raise UserError(f"option {key}: {msg}" if key else msg) from None
     except ValueError as err:  # raised by the schema's __post_init__
         raise UserError(str(err)) from None

@@ -103,15 +103,15 @@ def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
     from gphm.data.loaders import HeadDataset
 
     item = HeadDataset(data, split="train", lr_size=64)[0]
-    target = item["mask_lr"].unsqueeze(0)  # [1, h, w, 1]
+    target = item.mask_lr.unsqueeze(0)  # [1, h, w, 1]
     h, w = target.shape[1:3]
     # Start from a sphere of radius 0.5 in canonical space, placed by the frame's pose.
     verts0, faces, _ = marching_tets(*_sphere_grid(), None)
     verts0 = verts0 * 0.5 / verts0.norm(dim=-1, keepdim=True)
     offsets = torch.zeros_like(verts0, requires_grad=True)
     opt = torch.optim.Adam([offsets], lr=0.01)
-    R, T, s = item["head_R"], item["head_T"], item["head_scale"]
-    viewmat, K = item["viewmat"][None], item["K_lr"][None]
+    R, T, s = item.head_R, item.head_T, item.head_scale
+    viewmat, K = item.viewmat[None], item.K_lr[None]
     masks = []
     for step in range(cfg.fit_steps + 1):
         world = s * (verts0 + offsets) @ R.T + T
@@ -129,7 +129,7 @@ def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
         (loss + 10.0 * smooth).backward()
         opt.step()
     grid = image_grid(
-        [item["image_lr"], target[0].expand(h, w, 3)] + [m.expand(h, w, 3) for m in masks], 4
+        [item.image_lr, target[0].expand(h, w, 3)] + [m.expand(h, w, 3) for m in masks], 4
     )
     save_png(out / "silhouette_fit.png", grid)
     return "silhouette_fit.png"

@@ -62,7 +62,9 @@ class GuidanceConfig:
     injected_dim: int = 64
     """Channels of H = f_inj(Γ, z_id)."""
     f_inj: MLPConfig = field(default_factory=lambda: MLPConfig(width=128, depth=2))
-    f_id: MLPConfig = field(default_factory=lambda: MLPConfig(width=128, depth=2, zero_init_last=True))
+    f_id: MLPConfig = field(
+        default_factory=lambda: MLPConfig(width=128, depth=2, zero_init_last=True)
+    )
     f_exp: MLPConfig = field(
         default_factory=lambda: MLPConfig(width=128, depth=2, zero_init_last=True)
     )

@@ -127,7 +127,7 @@ class TrainConfig:
     """Adam learning rate of identity/expression codes and canonical landmarks."""
     lr_decay: float = 0.1
     """Learning-rate factor reached at the last step (exponential schedule)."""
-    sdf_prefit_steps: int = 200
+    sdf_prefit_steps: int = 100
     """Adam steps fitting f_mean's SDF to a sphere before the main loop."""
     sdf_prefit_lr: float = 1e-2
     sdf_prefit_radius: float = 0.7
@@ -144,7 +144,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"train.mixed_precision must be no|fp16|bf16, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"train.mixed_precision must be no|fp16|bf16, got {self.mixed_precision!r}"
+            )
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
 

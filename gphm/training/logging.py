@@ -23,7 +23,7 @@ class MetricLogger:
             return
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.file = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

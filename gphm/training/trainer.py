@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gphm import losses
+from gphm.cli import write_report
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
@@ -34,6 +35,7 @@ from gphm.training.checkpoint import (
     save_training_state,
 )
 from gphm.training.config import TrainRunConfig
+from gphm.training.evaluate import evaluate_guidance
 from gphm.training.logging import MetricLogger
 
 __all__ = ["TrainingDiverged", "DatasetMismatch", "step_rows", "GuidanceTrainer"]
@@ -89,7 +91,8 @@ class GuidanceTrainer:
             raise DatasetMismatch(
                 f"{cfg.data.path}: images are {hr} px high but model={cfg.model.name} renders "
                 f"{cfg.model.lr_size} -> {cfg.model.hr_size} px; regenerate the data at "
-                f"resolution={cfg.model.hr_size} or set model.lr_size={hr // cfg.model.guidance.upsampler.factor}"
+                f"resolution={cfg.model.hr_size} or set "
+                f"model.lr_size={hr // cfg.model.guidance.upsampler.factor}"
             )
         meta = self.dataset.meta
         self.model = GuidanceModel(
@@ -123,7 +126,7 @@ class GuidanceTrainer:
         loss = torch.tensor(0.0)
         bound = model.config.grid_bound
         for _ in range(t.sdf_prefit_steps):
-            x = (torch.rand(4096, 3, generator=g) * 2 - 1) * bound
+            x = (torch.rand(2048, 3, generator=g) * 2 - 1) * bound
             x = x.to(model.grid_verts.device)
             loss = losses.sdf_sphere(model.mean_field(x).sdf, x, t.sdf_prefit_radius)
             opt.zero_grad(set_to_none=True)
@@ -204,7 +207,8 @@ class GuidanceTrainer:
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         logger = MetricLogger(self.run_dir / "logs", enabled=acc.is_main_process)
         if acc.is_main_process:
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+            atomic_write_text(self.run_dir / "config.yaml", resolved)
         t0 = time.perf_counter()
         terms: dict[str, torch.Tensor] = {}
         bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
@@ -224,8 +228,10 @@ class GuidanceTrainer:
             if done % cfg.train.log_every == 0 or done == self.total_steps:
                 scalars = {k: float(v.detach()) for k, v in terms.items()}
                 logger.log(done, scalars, lr=self.optimizer.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{1 - scalars['silhouette']:.3f}")
-            if acc.is_main_process and (done % cfg.train.preview_every == 0 or done == self.total_steps):
+                iou = 1 - scalars["silhouette"]
+                bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{iou:.3f}")
+            last = done == self.total_steps
+            if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
                 self._preview(done, out, batch)
             if done % cfg.train.checkpoint_every == 0 or done == self.total_steps:
                 self._checkpoint(done)
@@ -244,7 +250,18 @@ class GuidanceTrainer:
         }
         if acc.is_main_process:
             self.export(summary)
+            summary["eval"] = self.evaluate()
         return summary
+
+    def evaluate(self, split: str = "heldout_view") -> dict[str, Any] | None:
+        """Score the exported model on ``split`` into ``RUN/eval/guidance_<split>.json``."""
+        if self.dataset.meta.get("split_sizes", {}).get(split, 0) == 0:
+            return None
+        model = self.acc.unwrap_model(self.model)
+        result = evaluate_guidance(model, self.cfg.data.path, split, self.cfg.model.lr_size,
+                                   device=self.acc.device)  # fmt: skip
+        write_report(self.run_dir / "eval" / f"guidance_{split}.json", result)
+        return result
 
     def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
@@ -289,4 +306,3 @@ class GuidanceTrainer:
         with atomic_directory(target, overwrite=True) as tmp:
             model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
         return target
-

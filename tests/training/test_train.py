@@ -52,6 +52,9 @@ def test_training_lowers_the_loss_and_exports(tiny_head_dataset, tmp_path):
     assert summary["steps"] == 12
     assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())[-1] == "step_00000012"
     assert list((tmp_path / "run/previews").glob("guidance_*.png"))
+    ev = json.loads((tmp_path / "run/eval/guidance_heldout_view.json").read_text())
+    assert ev["n"] == 4 and 0 < ev["silhouette_iou"] <= 1 and ev["mean_mesh"]["watertight"]
+    assert summary["eval"] == ev
 
 
 def test_resume_is_bit_exact(tiny_head_dataset, tmp_path):
@@ -71,13 +74,17 @@ def test_resume_is_bit_exact(tiny_head_dataset, tmp_path):
 
 
 def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_head_dataset, tmp_path):
-    cfg = _cfg(tiny_head_dataset, tmp_path / "run", "train.guidance_steps=4", "train.checkpoint_every=2")
+    cfg = _cfg(
+        tiny_head_dataset, tmp_path / "run", "train.guidance_steps=4", "train.checkpoint_every=2"
+    )
     trainer = GuidanceTrainer(cfg)
     trainer.train(stop_after=2)
     good = latest_checkpoint(tmp_path / "run/checkpoints")
     before = load_file(str(good / "model.safetensors"))
     cfg.loss.rgb_hr = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 2 \(terms: total\).*step_00000002"):
+    with pytest.raises(
+        TrainingDiverged, match=r"non-finite loss at step 2 \(terms: total\).*step_00000002"
+    ):
         GuidanceTrainer(cfg).train()
     assert latest_checkpoint(tmp_path / "run/checkpoints") == good
     after = load_file(str(good / "model.safetensors"))
@@ -87,14 +94,21 @@ def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_head_dataset, tmp_path):
 def test_config_errors_are_clear(tiny_head_dataset, tmp_path):
     with pytest.raises(UserError, match="unknown option 'train.bacth_size'"):
         _cfg(tiny_head_dataset, tmp_path, "train.bacth_size=2")
-    with pytest.raises(UserError, match="model=huge is not a known preset; choose one of: paper, tiny"):
+    with pytest.raises(
+        UserError, match="model=huge is not a known preset; choose one of: paper, tiny"
+    ):
         _cfg(tiny_head_dataset, tmp_path, "model=huge")
     with pytest.raises(UserError, match="stage must be one of"):
         _cfg(tiny_head_dataset, tmp_path, "stage=both")
 
 
 def test_cli_two_steps_and_missing_dataset(tiny_head_dataset, tmp_path):
-    cmd = [sys.executable, str(ROOT / "scripts/train.py"), f"run_dir={tmp_path / 'run'}", *TINY_OVERRIDES]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts/train.py"),
+        f"run_dir={tmp_path / 'run'}",
+        *TINY_OVERRIDES,
+    ]
     ok = subprocess.run(
         cmd + [f"data.path={tiny_head_dataset}", "train.guidance_steps=2"],
         capture_output=True, text=True, env=_env(), timeout=600,
@@ -104,7 +118,11 @@ def test_cli_two_steps_and_missing_dataset(tiny_head_dataset, tmp_path):
     assert (tmp_path / "run/model/model.safetensors").is_file()
     assert json.loads((tmp_path / "run/train_report.json").read_text())["steps"] == 2
     bad = subprocess.run(
-        cmd + [f"data.path={tmp_path / 'nope'}"], capture_output=True, text=True, env=_env(), timeout=600
+        cmd + [f"data.path={tmp_path / 'nope'}"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
     )
     assert bad.returncode == 2
     assert f"{tmp_path / 'nope'}: dataset directory not found" in bad.stderr
