@@ -28,6 +28,7 @@ __all__ = [
     "project_points",
     "camera_centers",
     "invert_viewmat",
+    "orbit_cameras",
 ]
 
 
@@ -153,3 +154,23 @@ def invert_viewmat(viewmats: Tensor) -> Tensor:
 def camera_centers(viewmats: Tensor) -> Tensor:
     """Camera centres [..., 3] in world coordinates from world→camera [..., 4, 4]."""
     return invert_viewmat(viewmats)[..., :3, 3]
+
+
+def orbit_cameras(
+    num: int,
+    radius: float = 3.0,
+    elevation_degrees: float = 10.0,
+    azimuth_range: tuple[float, float] = (0.0, 360.0),
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    endpoint: bool = False,
+) -> Tensor:  # [num, 4, 4] world -> camera
+    """Cameras on a circle around ``target`` (canonical +y up), azimuth 0 on the +z axis
+    (in front of the face), positive azimuth towards +x (the head's left)."""
+    az = torch.linspace(*azimuth_range, num + (0 if endpoint else 1))[:num]
+    az, el = torch.deg2rad(az), torch.deg2rad(torch.tensor(elevation_degrees))
+    t = torch.tensor(target)
+    eye = torch.stack(
+        [radius * el.cos() * az.sin(), radius * el.sin().expand(num), radius * el.cos() * az.cos()],
+        dim=-1,
+    )
+    return look_at(eye + t, t.expand(num, 3))

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory"]
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text", "atomic_directory"]
 
 
 def _umask() -> int:
@@ -25,27 +25,37 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (parent directories are created).
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """``with atomic_output(p) as tmp: write tmp`` — for writers that want a file name.
 
-    The file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus
-    the umask), not mkstemp's owner-only 0600.
+    ``tmp`` is a sibling of ``path`` (same filesystem); on success it gets the
+    permissions a plain ``open(path, "w")`` would give (0666 minus the umask, not
+    mkstemp's 0600) and is renamed to ``path``; on error it is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
+    )
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent directories are created)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gphm.io.atomic import atomic_write_text
+from gphm.io.atomic import atomic_output, atomic_write_text
 
 __all__ = ["SerializableModule", "dataclass_from_dict", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -68,9 +67,8 @@ class SerializableModule(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_NAME}.partial"
-        save_file(state, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_NAME)  # same directory: atomic rename
+        with atomic_output(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
         desc = self.describe() | ({"extra": extra} if extra else {})
         atomic_write_text(directory / CONFIG_NAME, json.dumps(desc, indent=2) + "\n")
         return directory

@@ -110,3 +110,16 @@ def test_bad_shapes():
         rescale_K(torch.zeros(3, 4), 2.0)
     with pytest.raises(ValueError, match=r"points must have shape \[\.\.\., N, 3\]"):
         transform_points(torch.eye(4), torch.zeros(5, 2))
+
+
+def test_orbit_cameras_face_the_target():
+    from gphm.geometry.cameras import orbit_cameras
+
+    vm = orbit_cameras(8, radius=2.0, elevation_degrees=20.0)
+    K = intrinsics(50.0, 50.0, 32.0, 32.0).expand(8, 3, 3)
+    uv, z = project_points(torch.zeros(8, 1, 3), vm, K)
+    assert torch.allclose(uv, torch.full_like(uv, 32.0), atol=1e-4)
+    assert torch.allclose(z, torch.full_like(z, 2.0), atol=1e-5)
+    # azimuth 0 is in front of the face (+z), the next camera moves towards +x
+    centers = camera_centers(vm)
+    assert centers[0, 2] > 0 and abs(float(centers[0, 0])) < 1e-5 and centers[0, 1] > 0

@@ -33,3 +33,18 @@ def test_load_image_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="bad.png"):
         load_image(tmp_path / "bad.png")
+
+
+def test_save_mp4_round_trip(tmp_path):
+    import imageio.v2 as imageio
+
+    from gphm.io.video import save_mp4
+
+    frames = [torch.full((16, 24, 3), i / 4) for i in range(5)]
+    p = save_mp4(tmp_path / "v.mp4", frames, fps=10)
+    back = imageio.mimread(p)
+    assert len(back) == 5 and back[0].shape == (16, 24, 3)
+    assert abs(int(back[4].mean()) - 255) < 8
+    with pytest.raises(ValueError, match="no frames"):
+        save_mp4(tmp_path / "e.mp4", [])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["v.mp4"]
