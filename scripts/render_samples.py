@@ -13,7 +13,7 @@
    gradients reach vertex positions through the soft mask.
 
 Writes PNGs, ``samples.json`` (timings, mesh statistics, IoU before/after) and
-``index.md`` into ``out``.
+``samples.md`` into ``out``.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(cfg: SamplesConfig) -> dict:
     fit_png = _silhouette_fit(cfg, out, report)
     write_report(out / "samples.json", report)
     lines = [
-        "# gphm demo",
+        "# Renderer and geometry showcase",
         "",
         "Renderer and geometry showcase (`scripts/render_samples.py`).",
         "",
@@ -234,7 +234,7 @@ def main(cfg: SamplesConfig) -> dict:
             f"![fit]({fit_png})",
             "",
         ]
-    atomic_write_text(out / "index.md", "\n".join(lines))
+    atomic_write_text(out / "samples.md", "\n".join(lines))
     return report
 
 
