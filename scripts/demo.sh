@@ -14,10 +14,10 @@
 set -euo pipefail
 . "$(dirname "$0")/_setup_env.sh"
 cd "$GPHM_ROOT"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 OUT="${GPHM_DEMO_OUT:-outputs/demo}"
 DATA="${GPHM_DEMO_DATA:-data/synthetic}"
-STEPS="${GPHM_DEMO_STEPS:-600}"
+STEPS="${GPHM_DEMO_STEPS:-500}"
 mkdir -p "$OUT"
 start=$(date +%s)
 

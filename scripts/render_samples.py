@@ -76,7 +76,7 @@ def head_sdf(x: torch.Tensor) -> torch.Tensor:  # x [N, 3] -> [N]
     """A rough head in canonical space (+y up, +z face): cranium, jaw, nose, ears."""
     d = _ellipsoid(x, (0.0, 0.12, -0.02), (0.62, 0.7, 0.72))
     d = _smooth_union(d, _ellipsoid(x, (0.0, -0.3, 0.12), (0.45, 0.42, 0.5)))
-    d = _smooth_union(d, _ellipsoid(x, (0.0, -0.02, 0.62), (0.08, 0.17, 0.12)), 0.05)
+    d = _smooth_union(d, _ellipsoid(x, (0.0, -0.02, 0.72), (0.08, 0.16, 0.14)), 0.05)
     for side in (-1.0, 1.0):
         d = _smooth_union(d, _ellipsoid(x, (side * 0.61, 0.02, -0.05), (0.06, 0.17, 0.1)), 0.04)
     return d
@@ -93,7 +93,7 @@ def _cameras(n: int, size: int, dist: float = 3.0) -> tuple[torch.Tensor, torch.
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     inter = (a * b).sum()
-    return float(inter / (a + b - a * b).sum().clamp_min(1e-8))
+    return float((inter / (a + b - a * b).sum().clamp_min(1e-8)).detach())
 
 
 def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
@@ -176,7 +176,7 @@ def main(cfg: SamplesConfig) -> dict:
         image_grid(list(depth.expand(-1, -1, -1, 3)) + list(r.mask.expand(-1, -1, -1, 3)), 4),
     )
 
-    scales = knn_mean_distance(verts, k=3).clamp_min(1e-4)[:, None].expand(-1, 3) * 0.7
+    scales = knn_mean_distance(verts, k=3).clamp_min(1e-4)[:, None].expand(-1, 3)
     quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(verts.shape[0], 4)
     opacities = torch.full((verts.shape[0],), 0.9)
     t0 = time.perf_counter()
