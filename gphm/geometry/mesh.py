@@ -14,12 +14,15 @@ Functions never modify their inputs. Everything differentiable in ``verts`` stay
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
 __all__ = [
+    "uv_sphere",
     "face_normals",
     "vertex_normals",
     "edge_list",
@@ -269,3 +272,28 @@ def is_watertight(faces: Tensor) -> bool:  # [F, 3]
     rev = torch.sort(b * n + a).values
     no_repeat = bool((fwd[1:] != fwd[:-1]).all())
     return no_repeat and torch.equal(fwd, rev)
+
+
+def uv_sphere(
+    n_seg: int, n_ring: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:  # verts [V, 3], faces [F, 3]
+    """Unit UV sphere (poles on ±y): ``2·n_seg·(n_ring − 1)`` triangles, CCW seen from
+    outside, watertight; vertices lie exactly on the sphere."""
+    th = torch.linspace(0, math.pi, n_ring + 1, dtype=dtype)[1:-1]
+    ph = torch.arange(n_seg, dtype=dtype) * 2 * math.pi / n_seg
+    st, ct = th.sin()[:, None], th.cos()[:, None]
+    ring = torch.stack([st * ph.sin(), ct.expand(-1, n_seg), st * ph.cos()], -1)
+    top, bottom = torch.tensor([[0, 1, 0]], dtype=dtype), torch.tensor([[0, -1, 0]], dtype=dtype)
+    verts = torch.cat([top, ring.reshape(-1, 3), bottom])
+    s = torch.arange(n_seg)
+
+    def idx(r, k):
+        return 1 + r * n_seg + k % n_seg
+
+    faces = [torch.stack([torch.zeros_like(s), idx(0, s), idx(0, s + 1)], -1)]
+    for r in range(n_ring - 2):
+        a, b, c, d = idx(r, s), idx(r, s + 1), idx(r + 1, s), idx(r + 1, s + 1)
+        faces += [torch.stack([a, c, b], -1), torch.stack([b, c, d], -1)]
+    last = torch.full_like(s, len(verts) - 1)
+    faces.append(torch.stack([idx(n_ring - 2, s), last, idx(n_ring - 2, s + 1)], -1))
+    return verts, torch.cat(faces)

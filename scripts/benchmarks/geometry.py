@@ -7,39 +7,17 @@ Each figure is the median of a few runs after one warm-up run, in seconds.
 
 from __future__ import annotations
 
-import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from benchmarks._timing import bench_threads, median_time
 from gphm.geometry.marching_tets import marching_tets
 from gphm.geometry.mesh import knn_mean_distance, subdivide_midpoint
 from gphm.geometry.tets import _cached_grid, tet_grid
 
 TARGETS_S = {"marching_tets_64": 0.5, "marching_tets_128": 4.0}
 SPHERE_RADIUS = 0.8
-
-
-def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _threads() -> int:
-    for var in ("GPHM_BENCH_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            torch.set_num_threads(int(os.environ[var]))
-            break
-    return torch.get_num_threads()
 
 
 def _bench_marching_tets(res: int, repeats: int) -> tuple[dict, tuple]:
@@ -54,8 +32,8 @@ def _bench_marching_tets(res: int, repeats: int) -> tuple[dict, tuple]:
 
     mv, faces, _ = marching_tets(verts, sdf, tets)
     timings = {
-        f"marching_tets_{res}": _median_time(lambda: marching_tets(verts, sdf, tets), repeats),
-        f"marching_tets_fwd_bwd_{res}": _median_time(fwd_bwd, repeats),
+        f"marching_tets_{res}": median_time(lambda: marching_tets(verts, sdf, tets), repeats),
+        f"marching_tets_fwd_bwd_{res}": median_time(fwd_bwd, repeats),
         f"marching_tets_{res}_mesh": {"verts": mv.shape[0], "faces": faces.shape[0]},
     }
     return timings, (mv, faces)
@@ -63,7 +41,7 @@ def _bench_marching_tets(res: int, repeats: int) -> tuple[dict, tuple]:
 
 def run(quick: bool = False) -> dict:
     """Time the geometry kernels; returns a JSON-able dict (seconds unless named)."""
-    threads = _threads()
+    threads = bench_threads()
     repeats = 2 if quick else 5
     grid_res = (32, 64) if quick else (32, 64, 128)
     mt_res = (64,) if quick else (64, 128)
@@ -82,8 +60,8 @@ def run(quick: bool = False) -> dict:
             _cached_grid.cache_clear()
             tet_grid(res)
 
-        out[f"tet_grid_build_{res}"] = _median_time(cold_build, repeats=max(1, repeats - 2))
-        out[f"tet_grid_cached_{res}"] = _median_time(lambda res=res: tet_grid(res), repeats)
+        out[f"tet_grid_build_{res}"] = median_time(cold_build, repeats=max(1, repeats - 2))
+        out[f"tet_grid_cached_{res}"] = median_time(lambda res=res: tet_grid(res), repeats)
 
     mesh = None
     for res in mt_res:
@@ -94,12 +72,12 @@ def run(quick: bool = False) -> dict:
             out[f"{key}_within_target"] = out[key] <= target
 
     mv, faces = mesh
-    out["subdivide_midpoint"] = _median_time(lambda: subdivide_midpoint(mv, faces), repeats)
+    out["subdivide_midpoint"] = median_time(lambda: subdivide_midpoint(mv, faces), repeats)
     out["subdivide_midpoint_mesh"] = {"verts": mv.shape[0], "faces": faces.shape[0]}
 
     n_points = 20_000 if quick else 200_000
     points = torch.rand(n_points, 3)
-    out["knn_mean_distance"] = _median_time(lambda: knn_mean_distance(points, 3), repeats)
+    out["knn_mean_distance"] = median_time(lambda: knn_mean_distance(points, 3), repeats)
     out["knn_mean_distance_points"] = n_points
     return out
 

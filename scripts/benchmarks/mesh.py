@@ -21,16 +21,14 @@ of view (it covers ~60% of the image), 32-channel vertex features, one view (B =
 from __future__ import annotations
 
 import ctypes
-import math
-import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks._timing import bench_threads, median_time
 from gphm.geometry.cameras import focal_from_fov, intrinsics, look_at
+from gphm.geometry.mesh import uv_sphere
 from gphm.render import _mesh_nvdiffrast
 from gphm.render.mesh import render_mesh
 
@@ -38,50 +36,7 @@ TARGETS_S = {"faces_50000_res_256_forward_backward": 0.5}
 CHANNELS = 32
 
 
-def uv_sphere(n_seg: int, n_ring: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit UV sphere with ``2 * n_seg * (n_ring - 1)`` triangles, outward CCW."""
-    th = torch.linspace(0, math.pi, n_ring + 1)[1:-1]
-    ph = torch.arange(n_seg) * 2 * math.pi / n_seg
-    st, ct = th.sin()[:, None], th.cos()[:, None]
-    ring = torch.stack([st * ph.sin(), ct.expand(-1, n_seg), st * ph.cos()], -1)
-    verts = torch.cat(
-        [torch.tensor([[0.0, 1, 0]]), ring.reshape(-1, 3), torch.tensor([[0.0, -1, 0]])]
-    )
-    s = torch.arange(n_seg)
-
-    def idx(r, k):
-        return 1 + r * n_seg + k % n_seg
-
-    faces = [torch.stack([torch.zeros_like(s), idx(0, s), idx(0, s + 1)], -1)]
-    for r in range(n_ring - 2):
-        a, b, c, d = idx(r, s), idx(r, s + 1), idx(r + 1, s), idx(r + 1, s + 1)
-        faces += [torch.stack([a, c, b], -1), torch.stack([b, c, d], -1)]
-    last = torch.full_like(s, len(verts) - 1)
-    faces.append(torch.stack([idx(n_ring - 2, s), last, idx(n_ring - 2, s + 1)], -1))
-    return verts, torch.cat(faces)
-
-
 SPHERES = {5000: (50, 51), 50000: (200, 126)}  # faces -> (segments, rings)
-
-
-def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _threads() -> int:
-    for var in ("GPHM_BENCH_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            torch.set_num_threads(int(os.environ[var]))
-            break
-    return torch.get_num_threads()
 
 
 def _proc_kb(field: str) -> int:
@@ -140,15 +95,15 @@ def _bench_case(faces_n: int, res: int, device: torch.device, backend: str, repe
         "resolution": res,
         "channels": CHANNELS,
         "coverage": float((out.face_ids >= 0).float().mean()),
-        "forward_s": _median_time(forward, repeats, sync),
-        "forward_backward_s": _median_time(forward_backward, repeats, sync),
+        "forward_s": median_time(forward, repeats, sync=sync),
+        "forward_backward_s": median_time(forward_backward, repeats, sync=sync),
         "peak_mem_mb": _peak_mem_mb(forward_backward, device),
     }
 
 
 def run(quick: bool = False) -> dict:
     """Time ``render_mesh``; returns a JSON-able dict (seconds, MiB)."""
-    threads = _threads()
+    threads = bench_threads()
     repeats = 3 if quick else 7
     runs = [("cpu", "torch")]
     if torch.cuda.is_available():

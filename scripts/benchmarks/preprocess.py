@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import statistics
 import time
-from collections.abc import Callable
+
+from benchmarks._timing import median_time
 
 TARGETS_S = {"landmarks_512": 0.100}
-
-
-def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run(quick: bool = False) -> dict:
@@ -47,10 +36,10 @@ def run(quick: bool = False) -> dict:
     detector.detect(image)
     out["available"] = True
     out["first_call_s"] = time.perf_counter() - t0
-    out["landmarks_512"] = _median_time(lambda: detector.detect(image), repeats)
-    out["segmentation_512"] = _median_time(lambda: segmenter.segment(image), repeats)
-    out["prepare_image_512"] = _median_time(
-        lambda: prepare_image(image, out_size=512), max(3, repeats // 5)
+    out["landmarks_512"] = median_time(lambda: detector.detect(image), repeats, warmup=3)
+    out["segmentation_512"] = median_time(lambda: segmenter.segment(image), repeats, warmup=3)
+    out["prepare_image_512"] = median_time(
+        lambda: prepare_image(image, out_size=512), max(3, repeats // 5), warmup=3
     )
     for key, target in TARGETS_S.items():
         out[f"{key}_within_target"] = out[key] <= target

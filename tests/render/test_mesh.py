@@ -9,33 +9,12 @@ import pytest
 import torch
 
 from gphm.geometry.cameras import focal_from_fov, intrinsics, look_at, world_to_camera
+from gphm.geometry.mesh import uv_sphere
 from gphm.render._mesh_torch import _rasterize_naive
 from gphm.render.mesh import MeshRender, render_mesh
 
 # ----------------------------------------------------------------------------------------
 # helpers
-
-
-def uv_sphere(n_seg: int, n_ring: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit UV sphere, vertices on the sphere, CCW seen from outside, watertight."""
-    th = torch.linspace(0, math.pi, n_ring + 1, dtype=dtype)[1:-1]
-    ph = torch.arange(n_seg, dtype=dtype) * 2 * math.pi / n_seg
-    st, ct = th.sin()[:, None], th.cos()[:, None]
-    ring = torch.stack([st * ph.sin(), ct.expand(-1, n_seg), st * ph.cos()], -1)
-    top, bottom = torch.tensor([[0, 1, 0]], dtype=dtype), torch.tensor([[0, -1, 0]], dtype=dtype)
-    verts = torch.cat([top, ring.reshape(-1, 3), bottom])
-    s = torch.arange(n_seg)
-
-    def idx(r, k):
-        return 1 + r * n_seg + k % n_seg
-
-    faces = [torch.stack([torch.zeros_like(s), idx(0, s), idx(0, s + 1)], -1)]
-    for r in range(n_ring - 2):
-        a, b, c, d = idx(r, s), idx(r, s + 1), idx(r + 1, s), idx(r + 1, s + 1)
-        faces += [torch.stack([a, c, b], -1), torch.stack([b, c, d], -1)]
-    last = torch.full_like(s, len(verts) - 1)
-    faces.append(torch.stack([idx(n_ring - 2, s), last, idx(n_ring - 2, s + 1)], -1))
-    return verts, torch.cat(faces)
 
 
 def cube(dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +102,7 @@ def test_linear_field_float32():
 
 
 def test_sphere_depth_matches_ray_sphere_intersection():
-    verts, faces = uv_sphere(48, 24)
+    verts, faces = uv_sphere(48, 24, torch.float64)
     viewmat, K = camera((0.3, 0.5, 3.0), 64)
     out = render1(verts, faces, viewmat, K, 64)
     rays = pixel_rays(K, 64, 64)  # camera frame, z = 1
@@ -211,7 +190,7 @@ def convex_hull_inside(points: torch.Tensor, query: torch.Tensor, margin: float)
 
 @pytest.mark.parametrize("mesh", ["sphere", "cube"])
 def test_closed_convex_mesh_has_no_holes(mesh):
-    verts, faces = uv_sphere(40, 20) if mesh == "sphere" else cube()
+    verts, faces = uv_sphere(40, 20, torch.float64) if mesh == "sphere" else cube()
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         eye = torch.randn(3, generator=g, dtype=torch.float64)
@@ -291,7 +270,7 @@ def test_near_plane_drops_triangles():
 def test_chunked_rasterization_matches_single_chunk():
     from gphm.render import _mesh_torch
 
-    verts, faces = uv_sphere(24, 12)
+    verts, faces = uv_sphere(24, 12, torch.float64)
     viewmat, K = camera((0.5, 0.4, 2.5), 40)
     uv, z = _mesh_torch.project_vertices(verts[None], viewmat[None], K[None])
     setup = _mesh_torch.setup_faces(uv, z, faces, 1e-2)
@@ -342,7 +321,7 @@ def test_camera_convention_right_is_right_and_up_is_up():
 
 @pytest.mark.parametrize("B", [1, 2, 3])
 def test_batch_matches_single_views(B):
-    verts, faces = uv_sphere(16, 8)
+    verts, faces = uv_sphere(16, 8, torch.float64)
     g = torch.Generator().manual_seed(B)
     verts_b = verts[None] * (1 + 0.2 * torch.rand(B, 1, 3, generator=g, dtype=torch.float64))
     feats = torch.rand(B, len(verts), 4, generator=g, dtype=torch.float64)
@@ -390,7 +369,7 @@ def test_nvdiffrast_clip_space_maps_to_our_pixels():
     from gphm.geometry.cameras import project_points
     from gphm.render import _mesh_nvdiffrast
 
-    verts, _ = uv_sphere(8, 5)
+    verts, _ = uv_sphere(8, 5, torch.float64)
     viewmat, K = camera((0.3, 0.2, 3.0), 40)
     K = K.clone()
     K[0, 1], K[1, 1], K[0, 2] = 0.7, K[1, 1] * 1.2, 17.0  # skew, fx != fy, off-centre
