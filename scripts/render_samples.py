@@ -29,10 +29,12 @@ from omegaconf import MISSING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gphm import losses
 from gphm.cli import UserError, run_cli, write_report
 from gphm.geometry import intrinsics, look_at
 from gphm.geometry.marching_tets import marching_tets
-from gphm.geometry.mesh import euler_characteristic, knn_mean_distance, vertex_normals
+from gphm.geometry.mesh import euler_characteristic, knn_mean_distance, uv_sphere, vertex_normals
+from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.tets import tet_grid
 from gphm.io.atomic import atomic_write_text
 from gphm.io.images import image_grid, save_png
@@ -91,11 +93,6 @@ def _cameras(n: int, size: int, dist: float = 3.0) -> tuple[torch.Tensor, torch.
     return viewmats, Ks
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    inter = (a * b).sum()
-    return float((inter / (a + b - a * b).sum().clamp_min(1e-8)).detach())
-
-
 def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
     data = Path(cfg.data)
     if not (data / "meta.json").is_file():
@@ -106,24 +103,23 @@ def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
     target = item.mask_lr.unsqueeze(0)  # [1, h, w, 1]
     h, w = target.shape[1:3]
     # Start from a sphere of radius 0.5 in canonical space, placed by the frame's pose.
-    verts0, faces, _ = marching_tets(*_sphere_grid(), None)
-    verts0 = verts0 * 0.5 / verts0.norm(dim=-1, keepdim=True)
+    verts0, faces = uv_sphere(48, 24)
+    verts0 = verts0 * 0.5
     offsets = torch.zeros_like(verts0, requires_grad=True)
     opt = torch.optim.Adam([offsets], lr=0.01)
     R, T, s = item.head_R, item.head_T, item.head_scale
     viewmat, K = item.viewmat[None], item.K_lr[None]
     masks = []
     for step in range(cfg.fit_steps + 1):
-        world = s * (verts0 + offsets) @ R.T + T
-        r = render_mesh(world[None], faces, viewmat, K, w, h)
-        iou = _iou(r.mask, target)
+        world = apply_head_pose((verts0 + offsets)[None], R[None], T[None], s[None])
+        r = render_mesh(world, faces, viewmat, K, w, h)
+        loss = losses.silhouette_iou(r.mask, target)
+        iou = 1.0 - float(loss.detach())
         if step in (0, cfg.fit_steps):
             masks.append(r.mask[0].detach())
             report.setdefault("silhouette_fit_iou", []).append(round(iou, 4))
         if step == cfg.fit_steps:
             break
-        inter = (r.mask * target).sum()
-        loss = 1 - inter / (r.mask + target - r.mask * target).sum()
         smooth = ((offsets[faces[:, 0]] - offsets[faces[:, 1]]) ** 2).sum(-1).mean()
         opt.zero_grad()
         (loss + 10.0 * smooth).backward()
@@ -133,11 +129,6 @@ def _silhouette_fit(cfg: SamplesConfig, out: Path, report: dict) -> str | None:
     )
     save_png(out / "silhouette_fit.png", grid)
     return "silhouette_fit.png"
-
-
-def _sphere_grid():
-    verts, tets = tet_grid(24)
-    return verts, verts.norm(dim=-1) - 0.8, tets
 
 
 def main(cfg: SamplesConfig) -> dict:

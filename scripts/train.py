@@ -22,7 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from gphm.cli import UserError, run_cli, write_report
 from gphm.training.config import TrainRunConfig
-from gphm.training.trainer import DatasetMismatch, GuidanceTrainer, TrainingDiverged
+from gphm.training.trainer import GuidanceTrainer, TrainingDiverged
 
 
 def main(cfg: TrainRunConfig) -> dict:
@@ -34,9 +34,8 @@ def main(cfg: TrainRunConfig) -> dict:
     try:
         trainer = GuidanceTrainer(cfg)
         summary = trainer.train()
-    except (FileNotFoundError, DatasetMismatch, TrainingDiverged) as err:
-        raise UserError(str(err)) from None
-    except ValueError as err:  # dataset loading / validation errors name the path
+    # DatasetMismatch is a ValueError; dataset loading/validation errors name the path.
+    except (FileNotFoundError, ValueError, TrainingDiverged) as err:
         raise UserError(str(err)) from None
     if trainer.acc.is_main_process:
         write_report(Path(cfg.run_dir) / "train_report.json", summary)

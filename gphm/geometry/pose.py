@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "apply_head_pose",
     "umeyama",
     "solve_pnp",
     "similarity_matrix",
@@ -147,3 +148,13 @@ def decompose_similarity(M: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(scale, R [3, 3], T [3]) of a 4×4 similarity ``M`` (inverse of similarity_matrix)."""
     s = float(np.cbrt(np.linalg.det(M[:3, :3])))
     return s, nearest_rotation(M[:3, :3] / s), M[:3, 3].copy()
+
+
+def apply_head_pose(
+    points: Tensor,  # [B, N, 3] canonical
+    R: Tensor,  # [B, 3, 3]
+    T: Tensor,  # [B, 3]
+    scale: Tensor,  # [B]
+) -> Tensor:  # [B, N, 3] world: s·R·x + T
+    """Head pose canonical → world (DESIGN.md §3), batched over B."""
+    return scale[:, None, None] * (points @ R.transpose(-1, -2)) + T[:, None, :]

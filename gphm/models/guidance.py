@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from gphm.geometry.marching_tets import marching_tets
+from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.tets import tet_grid
 from gphm.models.base import SerializableModule
 from gphm.models.embeddings import Codebook, CodebookConfig
@@ -37,7 +38,6 @@ __all__ = [
     "MeanMesh",
     "Deformation",
     "GuidanceOutput",
-    "apply_head_pose",
 ]
 
 
@@ -127,15 +127,6 @@ class GuidanceOutput:
     faces: Tensor  # [F, 3]
     deformation: Deformation  # canonical offsets (for regularisers)
     mean_mesh: MeanMesh
-
-
-def apply_head_pose(
-    points: Tensor,  # [B, N, 3] canonical
-    R: Tensor,  # [B, 3, 3]
-    T: Tensor,  # [B, 3]
-    scale: Tensor,  # [B]
-) -> Tensor:  # [B, N, 3] world: s·R·x + T
-    return scale[:, None, None] * (points @ R.transpose(-1, -2)) + T[:, None, :]
 
 
 class GuidanceModel(SerializableModule):

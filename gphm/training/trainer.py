@@ -213,32 +213,37 @@ class GuidanceTrainer:
         terms: dict[str, torch.Tensor] = {}
         bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
                    desc="stage 1", disable=not acc.is_local_main_process)  # fmt: skip
-        for step in bar:
-            self._set_lr(step)
-            batch = self._batch(step)
-            out = self._forward(batch)
-            terms = self.compute_losses(out, batch)
-            finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
-            if not bool(finite):
-                self._diverged(step, terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            acc.backward(terms["total"])
-            self.optimizer.step()
-            done = step + 1
-            if done % cfg.train.log_every == 0 or done == self.total_steps:
-                scalars = {k: float(v.detach()) for k, v in terms.items()}
-                logger.log(done, scalars, lr=self.optimizer.param_groups[0]["lr"])
-                iou = 1 - scalars["silhouette"]
-                bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{iou:.3f}")
-            last = done == self.total_steps
-            if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
-                self._preview(done, out, batch)
-            if done % cfg.train.checkpoint_every == 0 or done == self.total_steps:
-                self._checkpoint(done)
-            if stop_after is not None and done >= stop_after:
-                logger.close()
-                return {"stage": "guidance", "stopped_after": done}
-        logger.close()
+        stopped = False
+        try:
+            for step in bar:
+                self._set_lr(step)
+                batch = self._batch(step)
+                out = self._forward(batch)
+                terms = self.compute_losses(out, batch)
+                finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
+                if not bool(finite):
+                    self._diverged(step, terms)
+                self.optimizer.zero_grad(set_to_none=True)
+                acc.backward(terms["total"])
+                self.optimizer.step()
+                done = step + 1
+                last = done == self.total_steps
+                if done % cfg.train.log_every == 0 or last:
+                    scalars = {k: float(v.detach()) for k, v in terms.items()}
+                    logger.log(done, scalars, lr=self.optimizer.param_groups[0]["lr"])
+                    iou = 1 - scalars["silhouette"]
+                    bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{iou:.3f}")
+                if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
+                    self._preview(done, out, batch)
+                if done % cfg.train.checkpoint_every == 0 or last:
+                    self._checkpoint(done)
+                if stop_after is not None and done >= stop_after:
+                    stopped = True
+                    break
+        finally:
+            logger.close()
+        if stopped:
+            return {"stage": "guidance", "stopped_after": done}
         acc.wait_for_everyone()
         summary = {
             "stage": "guidance",

@@ -4,7 +4,8 @@ import torch
 from gphm import losses
 from gphm.geometry import intrinsics, look_at
 from gphm.geometry.mesh import euler_characteristic, is_watertight
-from gphm.models.guidance import GuidanceConfig, GuidanceModel, apply_head_pose
+from gphm.geometry.pose import apply_head_pose
+from gphm.models.guidance import GuidanceConfig, GuidanceModel
 from gphm.models.mlp import MLPConfig
 from gphm.models.upsampler import UpsamplerConfig
 
