@@ -38,6 +38,7 @@ __all__ = [
     "MeanMesh",
     "Deformation",
     "GuidanceOutput",
+    "conditioned_deformation",
 ]
 
 
@@ -129,6 +130,33 @@ class GuidanceOutput:
     mean_mesh: MeanMesh
 
 
+def conditioned_deformation(
+    nets: nn.Module,  # has f_inj, f_id, f_exp, f_col (GuidanceModel or GaussianHead)
+    points: Tensor,  # [M, 3] canonical mean positions X0
+    features: Tensor,  # [M, G] Γ at those points
+    z_id: Tensor,  # [B, Did]
+    z_exp: Tensor,  # [B, Dexp]
+) -> tuple[Deformation, Tensor]:  # deformation, (H, z_exp) [B, M, H + Dexp]
+    """The identity/expression path shared by both stages::
+
+    H = f_inj(Γ, z_id);  X = X0 + f_id(H) + f_exp(H, z_exp);  C = sigmoid(f_col(H, z_exp))
+    """
+    B, M = z_id.shape[0], points.shape[0]
+    gamma = features.unsqueeze(0).expand(B, M, -1)
+    hidden = nets.f_inj(torch.cat([gamma, z_id[:, None].expand(B, M, -1)], -1))
+    h_exp = torch.cat([hidden, z_exp[:, None].expand(B, M, -1)], -1)
+    delta_id = nets.f_id(hidden)
+    delta_exp = nets.f_exp(h_exp)
+    deform = Deformation(
+        points=points + delta_id + delta_exp,
+        delta_id=delta_id,
+        delta_exp=delta_exp,
+        colors=torch.sigmoid(nets.f_col(h_exp)),
+        hidden=hidden,
+    )
+    return deform, h_exp
+
+
 class GuidanceModel(SerializableModule):
     """Stage-1 multi-identity mesh head model (see the module docstring).
 
@@ -207,20 +235,7 @@ class GuidanceModel(SerializableModule):
         z_id: Tensor,  # [B, Did]
         z_exp: Tensor,  # [B, Dexp]
     ) -> Deformation:
-        B, M = z_id.shape[0], points.shape[0]
-        gamma = features.unsqueeze(0).expand(B, M, -1)
-        hidden = self.f_inj(torch.cat([gamma, z_id[:, None].expand(B, M, -1)], -1))
-        h_exp = torch.cat([hidden, z_exp[:, None].expand(B, M, -1)], -1)
-        delta_id = self.f_id(hidden)
-        delta_exp = self.f_exp(h_exp)
-        colors = torch.sigmoid(self.f_col(h_exp))
-        return Deformation(
-            points=points + delta_id + delta_exp,
-            delta_id=delta_id,
-            delta_exp=delta_exp,
-            colors=colors,
-            hidden=hidden,
-        )
+        return conditioned_deformation(self, points, features, z_id, z_exp)[0]
 
     def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Deformation:
         """P0 through the same path as the mesh: ``.points`` [B, L, 3] canonical."""

@@ -1,0 +1,297 @@
+"""Stage 2: the Gaussian parametric head model (DESIGN.md §2).
+
+::
+
+    H          = f_inj(Γ0, z_id)                         [B, N, H]
+    X_can      = X0 + f_id(H) + f_exp(H, z_exp)           [B, N, 3]
+    C          = sigmoid(f_col(H, z_exp))                 [B, N, 32]
+    {S, Q, A}  = {S0, Q0, A0} + f_att(H, z_exp)           log-scale, quat, opacity logit
+    X = s·R·X_can + T,   Q = R ⊗ Q_can,   scale = s·exp(S)         head pose of the frame
+    splat C at lr (white background) -> Ψ -> RGB at hr
+
+:meth:`GaussianHead.create_from` builds it from a trained :class:`GuidanceModel`:
+f_inj, f_id, f_exp, f_col, Ψ, both codebooks and the canonical landmarks are copied;
+X0 are the mean-mesh vertices (optionally subdivided to a target count) and Γ0 the
+mean-field features there, both now free parameters; S0 from nearest-neighbour
+distances, Q0 identity, A0 = logit(init_opacity); f_att is new with a zero-initialised
+last layer, so right after creation the head is exactly the initial Gaussians.
+
+Shapes: ``B`` batch of (frame, camera) rows, ``N`` Gaussians, ``L`` landmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gphm.geometry.mesh import knn_mean_distance, subdivide_to_count
+from gphm.geometry.pose import apply_head_pose
+from gphm.geometry.rotations import matrix_to_quat, quat_multiply
+from gphm.models.base import SerializableModule, dataclass_from_dict
+from gphm.models.embeddings import Codebook
+from gphm.models.guidance import (
+    Deformation,
+    GuidanceConfig,
+    GuidanceModel,
+    conditioned_deformation,
+)
+from gphm.models.mlp import MLP, MLPConfig
+from gphm.models.upsampler import Upsampler
+from gphm.render import rasterize_gaussians
+
+__all__ = ["GaussianHeadConfig", "GaussianHead", "GaussianAttributes", "GaussianOutput"]
+
+#: Modules copied verbatim from the guidance model by ``create_from``.
+INHERITED = ("f_inj", "f_id", "f_exp", "f_col", "upsampler", "identity_codes", "expression_codes")
+
+
+@dataclass
+class GaussianHeadConfig:
+    """Stage-2 options; the inherited networks keep the guidance model's architecture."""
+
+    num_points: int = 0
+    """Target Gaussian count for ``create_from``: the mean mesh is midpoint-subdivided
+    until it has at least this many vertices, then subsampled to exactly this many
+    (deterministically). 0 keeps the mean-mesh vertices."""
+    f_att: MLPConfig = field(
+        default_factory=lambda: MLPConfig(width=64, depth=2, zero_init_last=True)
+    )
+    """Attribute offsets (Δlog-scale 3, Δquaternion 4, Δopacity-logit 1) from (H, z_exp)."""
+    init_opacity: float = 0.1
+    """A0 = logit(init_opacity), as in 3D Gaussian Splatting."""
+    init_scale_factor: float = 1.0
+    """S0 = log(factor × mean distance to the 3 nearest neighbours), isotropic."""
+
+    def __post_init__(self) -> None:
+        if self.num_points < 0:
+            raise ValueError(f"num_points must be >= 0, got {self.num_points}")
+        if not 0 < self.init_opacity < 1:
+            raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
+        if self.init_scale_factor <= 0:
+            raise ValueError(f"init_scale_factor must be > 0, got {self.init_scale_factor}")
+
+
+@dataclass
+class GaussianAttributes:
+    """Per-Gaussian attributes of B (identity, expression) pairs, in canonical space."""
+
+    means: Tensor  # [B, N, 3] X_can
+    log_scales: Tensor  # [B, N, 3]
+    quats: Tensor  # [B, N, 4] wxyz, not normalised
+    opacity_logits: Tensor  # [B, N]
+    colors: Tensor  # [B, N, C] in (0, 1); the first three are RGB
+    deformation: Deformation  # delta_id / delta_exp / hidden, for regularisers
+
+    def posed(
+        self, head_R: Tensor, head_T: Tensor, head_scale: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """World ``means`` [B,N,3], ``quats`` [B,N,4] and linear ``scales`` [B,N,3]."""
+        means = apply_head_pose(self.means, head_R, head_T, head_scale)
+        quats = quat_multiply(matrix_to_quat(head_R)[:, None], self.quats)
+        scales = head_scale[:, None, None] * self.log_scales.exp()
+        return means, quats, scales
+
+
+@dataclass
+class GaussianOutput:
+    rgb: Tensor  # [B, h·f, w·f, 3] high-resolution RGB from Ψ (white background)
+    features: Tensor  # [B, h, w, C] splatted features composited on white
+    mask: Tensor  # [B, h, w, 1] accumulated alpha
+    landmarks: Tensor  # [B, L, 3] world
+    attributes: GaussianAttributes
+
+
+class GaussianHead(SerializableModule):
+    """Stage-2 multi-identity Gaussian head model (see the module docstring).
+
+    Args:
+        config: stage-2 options.
+        guidance: architecture of the inherited networks (a :class:`GuidanceConfig` or
+            its dict form, as stored in ``config.json``).
+        num_subjects, num_frames: codebook sizes.
+        num_points: Gaussians N (fixed by ``create_from``).
+    """
+
+    config_class = GaussianHeadConfig
+
+    def __init__(
+        self,
+        config: GaussianHeadConfig,
+        guidance: GuidanceConfig | dict[str, Any],
+        num_subjects: int,
+        num_frames: int,
+        num_points: int,
+    ):
+        super().__init__()
+        if isinstance(guidance, dict):
+            guidance = dataclass_from_dict(GuidanceConfig, guidance, "GaussianHead guidance")
+        if num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {num_points}")
+        self._record_init(
+            config,
+            guidance=dataclasses.asdict(guidance),
+            num_subjects=num_subjects,
+            num_frames=num_frames,
+            num_points=num_points,
+        )
+        self.guidance_config = g = guidance
+        self.identity_codes = Codebook(num_subjects, g.identity_code, name="identity")
+        self.expression_codes = Codebook(num_frames, g.expression_code, name="expression")
+        id_dim, exp_dim = g.identity_code.dim, g.expression_code.dim
+        self.f_inj = MLP(g.mean_feature_dim + id_dim, g.injected_dim, g.f_inj)
+        self.f_id = MLP(g.injected_dim, 3, g.f_id)
+        self.f_exp = MLP(g.injected_dim + exp_dim, 3, g.f_exp)
+        self.f_col = MLP(g.injected_dim + exp_dim, g.color_channels, g.f_col)
+        self.f_att = MLP(g.injected_dim + exp_dim, 3 + 4 + 1, config.f_att)
+        self.upsampler = Upsampler(g.color_channels, g.upsampler)
+        # Per-Gaussian free parameters (values are set by create_from or a checkpoint).
+        self.points = nn.Parameter(torch.zeros(num_points, 3))  # X0
+        self.point_features = nn.Parameter(torch.zeros(num_points, g.mean_feature_dim))  # Γ0
+        self.log_scales = nn.Parameter(torch.full((num_points, 3), -4.0))  # S0
+        self.quats = nn.Parameter(torch.tensor([1.0, 0, 0, 0]).repeat(num_points, 1))  # Q0
+        logit = math.log(config.init_opacity / (1 - config.init_opacity))
+        self.opacity_logits = nn.Parameter(torch.full((num_points,), logit))  # A0
+        self.landmarks_canonical = nn.Parameter(torch.zeros(g.num_landmarks, 3))  # P0
+        self.landmark_features = nn.Parameter(torch.zeros(g.num_landmarks, g.mean_feature_dim))
+
+    @property
+    def num_points(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def color_channels(self) -> int:
+        return self.guidance_config.color_channels
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    @torch.no_grad()
+    def create_from(
+        cls, guidance: GuidanceModel, config: GaussianHeadConfig | None = None, seed: int = 0
+    ) -> GaussianHead:
+        """Initialise a Gaussian head from a trained guidance model (DESIGN.md §2)."""
+        config = config or GaussianHeadConfig()
+        mm = guidance.mean_mesh()
+        verts, feats = mm.verts, mm.features
+        if config.num_points > verts.shape[0]:
+            verts, _, feats = subdivide_to_count(verts, mm.faces, config.num_points, feats)
+        if config.num_points and verts.shape[0] > config.num_points:
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(verts.shape[0], generator=g)[: config.num_points].sort().values
+            keep = keep.to(verts.device)
+            verts, feats = verts[keep], feats[keep]
+        head = cls(
+            config,
+            guidance.config,
+            num_subjects=guidance.identity_codes.num_codes,
+            num_frames=guidance.expression_codes.num_codes,
+            num_points=verts.shape[0],
+        ).to(verts.device)
+        for name in INHERITED:
+            getattr(head, name).load_state_dict(getattr(guidance, name).state_dict())
+        head.points.copy_(verts)
+        head.point_features.copy_(feats)
+        dist = knn_mean_distance(verts, k=3).clamp_min(1e-6) * config.init_scale_factor
+        head.log_scales.copy_(dist.log()[:, None].expand(-1, 3))
+        p0 = guidance.landmarks_canonical
+        head.landmarks_canonical.copy_(p0)
+        head.landmark_features.copy_(guidance.mean_field(p0).features)
+        return head
+
+    # ------------------------------------------------------------------ attributes
+    def attributes(
+        self,
+        z_id: Tensor,  # [B, Did]
+        z_exp: Tensor,  # [B, Dexp]
+        point_offsets: Tensor | None = None,  # [N, 3] extra X_can offsets (fitting)
+    ) -> GaussianAttributes:
+        """Canonical Gaussians of B (identity, expression) pairs."""
+        deform, h_exp = conditioned_deformation(self, self.points, self.point_features, z_id, z_exp)
+        att = self.f_att(h_exp)
+        means = deform.points if point_offsets is None else deform.points + point_offsets
+        return GaussianAttributes(
+            means=means,
+            log_scales=self.log_scales + att[..., 0:3],
+            quats=self.quats + att[..., 3:7],
+            opacity_logits=self.opacity_logits + att[..., 7],
+            colors=deform.colors,
+            deformation=deform,
+        )
+
+    def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
+        """P0 through the same identity/expression offsets as the Gaussians."""
+        p0, g0 = self.landmarks_canonical, self.landmark_features
+        return conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
+
+    # ------------------------------------------------------------------ rendering
+    def splat(
+        self,
+        attributes: GaussianAttributes,
+        head_R: Tensor,  # [B, 3, 3]
+        head_T: Tensor,  # [B, 3]
+        head_scale: Tensor,  # [B]
+        viewmats: Tensor,  # [B, 4, 4]
+        Ks_lr: Tensor,  # [B, 3, 3]
+        width_lr: int,
+        height_lr: int,
+    ) -> tuple[Tensor, Tensor]:  # features [B, h, w, C] on white, alpha [B, h, w, 1]
+        """Splat each row's Gaussians into its own camera."""
+        means, quats, scales = attributes.posed(head_R, head_T, head_scale)
+        opacities = torch.sigmoid(attributes.opacity_logits)
+        white = torch.ones(1, self.color_channels, device=means.device, dtype=means.dtype)
+        feats, alphas = [], []
+        for b in range(means.shape[0]):
+            f, a = rasterize_gaussians(
+                means[b], quats[b], scales[b], opacities[b], attributes.colors[b],
+                viewmats[b : b + 1], Ks_lr[b : b + 1], width_lr, height_lr, backgrounds=white,
+            )  # fmt: skip
+            feats.append(f)
+            alphas.append(a)
+        return torch.cat(feats), torch.cat(alphas)
+
+    def render(
+        self,
+        z_id: Tensor,  # [B, Did]
+        z_exp: Tensor,  # [B, Dexp]
+        head_R: Tensor,  # [B, 3, 3]
+        head_T: Tensor,  # [B, 3]
+        head_scale: Tensor,  # [B]
+        viewmats: Tensor,  # [B, 4, 4]
+        Ks_lr: Tensor,  # [B, 3, 3] intrinsics of the low-resolution image
+        width_lr: int,
+        height_lr: int,
+        point_offsets: Tensor | None = None,  # [N, 3]
+    ) -> GaussianOutput:
+        """Render B (identity, expression, pose, camera) combinations; RGB is
+        ``upsampler.factor`` times the lr size."""
+        att = self.attributes(z_id, z_exp, point_offsets)
+        features, alpha = self.splat(
+            att, head_R, head_T, head_scale, viewmats, Ks_lr, width_lr, height_lr
+        )
+        lmk = apply_head_pose(self.canonical_landmarks(z_id, z_exp), head_R, head_T, head_scale)
+        return GaussianOutput(
+            rgb=self.upsampler(features), features=features, mask=alpha, landmarks=lmk,
+            attributes=att,
+        )  # fmt: skip
+
+    def forward(
+        self,
+        subject: Tensor,  # [B] int64
+        frame: Tensor,  # [B] int64
+        head_R: Tensor,
+        head_T: Tensor,
+        head_scale: Tensor,
+        viewmats: Tensor,
+        Ks_lr: Tensor,
+        width_lr: int,
+        height_lr: int,
+    ) -> GaussianOutput:
+        """Render training rows by their subject and frame indices."""
+        return self.render(
+            self.identity_codes(subject), self.expression_codes(frame), head_R, head_T,
+            head_scale, viewmats, Ks_lr, width_lr, height_lr,
+        )  # fmt: skip
