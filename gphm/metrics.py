@@ -7,7 +7,14 @@ from torch import Tensor
 
 from gphm.losses import ssim as _ssim
 
-__all__ = ["psnr", "masked_psnr", "ssim", "mask_iou", "landmark_error"]
+__all__ = [
+    "psnr",
+    "masked_psnr",
+    "ssim",
+    "masked_ssim",
+    "mask_iou",
+    "landmark_error",
+]
 
 
 @torch.no_grad()
@@ -30,6 +37,19 @@ def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:  # -> [B]
 def ssim(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> [B]
     """Per-image SSIM (Gaussian window 11, σ 1.5; see :func:`gphm.losses.ssim`)."""
     return _ssim(pred, target, reduce=False).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def masked_ssim(pred: Tensor, target: Tensor, mask: Tensor, window: int = 11) -> Tensor:
+    """SSIM averaged over the head region (``mask`` [B, H, W, 1] > 0.5) -> [B].
+
+    The SSIM map covers the valid region (``window // 2`` pixels in from each border),
+    so the mask is cropped the same way.
+    """
+    s = _ssim(pred, target, window=window, reduce=False)  # [B, H', W']
+    r = window // 2
+    m = (mask[:, r : mask.shape[1] - r, r : mask.shape[2] - r, 0] > 0.5).to(s.dtype)
+    return (s * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
 
 
 @torch.no_grad()

@@ -1,19 +1,31 @@
 #!/usr/bin/env python
-"""Render a trained model: mesh export and turntables.
+"""Render a trained model: turntables, identity × expression grids, identity morphs.
 
-    python scripts/render.py checkpoint=RUN out=OUT [subject=NAME|INDEX]
-        [expression=LABEL | frame=INDEX] [frames=48] [size=256] [fps=24]
+    python scripts/render.py checkpoint=RUN out=OUT [mode=turntable|grid|interpolate]
+        [subject=NAME|INDEX] [expression=LABEL | frame=INDEX] [frames=48] [size=256]
 
-Writes ``OUT/mesh.ply`` and ``OUT/mesh.obj`` (canonical space, vertex colours from the
-first three colour channels), ``OUT/turntable.mp4``, a PNG strip of eight views and
-``OUT/render_report.json``.
+* ``mode=turntable`` (default): one (subject, expression) orbiting 360°:
+  ``turntable.mp4``, ``turntable_strip.png`` and the geometry — ``gaussians.ply`` (3D
+  Gaussian Splatting layout, canonical space) for a Gaussian head, ``mesh.ply`` /
+  ``mesh.obj`` (vertex colours) for a stage-1 model.
+* ``mode=grid``: rows = ``subjects`` (default all, up to 8), columns = ``expressions``
+  (labels, default all, up to 8), each cell with the subject's identity code and the
+  expression code of a training frame with that label (the subject's own when it was
+  trained, else another subject's: expression transfer). ``grid.png`` (front view) and
+  ``grid.mp4`` (the grid swaying ±``sway`` degrees over ``frames`` frames).
+* ``mode=interpolate``: identity codes morphed from ``subject`` to ``subject_b`` with a
+  fixed expression while the camera sweeps: ``interpolation.mp4`` and
+  ``interpolation_strip.png``.
+
+Always writes ``OUT/render_report.json``.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import MISSING
@@ -21,12 +33,15 @@ from omegaconf import MISSING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gphm.cli import UserError, run_cli, write_report
-from gphm.geometry import intrinsics
-from gphm.geometry.cameras import orbit_cameras
+from gphm.fitting.views import lerp_codes, orbit_rig, render_codes
 from gphm.io.images import image_grid, save_png
 from gphm.io.mesh import save_mesh
+from gphm.io.ply import save_gaussian_ply
 from gphm.io.video import save_mp4
-from gphm.models.runs import load_run
+from gphm.models.gaussian_head import GaussianHead
+from gphm.models.runs import TrainedRun, load_run
+
+MODES = ("turntable", "grid", "interpolate")
 
 
 @dataclass
@@ -34,71 +49,156 @@ class RenderConfig:
     checkpoint: str = MISSING
     """Run directory (or its model/ directory)."""
     out: str = MISSING
+    mode: str = "turntable"
+    """turntable | grid | interpolate."""
     subject: str = "0"
-    """Subject name or index."""
+    """Subject name or index (interpolate: the start identity)."""
+    subject_b: str = "1"
+    """interpolate: the end identity."""
     expression: str | None = None
     """Expression label of one of the subject's frames (default: its first frame)."""
     frame: int | None = None
     """Global frame index (expression code); overrides `expression`."""
+    subjects: list[str] = field(default_factory=list)
+    """grid rows (default: all subjects, up to 8)."""
+    expressions: list[str] = field(default_factory=list)
+    """grid columns (default: all expression labels, up to 8)."""
     frames: int = 48
-    """Turntable length."""
+    """Video length (turntable / interpolate / grid)."""
     size: int = 256
-    """Output height/width in pixels (a multiple of the upsampling factor)."""
+    """Output height/width in pixels of one view (a multiple of the upsampling factor)."""
     fps: int = 24
     distance: float = 3.0
     elevation: float = 10.0
+    sway: float = 30.0
+    """grid / interpolate: camera azimuth range ±sway degrees."""
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.size < 16 or self.fps < 1:
-            raise ValueError("frames, fps must be >= 1 and size >= 16")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {self.mode!r}")
+        if self.frames < 2 or self.size < 16 or self.fps < 1:
+            raise ValueError("frames must be >= 2, fps >= 1 and size >= 16")
+
+
+def _factor(run: TrainedRun) -> int:
+    m = run.model
+    return (m.guidance_config if isinstance(m, GaussianHead) else m.config).upsampler.factor
+
+
+def _export_geometry(run: TrainedRun, z_id, z_exp, out: Path) -> list[str]:
+    model = run.model
+    if isinstance(model, GaussianHead):
+        a = model.attributes(z_id, z_exp)
+        save_gaussian_ply(out / "gaussians.ply", a.means[0], a.log_scales[0], a.quats[0],
+                          a.opacity_logits[0], a.colors[0, :, :3])  # fmt: skip
+        return ["gaussians.ply"]
+    mm = model.mean_mesh()
+    d = model.deform(mm.verts, mm.features, z_id, z_exp)
+    for ext in ("ply", "obj"):
+        save_mesh(out / f"mesh.{ext}", d.points[0], mm.faces, vertex_colors=d.colors[0, :, :3])
+    return ["mesh.ply", "mesh.obj"]
+
+
+def _expression_frame(run: TrainedRun, subject: int, label: str) -> int:
+    """The subject's own trained frame with ``label``, else another subject's."""
+    trained = set(run.extra.get("train_frames", range(len(run.extra["frames"]))))
+    frames = run.extra["frames"]
+    mine = [i for i in trained if frames[i].get("expression") == label]
+    if not mine:
+        raise ValueError(f"no trained frame shows expression {label!r}")
+    own = [i for i in mine if run.frame_subject(frames[i]) == subject]
+    return min(own or mine)
+
+
+def turntable(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
+    subject = run.subject_index(cfg.subject)
+    frame = run.frame_index(subject, cfg.frame, cfg.expression)
+    model = run.model
+    z_id = model.identity_codes(torch.tensor([subject]))
+    z_exp = model.expression_codes(torch.tensor([frame]))
+    outputs = _export_geometry(run, z_id, z_exp, out)
+    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    images = list(render_codes(model, z_id, z_exp, rig)[0])
+    save_mp4(out / "turntable.mp4", images, fps=cfg.fps)
+    save_png(out / "turntable_strip.png", image_grid(images[:: max(1, len(images) // 8)][:8], 8))
+    return {
+        "subject": run.subjects[subject],
+        "frame": frame,
+        "expression": run.extra["frames"][frame].get("expression"),
+        "outputs": outputs + ["turntable.mp4", "turntable_strip.png"],
+    }
+
+
+def grid(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
+    subjects = [run.subject_index(s) for s in cfg.subjects] or list(range(len(run.subjects)))[:8]
+    labels = list(cfg.expressions) or [e for e in (run.extra.get("expressions") or [])][:8]
+    if not labels:
+        labels = sorted({f.get("expression") for f in run.extra["frames"]})[:8]
+    cells = [(s, _expression_frame(run, s, e)) for s in subjects for e in labels]
+    model = run.model
+    z_id = model.identity_codes(torch.tensor([s for s, _ in cells]))
+    z_exp = model.expression_codes(torch.tensor([f for _, f in cells]))
+    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation,
+                    (-cfg.sway, cfg.sway), endpoint=True)  # fmt: skip
+    front = orbit_rig(1, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    save_png(out / "grid.png", image_grid(list(render_codes(model, z_id, z_exp, front)[:, 0]),
+                                          ncols=len(labels)))  # fmt: skip
+    views = render_codes(model, z_id, z_exp, rig)  # [cells, frames, H, W, 3]
+    # Sway forth and back so the video loops.
+    order = list(range(cfg.frames)) + list(range(cfg.frames - 2, 0, -1))
+    video = [image_grid(list(views[:, t]), ncols=len(labels)) for t in order]
+    save_mp4(out / "grid.mp4", video, fps=cfg.fps)
+    return {
+        "subjects": [run.subjects[s] for s in subjects],
+        "expressions": labels,
+        "cells": [{"subject": run.subjects[s], "frame": f} for s, f in cells],
+        "outputs": ["grid.png", "grid.mp4"],
+    }
+
+
+def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
+    a, b = run.subject_index(cfg.subject), run.subject_index(cfg.subject_b)
+    frame = run.frame_index(a, cfg.frame, cfg.expression)
+    model = run.model
+    codes = model.identity_codes(torch.tensor([a, b]))
+    z_id = lerp_codes(codes[0], codes[1], cfg.frames)
+    z_exp = model.expression_codes(torch.tensor([frame])).expand(cfg.frames, -1)
+    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation,
+                    (-cfg.sway, cfg.sway), endpoint=True)  # fmt: skip
+    images = []
+    for t in range(cfg.frames):  # morph while the camera sweeps once
+        sub = type(rig)(rig.viewmats[t : t + 1], rig.K_lr, rig.lr_size)
+        images.append(render_codes(model, z_id[t : t + 1], z_exp[t : t + 1], sub)[0, 0])
+    save_mp4(out / "interpolation.mp4", images, fps=cfg.fps)
+    front = orbit_rig(1, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    steps = lerp_codes(codes[0], codes[1], 8)
+    strip = render_codes(model, steps, z_exp[:1].expand(8, -1), front)[:, 0]
+    save_png(out / "interpolation_strip.png", image_grid(list(strip), ncols=8))
+    return {
+        "from": run.subjects[a],
+        "to": run.subjects[b],
+        "frame": frame,
+        "expression": run.extra["frames"][frame].get("expression"),
+        "outputs": ["interpolation.mp4", "interpolation_strip.png"],
+    }
 
 
 @torch.no_grad()
 def main(cfg: RenderConfig) -> dict:
     try:
         run = load_run(cfg.checkpoint)
-        subject = run.subject_index(cfg.subject)
-        frame = run.frame_index(subject, cfg.frame, cfg.expression)
+        out = Path(cfg.out)
+        report = {"turntable": turntable, "grid": grid, "interpolate": interpolate}[cfg.mode](
+            cfg, run, out
+        )
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
-    model, out = run.model, Path(cfg.out)
-    factor = model.config.upsampler.factor
-    if cfg.size % factor:
-        raise UserError(f"size must be a multiple of the upsampling factor {factor}")
-    z_id = model.identity_codes(torch.tensor([subject]))
-    z_exp = model.expression_codes(torch.tensor([frame]))
-    mm = model.mean_mesh()
-    deform = model.deform(mm.verts, mm.features, z_id, z_exp)
-    colors = deform.colors[0, :, :3]
-    for ext in ("ply", "obj"):
-        save_mesh(out / f"mesh.{ext}", deform.points[0], mm.faces, vertex_colors=colors)
-
-    lr = cfg.size // factor
-    f = 0.35 * lr * cfg.distance  # the ±1 canonical cube fills ~70 % of the image
-    viewmats = orbit_cameras(cfg.frames, cfg.distance, cfg.elevation)
-    K = intrinsics(f, f, lr / 2, lr / 2)
-    eye3 = torch.eye(3)[None]
-    images = []
-    for vm in viewmats:
-        r = model.render(z_id, z_exp, eye3, torch.zeros(1, 3), torch.ones(1), vm[None], K[None],
-                         lr, lr, mean_mesh=mm)  # fmt: skip
-        images.append(r.rgb[0])
-    save_mp4(out / "turntable.mp4", images, fps=cfg.fps)
-    strip = image_grid(images[:: max(1, len(images) // 8)][:8], ncols=8)
-    save_png(out / "turntable_strip.png", strip)
-    report = {
-        "subject": run.subjects[subject],
-        "frame": frame,
-        "expression": run.extra["frames"][frame].get("expression"),
-        "mesh": {"vertices": int(mm.verts.shape[0]), "faces": int(mm.faces.shape[0])},
-        "outputs": ["mesh.ply", "mesh.obj", "turntable.mp4", "turntable_strip.png"],
-    }
+    report = {"mode": cfg.mode, "model": type(run.model).__name__} | report
     write_report(out / "render_report.json", report)
     return report
 
 
 if __name__ == "__main__":
     sys.exit(run_cli(RenderConfig, main, summary=lambda r: (
-        f"render: {r['subject']} / {r['expression']} (frame {r['frame']}): "
-        f"{r['mesh']['faces']} faces, turntable written"
+        f"render {r['mode']} ({r['model']}): wrote {', '.join(r['outputs'])}"
     )))  # fmt: skip

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gphm.io.atomic import atomic_write_bytes
 
-__all__ = ["to_uint8", "save_png", "load_image", "image_grid"]
+__all__ = ["to_uint8", "save_png", "load_image", "image_grid", "draw_points"]
 
 
 def to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
@@ -77,4 +77,23 @@ def image_grid(
         r, c = divmod(i, ncols)
         y, x = pad + r * (H + pad), pad + c * (W + pad)
         out[y : y + H, x : x + W] = im
+    return out
+
+
+def draw_points(
+    image: Tensor,  # [H, W, 3] float in [0, 1]
+    points: Tensor,  # [N, 2] pixel coordinates (x, y), pixel centres at i + 0.5
+    color: tuple[float, float, float] = (0.0, 1.0, 0.0),
+    radius: int = 1,
+) -> Tensor:  # [H, W, 3] a copy with square dots at the points (NaN rows skipped)
+    """Mark 2D points (e.g. landmarks) on a copy of ``image``."""
+    out = image.clone()
+    H, W = out.shape[:2]
+    col = torch.tensor(color, dtype=out.dtype, device=out.device)
+    for x, y in points.detach().cpu().tolist():
+        if x != x or y != y:  # NaN
+            continue
+        cx, cy = int(x), int(y)
+        out[max(0, cy - radius) : min(H, cy + radius + 1),
+            max(0, cx - radius) : min(W, cx + radius + 1)] = col  # fmt: skip
     return out

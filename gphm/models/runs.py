@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gphm.models.base import SerializableModule
+from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["TrainedRun", "load_run"]
+__all__ = ["TrainedRun", "load_run", "MODEL_CLASSES"]
+
+MODEL_CLASSES = (GuidanceModel, GaussianHead)
 
 
 @dataclass
 class TrainedRun:
-    model: GuidanceModel
+    model: GuidanceModel | GaussianHead
     extra: dict[str, Any]
     """Training metadata from config.json: subjects, frames, lr/hr sizes, summary."""
     path: Path
@@ -48,14 +53,15 @@ class TrainedRun:
                 raise ValueError(f"frame {frame} out of range [0, {len(frames)})")
             return frame
         for i, f in enumerate(frames):
-            if self._frame_subject(f) == subject and expression in (None, f.get("expression")):
+            if self.frame_subject(f) == subject and expression in (None, f.get("expression")):
                 return i
         raise ValueError(
             f"subject {self.subjects[subject]!r} has no frame"
             + (f" with expression {expression!r}" if expression else "")
         )
 
-    def _frame_subject(self, f: dict[str, Any]) -> int:
+    def frame_subject(self, f: dict[str, Any]) -> int:
+        """Subject index of a frame record of ``extra["frames"]``."""
         s = f.get("subject")
         return self.subjects.index(s) if isinstance(s, str) else int(s)
 
@@ -69,6 +75,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
             f"{path}: no trained model (expected {path / 'model' / 'config.json'}); "
             "train one with scripts/train.py"
         )
-    desc = GuidanceModel.read_description(model_dir)
-    model = GuidanceModel.from_pretrained(model_dir, map_location=device).eval()
+    desc = json.loads((model_dir / "config.json").read_text())
+    classes: dict[str, type[SerializableModule]] = {c.__name__: c for c in MODEL_CLASSES}
+    cls = classes.get(desc.get("class"))
+    if cls is None:
+        raise ValueError(
+            f"{model_dir / 'config.json'}: holds a {desc.get('class')!r}, expected one of "
+            f"{sorted(classes)}"
+        )
+    model = cls.from_pretrained(model_dir, map_location=device).eval()
     return TrainedRun(model=model, extra=desc.get("extra", {}), path=model_dir)

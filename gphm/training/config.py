@@ -13,11 +13,20 @@ from typing import Any
 from omegaconf import MISSING
 
 from gphm.cli import register_config
+from gphm.models.gaussian_head import GaussianHeadConfig
 from gphm.models.guidance import GuidanceConfig
 from gphm.models.mlp import MLPConfig
 from gphm.models.upsampler import UpsamplerConfig
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "GuidanceLossConfig", "TrainRunConfig"]
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "GuidanceLossConfig",
+    "GaussianLossConfig",
+    "LossConfig",
+    "TrainRunConfig",
+]
 
 STAGES = ("guidance", "gaussian", "all")
 
@@ -30,6 +39,8 @@ class ModelConfig:
     """Height of the low-resolution render; hr = lr_size × upsampler factor must equal
     the dataset's image height."""
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    gaussian: GaussianHeadConfig = field(default_factory=GaussianHeadConfig)
+    """Stage-2 options (the inherited networks keep the ``guidance`` architecture)."""
 
     def __post_init__(self) -> None:
         if self.lr_size < 8:
@@ -58,6 +69,9 @@ def tiny_model() -> ModelConfig:
             color_channels=32,
             upsampler=UpsamplerConfig(factor=2, width=32, blocks=1),
         ),
+        gaussian=GaussianHeadConfig(
+            num_points=0, f_att=MLPConfig(width=64, depth=2, zero_init_last=True)
+        ),
     )
 
 
@@ -78,6 +92,9 @@ def paper_model() -> ModelConfig:
             f_col=mlp,
             color_channels=32,
             upsampler=UpsamplerConfig(factor=2, width=64, blocks=3),
+        ),
+        gaussian=GaussianHeadConfig(
+            num_points=100_000, f_att=MLPConfig(width=256, depth=3, zero_init_last=True)
         ),
     )
 
@@ -111,6 +128,30 @@ class GuidanceLossConfig:
 
 
 @dataclass
+class GaussianLossConfig:
+    """Stage-2 loss weights (DESIGN.md §2)."""
+
+    rgb_hr: float = 1.0
+    perceptual: float = 0.2
+    """VGG perceptual loss when ``vgg_weights`` is given, else D-SSIM (logged, recorded
+    in the exported model's config.json)."""
+    silhouette: float = 1.0
+    rgb_lr: float = 1.0
+    landmark: float = 100.0
+    offset: float = 0.01
+    code: float = 1e-3
+    vgg_weights: str | None = None
+    """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
+
+
+@dataclass
+class LossConfig(GuidanceLossConfig):
+    """Stage-1 weights at the top level (``loss.rgb_hr``), stage 2 under ``loss.gaussian``."""
+
+    gaussian: GaussianLossConfig = field(default_factory=GaussianLossConfig)
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 4
     """Rows per process and step (global batch = batch_size × processes)."""
@@ -127,6 +168,14 @@ class TrainConfig:
     """Adam learning rate of identity/expression codes and canonical landmarks."""
     lr_decay: float = 0.1
     """Learning-rate factor reached at the last step (exponential schedule)."""
+    gaussian_lr: float = 1e-3
+    """Stage 2: Adam learning rate of the networks (f_inj, f_id, f_exp, f_col, f_att, Ψ)."""
+    gaussian_code_lr: float = 1e-3
+    """Stage 2: codes, canonical landmarks and their features."""
+    point_lr: float = 5e-3
+    """Stage 2: per-Gaussian Γ0, log-scales, rotations and opacity logits."""
+    point_position_lr: float = 2e-4
+    """Stage 2: per-Gaussian canonical positions X0."""
     sdf_prefit_steps: int = 100
     """Adam steps fitting f_mean's SDF to a sphere before the main loop."""
     sdf_prefit_lr: float = 1e-2
@@ -140,6 +189,10 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "preview_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "code_lr", "gaussian_lr", "gaussian_code_lr", "point_lr",
+                     "point_position_lr"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("guidance_steps", "gaussian_steps", "sdf_prefit_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -161,8 +214,10 @@ class TrainRunConfig:
     stage: str = "guidance"
     """guidance | gaussian | all."""
     seed: int = 0
+    guidance_run: str | None = None
+    """stage=gaussian: the stage-1 run to start from (default: run_dir itself)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    loss: GuidanceLossConfig = field(default_factory=GuidanceLossConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricLogger:
-    """Appends ``{"step", "lr", **scalars}`` to ``logs/metrics.jsonl`` and mirrors the
+    """Appends ``{"step", "stage", "lr", **scalars}`` to ``logs/metrics.jsonl`` and mirrors the
     scalars to TensorBoard (``logs/tb``) when ``tensorboard`` is importable. Disabled
     loggers (non-main processes) do nothing."""
 
@@ -31,15 +31,19 @@ class MetricLogger:
         except ImportError:
             log.info("tensorboard is not installed; logging to metrics.jsonl only")
 
-    def log(self, step: int, scalars: dict[str, float], **extra: float) -> None:
+    def log(
+        self, step: int, scalars: dict[str, float], stage: str | None = None, **extra: float
+    ) -> None:
+        """One record; ``stage`` is stored in it and prefixes the TensorBoard tags."""
         if not self.enabled:
             return
-        record = {"step": step, **extra, **scalars}
+        record = {"step": step, **({"stage": stage} if stage else {}), **extra, **scalars}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.writer is not None:
+            prefix = f"{stage}/" if stage else ""
             for k, v in {**scalars, **extra}.items():
-                self.writer.add_scalar(k, v, step)
+                self.writer.add_scalar(prefix + k, v, step)
 
     def close(self) -> None:
         if self.enabled:

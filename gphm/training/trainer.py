@@ -1,4 +1,4 @@
-"""Stage-1 training with accelerate (DESIGN.md §2, §5).
+"""Training of both stages with accelerate (DESIGN.md §2, §5).
 
 Determinism and resume: the rows of step ``k`` are a pure function of (seed, k, global
 batch size) — an epoch-seeded permutation cut into global batches, of which process
@@ -10,6 +10,7 @@ processes × batch b (DDP averages gradients) equal one process × batch W·b.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict
@@ -27,7 +28,9 @@ from gphm.cli import write_report
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
+from gphm.models.gaussian_head import GaussianHead, GaussianOutput
 from gphm.models.guidance import GuidanceModel, GuidanceOutput
+from gphm.perceptual import build_perceptual_loss
 from gphm.training.checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -35,10 +38,22 @@ from gphm.training.checkpoint import (
     save_training_state,
 )
 from gphm.training.config import TrainRunConfig
-from gphm.training.evaluate import evaluate_guidance
+from gphm.training.evaluate import evaluate_model
 from gphm.training.logging import MetricLogger
 
-__all__ = ["TrainingDiverged", "DatasetMismatch", "step_rows", "GuidanceTrainer"]
+__all__ = [
+    "TrainingDiverged",
+    "DatasetMismatch",
+    "step_rows",
+    "StageTrainer",
+    "GuidanceTrainer",
+    "GaussianTrainer",
+    "load_guidance",
+    "GUIDANCE_MODEL_DIR",
+]
+
+GUIDANCE_MODEL_DIR = "guidance_model"
+"""Where every run keeps its stage-1 model (``RUN/model`` holds the final stage's)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,8 +89,16 @@ def canonical_landmark_mean(dataset: HeadDataset, max_rows: int = 256) -> torch.
     return torch.stack(acc).nanmean(0)
 
 
-class GuidanceTrainer:
-    """Owns the data, model, optimiser and loop of stage 1 for one ``run_dir``."""
+class StageTrainer:
+    """Shared data, loop, checkpoints and export of both stages for one ``run_dir``.
+
+    Subclasses set ``stage`` and ``ckpt_dir``, build ``self.model``, ``self.optimizer``
+    (with one ``base_lrs`` entry per parameter group) and ``self.total_steps``, and
+    implement :meth:`_initialise` and :meth:`compute_losses`.
+    """
+
+    stage: str = ""
+    desc: str = ""
 
     def __init__(self, cfg: TrainRunConfig, accelerator: Accelerator | None = None):
         self.cfg = cfg
@@ -83,7 +106,6 @@ class GuidanceTrainer:
             cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision
         )
         self.run_dir = Path(cfg.run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
         set_seed(cfg.seed)  # identical initialisation on every process
         self.dataset = HeadDataset(cfg.data.path, split="train", lr_size=cfg.model.lr_size)
         hr = self.dataset.hr_size[0]
@@ -95,14 +117,196 @@ class GuidanceTrainer:
                 f"model.lr_size={hr // cfg.model.guidance.upsampler.factor}"
             )
         meta = self.dataset.meta
+        if cfg.model.guidance.num_landmarks != meta.get("num_landmarks", 68):
+            raise DatasetMismatch(
+                f"{cfg.data.path}: {meta.get('num_landmarks')} landmarks per row, the model "
+                f"expects model.guidance.num_landmarks={cfg.model.guidance.num_landmarks}"
+            )
+        self.global_batch = cfg.train.batch_size * self.acc.num_processes
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.model: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.base_lrs: list[float] = []
+        self.total_steps = 0
+
+    # ------------------------------------------------------------------ hooks
+    def _initialise(self) -> None:
+        """Fresh start (no checkpoint to resume): initialise the model on the device."""
+        raise NotImplementedError
+
+    def compute_losses(self, out: Any, batch: HeadBatch) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch, each a per-row mean, plus their weighted ``total``."""
+        raise NotImplementedError
+
+    def _export_extra(self) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ set-up
+    def _start(self) -> int:
+        """Resume from the latest checkpoint, or initialise; returns the first step."""
+        latest = latest_checkpoint(self.ckpt_dir)
+        if latest is not None:
+            state = load_training_state(latest, self.model, self.optimizer)
+            if state.get("stage") != self.stage:
+                raise DatasetMismatch(f"{latest}: checkpoint of stage {state.get('stage')!r}")
+            self.acc.print(f"[train] {self.stage}: resuming from {latest} (step {state['step']})")
+            return int(state["step"])
+        self.model.to(self.acc.device)
+        self._initialise()
+        return 0
+
+    # ------------------------------------------------------------------ one step
+    def _batch(self, step: int) -> HeadBatch:
+        rows = step_rows(step, len(self.dataset), self.global_batch, self.cfg.seed)
+        local = rows[self.acc.process_index :: self.acc.num_processes]
+        return collate_views([self.dataset[i] for i in local]).to(self.acc.device)
+
+    def _set_lr(self, step: int) -> None:
+        frac = step / max(1, self.total_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.cfg.train.lr_decay**frac
+
+    def _forward(self, batch: HeadBatch) -> Any:
+        h, w = batch.image_lr.shape[1:3]
+        return self.model(
+            batch.subject, batch.frame, batch.head_R, batch.head_T, batch.head_scale,
+            batch.viewmat, batch.K_lr, w, h,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ loop
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run (or resume) this stage to its configured number of steps.
+
+        ``stop_after`` ends the loop early after that global step, as an interruption
+        would (used by the resume tests); nothing is exported then.
+        """
+        cfg, acc = self.cfg, self.acc
+        start = self._start()
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        logger = MetricLogger(self.run_dir / "logs", enabled=acc.is_main_process)
+        if acc.is_main_process:
+            resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+            atomic_write_text(self.run_dir / "config.yaml", resolved)
+        t0 = time.perf_counter()
+        terms: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
+                   desc=self.desc, disable=not acc.is_local_main_process)  # fmt: skip
+        stopped, done = False, start
+        try:
+            for step in bar:
+                self._set_lr(step)
+                batch = self._batch(step)
+                out = self._forward(batch)
+                terms = self.compute_losses(out, batch)
+                finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
+                if not bool(finite):
+                    self._diverged(step, terms)
+                self.optimizer.zero_grad(set_to_none=True)
+                acc.backward(terms["total"])
+                self.optimizer.step()
+                done = step + 1
+                last = done == self.total_steps
+                if done % cfg.train.log_every == 0 or last:
+                    scalars = {k: float(v.detach()) for k, v in terms.items()}
+                    logger.log(done, scalars, self.stage, lr=self.optimizer.param_groups[0]["lr"])
+                    iou = 1 - scalars["silhouette"]
+                    bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{iou:.3f}")
+                if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
+                    self._preview(done, out, batch)
+                if done % cfg.train.checkpoint_every == 0 or last:
+                    self._checkpoint(done)
+                if stop_after is not None and done >= stop_after:
+                    stopped = True
+                    break
+        finally:
+            logger.close()
+        if stopped:
+            return {"stage": self.stage, "stopped_after": done}
+        acc.wait_for_everyone()
+        summary = {
+            "stage": self.stage,
+            "steps": self.total_steps,
+            "resumed_from": start,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "final_losses": {k: round(float(v.detach()), 6) for k, v in terms.items()},
+            "processes": acc.num_processes,
+        }
+        if acc.is_main_process:
+            self.export(summary)
+            summary["eval"] = self.evaluate()
+        acc.wait_for_everyone()
+        return summary
+
+    def evaluate(self, split: str = "heldout_view") -> dict[str, Any] | None:
+        """Score the trained model on ``split`` into ``RUN/eval/<stage>_<split>.json``."""
+        if self.dataset.meta.get("split_sizes", {}).get(split, 0) == 0:
+            return None
+        model = self.acc.unwrap_model(self.model)
+        result = evaluate_model(model, self.cfg.data.path, split, self.cfg.model.lr_size,
+                                device=self.acc.device)  # fmt: skip
+        write_report(self.run_dir / "eval" / f"{self.stage}_{split}.json", result)
+        return result
+
+    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        last = latest_checkpoint(self.ckpt_dir)
+        raise TrainingDiverged(
+            f"non-finite loss at {self.stage} step {step} (terms: "
+            f"{', '.join(bad) or 'on another process'}); the step was not applied. "
+            f"Last good checkpoint: {last or 'none'}. Lower the learning rates or check the data."
+        )
+
+    def _checkpoint(self, step: int) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            model = self.acc.unwrap_model(self.model)
+            save_training_state(self.ckpt_dir, step, model, self.optimizer, {"stage": self.stage})
+            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def _preview(self, step: int, out: Any, batch: HeadBatch) -> None:
+        n = min(2, len(batch))
+        tiles = []
+        for i in range(n):
+            tiles += [out.rgb[i].detach().float().cpu(), batch.image[i].cpu()]
+        save_png(self.run_dir / "previews" / f"{self.stage}_{step:08d}.png", image_grid(tiles, 2))
+
+    def _write_model(self, target: Path, summary: dict[str, Any]) -> Path:
+        model = self.acc.unwrap_model(self.model)
+        meta = self.dataset.meta
+        extra = {
+            "stage": self.stage,
+            "lr_size": self.cfg.model.lr_size,
+            "hr_size": self.cfg.model.hr_size,
+            "subjects": meta["subjects"],
+            "frames": meta["frames"],
+            "train_frames": sorted({int(f) for f in self.dataset.frames}),
+            "expressions": meta.get("expressions"),
+            "landmark_convention": meta.get("landmark_convention"),
+            "train_config": asdict(self.cfg.train),
+            "summary": summary,
+        } | self._export_extra()
+        with atomic_directory(target, overwrite=True) as tmp:
+            model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
+        return target
+
+    def export(self, summary: dict[str, Any]) -> Path:
+        """Write the self-describing ``RUN/model`` (config.json + model.safetensors)."""
+        return self._write_model(self.run_dir / "model", summary)
+
+
+class GuidanceTrainer(StageTrainer):
+    """Stage 1: the guiding mesh model (DESIGN.md §2)."""
+
+    stage = "guidance"
+    desc = "stage 1"
+
+    def __init__(self, cfg: TrainRunConfig, accelerator: Accelerator | None = None):
+        super().__init__(cfg, accelerator)
+        meta = self.dataset.meta
         self.model = GuidanceModel(
             cfg.model.guidance, num_subjects=len(meta["subjects"]), num_frames=meta["num_frames"]
         )
-        if self.model.config.num_landmarks != meta.get("num_landmarks", 68):
-            raise DatasetMismatch(
-                f"{cfg.data.path}: {meta.get('num_landmarks')} landmarks per row, the model "
-                f"expects model.guidance.num_landmarks={self.model.config.num_landmarks}"
-            )
         codes = [self.model.identity_codes.codes.weight, self.model.expression_codes.codes.weight]
         codes.append(self.model.landmarks_canonical)
         code_ids = {id(p) for p in codes}
@@ -112,9 +316,7 @@ class GuidanceTrainer:
         )
         self.base_lrs = [cfg.train.lr, cfg.train.code_lr]
         self.total_steps = cfg.train.guidance_steps
-        self.global_batch = cfg.train.batch_size * self.acc.num_processes
 
-    # ------------------------------------------------------------------ set-up
     def prefit_sdf(self) -> float:
         """Fit f_mean's SDF to a sphere so DMTet starts from a closed surface.
 
@@ -134,16 +336,7 @@ class GuidanceTrainer:
             opt.step()
         return float(loss.detach())
 
-    def _start(self) -> int:
-        """Resume from the latest checkpoint, or initialise; returns the first step."""
-        latest = latest_checkpoint(self.ckpt_dir)
-        if latest is not None:
-            state = load_training_state(latest, self.model, self.optimizer)
-            if state.get("stage") != "guidance":
-                raise DatasetMismatch(f"{latest}: checkpoint of stage {state.get('stage')!r}")
-            self.acc.print(f"[train] resuming from {latest} (step {state['step']})")
-            return int(state["step"])
-        self.model.to(self.acc.device)
+    def _initialise(self) -> None:
         with torch.no_grad():
             self.model.landmarks_canonical.copy_(canonical_landmark_mean(self.dataset))
         loss = self.prefit_sdf()
@@ -157,9 +350,7 @@ class GuidanceTrainer:
                 f"{self.cfg.train.sdf_prefit_steps} steps); raise train.sdf_prefit_steps"
             )
         self.acc.print(f"[train] SDF pre-fit to a sphere: loss {loss:.2e}, {faces} faces")
-        return 0
 
-    # ------------------------------------------------------------------ one step
     def compute_losses(self, out: GuidanceOutput, batch: HeadBatch) -> dict[str, torch.Tensor]:
         w = self.cfg.loss
         d = out.deformation
@@ -178,136 +369,107 @@ class GuidanceTrainer:
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
 
-    def _batch(self, step: int) -> HeadBatch:
-        rows = step_rows(step, len(self.dataset), self.global_batch, self.cfg.seed)
-        local = rows[self.acc.process_index :: self.acc.num_processes]
-        return collate_views([self.dataset[i] for i in local]).to(self.acc.device)
+    def export(self, summary: dict[str, Any]) -> Path:
+        """``RUN/guidance_model`` always (stage 2 starts from it); also ``RUN/model`` when
+        stage 1 is the final stage of this run."""
+        path = self._write_model(self.run_dir / GUIDANCE_MODEL_DIR, summary)
+        if self.cfg.stage == "guidance":
+            path = self._write_model(self.run_dir / "model", summary)
+        return path
 
-    def _set_lr(self, step: int) -> None:
-        frac = step / max(1, self.total_steps)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * self.cfg.train.lr_decay**frac
 
-    def _forward(self, batch: HeadBatch) -> GuidanceOutput:
-        h, w = batch.image_lr.shape[1:3]
-        return self.model(
-            batch.subject, batch.frame, batch.head_R, batch.head_T, batch.head_scale,
-            batch.viewmat, batch.K_lr, w, h,
-        )  # fmt: skip
+class GaussianTrainer(StageTrainer):
+    """Stage 2: the Gaussian head created from a trained guidance model (DESIGN.md §2).
 
-    # ------------------------------------------------------------------ loop
-    def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Run (or resume) stage 1 to ``train.guidance_steps``.
+    The guidance model comes from ``guidance`` (stage=all hands it over), else from
+    ``train.guidance_run`` or this run's ``RUN/guidance_model``. It is copied to
+    ``RUN/guidance_model`` so that a resumed stage 2 rebuilds the same Gaussians.
+    """
 
-        ``stop_after`` ends the loop early after that global step, as an interruption
-        would (used by the resume tests); nothing is exported then.
-        """
-        cfg, acc = self.cfg, self.acc
-        start = self._start()
-        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
-        logger = MetricLogger(self.run_dir / "logs", enabled=acc.is_main_process)
-        if acc.is_main_process:
-            resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-            atomic_write_text(self.run_dir / "config.yaml", resolved)
-        t0 = time.perf_counter()
-        terms: dict[str, torch.Tensor] = {}
-        bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
-                   desc="stage 1", disable=not acc.is_local_main_process)  # fmt: skip
-        stopped = False
-        try:
-            for step in bar:
-                self._set_lr(step)
-                batch = self._batch(step)
-                out = self._forward(batch)
-                terms = self.compute_losses(out, batch)
-                finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
-                if not bool(finite):
-                    self._diverged(step, terms)
-                self.optimizer.zero_grad(set_to_none=True)
-                acc.backward(terms["total"])
-                self.optimizer.step()
-                done = step + 1
-                last = done == self.total_steps
-                if done % cfg.train.log_every == 0 or last:
-                    scalars = {k: float(v.detach()) for k, v in terms.items()}
-                    logger.log(done, scalars, lr=self.optimizer.param_groups[0]["lr"])
-                    iou = 1 - scalars["silhouette"]
-                    bar.set_postfix(loss=f"{scalars['total']:.4f}", iou=f"{iou:.3f}")
-                if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
-                    self._preview(done, out, batch)
-                if done % cfg.train.checkpoint_every == 0 or last:
-                    self._checkpoint(done)
-                if stop_after is not None and done >= stop_after:
-                    stopped = True
-                    break
-        finally:
-            logger.close()
-        if stopped:
-            return {"stage": "guidance", "stopped_after": done}
-        acc.wait_for_everyone()
-        summary = {
-            "stage": "guidance",
-            "steps": self.total_steps,
-            "resumed_from": start,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "final_losses": {k: round(float(v.detach()), 6) for k, v in terms.items()},
-            "processes": acc.num_processes,
-        }
-        if acc.is_main_process:
-            self.export(summary)
-            summary["eval"] = self.evaluate()
-        return summary
+    stage = "gaussian"
+    desc = "stage 2"
 
-    def evaluate(self, split: str = "heldout_view") -> dict[str, Any] | None:
-        """Score the exported model on ``split`` into ``RUN/eval/guidance_<split>.json``."""
-        if self.dataset.meta.get("split_sizes", {}).get(split, 0) == 0:
-            return None
-        model = self.acc.unwrap_model(self.model)
-        result = evaluate_guidance(model, self.cfg.data.path, split, self.cfg.model.lr_size,
-                                   device=self.acc.device)  # fmt: skip
-        write_report(self.run_dir / "eval" / f"guidance_{split}.json", result)
-        return result
+    def __init__(
+        self,
+        cfg: TrainRunConfig,
+        accelerator: Accelerator | None = None,
+        guidance: GuidanceModel | None = None,
+    ):
+        super().__init__(cfg, accelerator)
+        self.ckpt_dir = self.run_dir / "checkpoints" / "gaussian"
+        if guidance is None:
+            guidance = load_guidance(cfg.guidance_run or cfg.run_dir)
+        self._check_guidance(guidance)
+        guidance = guidance.to(self.acc.device)
+        self.model = GaussianHead.create_from(guidance, cfg.model.gaussian, seed=cfg.seed)
+        if self.acc.is_main_process and not (self.run_dir / GUIDANCE_MODEL_DIR).is_dir():
+            with atomic_directory(self.run_dir / GUIDANCE_MODEL_DIR) as tmp:
+                guidance.save_pretrained(tmp, extra={"stage": "guidance", "copied_from":
+                                                     str(cfg.guidance_run)})  # fmt: skip
+        self.perceptual = build_perceptual_loss(cfg.loss.gaussian.vgg_weights)
+        t, m = cfg.train, self.model
+        per_point = [m.point_features, m.log_scales, m.quats, m.opacity_logits]
+        codes = [m.identity_codes.codes.weight, m.expression_codes.codes.weight]
+        codes += [m.landmarks_canonical, m.landmark_features]
+        special = {id(p) for p in per_point + codes + [m.points]}
+        nets = [p for p in m.parameters() if id(p) not in special]
+        groups = [(nets, t.gaussian_lr), (codes, t.gaussian_code_lr),
+                  ([m.points], t.point_position_lr), (per_point, t.point_lr)]  # fmt: skip
+        self.optimizer = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in groups])
+        self.base_lrs = [lr for _, lr in groups]
+        self.total_steps = t.gaussian_steps
 
-    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        last = latest_checkpoint(self.ckpt_dir)
-        raise TrainingDiverged(
-            f"non-finite loss at step {step} (terms: {', '.join(bad) or 'on another process'}); "
-            f"the step was not applied. Last good checkpoint: {last or 'none'}. "
-            "Lower train.lr or check the data."
+    def _check_guidance(self, guidance: GuidanceModel) -> None:
+        meta = self.dataset.meta
+        have = (guidance.identity_codes.num_codes, guidance.expression_codes.num_codes)
+        want = (len(meta["subjects"]), meta["num_frames"])
+        if have != want:
+            raise DatasetMismatch(
+                f"the stage-1 model has {have[0]} identity and {have[1]} expression codes but "
+                f"{self.cfg.data.path} has {want[0]} subjects and {want[1]} frames; "
+                "train stage 1 on this dataset (stage=all)"
+            )
+        if dataclasses.asdict(guidance.config) != dataclasses.asdict(self.cfg.model.guidance):
+            self.acc.print("[train] note: the stage-1 model's architecture differs from "
+                           "model.guidance; stage 2 keeps the stage-1 architecture")  # fmt: skip
+
+    def _initialise(self) -> None:
+        self.acc.print(
+            f"[train] stage 2: {self.model.num_points} Gaussians from the mean mesh; "
+            f"perceptual loss: {self.perceptual.name}"
         )
 
-    def _checkpoint(self, step: int) -> None:
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.model)
-            save_training_state(self.ckpt_dir, step, model, self.optimizer, {"stage": "guidance"})
-            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
-        self.acc.wait_for_everyone()
+    def _export_extra(self) -> dict[str, Any]:
+        return {"perceptual": self.perceptual.describe(), "num_points": self.model.num_points}
 
-    def _preview(self, step: int, out: GuidanceOutput, batch: HeadBatch) -> None:
-        n = min(2, len(batch))
-        tiles = []
-        for i in range(n):
-            tiles += [out.rgb[i].detach().float().cpu(), batch.image[i].cpu()]
-        save_png(self.run_dir / "previews" / f"guidance_{step:08d}.png", image_grid(tiles, 2))
-
-    def export(self, summary: dict[str, Any]) -> Path:
-        """Write the self-describing ``RUN/model`` (config.json + model.safetensors)."""
+    def compute_losses(self, out: GaussianOutput, batch: HeadBatch) -> dict[str, torch.Tensor]:
+        w = self.cfg.loss.gaussian
+        d = out.attributes.deformation
         model = self.acc.unwrap_model(self.model)
-        meta = self.dataset.meta
-        extra = {
-            "stage": "guidance",
-            "lr_size": self.cfg.model.lr_size,
-            "hr_size": self.cfg.model.hr_size,
-            "subjects": meta["subjects"],
-            "frames": meta["frames"],
-            "expressions": meta.get("expressions"),
-            "landmark_convention": meta.get("landmark_convention"),
-            "train_config": asdict(self.cfg.train),
-            "summary": summary,
+        terms = {
+            "rgb_hr": losses.l1(out.rgb, batch.image),
+            "perceptual": self.perceptual(out.rgb, batch.image),
+            "silhouette": losses.silhouette_iou(out.mask, batch.mask_lr),
+            "rgb_lr": losses.l1(out.features[..., :3], batch.image_lr),
+            "landmark": losses.landmark_mse(out.landmarks, batch.landmarks_3d),
+            "offset": losses.offset_l2(d.delta_id) + losses.offset_l2(d.delta_exp),
+            "code": losses.code_l2(model.identity_codes(batch.subject))
+            + losses.code_l2(model.expression_codes(batch.frame)),
         }
-        target = self.run_dir / "model"
-        with atomic_directory(target, overwrite=True) as tmp:
-            model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
-        return target
+        terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
+        return terms
+
+
+def load_guidance(run_dir: str | Path) -> GuidanceModel:
+    """The stage-1 model of a run: ``RUN/guidance_model``, else ``RUN/model`` when that
+    still holds a guidance model."""
+    run = Path(run_dir)
+    for d in (run / GUIDANCE_MODEL_DIR, run / "model", run):
+        if (d / "config.json").is_file():
+            desc = json.loads((d / "config.json").read_text())
+            if desc.get("class") == GuidanceModel.__name__:
+                return GuidanceModel.from_pretrained(d)
+    raise FileNotFoundError(
+        f"{run}: no trained stage-1 model (expected {run / GUIDANCE_MODEL_DIR}/config.json); "
+        "train it first with stage=guidance, or run stage=all"
+    )

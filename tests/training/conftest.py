@@ -46,7 +46,7 @@ def _fibonacci(n: int) -> torch.Tensor:
     return torch.stack([phi.sin() * theta.cos(), phi.cos(), phi.sin() * theta.sin()], -1)
 
 
-def _rows():
+def _rows(combo: tuple[str, str] | None = None):
     verts, tets = tet_grid(24)
     K = intrinsics(1.2 * HR, 1.2 * HR, HR / 2, HR / 2)
     eyes = torch.tensor([[-1.5, 0.3, 2.6], [0.0, 0.0, 3.0], [1.5, -0.3, 2.6]])
@@ -85,14 +85,14 @@ def _rows():
                     "head_T": T.numpy(),
                     "head_scale": 1.0,
                     "landmarks_3d": lmk.numpy(),
-                    "split": "heldout_view" if cam == "c2" else "train",
+                    "split": "heldout_combo"
+                    if (name, expr) == combo
+                    else ("heldout_view" if cam == "c2" else "train"),
                 }
             frame += 1
 
 
-@pytest.fixture(scope="session")
-def tiny_head_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny_heads"
+def _write(out, combo=None):
     meta = {
         "subjects": SUBJECTS,
         "expressions": EXPRESSIONS,
@@ -104,5 +104,18 @@ def tiny_head_dataset(tmp_path_factory):
         "canonical_transform": {"scale": 1.0, "R": np.eye(3).tolist(), "T": [0.0, 0.0, 0.0]},
         "generator": {"kind": "tests/training/conftest.py"},
     }
-    write_dataset(out, _rows(), meta)
+    write_dataset(out, _rows(combo), meta)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_head_dataset(tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("data") / "tiny_heads")
+
+
+@pytest.fixture(scope="session")
+def tiny_combo_dataset(tmp_path_factory):
+    """Like ``tiny_head_dataset`` but (b, the second expression) is a held-out combo."""
+    return _write(
+        tmp_path_factory.mktemp("data") / "tiny_combo", combo=(SUBJECTS[1], EXPRESSIONS[1])
+    )

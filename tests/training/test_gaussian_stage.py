@@ -1,0 +1,124 @@
+"""Stage 2 and stage=all: training, resume, NaN guard, CLIs for evaluation and rendering."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gphm.io.ply import load_gaussian_ply
+from gphm.models.gaussian_head import GaussianHead
+from gphm.training.checkpoint import latest_checkpoint
+from gphm.training.trainer import GaussianTrainer, GuidanceTrainer, TrainingDiverged
+
+from .test_train import ROOT, _cfg, _env
+
+STAGE2 = ["train.guidance_steps=6", "train.batch_size=2", "train.checkpoint_every=3"]
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tiny_head_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("stage1") / "run"
+    GuidanceTrainer(_cfg(tiny_head_dataset, run, *STAGE2)).train()
+    return run
+
+
+def test_stage_gaussian_from_a_stage1_run(tiny_head_dataset, stage1_run, tmp_path):
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, "stage=gaussian",
+               f"guidance_run={stage1_run}", "train.gaussian_steps=8")  # fmt: skip
+    summary = GaussianTrainer(cfg).train()
+    log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
+    assert all(r["stage"] == "gaussian" for r in log)
+    assert log[-1]["rgb_hr"] < log[0]["rgb_hr"]
+    desc = json.loads((tmp_path / "run/model/config.json").read_text())
+    assert desc["class"] == "GaussianHead"
+    assert desc["extra"]["perceptual"] == {"perceptual": "dssim", "weights": None}
+    assert desc["extra"]["stage"] == "gaussian"
+    model = GaussianHead.from_pretrained(tmp_path / "run/model")
+    assert model.num_points == desc["extra"]["num_points"]
+    assert (tmp_path / "run/guidance_model/config.json").is_file()  # copied for resume
+    assert latest_checkpoint(tmp_path / "run/checkpoints/gaussian").name == "step_00000008"
+    ev = json.loads((tmp_path / "run/eval/gaussian_heldout_view.json").read_text())
+    assert ev["model"] == "GaussianHead" and ev["lpips"] is None and ev["n"] == 4
+    assert summary["eval"] == ev
+
+
+def test_stage2_resume_is_bit_exact_and_nan_guard(tiny_head_dataset, stage1_run, tmp_path):
+    extra = [*STAGE2, "stage=gaussian", f"guidance_run={stage1_run}", "train.gaussian_steps=6"]
+    GaussianTrainer(_cfg(tiny_head_dataset, tmp_path / "full", *extra)).train()
+    GaussianTrainer(_cfg(tiny_head_dataset, tmp_path / "resumed", *extra)).train(stop_after=3)
+    summary = GaussianTrainer(_cfg(tiny_head_dataset, tmp_path / "resumed", *extra)).train()
+    assert summary["resumed_from"] == 3
+    a = load_file(str(tmp_path / "full/model/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/model/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg = _cfg(tiny_head_dataset, tmp_path / "nan", *extra)
+    GaussianTrainer(cfg).train(stop_after=3)
+    good = latest_checkpoint(tmp_path / "nan/checkpoints/gaussian")
+    cfg.loss.gaussian.rgb_hr = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at gaussian step 3"):
+        GaussianTrainer(cfg).train()
+    assert latest_checkpoint(tmp_path / "nan/checkpoints/gaussian") == good
+
+
+def test_stage_gaussian_without_stage1_is_refused(tiny_head_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained stage-1 model"):
+        GaussianTrainer(_cfg(tiny_head_dataset, tmp_path / "run", "stage=gaussian"))
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=_env(), timeout=600, **kw)  # fmt: skip
+
+
+def test_cli_stage_all_then_evaluate_and_render(tiny_combo_dataset, tmp_path):
+    from .conftest import TINY_OVERRIDES
+
+    tiny_head_dataset = tiny_combo_dataset
+    run = tmp_path / "run"
+    train = _run([ROOT / "scripts/train.py", f"data.path={tiny_head_dataset}", f"run_dir={run}",
+                  *TINY_OVERRIDES, "stage=all", "train.guidance_steps=3",
+                  "train.gaussian_steps=2", "train.batch_size=2"])  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "train: stage all 5 steps" in train.stdout
+    report = json.loads((run / "train_report.json").read_text())
+    assert set(report["stages"]) == {"guidance", "gaussian"}
+    assert json.loads((run / "model/config.json").read_text())["class"] == "GaussianHead"
+    assert json.loads((run / "guidance_model/config.json").read_text())["class"] == "GuidanceModel"
+
+    for split in ("heldout_view", "heldout_combo"):
+        ev = _run([ROOT / "scripts/evaluate.py", f"run_dir={run}",
+                   f"data.path={tiny_head_dataset}", f"split={split}"])  # fmt: skip
+        assert ev.returncode == 0, ev.stderr[-3000:]
+        res = json.loads((run / "eval" / f"{split}.json").read_text())
+        assert res["lpips"] is None and res["n"] == 3 and "lpips_unavailable" in res
+        for k in ("psnr", "psnr_masked", "ssim", "ssim_masked"):
+            assert 0 < res[k] < 100, (k, res[k])
+        assert (run / "eval" / split / "side_by_side.png").is_file()
+    combo = json.loads((run / "eval/heldout_combo.json").read_text())
+    assert combo["donor_frames"] and combo["transfer"].startswith("z_exp")
+
+    out = tmp_path / "render"
+    tt = _run([ROOT / "scripts/render.py", f"checkpoint={run}", f"out={out}/tt", "subject=a",
+               "frames=4", "size=32"])  # fmt: skip
+    assert tt.returncode == 0, tt.stderr[-3000:]
+    ply = load_gaussian_ply(out / "tt/gaussians.ply")
+    model = GaussianHead.from_pretrained(run / "model")
+    assert len(ply) == model.num_points
+    assert (out / "tt/turntable.mp4").stat().st_size > 0
+    grid = _run([ROOT / "scripts/render.py", f"checkpoint={run}", f"out={out}/grid", "mode=grid",
+                 "frames=3", "size=32"])  # fmt: skip
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    rep = json.loads((out / "grid/render_report.json").read_text())
+    assert rep["subjects"] == ["a", "b"] and len(rep["cells"]) == 2 * len(rep["expressions"])
+    morph = _run([ROOT / "scripts/render.py", f"checkpoint={run}", f"out={out}/morph",
+                  "mode=interpolate", "subject_b=b", "frames=3", "size=32"])  # fmt: skip
+    assert morph.returncode == 0, morph.stderr[-3000:]
+    assert (out / "morph/interpolation.mp4").is_file()
+    assert (out / "morph/interpolation_strip.png").is_file()
+    bad = _run([ROOT / "scripts/evaluate.py", f"run_dir={tmp_path / 'nope'}",
+                f"data.path={tiny_head_dataset}"])  # fmt: skip
+    assert bad.returncode == 2 and "no trained model" in bad.stderr
