@@ -1,0 +1,115 @@
+"""Who to render: a training subject (and frame), a fitted avatar, or a photo to fit.
+
+Used by ``scripts/fit_image.py`` and ``scripts/edit_expression.py``. A *spec* string is
+
+* a fitted avatar directory (``avatar.json`` inside),
+* an image file (``.png/.jpg/.jpeg``): it is fitted first,
+* ``SUBJECT`` or ``SUBJECT:EXPRESSION`` (name or index, expression label) or
+  ``SUBJECT@FRAME`` (global frame index) of the trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gphm.data.preprocess.single_image import PreparedImage, prepare_image
+from gphm.fitting.avatar import Avatar, is_avatar_dir
+from gphm.fitting.fit import FitConfig, FitResult, FitTarget, fit_image
+from gphm.models.runs import TrainedRun
+
+__all__ = ["Source", "resolve_source", "fit_photo", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class Source:
+    label: str
+    kind: str  # "subject" | "avatar" | "image"
+    z_id: Tensor  # [Did]
+    z_exp: Tensor  # [Dexp]
+    model: Any  # the run's model, or a copy personalised by an avatar (f_col)
+    point_offsets: Tensor | None = None  # [N, 3] avatar offsets
+    image: Tensor | None = None  # [S, S, 3] the photo / a representative input, if any
+    info: dict[str, Any] | None = None
+
+
+def fit_photo(
+    run: TrainedRun,
+    image: str | Path,
+    detector: str = "mediapipe",
+    landmarks: str | Path | None = None,
+    config: FitConfig | None = None,
+    progress: bool = False,
+) -> tuple[PreparedImage, FitResult]:
+    """Align a photo to the training framing at the model's output size and fit it."""
+    size = int(run.extra.get("hr_size") or 0)
+    if size <= 0:
+        raise ValueError(f"{run.path}: the model does not record its output size (hr_size)")
+    prepared = prepare_image(image, detector=None if landmarks else detector,
+                             landmarks=landmarks, out_size=size)  # fmt: skip
+    target = FitTarget(
+        image=torch.from_numpy(prepared.image).float(),
+        mask=torch.from_numpy(prepared.mask).float(),
+        K=torch.from_numpy(prepared.K).float(),
+        landmarks=torch.from_numpy(prepared.landmarks).float(),
+    )
+    return prepared, fit_image(run.model, target, config, str(run.path), progress=progress)
+
+
+def _from_avatar(run: TrainedRun, avatar: Avatar, label: str, kind: str, image=None) -> Source:
+    return Source(
+        label=label, kind=kind, z_id=avatar.z_id, z_exp=avatar.z_exp,
+        model=avatar.personalised(run.model), point_offsets=avatar.point_offsets, image=image,
+        info={"checkpoint": avatar.checkpoint, **avatar.report},
+    )  # fmt: skip
+
+
+def resolve_source(
+    spec: str,
+    run: TrainedRun,
+    config: FitConfig | None = None,
+    detector: str = "mediapipe",
+) -> Source:
+    """Resolve a spec (module docstring) against ``run``."""
+    path = Path(spec)
+    if path.is_dir():
+        if not is_avatar_dir(path):
+            raise FileNotFoundError(f"{path}: a directory but not a fitted avatar (no avatar.json)")
+        return _from_avatar(run, Avatar.load(path), path.name, "avatar")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image not found")
+        prepared, result = fit_photo(run, path, detector, config=config)
+        image = torch.from_numpy(prepared.image).float()
+        return _from_avatar(run, result.avatar, path.stem, "image", image)
+    name, frame, expression = spec, None, None
+    if "@" in spec:
+        name, f = spec.split("@", 1)
+        try:
+            frame = int(f)
+        except ValueError:
+            raise ValueError(f"{spec!r}: expected SUBJECT@FRAME with an integer frame") from None
+    elif ":" in spec:
+        name, expression = spec.split(":", 1)
+    try:
+        subject = run.subject_index(name)
+    except ValueError as err:
+        raise ValueError(
+            f"{spec!r} is neither an avatar directory, an image file nor a training subject ({err})"
+        ) from None
+    frame = run.frame_index(subject, frame, expression)
+    model = run.model
+    return Source(
+        label=f"{run.subjects[subject]}:{run.extra['frames'][frame].get('expression')}",
+        kind="subject",
+        z_id=model.identity_codes.codes.weight[subject].detach(),
+        z_exp=model.expression_codes.codes.weight[frame].detach(),
+        model=model,
+        info={"subject": run.subjects[subject], "frame": frame},
+    )
