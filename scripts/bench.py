@@ -4,6 +4,7 @@
     python scripts/bench.py render      # Gaussian rasterizer + mesh rasterizer
     python scripts/bench.py geometry    # tet grid, marching tetrahedra, mesh ops
     python scripts/bench.py preprocess  # landmark detection on a 512² photo
+    python scripts/bench.py stage2      # Gaussian head: create_from, train step, fitting
     python scripts/bench.py all
     python scripts/bench.py render --quick --out bench_results/render.json
 
@@ -31,6 +32,7 @@ SUITES = {
     "render": ["benchmarks.gaussians", "benchmarks.mesh"],
     "geometry": ["benchmarks.geometry"],
     "preprocess": ["benchmarks.preprocess"],
+    "stage2": ["benchmarks.stage2"],
 }
 
 

@@ -5,43 +5,116 @@
 #
 # 1. set-up (.venv, torch 2.13.0 pinned, gphm installed)
 # 2. the default synthetic multi-identity set (8 identities x 8 expressions x 8 views,
-#    128 px) into data/synthetic (reused when present)
+#    128 px) into data/synthetic, and a small set of unseen identities (2 x 2 x 4) for
+#    single-image fitting into data/synthetic_unseen (both reused when present)
 # 3. a showcase of the renderers and DMTet
-# 4. stage 1 (guiding mesh model, model=tiny) trained on it, evaluated on held-out views
-# 5. meshes and turntables of two subjects, and outputs/demo/index.md
-# Stage 2, single-image fitting and expression editing are open issues (see index.md).
-# Environment: GPHM_DEMO_OUT, GPHM_DEMO_DATA, GPHM_DEMO_STEPS (stage-1 steps).
+# 4. training, model=tiny: stage 1 (guiding mesh model), then stage 2 (Gaussian head);
+#    re-running resumes from the latest checkpoint
+# 5. evaluation: held-out views, held-out (identity, expression) pairs, and fitting the
+#    unseen identities from one view, scored on their other views
+# 6. a real photo (scikit-image's astronaut) fitted: overlay, novel views, orbit video
+# 7. expression transfer onto the fitted astronaut and between two training subjects
+# 8. a turntable (+ gaussians.ply), an identity x expression grid, an identity morph
+# 9. outputs/demo/index.md (every picture and metric) and the per-step timings
+# The [demo] lines show the time since the start and how long the previous step took;
+# OUT/timings.tsv keeps them (index.md shows them too).
+#
+# Environment:
+#   GPHM_DEMO_OUT              output directory (default outputs/demo)
+#   GPHM_DEMO_DATA             training dataset (default data/synthetic)
+#   GPHM_DEMO_UNSEEN           unseen identities for split=fit (default data/synthetic_unseen)
+#   GPHM_DEMO_GUIDANCE_STEPS   stage-1 steps (default 300; GPHM_DEMO_STEPS is an alias)
+#   GPHM_DEMO_GAUSSIAN_STEPS   stage-2 steps (default 1300)
+#   GPHM_DEMO_TRAIN_ARGS       extra train.py overrides, word-split, e.g.
+#                              "train.batch_size=2 train.checkpoint_every=250"
+# The expression-transfer targets name (subject, expression) pairs trained from the
+# default dataset; held-out pairs (e.g. synth_002:jaw_open, synth_003:cheek_puff) have
+# untrained expression codes and would make poor targets.
 set -euo pipefail
 . "$(dirname "$0")/_setup_env.sh"
 cd "$GPHM_ROOT"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 OUT="${GPHM_DEMO_OUT:-outputs/demo}"
 DATA="${GPHM_DEMO_DATA:-data/synthetic}"
-STEPS="${GPHM_DEMO_STEPS:-500}"
+UNSEEN="${GPHM_DEMO_UNSEEN:-data/synthetic_unseen}"
+G="${GPHM_DEMO_GUIDANCE_STEPS:-${GPHM_DEMO_STEPS:-300}}"
+S="${GPHM_DEMO_GAUSSIAN_STEPS:-1300}"
+TRAIN_EXTRA="${GPHM_DEMO_TRAIN_ARGS:-}"
+RUN="$OUT/run"
 mkdir -p "$OUT"
 start=$(date +%s)
+step_start=$start
+step_name=""
+: > "$OUT/timings.tsv"
+
+# step NAME MESSAGE...: closes the previous step (its seconds go to OUT/timings.tsv)
+# and announces the next one with the time since the start of the demo.
+step() {
+    local now
+    now=$(date +%s)
+    if [ -n "$step_name" ]; then
+        printf '%s\t%s\n' "$step_name" "$(( now - step_start ))" >> "$OUT/timings.tsv"
+        echo "[demo] +$(( now - start )) s: $step_name took $(( now - step_start )) s"
+    fi
+    step_name="$1"
+    step_start=$now
+    shift
+    [ $# -eq 0 ] || echo "[demo] +$(( now - start )) s: $*"
+}
 
 if [ -f "$DATA/meta.json" ]; then
-    echo "[demo] using existing synthetic dataset $DATA"
+    step data "using existing synthetic dataset $DATA"
 else
-    echo "[demo] generating the default synthetic dataset into $DATA"
+    step data "generating the default synthetic dataset into $DATA"
     python scripts/make_synthetic.py out="$DATA" num_identities=8 num_expressions=8 \
         num_views=8 resolution=128 seed=0
 fi
 cp -f "$DATA/contact_sheet.png" "$OUT/contact_sheet.png"
 
-echo "[demo] renderer and geometry showcase"
+if [ -f "$UNSEEN/meta.json" ]; then
+    step unseen_data "using existing unseen identities $UNSEEN"
+else
+    step unseen_data "generating unseen identities for single-image fitting into $UNSEEN"
+    python scripts/make_synthetic.py out="$UNSEEN" num_identities=2 num_expressions=2 \
+        num_views=4 resolution=128 seed=7 heldout_views=1
+fi
+cp -f "$UNSEEN/contact_sheet.png" "$OUT/unseen_contact_sheet.png"
+
+step showcase "renderer and geometry showcase"
 python scripts/render_samples.py out="$OUT/showcase" data="$DATA"
 
-echo "[demo] stage 1: training the guiding mesh model ($STEPS steps; resumes if interrupted)"
-python scripts/train.py data.path="$DATA" run_dir="$OUT/run" model=tiny stage=guidance \
-    train.guidance_steps="$STEPS"
+step train "training: stage 1 ($G steps), then stage 2 ($S steps); resumes if interrupted"
+# shellcheck disable=SC2086  # TRAIN_EXTRA is a list of overrides: split on purpose
+python scripts/train.py data.path="$DATA" run_dir="$RUN" model=tiny stage=all \
+    train.guidance_steps="$G" train.gaussian_steps="$S" $TRAIN_EXTRA
 
-echo "[demo] meshes and turntables"
-python scripts/render.py checkpoint="$OUT/run" out="$OUT/render_synth_000" \
-    subject=synth_000 expression=neutral
-python scripts/render.py checkpoint="$OUT/run" out="$OUT/render_synth_002" \
-    subject=synth_002 expression=jaw_open
+step eval_heldout_view "evaluating on held-out views"
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=heldout_view
+step eval_heldout_combo "evaluating on held-out (identity, expression) pairs"
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=heldout_combo
+step eval_fit "fitting the unseen identities from one view, scored on the others"
+python scripts/evaluate.py run_dir="$RUN" data.path="$UNSEEN" split=fit
 
-python scripts/demo_report.py out="$OUT" run="$OUT/run" seconds="$(( $(date +%s) - start ))"
+step fit_astronaut "fitting a photo (scikit-image's astronaut)"
+python -c 'import sys; from PIL import Image; from skimage import data
+Image.fromarray(data.astronaut()).save(sys.argv[1])' "$OUT/astronaut.png"
+python scripts/fit_image.py checkpoint="$RUN" image="$OUT/astronaut.png" \
+    out="$OUT/fit_astronaut" size=128 frames=24
+
+step edit "expression transfer: astronaut <- synth_001:jaw_open, synth_000 <- synth_003:smile_l"
+python scripts/edit_expression.py checkpoint="$RUN" source="$OUT/fit_astronaut/avatar" \
+    target=synth_001:jaw_open out="$OUT/edit_astronaut" size=128
+python scripts/edit_expression.py checkpoint="$RUN" source=synth_000:neutral \
+    target=synth_003:smile_l out="$OUT/edit_synth" size=128
+
+step render "turntable, identity x expression grid, identity morph"
+python scripts/render.py checkpoint="$RUN" out="$OUT/render_synth_000" \
+    subject=synth_000 expression=neutral size=128 frames=36
+python scripts/render.py checkpoint="$RUN" out="$OUT/grid" mode=grid size=96 frames=10
+python scripts/render.py checkpoint="$RUN" out="$OUT/interpolation" mode=interpolate \
+    subject=synth_000 subject_b=synth_005 size=128 frames=36
+
+step report "writing $OUT/index.md"
+python scripts/demo_report.py out="$OUT" run="$RUN" seconds="$(( $(date +%s) - start ))"
+step ""
 echo "[demo] done in $(( $(date +%s) - start )) s; open $OUT/index.md"

@@ -223,8 +223,8 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
             terms["total"].backward()
             opt.step()
             if i % 10 == 0 or i == steps - 1:
-                history.append({"phase": phase, "step": i} |
-                               {k: round(float(v.detach()), 6) for k, v in terms.items()})  # fmt: skip
+                values = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+                history.append({"phase": phase, "step": i} | values)
 
     groups = [{"params": [z_id, z_exp], "lr": cfg.phase1_lr}]
     if cfg.fit_pose:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from gphm.cli import register_config
+from gphm.models.embeddings import CodebookConfig
 from gphm.models.gaussian_head import GaussianHeadConfig
 from gphm.models.guidance import GuidanceConfig
 from gphm.models.mlp import MLPConfig
@@ -67,6 +68,8 @@ def tiny_model() -> ModelConfig:
             f_exp=MLPConfig(width=64, depth=2, zero_init_last=True),
             f_col=mlp,
             color_channels=32,
+            identity_code=CodebookConfig(dim=32, init_std=0.05),
+            expression_code=CodebookConfig(dim=32, init_std=0.05),
             upsampler=UpsamplerConfig(factor=2, width=32, blocks=1),
         ),
         gaussian=GaussianHeadConfig(
@@ -164,13 +167,14 @@ class TrainConfig:
     preview_every: int = 250
     lr: float = 2e-3
     """Adam learning rate of the networks."""
-    code_lr: float = 2e-3
-    """Adam learning rate of identity/expression codes and canonical landmarks."""
+    code_lr: float = 2e-2
+    """Adam learning rate of identity/expression codes and canonical landmarks (high: the
+    codes start near zero and must spread apart within a short schedule)."""
     lr_decay: float = 0.1
     """Learning-rate factor reached at the last step (exponential schedule)."""
-    gaussian_lr: float = 1e-3
+    gaussian_lr: float = 2e-3
     """Stage 2: Adam learning rate of the networks (f_inj, f_id, f_exp, f_col, f_att, Ψ)."""
-    gaussian_code_lr: float = 1e-3
+    gaussian_code_lr: float = 1e-2
     """Stage 2: codes, canonical landmarks and their features."""
     point_lr: float = 5e-3
     """Stage 2: per-Gaussian Γ0, log-scales, rotations and opacity logits."""

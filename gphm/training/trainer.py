@@ -440,7 +440,8 @@ class GaussianTrainer(StageTrainer):
         )
 
     def _export_extra(self) -> dict[str, Any]:
-        return {"perceptual": self.perceptual.describe(), "num_points": self.model.num_points}
+        model = self.acc.unwrap_model(self.model)
+        return {"perceptual": self.perceptual.describe(), "num_points": model.num_points}
 
     def compute_losses(self, out: GaussianOutput, batch: HeadBatch) -> dict[str, torch.Tensor]:
         w = self.cfg.loss.gaussian

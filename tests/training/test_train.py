@@ -83,7 +83,8 @@ def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_head_dataset, tmp_path):
     before = load_file(str(good / "model.safetensors"))
     cfg.loss.rgb_hr = float("nan")
     with pytest.raises(
-        TrainingDiverged, match=r"non-finite loss at step 2 \(terms: total\).*step_00000002"
+        TrainingDiverged,
+        match=r"non-finite loss at guidance step 2 \(terms: total\).*step_00000002",
     ):
         GuidanceTrainer(cfg).train()
     assert latest_checkpoint(tmp_path / "run/checkpoints") == good
@@ -135,7 +136,9 @@ def test_cli_two_steps_and_missing_dataset(tiny_head_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_path):
-    common = [f"data.path={tiny_head_dataset}", *TINY_OVERRIDES, "train.guidance_steps=3"]
+    """Both stages: 2 processes × batch 1 train like 1 process × batch 2."""
+    common = [f"data.path={tiny_head_dataset}", *TINY_OVERRIDES, "train.guidance_steps=3",
+              "stage=all", "train.gaussian_steps=2"]  # fmt: skip
     script = str(ROOT / "scripts/train.py")
     single = subprocess.run(
         [sys.executable, script, f"run_dir={tmp_path / 'one'}", "train.batch_size=2", *common],
@@ -154,7 +157,12 @@ def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "on 2 process(es)" in multi.stdout
-    a = load_file(str(tmp_path / "one/model/model.safetensors"))
-    b = load_file(str(tmp_path / "two/model/model.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    # Stage 2's per-Gaussian parameters get near-zero gradients whose summation order
+    # differs between 1 and 2 processes; Adam's normalised first steps amplify that
+    # rounding to ~3e-5, hence the looser tolerance there.
+    for model, atol in (("guidance_model", 2e-5), ("model", 2e-4)):
+        a = load_file(str(tmp_path / "one" / model / "model.safetensors"))
+        b = load_file(str(tmp_path / "two" / model / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
