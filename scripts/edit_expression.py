@@ -107,7 +107,7 @@ def main(cfg: EditConfig) -> dict[str, Any]:
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
     model = run.model
-    factor = (getattr(model, "guidance_config", None) or model.config).upsampler.factor
+    factor = model.upsampler.config.factor
     front = orbit_rig(1, cfg.size, factor)
     src_img = _render(source, source.z_exp[None], front)[0, 0]
     tgt_img = render_codes(target.model, target.z_id[None], target.z_exp[None], front,

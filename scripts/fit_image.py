@@ -62,11 +62,6 @@ class FitImageConfig:
             raise ValueError("views >= 1, frames >= 2, size >= 16 and fps >= 1 are required")
 
 
-def _factor(model: Any) -> int:
-    cfg = getattr(model, "guidance_config", None) or model.config
-    return cfg.upsampler.factor
-
-
 def main(cfg: FitImageConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     try:
@@ -94,7 +89,7 @@ def main(cfg: FitImageConfig) -> dict[str, Any]:
     device = next(net.parameters()).device
     offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
     z_id, z_exp = avatar.z_id[None], avatar.z_exp[None]
-    factor = _factor(net)
+    factor = net.upsampler.config.factor
     rig = orbit_rig(cfg.views, cfg.size, factor, azimuth_range=(-60, 60), endpoint=True)
     views = render_codes(net, z_id, z_exp, rig, point_offsets=offsets)[0]
     save_png(out / "novel_views.png", image_grid(list(views), ncols=cfg.views))

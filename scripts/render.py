@@ -80,9 +80,11 @@ class RenderConfig:
             raise ValueError("frames must be >= 2, fps >= 1 and size >= 16")
 
 
-def _factor(run: TrainedRun) -> int:
-    m = run.model
-    return (m.guidance_config if isinstance(m, GaussianHead) else m.config).upsampler.factor
+def _rig(cfg: RenderConfig, run: TrainedRun, num: int, sway: bool = False):
+    """``num`` orbit cameras: a full circle, or ±``cfg.sway`` degrees (endpoints included)."""
+    extra = {"azimuth_range": (-cfg.sway, cfg.sway), "endpoint": True} if sway else {}
+    return orbit_rig(num, cfg.size, run.model.upsampler.config.factor, cfg.distance,
+                     cfg.elevation, **extra)  # fmt: skip
 
 
 def _export_geometry(run: TrainedRun, z_id, z_exp, out: Path) -> list[str]:
@@ -117,7 +119,7 @@ def turntable(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     z_id = model.identity_codes(torch.tensor([subject]))
     z_exp = model.expression_codes(torch.tensor([frame]))
     outputs = _export_geometry(run, z_id, z_exp, out)
-    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    rig = _rig(cfg, run, cfg.frames)
     images = list(render_codes(model, z_id, z_exp, rig)[0])
     save_mp4(out / "turntable.mp4", images, fps=cfg.fps)
     save_png(out / "turntable_strip.png", image_grid(images[:: max(1, len(images) // 8)][:8], 8))
@@ -138,9 +140,8 @@ def grid(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     model = run.model
     z_id = model.identity_codes(torch.tensor([s for s, _ in cells]))
     z_exp = model.expression_codes(torch.tensor([f for _, f in cells]))
-    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation,
-                    (-cfg.sway, cfg.sway), endpoint=True)  # fmt: skip
-    front = orbit_rig(1, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    rig = _rig(cfg, run, cfg.frames, sway=True)
+    front = _rig(cfg, run, 1)
     save_png(out / "grid.png", image_grid(list(render_codes(model, z_id, z_exp, front)[:, 0]),
                                           ncols=len(labels)))  # fmt: skip
     views = render_codes(model, z_id, z_exp, rig)  # [cells, frames, H, W, 3]
@@ -163,14 +164,13 @@ def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]
     codes = model.identity_codes(torch.tensor([a, b]))
     z_id = lerp_codes(codes[0], codes[1], cfg.frames)
     z_exp = model.expression_codes(torch.tensor([frame])).expand(cfg.frames, -1)
-    rig = orbit_rig(cfg.frames, cfg.size, _factor(run), cfg.distance, cfg.elevation,
-                    (-cfg.sway, cfg.sway), endpoint=True)  # fmt: skip
+    rig = _rig(cfg, run, cfg.frames, sway=True)
     images = []
     for t in range(cfg.frames):  # morph while the camera sweeps once
         sub = type(rig)(rig.viewmats[t : t + 1], rig.K_lr, rig.lr_size)
         images.append(render_codes(model, z_id[t : t + 1], z_exp[t : t + 1], sub)[0, 0])
     save_mp4(out / "interpolation.mp4", images, fps=cfg.fps)
-    front = orbit_rig(1, cfg.size, _factor(run), cfg.distance, cfg.elevation)
+    front = _rig(cfg, run, 1)
     steps = lerp_codes(codes[0], codes[1], 8)
     strip = render_codes(model, steps, z_exp[:1].expand(8, -1), front)[:, 0]
     save_png(out / "interpolation_strip.png", image_grid(list(strip), ncols=8))

@@ -99,11 +99,6 @@ def canonical_landmarks(model: Model, z_id: Tensor, z_exp: Tensor) -> Tensor:  #
     return lmk if isinstance(lmk, Tensor) else lmk.points
 
 
-def _factor(model: Model) -> int:
-    cfg = model.guidance_config if isinstance(model, GaussianHead) else model.config
-    return cfg.upsampler.factor
-
-
 @torch.no_grad()
 def initial_pose(model: Model, target: FitTarget) -> tuple[Tensor, Tensor]:  # R [3,3], T [3]
     """Head pose (canonical -> camera) by PnP of the mean-code landmarks."""
@@ -135,7 +130,7 @@ def render_avatar(
 ):
     """Render at ``size`` (hr) pixels; returns the model's output (``.rgb`` [B,S,S,3],
     ``.mask`` [B,s,s,1] at lr, ``.landmarks`` [B,L,3] world)."""
-    factor = _factor(model)
+    factor = model.upsampler.config.factor
     lr = size // factor
     K_lr = rescale_K(K, 1.0 / factor)
     kwargs: dict[str, Any] = {}
@@ -170,7 +165,7 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
         p.requires_grad_(False)
     device = next(model.parameters()).device
     S = target.image.shape[0]
-    factor = _factor(model)
+    factor = model.upsampler.config.factor
     if target.image.shape != (S, S, 3) or S % factor:
         raise ValueError(
             f"the target image must be square [S, S, 3] with S a multiple of {factor}, got "

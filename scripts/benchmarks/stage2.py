@@ -91,7 +91,7 @@ def _cameras(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor,
 
 def _bench_train_step(head: GaussianHead, lr: int, device: torch.device, repeats: int, sync):
     g = torch.Generator().manual_seed(1)
-    factor = head.guidance_config.upsampler.factor
+    factor = head.upsampler.config.factor
     viewmats, Ks = _cameras(BATCH, lr, device)
     eye3 = torch.eye(3, device=device).expand(BATCH, 3, 3)
     zeros = torch.zeros(BATCH, 3, device=device)
