@@ -19,6 +19,7 @@ __all__ = [
     "landmark_mse",
     "offset_l2",
     "code_l2",
+    "group_consistency",
     "mesh_laplacian",
     "sdf_sphere",
     "sdf_abs",
@@ -61,6 +62,25 @@ def offset_l2(delta: Tensor) -> Tensor:  # [..., 3] -> []
 def code_l2(code: Tensor) -> Tensor:  # [B, D] -> []
     """Mean squared norm of latent codes (keeps the auto-decoder's codes near 0)."""
     return (code**2).sum(-1).mean()
+
+
+def group_consistency(codes: Tensor, groups: Tensor) -> Tensor:  # [F, D], [F] -> []
+    """Mean squared distance of each code to the mean code of its group.
+
+    ``groups[f]`` is the group id (>= 0) of code ``f``, or -1 to leave it out. Used for
+    expression codes of frames that share an expression label: it pulls them together so
+    identity has to be explained by ``z_id`` and swapping ``z_exp`` transfers only the
+    expression. 0 when no group has a member.
+    """
+    keep = groups >= 0
+    if not bool(keep.any()):
+        return codes.sum() * 0.0
+    z, g = codes[keep], groups[keep]
+    n = int(g.max()) + 1
+    sums = z.new_zeros(n, z.shape[-1]).index_add(0, g, z)
+    counts = torch.bincount(g, minlength=n).clamp(min=1).to(z.dtype)
+    means = sums / counts[:, None]
+    return ((z - means[g]) ** 2).sum(-1).mean()
 
 
 def mesh_laplacian(verts: Tensor, faces: Tensor) -> Tensor:  # [..., V, 3], [F, 3] -> []

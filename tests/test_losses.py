@@ -36,3 +36,26 @@ def test_landmark_mse_ignores_nan_targets():
 def test_sdf_sphere_zero_for_exact_sdf():
     x = torch.randn(100, 3)
     assert float(losses.sdf_sphere(x.norm(dim=-1) - 0.5, x, 0.5)) < 1e-12
+
+
+def test_group_consistency_is_spread_around_group_means():
+    codes = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [1.0, 1.0], [9.0, 9.0]])
+    groups = torch.tensor([0, 0, -1, 1, -1])  # rows 2 and 4 are left out
+    # group 0: mean (1, 0), both rows at squared distance 1; group 1: a single row, 0
+    assert float(losses.group_consistency(codes, groups)) == pytest.approx(2 / 3)
+    # gradient pulls the two group-0 codes towards each other; left-out rows get none
+    codes.requires_grad_(True)
+    losses.group_consistency(codes, groups).backward()
+    assert codes.grad[0, 0] < 0 < codes.grad[1, 0]
+    assert torch.all(codes.grad[[2, 4]] == 0)
+    none = losses.group_consistency(codes, torch.full((5,), -1))
+    assert float(none.detach()) == 0.0
+
+
+def test_expression_groups_label_training_frames_only():
+    from gphm.training.trainer import expression_groups
+
+    frames = [{"expression": "smile"}, {"expression": "neutral"}, {"expression": "smile"},
+              {"subject": 0}, {"expression": "jaw"}]  # fmt: skip
+    groups = expression_groups(frames, train_frames=[0, 1, 2, 3])  # frame 4 held out
+    assert groups.tolist() == [1, 0, 1, -1, -1]  # labels sorted: neutral 0, smile 1

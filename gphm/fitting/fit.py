@@ -58,7 +58,9 @@ class FitConfig:
     mask: float = 1.0
     landmark: float = 100.0
     """Squared landmark reprojection error in units of the image size."""
-    code: float = 1e-3
+    code: float = 1e-2
+    """Diagonal Gaussian prior of the trained codebooks (:func:`code_prior`): keeps the
+    codes of an identity seen from one side where the model's identity space is."""
     offset: float = 10.0
     """||offsets||² (canonical units) — keeps phase 2 from tearing the surface."""
     fit_pose: bool = True
@@ -97,6 +99,12 @@ def canonical_landmarks(model: Model, z_id: Tensor, z_exp: Tensor) -> Tensor:  #
     """Canonical landmarks of B code pairs for either model type."""
     lmk = model.canonical_landmarks(z_id, z_exp)
     return lmk if isinstance(lmk, Tensor) else lmk.points
+
+
+def code_prior(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:  # [B, D], [D], [D] -> []
+    """Negative log-likelihood (up to constants, per dimension) of codes under the
+    diagonal Gaussian of a trained codebook: ~1 for a typical training code."""
+    return (((z - mean) / std) ** 2).mean()
 
 
 @torch.no_grad()
@@ -183,6 +191,9 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
     z_exp = model.expression_codes.mean().detach().clone()[None].requires_grad_(True)
     rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
     trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
+    with torch.no_grad():
+        id_prior = (model.identity_codes.mean(), model.identity_codes.std())
+        exp_prior = (model.expression_codes.mean(), model.expression_codes.std())
     eye4 = torch.eye(4, device=device)[None]
     one = torch.ones(1, device=device)
     history: list[dict[str, float]] = []
@@ -200,7 +211,7 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
             "dssim": losses.dssim(out.rgb, image[None]),
             "mask": losses.silhouette_iou(out.mask, mask_lr[None]),
             "landmark": (d2 * valid).sum() / valid.sum().clamp_min(1),
-            "code": losses.code_l2(z_id) + losses.code_l2(z_exp),
+            "code": code_prior(z_id, *id_prior) + code_prior(z_exp, *exp_prior),
         }
         if offsets is not None:
             terms["offset"] = (offsets**2).sum(-1).mean()

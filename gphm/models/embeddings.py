@@ -56,3 +56,8 @@ class Codebook(nn.Module):
     def mean(self) -> Tensor:  # [dim]
         """Mean code: the starting point for fitting an unseen subject/expression."""
         return self.codes.weight.mean(dim=0)
+
+    def std(self, floor: float = 1e-3) -> Tensor:  # [dim]
+        """Per-dimension standard deviation of the codes (at least ``floor``): with
+        :meth:`mean`, the diagonal Gaussian prior that fitting keeps new codes near."""
+        return self.codes.weight.std(dim=0, unbiased=False).clamp_min(floor)

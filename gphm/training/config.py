@@ -126,6 +126,10 @@ class GuidanceLossConfig:
     """Uniform Laplacian of the posed canonical mesh."""
     code: float = 1e-3
     """||z_id||² + ||z_exp||²."""
+    expression_consistency: float = 1.0
+    """Mean ||z_exp(f) − mean of z_exp over training frames with f's expression label||²
+    (frames without a label are left out): ties the codes of a label together so that
+    identity lives in z_id and code swapping transfers expressions."""
     sdf_landmark: float = 0.1
     """|sdf| at the canonical mean landmarks (keeps the surface through them)."""
 
@@ -143,6 +147,8 @@ class GaussianLossConfig:
     landmark: float = 100.0
     offset: float = 0.01
     code: float = 1e-3
+    expression_consistency: float = 1.0
+    """As ``loss.expression_consistency`` (stage 1)."""
     vgg_weights: str | None = None
     """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
 

@@ -78,6 +78,20 @@ def step_rows(step: int, num_rows: int, global_batch: int, seed: int) -> list[in
     return sampler.order()[k * global_batch : (k + 1) * global_batch]
 
 
+def expression_groups(frames: list[dict[str, Any]], train_frames) -> torch.Tensor:
+    """[num_frames] int64: for each training frame the index of its ``expression`` label
+    (sorted label order), -1 for frames without a label or outside the training split."""
+    train = {int(f) for f in train_frames}
+    labels = sorted({str(frames[f]["expression"]) for f in train if frames[f].get("expression")})
+    index = {label: i for i, label in enumerate(labels)}
+    groups = torch.full((len(frames),), -1, dtype=torch.long)
+    for f in train:
+        label = frames[f].get("expression")
+        if label:
+            groups[f] = index[str(label)]
+    return groups
+
+
 def canonical_landmark_mean(dataset: HeadDataset, max_rows: int = 256) -> torch.Tensor:
     """Mean canonical landmarks [L, 3]: world landmarks mapped back through each row's
     head pose (``x_c = Rᵀ(x_w − T)/s``), averaged over up to ``max_rows`` rows."""
@@ -123,6 +137,7 @@ class StageTrainer:
                 f"expects model.guidance.num_landmarks={cfg.model.guidance.num_landmarks}"
             )
         self.global_batch = cfg.train.batch_size * self.acc.num_processes
+        self.expression_groups = expression_groups(meta["frames"], self.dataset.frames)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.model: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -140,6 +155,12 @@ class StageTrainer:
 
     def _export_extra(self) -> dict[str, Any]:
         return {}
+
+    def _expression_consistency(self, model) -> torch.Tensor:
+        """Spread of the expression codes of training frames sharing a label (see
+        :func:`gphm.losses.group_consistency`), over the whole codebook."""
+        codes = model.expression_codes.codes.weight
+        return losses.group_consistency(codes, self.expression_groups.to(codes.device))
 
     # ------------------------------------------------------------------ set-up
     def _start(self) -> int:
@@ -364,6 +385,7 @@ class GuidanceTrainer(StageTrainer):
             "laplacian": losses.mesh_laplacian(d.points, out.faces),
             "code": losses.code_l2(model.identity_codes(batch.subject))
             + losses.code_l2(model.expression_codes(batch.frame)),
+            "expression_consistency": self._expression_consistency(model),
             "sdf_landmark": losses.sdf_abs(model.mean_field(model.landmarks_canonical).sdf),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
@@ -456,6 +478,7 @@ class GaussianTrainer(StageTrainer):
             "offset": losses.offset_l2(d.delta_id) + losses.offset_l2(d.delta_exp),
             "code": losses.code_l2(model.identity_codes(batch.subject))
             + losses.code_l2(model.expression_codes(batch.frame)),
+            "expression_consistency": self._expression_consistency(model),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms

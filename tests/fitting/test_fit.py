@@ -150,3 +150,17 @@ def test_fit_image_refuses_a_non_face(trained, tmp_path):
                 f"image={tmp_path / 'noise.png'}", f"out={tmp_path / 'o'}"])  # fmt: skip
     assert res.returncode == 2 and "no face found" in res.stderr and "noise.png" in res.stderr
     assert not (tmp_path / "o/avatar").exists()
+
+
+def test_code_prior_is_one_for_typical_codes_and_grows_outside():
+    from gphm.fitting.fit import code_prior
+    from gphm.models.embeddings import Codebook, CodebookConfig
+
+    book = Codebook(4000, CodebookConfig(dim=8, init_std=0.3))
+    mean, std = book.mean(), book.std()
+    assert torch.allclose(std, torch.full((8,), 0.3), atol=0.02)
+    typical = float(code_prior(book.codes.weight, mean, std))
+    assert typical == pytest.approx(1.0, abs=1e-4)  # the codebook's own codes
+    far = float(code_prior(mean[None] + 3 * std, mean, std))
+    assert far == pytest.approx(9.0, rel=1e-5)
+    assert float(code_prior(mean[None], mean, std)) == 0.0

@@ -45,6 +45,9 @@ def test_training_lowers_the_loss_and_exports(tiny_head_dataset, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
     first, last = log[0]["total"], log[-1]["total"]
     assert last < first, (first, last)
+    # frames a/neutral + b/neutral and a/open + b/open are pulled together
+    spread = [r["expression_consistency"] for r in log]
+    assert spread[-1] < 0.5 * spread[0], spread
     model = GuidanceModel.from_pretrained(tmp_path / "run/model")
     desc = json.loads((tmp_path / "run/model/config.json").read_text())
     assert desc["extra"]["subjects"] == ["a", "b"] and desc["extra"]["hr_size"] == 32
