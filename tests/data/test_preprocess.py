@@ -222,6 +222,34 @@ def test_prepare_image_astronaut(astronaut, detection):
     assert 0.2 < p.mask.mean() < 0.9
 
 
+def test_segmentation_mask_stops_below_the_chin():
+    from gphm.data.preprocess.single_image import below_neck_cut
+
+    lmk = np.zeros((68, 2))
+    lmk[17:27] = [50.0, 20.0]  # brow midpoint (50, 20)
+    lmk[8] = [50.0, 60.0]  # chin 40 px below it
+    cut = below_neck_cut(lmk, (100, 100), 0.25)  # keep down to row 60 + 10
+    assert cut[69, 50] == 1 and cut[70, 50] == 0 and cut[0, 0] == 1 and cut[99, 99] == 0
+    tilted = lmk.copy()
+    tilted[8] = [90.0, 20.0]  # face lying on its side: "below the chin" is +x
+    assert below_neck_cut(tilted, (100, 100), 0.25).all()  # x <= 100 everywhere
+    sideways = below_neck_cut(tilted, (100, 100), 0.0)
+    assert sideways[:, :90].all() and not sideways[:, 90:].any()  # columns past the chin
+
+    class Everyone:  # a person segmentation covering the whole photo
+        name = "everyone"
+
+        def segment(self, image):
+            return np.ones(image.shape[:2], np.float32)
+
+    img, lmk_in, _ = _face_photo(np.random.default_rng(5))
+    full = prepare_image(img, landmarks=lmk_in, segmenter=Everyone(), out_size=128, neck=None)
+    cut = prepare_image(img, landmarks=lmk_in, segmenter=Everyone(), out_size=128)
+    chin_row = int(cut.landmarks[8, 1])
+    assert full.mask[-1, 64, 0] == 1.0 and cut.mask[-1, 64, 0] == 0.0
+    assert cut.mask[chin_row, 64, 0] == 1.0 and np.allclose(cut.image[-1, 64], 1.0)
+
+
 # ----------------------------------------------------------------------------- files, masks
 
 
