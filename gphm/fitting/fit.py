@@ -33,8 +33,8 @@ from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["FitConfig", "FitTarget", "FitResult", "fit_image", "canonical_landmarks",
-           "initial_pose", "render_avatar"]  # fmt: skip
+__all__ = ["FitConfig", "FitTarget", "FitResult", "fit_image", "code_prior", "initial_pose",
+           "render_avatar"]  # fmt: skip
 
 Model = GuidanceModel | GaussianHead
 
@@ -95,12 +95,6 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def canonical_landmarks(model: Model, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
-    """Canonical landmarks of B code pairs for either model type."""
-    lmk = model.canonical_landmarks(z_id, z_exp)
-    return lmk if isinstance(lmk, Tensor) else lmk.points
-
-
 def code_prior(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:  # [B, D], [D], [D] -> []
     """Negative log-likelihood (up to constants, per dimension) of codes under the
     diagonal Gaussian of a trained codebook: ~1 for a typical training code."""
@@ -112,7 +106,7 @@ def initial_pose(model: Model, target: FitTarget) -> tuple[Tensor, Tensor]:  # R
     """Head pose (canonical -> camera) by PnP of the mean-code landmarks."""
     z_id = model.identity_codes.mean()[None]
     z_exp = model.expression_codes.mean()[None]
-    p3 = canonical_landmarks(model, z_id, z_exp)[0].cpu().double()
+    p3 = model.canonical_landmarks(z_id, z_exp)[0].cpu().double()
     p2 = target.landmarks.cpu().double()
     if p2.shape != (p3.shape[0], 2):
         raise ValueError(

@@ -237,10 +237,10 @@ class GuidanceModel(SerializableModule):
     ) -> Deformation:
         return conditioned_deformation(self, points, features, z_id, z_exp)[0]
 
-    def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Deformation:
-        """P0 through the same path as the mesh: ``.points`` [B, L, 3] canonical."""
+    def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
+        """P0 through the same identity/expression offsets as the mesh (canonical)."""
         p0 = self.landmarks_canonical
-        return self.deform(p0, self.mean_field(p0).features, z_id, z_exp)
+        return self.deform(p0, self.mean_field(p0).features, z_id, z_exp).points
 
     # ------------------------------------------------------------------ rendering
     def render(
@@ -270,7 +270,7 @@ class GuidanceModel(SerializableModule):
         features = r.features * r.mask + (1.0 - r.mask)
         rgb = self.upsampler(features)
         lmk = self.canonical_landmarks(z_id, z_exp)
-        landmarks = apply_head_pose(lmk.points, head_R, head_T, head_scale)
+        landmarks = apply_head_pose(lmk, head_R, head_T, head_scale)
         return GuidanceOutput(
             rgb=rgb,
             features=features,

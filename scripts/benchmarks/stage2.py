@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from benchmarks._timing import bench_threads, median_time
 from benchmarks.mesh import _peak_mem_mb
 from gphm import losses
-from gphm.fitting.fit import FitConfig, FitTarget, canonical_landmarks, fit_image, render_avatar
+from gphm.fitting.fit import FitConfig, FitTarget, fit_image, render_avatar
 from gphm.geometry.cameras import intrinsics, look_at, project_points
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
@@ -125,7 +125,7 @@ def _synthetic_target(head: GaussianHead, size: int, device: torch.device) -> Fi
         z_exp = head.expression_codes(torch.tensor([2], device=device))
         out = render_avatar(head, z_id, z_exp, R, T, one, eye4, K, size)
         mask = F.interpolate(out.mask.permute(0, 3, 1, 2), size=(size, size), mode="bilinear")
-        lmk = canonical_landmarks(head, z_id, z_exp)
+        lmk = head.canonical_landmarks(z_id, z_exp)
         lmk = lmk @ R.transpose(-1, -2) + T[:, None]
         uv, _ = project_points(lmk, eye4, K)
     return FitTarget(
