@@ -38,6 +38,7 @@ from gphm.models.guidance import (
     Deformation,
     GuidanceConfig,
     GuidanceModel,
+    RendersTrainingRows,
     conditioned_deformation,
 )
 from gphm.models.mlp import MLP, MLPConfig
@@ -106,7 +107,7 @@ class GaussianOutput:
     attributes: GaussianAttributes
 
 
-class GaussianHead(SerializableModule):
+class GaussianHead(RendersTrainingRows, SerializableModule):
     """Stage-2 multi-identity Gaussian head model (see the module docstring).
 
     Args:
@@ -276,22 +277,4 @@ class GaussianHead(SerializableModule):
         return GaussianOutput(
             rgb=self.upsampler(features), features=features, mask=alpha, landmarks=lmk,
             attributes=att,
-        )  # fmt: skip
-
-    def forward(
-        self,
-        subject: Tensor,  # [B] int64
-        frame: Tensor,  # [B] int64
-        head_R: Tensor,
-        head_T: Tensor,
-        head_scale: Tensor,
-        viewmats: Tensor,
-        Ks_lr: Tensor,
-        width_lr: int,
-        height_lr: int,
-    ) -> GaussianOutput:
-        """Render training rows by their subject and frame indices."""
-        return self.render(
-            self.identity_codes(subject), self.expression_codes(frame), head_R, head_T,
-            head_scale, viewmats, Ks_lr, width_lr, height_lr,
         )  # fmt: skip

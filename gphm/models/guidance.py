@@ -39,6 +39,7 @@ __all__ = [
     "Deformation",
     "GuidanceOutput",
     "conditioned_deformation",
+    "RendersTrainingRows",
 ]
 
 
@@ -157,7 +158,34 @@ def conditioned_deformation(
     return deform, h_exp
 
 
-class GuidanceModel(SerializableModule):
+class RendersTrainingRows:
+    """``forward`` of both head models: training rows by their code indices.
+
+    The class supplies ``identity_codes``, ``expression_codes`` (:class:`Codebook`) and
+    ``render(z_id, z_exp, head_R, head_T, head_scale, viewmats, Ks_lr, width_lr,
+    height_lr)``; listed before the ``nn.Module`` base so that this ``forward`` is used.
+    """
+
+    def forward(
+        self,
+        subject: Tensor,  # [B] int64 identity-code indices
+        frame: Tensor,  # [B] int64 expression-code indices
+        head_R: Tensor,  # [B, 3, 3]
+        head_T: Tensor,  # [B, 3]
+        head_scale: Tensor,  # [B]
+        viewmats: Tensor,  # [B, 4, 4]
+        Ks_lr: Tensor,  # [B, 3, 3]
+        width_lr: int,
+        height_lr: int,
+    ):
+        """Render training rows by their subject and frame indices (the model's output)."""
+        return self.render(
+            self.identity_codes(subject), self.expression_codes(frame), head_R, head_T,
+            head_scale, viewmats, Ks_lr, width_lr, height_lr,
+        )  # fmt: skip
+
+
+class GuidanceModel(RendersTrainingRows, SerializableModule):
     """Stage-1 multi-identity mesh head model (see the module docstring).
 
     Args:
@@ -280,29 +308,4 @@ class GuidanceModel(SerializableModule):
             faces=mm.faces,
             deformation=deform,
             mean_mesh=mm,
-        )
-
-    def forward(
-        self,
-        subject: Tensor,  # [B] int64 identity-code indices
-        frame: Tensor,  # [B] int64 expression-code indices
-        head_R: Tensor,  # [B, 3, 3]
-        head_T: Tensor,  # [B, 3]
-        head_scale: Tensor,  # [B]
-        viewmats: Tensor,  # [B, 4, 4]
-        Ks_lr: Tensor,  # [B, 3, 3]
-        width_lr: int,
-        height_lr: int,
-    ) -> GuidanceOutput:
-        """Render training rows by their subject and frame indices."""
-        return self.render(
-            self.identity_codes(subject),
-            self.expression_codes(frame),
-            head_R,
-            head_T,
-            head_scale,
-            viewmats,
-            Ks_lr,
-            width_lr,
-            height_lr,
         )

@@ -137,7 +137,9 @@ class StageTrainer:
                 f"expects model.guidance.num_landmarks={cfg.model.guidance.num_landmarks}"
             )
         self.global_batch = cfg.train.batch_size * self.acc.num_processes
-        self.expression_groups = expression_groups(meta["frames"], self.dataset.frames)
+        self.expression_groups = expression_groups(meta["frames"], self.dataset.frames).to(
+            self.acc.device
+        )
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.model: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -159,8 +161,7 @@ class StageTrainer:
     def _expression_consistency(self, model) -> torch.Tensor:
         """Spread of the expression codes of training frames sharing a label (see
         :func:`gphm.losses.group_consistency`), over the whole codebook."""
-        codes = model.expression_codes.codes.weight
-        return losses.group_consistency(codes, self.expression_groups.to(codes.device))
+        return losses.group_consistency(model.expression_codes.codes.weight, self.expression_groups)
 
     # ------------------------------------------------------------------ set-up
     def _start(self) -> int:
