@@ -38,6 +38,8 @@ def rasterize_gsplat(
     width: int,
     height: int,
     backgrounds: Tensor | None = None,  # [C, D]
+    eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """gsplat's "classic" rasterization with our defaults; features are its ``colors``.
 
@@ -59,13 +61,13 @@ def rasterize_gsplat(
         width,
         height,
         near_plane=NEAR_PLANE,
-        eps2d=EPS2D,
+        eps2d=eps2d,
         radius_clip=0.0,
         sh_degree=None,
         packed=False,
         tile_size=TILE_SIZE,
         backgrounds=backgrounds,
         render_mode="RGB",
-        rasterize_mode="classic",
+        rasterize_mode="antialiased" if antialiased else "classic",
     )
     return render, alpha

@@ -15,9 +15,11 @@ from torch import Tensor
 
 from gphm.render._gaussians_torch import (
     ALPHA_THRESHOLD,
+    EPS2D,
     MAX_ALPHA,
     T_THRESHOLD,
     TILE_SIZE,
+    blur_compensation,
     conics_and_radii,
     gsplat_tile_bounds,
     project_gaussians,
@@ -35,6 +37,8 @@ def rasterize_naive(
     width: int,
     height: int,
     backgrounds: Tensor | None = None,  # [C, D]
+    eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """Same contract as ``rasterize_torch``; slow and dense, for tests only."""
     C, N, D = viewmats.shape[0], means.shape[0], features.shape[-1]
@@ -45,8 +49,11 @@ def rasterize_naive(
         features = features[None].expand(C, N, D)
     if backgrounds is None:
         backgrounds = features.new_zeros(C, D)
-    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
+    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d)
     conics, radii = conics_and_radii(proj, width, height)
+    opacities = opacities[None].expand(C, N)
+    if antialiased:
+        opacities = opacities * blur_compensation(proj.cov2d, eps2d)
     lo, hi = gsplat_tile_bounds(proj.means2d, radii, width, height)
     jj, ii = torch.meshgrid(
         torch.arange(height, device=means.device),
@@ -68,7 +75,7 @@ def rasterize_naive(
             d = pix - proj.means2d[c, n]
             a, b, cc = conics[c, n]
             sigma = 0.5 * (a * d[:, 0] ** 2 + cc * d[:, 1] ** 2) + b * d[:, 0] * d[:, 1]
-            alpha = torch.clamp(opacities[n] * torch.exp(-sigma), max=MAX_ALPHA)
+            alpha = torch.clamp(opacities[c, n] * torch.exp(-sigma), max=MAX_ALPHA)
             take = in_tiles & ~done & (alpha >= ALPHA_THRESHOLD)
             next_T = T * (1 - alpha)
             stop = take & (next_T <= T_THRESHOLD)

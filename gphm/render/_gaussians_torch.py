@@ -111,6 +111,17 @@ def project_gaussians(
     return Projection(means2d=means2d, cov2d=cov2d, depths=means_c[..., 2])
 
 
+def blur_compensation(cov2d: Tensor, eps2d: float) -> Tensor:  # [C, N, 3] -> [C, N]
+    """gsplat's ``"antialiased"`` opacity factor ``sqrt(det(Σ₂D) / det(Σ₂D + eps2d·I))``
+    (Mip-Splatting's 2D filter), from the blurred ``cov2d``: the screen-space blur then
+    spreads a Gaussian's footprint without adding to its total weight, so a Gaussian much
+    thinner than a pixel contributes about its area instead of a full-opacity smear."""
+    xx, xy, yy = cov2d.unbind(-1)
+    det_blur = (xx * yy - xy * xy).clamp_min(1e-10)
+    det_orig = (xx - eps2d) * (yy - eps2d) - xy * xy
+    return torch.sqrt(torch.clamp(det_orig / det_blur, min=0.0))
+
+
 def conics_and_radii(
     proj: Projection, width: int, height: int, near_plane: float = NEAR_PLANE
 ) -> tuple[Tensor, Tensor]:  # conics [C, N, 3] (a, b, c), radii [C, N] int64 (0 = culled)
@@ -472,14 +483,18 @@ def rasterize_torch(
     width: int,
     height: int,
     backgrounds: Tensor | None = None,  # [C, D]
+    eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """Tiled pure-torch rasterizer (inputs already validated by the public wrapper)."""
     C, N, D = viewmats.shape[0], means.shape[0], features.shape[-1]
     if backgrounds is None:
         backgrounds = features.new_zeros(C, D)
-    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
+    proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d)
     conics, radii = conics_and_radii(proj, width, height)
     opac = opacities[None].expand(C, N)
+    if antialiased:
+        opac = opac * blur_compensation(proj.cov2d, eps2d)
     plan = plan_tiles(proj.means2d, proj.cov2d, proj.depths, radii, opac, width, height)
     ids = torch.arange(C * N, device=means.device)
     per_camera = features.dim() == 3

@@ -16,6 +16,7 @@ the precise rules.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ from gphm.render._checks import (
     check_tensor,
 )
 from gphm.render._gaussians_gsplat import INSTALL_HINT, load_gsplat, rasterize_gsplat
-from gphm.render._gaussians_torch import rasterize_torch
+from gphm.render._gaussians_torch import EPS2D, rasterize_torch
 
 __all__ = ["BACKENDS", "rasterize_gaussians", "select_backend"]
 
@@ -88,6 +89,8 @@ def rasterize_gaussians(
     height: int,
     backgrounds: Tensor | None = None,  # [C, D]; None = zeros
     backend: str = "auto",
+    eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """Render 3D Gaussians to ``C`` images of ``D`` channels (gsplat "classic" semantics).
 
@@ -95,14 +98,27 @@ def rasterize_gaussians(
     ``wᵢ = αᵢ Π_{j<i}(1 - αⱼ)``; pixel centres are at ``(i + 0.5, j + 0.5)``. Differentiable
     in means, quats, scales, opacities, features and backgrounds. The output follows the
     inputs' device and dtype.
+
+    ``eps2d`` (pixels², gsplat's argument of the same name) is added to every projected
+    covariance's diagonal: a screen-space blur that keeps sub-pixel Gaussians from
+    aliasing, and also the softest edge any silhouette can have. 0.3 is gsplat's and
+    3DGS's default; a box filter over one pixel has variance 1/12 ≈ 0.083.
+    ``antialiased=True`` is gsplat's ``rasterize_mode="antialiased"``: opacities are
+    multiplied by ``sqrt(det Σ₂D / det(Σ₂D + eps2d·I))`` so that the blur spreads a
+    Gaussian without adding weight (a sub-pixel Gaussian then covers about its area).
     """
     width, height = check_image_size(width, height)
+    if not (math.isfinite(eps2d) and eps2d >= 0):
+        raise ValueError(f"eps2d must be a finite number >= 0 (pixels²), got {eps2d}")
     dtype = _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
     chosen = select_backend(backend, means.device, dtype)
     if means.shape[0] == 0:
         return _empty_render(features, viewmats.shape[0], width, height, backgrounds)
     impl = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
-    return impl(means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds)
+    return impl(
+        means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds,
+        eps2d=float(eps2d), antialiased=bool(antialiased),
+    )  # fmt: skip
 
 
 def _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds) -> torch.dtype:

@@ -75,22 +75,29 @@ def _pixel_centres(width, height, dtype=F64):
     return ii.to(dtype) + 0.5, jj.to(dtype) + 0.5
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_isotropic_gaussian_matches_closed_form(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "eps2d", "antialiased"),
+    [(torch.float32, None, False), (F64, None, False), (F64, 0.05, False), (F64, 0.3, True)],
+)
+def test_isotropic_gaussian_matches_closed_form(dtype, eps2d, antialiased):
+    """None: the default screen-space blur, gsplat's 0.3 px². Antialiased: the opacity is
+    scaled by sqrt(det Σ / det(Σ + eps·I)) = var₀ / (var₀ + eps) for an isotropic splat."""
     W = H = 24
     f, z, s, o = 20.0, 4.0, 0.5, 0.8
     means, quats, scales, opac, feats = _on_axis([z], s, o, dtype=dtype)
     viewmats, Ks = _cameras(1, f, W, H, dtype)
     bg = torch.tensor([[0.2, 0.5, 0.9]], dtype=dtype)
+    blur = ({} if eps2d is None else {"eps2d": eps2d}) | {"antialiased": antialiased}
     render, alpha = rasterize_gaussians(
-        means, quats, scales, opac, feats, viewmats, Ks, W, H, bg, backend="torch"
+        means, quats, scales, opac, feats, viewmats, Ks, W, H, bg, backend="torch", **blur
     )
     assert render.shape == (1, H, W, 3) and alpha.shape == (1, H, W, 1)
     assert render.dtype == dtype and alpha.dtype == dtype
     u, v = _pixel_centres(W, H, dtype)
     r2 = (u - W / 2) ** 2 + (v - H / 2) ** 2
-    var = (f * s / z) ** 2 + 0.3
-    expected = o * torch.exp(-0.5 * r2 / var)
+    var0 = (f * s / z) ** 2
+    var = var0 + (0.3 if eps2d is None else eps2d)
+    expected = (o * var0 / var if antialiased else o) * torch.exp(-0.5 * r2 / var)
     expected = torch.where(expected >= ALPHA_THRESHOLD, expected, 0.0)  # skipped
     assert (expected == 0).any() and (expected > 0.5).any()  # both regimes are exercised
     tol = 1e-12 if dtype == F64 else 2e-6
@@ -211,8 +218,10 @@ def test_gsplat_tile_truncation_is_reproduced():
     assert 0.95 * math.exp(-0.5 * 10.5**2 / var) > ALPHA_THRESHOLD  # column 16 would count
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_gradcheck_float64(backend):
+@pytest.mark.parametrize(
+    ("backend", "antialiased"), [("auto", False), ("torch", False), ("torch", True)]
+)
+def test_gradcheck_float64(backend, antialiased):
     """Two cameras (one shifted), per-camera features, 2×2 work tiles; opacities in
     [0.3, 0.7] and 4 Gaussians keep every pixel away from the clamp and the stop."""
     W, H, N, C = 12, 10, 4, 2
@@ -229,19 +238,26 @@ def test_gradcheck_float64(backend):
     inputs = [t.requires_grad_(True) for t in (means, quats, scales, opac, feats, bg)]
 
     def fn(m, q, s, o, f, b):
-        return rasterize_gaussians(m, q, s, o, f, viewmats, Ks, W, H, b, backend=backend)
+        return rasterize_gaussians(
+            m, q, s, o, f, viewmats, Ks, W, H, b, backend=backend, antialiased=antialiased
+        )
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-@pytest.mark.parametrize(("D", "per_camera"), [(1, False), (3, True), (32, False), (32, True)])
-def test_fast_path_matches_naive_reference_forward_and_backward(D, per_camera):
+@pytest.mark.parametrize(
+    ("D", "per_camera", "eps2d", "antialiased"),
+    [(1, False, 0.3, False), (3, True, 0.3, False), (32, False, 0.3, False),
+     (32, True, 0.3, False), (3, False, 0.02, False), (3, True, 0.1, True)],
+)  # fmt: skip
+def test_fast_path_matches_naive_reference_forward_and_backward(D, per_camera, eps2d, antialiased):
     C, N, W, H = 2, 40, 40, 36  # 3×3 gsplat tiles (partial at the border), 5×5 work tiles
     scene = _random_scene(N, C, D, W, H, per_camera)
     means, quats, scales, opac, feats, viewmats, Ks, bg = scene
     inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, feats, bg)]
-    fast = rasterize_gaussians(*inputs[:5], viewmats, Ks, W, H, inputs[5], backend="torch")
-    naive = rasterize_naive(*inputs[:5], viewmats, Ks, W, H, inputs[5])
+    blur = {"eps2d": eps2d, "antialiased": antialiased}
+    fast = rasterize_gaussians(*inputs[:5], viewmats, Ks, W, H, inputs[5], backend="torch", **blur)
+    naive = rasterize_naive(*inputs[:5], viewmats, Ks, W, H, inputs[5], **blur)
     assert (fast[1] > 0.5).float().mean() > 0.1  # a scene with real coverage
     assert fast[1].max() > 1 - 1e-3  # and pixels where compositing stops
     for a, b in zip(fast, naive):
@@ -374,6 +390,8 @@ _BAD_INPUTS = [
     ("height", lambda a: 16.0, ValueError, r"height must be a positive int"),
     ("Ks", lambda a: _skewed(a["Ks"]), ValueError, r"zero skew"),
     ("backend", lambda a: "cuda", ValueError, r"backend must be one of \('auto', 'torch', 'gsp"),
+    ("eps2d", lambda a: -0.1, ValueError, r"eps2d must be a finite number >= 0"),
+    ("eps2d", lambda a: float("nan"), ValueError, r"eps2d must be a finite number >= 0"),
 ]  # fmt: skip
 
 

@@ -39,10 +39,12 @@ def _scene(N=2000, C=2, D=32, W=128, H=96, device="cuda", seed=0):
     return [t.to(device) for t in tensors], W, H
 
 
-def _render_and_grads(backend, tensors, W, H):
+def _render_and_grads(backend, tensors, W, H, eps2d=0.3, antialiased=False):
     means, quats, scales, opac, feats, viewmats, Ks, bg = tensors
     inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, feats)]
-    render, alpha = rasterize_gaussians(*inputs, viewmats, Ks, W, H, bg, backend=backend)
+    render, alpha = rasterize_gaussians(
+        *inputs, viewmats, Ks, W, H, bg, backend=backend, eps2d=eps2d, antialiased=antialiased
+    )
     g = torch.Generator().manual_seed(1)  # on the CPU: the same weights on every device
     w_r = torch.randn(render.shape, generator=g).to(render)
     w_a = torch.randn(alpha.shape, generator=g).to(alpha)
@@ -50,12 +52,14 @@ def _render_and_grads(backend, tensors, W, H):
     return render.detach(), alpha.detach(), grads
 
 
-@pytest.mark.parametrize("D", [3, 32])
-def test_gsplat_matches_torch_backend(D):
+@pytest.mark.parametrize(
+    ("D", "eps2d", "antialiased"), [(3, 0.3, False), (32, 0.3, False), (32, 0.1, True)]
+)
+def test_gsplat_matches_torch_backend(D, eps2d, antialiased):
     pytest.importorskip("gsplat")
     tensors, W, H = _scene(D=D)
-    r_gs, a_gs, g_gs = _render_and_grads("gsplat", tensors, W, H)
-    r_t, a_t, g_t = _render_and_grads("torch", tensors, W, H)
+    r_gs, a_gs, g_gs = _render_and_grads("gsplat", tensors, W, H, eps2d, antialiased)
+    r_t, a_t, g_t = _render_and_grads("torch", tensors, W, H, eps2d, antialiased)
     assert (a_t > 0.3).float().mean() > 0.2  # the scene covers the image
     for x, y in ((r_gs, r_t), (a_gs, a_t)):
         diff = (x - y).abs()
