@@ -73,7 +73,7 @@ def tiny_model() -> ModelConfig:
             upsampler=UpsamplerConfig(factor=2, width=32, blocks=1),
         ),
         gaussian=GaussianHeadConfig(
-            num_points=0, f_att=MLPConfig(width=64, depth=2, zero_init_last=True)
+            num_points=0, f_att=MLPConfig(width=64, depth=2, zero_init_last=True), eps2d=0.1
         ),
     )
 
@@ -143,6 +143,10 @@ class GaussianLossConfig:
     """VGG perceptual loss when ``vgg_weights`` is given, else D-SSIM (logged, recorded
     in the exported model's config.json)."""
     silhouette: float = 1.0
+    alpha: float = 1.0
+    """L1 of the lr alpha against the dataset's lr mask (box-downsampled, so fractional at
+    the outline). 1 − IoU alone pushes a partly covered pixel's alpha to 0 or 1, this term
+    is minimised by the true coverage, from which Ψ places the hr edge."""
     rgb_lr: float = 1.0
     landmark: float = 100.0
     offset: float = 0.01

@@ -474,6 +474,7 @@ class GaussianTrainer(StageTrainer):
             "rgb_hr": losses.l1(out.rgb, batch.image),
             "perceptual": self.perceptual(out.rgb, batch.image),
             "silhouette": losses.silhouette_iou(out.mask, batch.mask_lr),
+            "alpha": losses.l1(out.mask, batch.mask_lr),
             "rgb_lr": losses.l1(out.features[..., :3], batch.image_lr),
             "landmark": losses.landmark_mse(out.landmarks, batch.landmarks_3d),
             "offset": losses.offset_l2(d.delta_id) + losses.offset_l2(d.delta_exp),
