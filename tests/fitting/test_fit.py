@@ -157,7 +157,7 @@ def test_code_prior_is_one_for_typical_codes_and_grows_outside():
     from gphm.models.embeddings import Codebook, CodebookConfig
 
     book = Codebook(4000, CodebookConfig(dim=8, init_std=0.3))
-    mean, std = book.mean(), book.std()
+    mean, std = book.mean().detach(), book.std().detach()
     assert torch.allclose(std, torch.full((8,), 0.3), atol=0.02)
     typical = float(code_prior(book.codes.weight.detach(), mean, std))
     assert typical == pytest.approx(1.0, abs=1e-4)  # the codebook's own codes
