@@ -52,17 +52,16 @@ def render_codes(
     rig: ViewRig,
     chunk: int = 8,
     point_offsets: Tensor | None = None,  # [N, 3] (GaussianHead only)
-    mean_mesh=None,
 ) -> Tensor:  # [B, C, H, W, 3] high-resolution RGB in [0, 1]
     """Render every (code pair, camera) combination at the canonical pose."""
     device = next(model.parameters()).device
     B, C = z_id.shape[0], rig.viewmats.shape[0]
     ids = torch.arange(B).repeat_interleave(C)
     cams = torch.arange(C).repeat(B)
-    kwargs = {}
-    if isinstance(model, GuidanceModel):
-        kwargs["mean_mesh"] = mean_mesh if mean_mesh is not None else model.mean_mesh()
-    elif point_offsets is not None:
+    kwargs = model.render_context()
+    if point_offsets is not None:
+        if not isinstance(model, GaussianHead):
+            raise ValueError(f"point_offsets are per-Gaussian; got a {type(model).__name__}")
         kwargs["point_offsets"] = point_offsets
     out = []
     for s in range(0, B * C, chunk):

@@ -235,6 +235,10 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             deformation=deform,
         )
 
+    def render_context(self) -> dict[str, Any]:
+        """As ``GuidanceModel.render_context``: Gaussians have nothing to share."""
+        return {}
+
     def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
         """P0 through the same identity/expression offsets as the Gaussians."""
         p0, g0 = self.landmarks_canonical, self.landmark_features

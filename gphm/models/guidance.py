@@ -18,6 +18,7 @@ Shapes: ``B`` batch of (frame, camera) rows, ``M`` mesh vertices, ``L`` landmark
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -232,6 +233,11 @@ class GuidanceModel(RendersTrainingRows, SerializableModule):
         x = self.grid_verts
         chunks = [self.mean_field(c).sdf for c in x.split(self.config.sdf_chunk)]
         return torch.cat(chunks)
+
+    def render_context(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`render` that many renders with unchanged weights can
+        share: the DMTet mean mesh, extracted once instead of per call."""
+        return {"mean_mesh": self.mean_mesh()}
 
     def mean_mesh(self) -> MeanMesh:
         """DMTet surface of f_mean's SDF, differentiable w.r.t. f_mean's parameters.

@@ -71,15 +71,10 @@ def transfer_frames(
     return table
 
 
-def _render(model: GuidanceModel | GaussianHead, b: HeadBatch, z_id, z_exp, cache: dict):
+def _render(model: GuidanceModel | GaussianHead, b: HeadBatch, z_id, z_exp, context: dict):
     h, w = b.image_lr.shape[1:3]
-    kwargs = {}
-    if isinstance(model, GuidanceModel):
-        if "mm" not in cache:
-            cache["mm"] = model.mean_mesh()
-        kwargs["mean_mesh"] = cache["mm"]
     return model.render(
-        z_id, z_exp, b.head_R, b.head_T, b.head_scale, b.viewmat, b.K_lr, w, h, **kwargs
+        z_id, z_exp, b.head_R, b.head_T, b.head_scale, b.viewmat, b.K_lr, w, h, **context
     )
 
 
@@ -115,7 +110,7 @@ def evaluate_model(
     acc: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     show = set(np.linspace(0, len(ds) - 1, min(num_images, len(ds))).round().astype(int).tolist())
     tiles: list[torch.Tensor] = []
-    cache: dict[str, Any] = {}
+    context = model.render_context()
     donors: list[int] = []
     starts = range(0, len(ds), batch_size)
     for start in tqdm(starts, desc=f"eval {split}", disable=not progress):
@@ -133,7 +128,7 @@ def evaluate_model(
             donors += donor
             frame = torch.tensor(donor, device=device)
         out = _render(model, b, model.identity_codes(b.subject), model.expression_codes(frame),
-                      cache)  # fmt: skip
+                      context)  # fmt: skip
         rgb = out.rgb.clamp(0, 1)
         lmk, lmk_rel = metrics.landmark_error(out.landmarks, b.landmarks_3d)
         acc["iou"].append(metrics.mask_iou(out.mask, b.mask_lr))
@@ -163,8 +158,8 @@ def evaluate_model(
     if swap is not None:
         result["transfer"] = "z_exp of the same expression label from the next subject"
         result["donor_frames"] = sorted(set(donors))
-    if "mm" in cache:
-        result["mean_mesh"] = mesh_report(cache["mm"].verts, cache["mm"].faces)
+    if "mean_mesh" in context:
+        result["mean_mesh"] = mesh_report(context["mean_mesh"].verts, context["mean_mesh"].faces)
     if save_dir is not None and tiles:
         save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
         result["images"] = ["side_by_side.png"]

@@ -164,3 +164,24 @@ def test_code_prior_is_one_for_typical_codes_and_grows_outside():
     far = float(code_prior(mean[None] + 3 * std, mean, std))
     assert far == pytest.approx(9.0, rel=1e-5)
     assert float(code_prior(mean[None], mean, std)) == 0.0
+
+
+def test_render_codes_shares_the_mesh_of_a_guidance_model_and_offsets_need_gaussians(trained):
+    from gphm.fitting.views import orbit_rig, render_codes
+    from gphm.training.trainer import load_guidance
+
+    guidance = load_guidance(trained.path.parent)  # path: RUN/model
+    model = trained.model
+    z_id, z_exp = model.identity_codes.codes.weight[:2], model.expression_codes.codes.weight[:2]
+    rig = orbit_rig(3, 32, model.upsampler.config.factor)
+    with torch.no_grad():
+        mesh_views = render_codes(guidance, z_id, z_exp, rig, chunk=4)
+        splat_views = render_codes(model, z_id, z_exp, rig, chunk=4)
+    assert mesh_views.shape == splat_views.shape == (2, 3, 32, 32, 3)
+    # Chunks of 4 + 2 rows render what one chunk of 6 does (one mesh serves every chunk).
+    with torch.no_grad():
+        whole = render_codes(guidance, z_id, z_exp, rig, chunk=6)
+    torch.testing.assert_close(mesh_views, whole, atol=1e-5, rtol=0)
+    offsets = torch.zeros(model.num_points, 3)
+    with pytest.raises(ValueError, match="per-Gaussian; got a GuidanceModel"):
+        render_codes(guidance, z_id, z_exp, rig, point_offsets=offsets)
