@@ -129,13 +129,15 @@ def render_avatar(
     K: Tensor,  # [B, 3, 3] intrinsics at the output (hr) size
     size: int,
     point_offsets: Tensor | None = None,  # [N, 3]
+    context: dict[str, Any] | None = None,
 ):
     """Render at ``size`` (hr) pixels; returns the model's output (``.rgb`` [B,S,S,3],
-    ``.mask`` [B,s,s,1] at lr, ``.landmarks`` [B,L,3] world)."""
+    ``.mask`` [B,s,s,1] at lr, ``.landmarks`` [B,L,3] world). ``context``: the model's
+    ``render_context()``, to reuse across calls while its shared weights stay unchanged."""
     factor = model.upsampler.config.factor
     lr = size // factor
     K_lr = rescale_K(K, 1.0 / factor)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(context or {})
     if point_offsets is not None:
         kwargs["point_offsets"] = point_offsets
     return model.render(z_id, z_exp, head_R, head_T, head_scale, viewmats, K_lr, lr, lr,
@@ -188,6 +190,7 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
     with torch.no_grad():
         id_prior = (model.identity_codes.mean(), model.identity_codes.std())
         exp_prior = (model.expression_codes.mean(), model.expression_codes.std())
+        context = model.render_context()  # nothing it holds (f_mean) is ever fitted
     eye4 = torch.eye(4, device=device)[None]
     one = torch.ones(1, device=device)
     history: list[dict[str, float]] = []
@@ -197,7 +200,7 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
 
     def step_losses(net: Model, offsets: Tensor | None):
         R, T = pose()
-        out = render_avatar(net, z_id, z_exp, R, T, one, eye4, K, S, offsets)
+        out = render_avatar(net, z_id, z_exp, R, T, one, eye4, K, S, offsets, context)
         uv, _ = project_points(out.landmarks, eye4, K)
         d2 = (((uv[0] - lmk2d) / S) ** 2).sum(-1)
         terms = {
