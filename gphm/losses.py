@@ -15,6 +15,7 @@ from gphm.geometry.mesh import laplacian_uniform
 
 __all__ = [
     "l1",
+    "mse",
     "silhouette_iou",
     "landmark_mse",
     "offset_l2",
@@ -33,6 +34,14 @@ def l1(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
     if pred.shape != target.shape:
         raise ValueError(f"l1: pred {list(pred.shape)} and target {list(target.shape)} differ")
     return (pred - target).abs().mean()
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
+    """Mean squared error (its minimiser is the mean where L1's is the median: at an
+    outline whose position is uncertain it blends, which is what PSNR rewards)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"mse: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    return (pred - target).square().mean()
 
 
 def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:

@@ -59,3 +59,17 @@ def test_expression_groups_label_training_frames_only():
               {"subject": 0}, {"expression": "jaw"}]  # fmt: skip
     groups = expression_groups(frames, train_frames=[0, 1, 2, 3])  # frame 4 held out
     assert groups.tolist() == [1, 0, 1, -1, -1]  # labels sorted: neutral 0, smile 1
+
+
+def test_mse_minimiser_is_the_mean_where_l1_picks_the_median():
+    # One pixel seen against three targets (an outline whose position is uncertain):
+    # the MSE term blends to the mean, L1 snaps to the median.
+    target = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1, 1)
+    grid = torch.linspace(0, 1, 101)
+    mse = torch.stack([losses.mse(v.expand(3, 1, 1, 1), target) for v in grid])
+    l1 = torch.stack([losses.l1(v.expand(3, 1, 1, 1), target) for v in grid])
+    assert float(grid[mse.argmin()]) == pytest.approx(1 / 3, abs=0.01)
+    assert float(grid[l1.argmin()]) == pytest.approx(0.0)
+    assert float(losses.mse(torch.full((1, 2, 2, 3), 0.5), torch.zeros(1, 2, 2, 3))) == 0.25
+    with pytest.raises(ValueError, match="mse: pred"):
+        losses.mse(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 1))

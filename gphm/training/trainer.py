@@ -472,6 +472,7 @@ class GaussianTrainer(StageTrainer):
         model = self.acc.unwrap_model(self.model)
         terms = {
             "rgb_hr": losses.l1(out.rgb, batch.image),
+            "rgb_hr_mse": losses.mse(out.rgb, batch.image),
             "perceptual": self.perceptual(out.rgb, batch.image),
             "silhouette": losses.silhouette_iou(out.mask, batch.mask_lr),
             "alpha": losses.l1(out.mask, batch.mask_lr),
