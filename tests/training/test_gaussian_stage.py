@@ -27,7 +27,8 @@ def stage1_run(tiny_head_dataset, tmp_path_factory):
 
 def test_stage_gaussian_from_a_stage1_run(tiny_head_dataset, stage1_run, tmp_path):
     cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, "stage=gaussian",
-               f"guidance_run={stage1_run}", "train.gaussian_steps=8")  # fmt: skip
+               f"guidance_run={stage1_run}", "train.gaussian_steps=8",
+               "loss.gaussian.rgb_hr_mse=10")  # fmt: skip
     summary = GaussianTrainer(cfg).train()
     log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
     assert all(r["stage"] == "gaussian" for r in log)
@@ -36,7 +37,7 @@ def test_stage_gaussian_from_a_stage1_run(tiny_head_dataset, stage1_run, tmp_pat
     weighted = sum(getattr(weights, k) * v for k, v in log[-1].items()
                    if k not in ("step", "stage", "lr", "total"))  # fmt: skip
     assert log[-1]["total"] == pytest.approx(weighted, rel=1e-5)
-    assert weights.rgb_hr_mse > 0 and 0 < log[-1]["rgb_hr_mse"] < log[-1]["rgb_hr"]
+    assert weights.rgb_hr_mse == 10 and 0 < log[-1]["rgb_hr_mse"] < log[-1]["rgb_hr"]
     desc = json.loads((tmp_path / "run/model/config.json").read_text())
     assert desc["class"] == "GaussianHead"
     assert desc["extra"]["perceptual"] == {"perceptual": "dssim", "weights": None}
