@@ -29,25 +29,27 @@ __all__ = [
 ]
 
 
+def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"{name}: pred {list(pred.shape)} and target {list(target.shape)} differ")
+
+
 def l1(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
     """Mean absolute error."""
-    if pred.shape != target.shape:
-        raise ValueError(f"l1: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    _check_same_shape("l1", pred, target)
     return (pred - target).abs().mean()
 
 
 def mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
     """Mean squared error (its minimiser is the mean where L1's is the median: at an
     outline whose position is uncertain it blends, which is what PSNR rewards)."""
-    if pred.shape != target.shape:
-        raise ValueError(f"mse: pred {list(pred.shape)} and target {list(target.shape)} differ")
+    _check_same_shape("mse", pred, target)
     return (pred - target).square().mean()
 
 
 def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """``mean_b (1 − IoU_b)`` of soft masks ``pred``, ``target`` [B, H, W, 1] in [0, 1]."""
-    if pred.shape != target.shape:
-        raise ValueError(f"silhouette_iou: {list(pred.shape)} vs {list(target.shape)}")
+    _check_same_shape("silhouette_iou", pred, target)
     dims = tuple(range(1, pred.dim()))
     inter = (pred * target).sum(dims)
     union = (pred + target - pred * target).sum(dims)
@@ -56,8 +58,7 @@ def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
 
 def landmark_mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, L, 3] x2 -> []
     """Mean over landmarks of the squared Euclidean distance; NaN targets are ignored."""
-    if pred.shape != target.shape:
-        raise ValueError(f"landmark_mse: {list(pred.shape)} vs {list(target.shape)}")
+    _check_same_shape("landmark_mse", pred, target)
     valid = torch.isfinite(target).all(-1)  # [B, L]
     sq = ((pred - torch.nan_to_num(target)) ** 2).sum(-1)
     return (sq * valid).sum() / valid.sum().clamp_min(1)
@@ -130,8 +131,7 @@ def ssim(
     sigma=1.5, use_sample_covariance=False, data_range=1)`` up to border handling (we
     average over the valid region, skimage crops the same border).
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"ssim: {list(pred.shape)} vs {list(target.shape)}")
+    _check_same_shape("ssim", pred, target)
     C = pred.shape[-1]
     x = pred.permute(0, 3, 1, 2)
     y = target.permute(0, 3, 1, 2)
