@@ -44,6 +44,7 @@ from gphm.models.guidance import (
 from gphm.models.mlp import MLP, MLPConfig
 from gphm.models.upsampler import Upsampler
 from gphm.render import rasterize_gaussians
+from gphm.render._checks import check_eps2d
 
 __all__ = ["GaussianHeadConfig", "GaussianHead", "GaussianAttributes", "GaussianOutput"]
 
@@ -85,8 +86,7 @@ class GaussianHeadConfig:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         if self.init_scale_factor <= 0:
             raise ValueError(f"init_scale_factor must be > 0, got {self.init_scale_factor}")
-        if not 0 <= self.eps2d < float("inf"):
-            raise ValueError(f"eps2d must be a finite number >= 0 (pixels²), got {self.eps2d}")
+        check_eps2d(self.eps2d)
 
 
 @dataclass

@@ -3,6 +3,8 @@ shape/dtype/device and what was received."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -57,6 +59,13 @@ def check_image_size(width: object, height: object) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(width), int(height)  # type: ignore[arg-type]
+
+
+def check_eps2d(eps2d: float) -> float:
+    """The rasterizers' screen-space blur (pixels²) as a finite float >= 0."""
+    if not (math.isfinite(eps2d) and eps2d >= 0):
+        raise ValueError(f"eps2d must be a finite number >= 0 (pixels²), got {eps2d}")
+    return float(eps2d)
 
 
 def check_same_dtype(tensors: dict[str, Tensor]) -> torch.dtype:

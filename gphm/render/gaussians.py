@@ -16,12 +16,12 @@ the precise rules.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import Tensor
 
 from gphm.render._checks import (
+    check_eps2d,
     check_image_size,
     check_named_dims,
     check_same_dtype,
@@ -108,8 +108,7 @@ def rasterize_gaussians(
     Gaussian without adding weight (a sub-pixel Gaussian then covers about its area).
     """
     width, height = check_image_size(width, height)
-    if not (math.isfinite(eps2d) and eps2d >= 0):
-        raise ValueError(f"eps2d must be a finite number >= 0 (pixels²), got {eps2d}")
+    eps2d = check_eps2d(eps2d)
     dtype = _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
     chosen = select_backend(backend, means.device, dtype)
     if means.shape[0] == 0:
@@ -117,7 +116,7 @@ def rasterize_gaussians(
     impl = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
     return impl(
         means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds,
-        eps2d=float(eps2d), antialiased=bool(antialiased),
+        eps2d=eps2d, antialiased=bool(antialiased),
     )  # fmt: skip
 
 
