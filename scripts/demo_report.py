@@ -52,6 +52,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _gauges(fit: dict[str, Any]) -> str:
+    """The per-subject gauge scales of a split=fit report, e.g. "1.021, 0.948"."""
+    scales = [p.get("gauge_scale") for p in fit.get("per_subject", [])]
+    return ", ".join(_num(k, ".3f") for k in scales) or "n/a"
+
+
 def _num(value: Any, fmt: str = ".2f", scale: float = 1.0) -> str:
     """A number formatted with ``fmt`` (times ``scale``), "n/a" when missing or null."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -236,7 +242,10 @@ def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]
                 f"from one view and scored on {fit.get('n', '?')} images of its other views: "
                 f"fit time {_num(fit.get('fit_seconds_mean'), '.1f')} s on average (max "
                 f"{_num(fit.get('fit_seconds_max'), '.1f')} s), landmark error "
-                f"{_num(fit.get('landmark_error_px'))} px."
+                f"{_num(fit.get('landmark_error_px'))} px. Its PSNR is taken after scaling "
+                f"each fit about the input camera to the true head size, which one image "
+                f"cannot tell (gauge scale {_gauges(fit)}); without: "
+                f"{_num(fit.get('psnr_unaligned'))} dB."
             )
     for split, label in SPLITS.items():
         if split == "fit":

@@ -13,17 +13,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from gphm import metrics
 from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
-from gphm.fitting.fit import FitConfig, FitTarget, fit_image, render_avatar
+from gphm.fitting.avatar import Avatar
+from gphm.fitting.fit import FitConfig, FitTarget, Model, fit_image, render_avatar
 from gphm.geometry.cameras import camera_centers, invert_viewmat, project_points
+from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun
 
-__all__ = ["evaluate_fit", "frontal_row", "target_from_item"]
+__all__ = [
+    "evaluate_fit", "fit_landmarks", "frontal_row", "gauge_scale", "render_fit_view",
+    "target_from_item",
+]  # fmt: skip
 
 
 def target_from_item(item: HeadItem) -> FitTarget:
@@ -43,6 +49,55 @@ def frontal_row(items: list[HeadItem]) -> int:
     return int(np.argmax(scores))
 
 
+def gauge_scale(
+    fitted: Tensor,  # [L, 3] the fit's landmarks in the input camera's frame
+    truth: Tensor,  # [L, 3] the ground truth's landmarks in the same frame
+) -> float:
+    """The scale ``k`` about the camera centre that best aligns ``fitted`` with ``truth``:
+    argmin_k ||k·fitted - truth||² = <fitted, truth> / <fitted, fitted> over finite rows.
+    Scaling camera-frame points by ``k`` leaves their projections unchanged."""
+    if fitted.shape != truth.shape or fitted.shape[-1] != 3:
+        raise ValueError(
+            f"fitted and truth must both be [L, 3], got {list(fitted.shape)} and "
+            f"{list(truth.shape)}"
+        )
+    ok = torch.isfinite(fitted).all(-1) & torch.isfinite(truth).all(-1)
+    f, t = fitted[ok].double(), truth[ok].double()
+    if f.shape[0] == 0 or float((f * f).sum()) == 0.0:
+        raise ValueError("gauge_scale needs at least one finite, non-zero landmark")
+    return float((f * t).sum() / (f * f).sum())
+
+
+@torch.no_grad()
+def fit_landmarks(model: Model, avatar: Avatar) -> Tensor:  # [L, 3]
+    """The fitted 3D landmarks in the input camera's frame."""
+    device = next(model.parameters()).device
+    p = model.canonical_landmarks(avatar.z_id[None].to(device), avatar.z_exp[None].to(device))
+    R, T = avatar.head_R[None].to(device), avatar.head_T[None].to(device)
+    scale = torch.full((1,), float(avatar.head_scale), device=device)
+    return apply_head_pose(p, R, T, scale)[0].cpu()
+
+
+@torch.no_grad()
+def render_fit_view(
+    net: Model,  # the avatar's personalised model (Avatar.personalised)
+    avatar: Avatar,
+    viewmat: Tensor,  # [4, 4] input camera -> novel camera
+    K: Tensor,  # [3, 3] intrinsics of the novel view at avatar.image_size
+    gauge: float = 1.0,
+) -> Tensor:  # [1, S, S, 3] in [0, 1], on the CPU
+    """The fit scaled by ``gauge`` about the input camera, seen from another camera."""
+    device = next(net.parameters()).device
+    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
+    out = render_avatar(
+        net, avatar.z_id[None].to(device), avatar.z_exp[None].to(device),
+        avatar.head_R[None].to(device), gauge * avatar.head_T[None].to(device),
+        torch.full((1,), gauge * float(avatar.head_scale), device=device),
+        viewmat[None].to(device), K[None].to(device), avatar.image_size, offsets,
+    )  # fmt: skip
+    return out.rgb.clamp(0, 1).cpu()
+
+
 def evaluate_fit(
     run: TrainedRun,
     data_path: str | Path,
@@ -56,7 +111,6 @@ def evaluate_fit(
     """Fit each subject of ``data_path`` from camera ``view`` (default: the most
     frontal) of its first frame (or the one labelled ``frame``); score the other views."""
     model = run.model
-    device = next(model.parameters()).device
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
     subjects = sorted(set(ds.subjects.tolist()))
     if max_subjects:
@@ -65,6 +119,7 @@ def evaluate_fit(
     keys = ("psnr", "psnr_masked", "ssim", "ssim_masked")
     scores: dict[str, list[float]] = {k: [] for k in keys}
     per_subject, tiles = [], []
+    unaligned: list[float] = []
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
         rows = np.flatnonzero(ds.subjects == s)
         frames = [int(ds.frames[r]) for r in rows]
@@ -89,35 +144,36 @@ def evaluate_fit(
         result = fit_image(model, target_from_item(source), config, str(run.path))
         av = result.avatar
         net = av.personalised(model)
-        offsets = None if av.point_offsets is None else av.point_offsets.to(device)
         others = [it for j, it in enumerate(items) if j != i_in]
         to_input = invert_viewmat(source.viewmat[None])[0]
-        view_scores: dict[str, list[float]] = {k: [] for k in keys}
+        vm = source.viewmat
+        truth = source.landmarks_3d @ vm[:3, :3].T + vm[:3, 3]  # input camera frame
+        gauge = gauge_scale(fit_landmarks(model, av), truth)
+        view_scores: dict[str, list[float]] = {k: [] for k in (*keys, "psnr_unaligned")}
         with torch.no_grad():
             for it in others:
-                vm = (it.viewmat @ to_input)[None].to(device)
-                out = render_avatar(
-                    net, av.z_id[None].to(device), av.z_exp[None].to(device),
-                    av.head_R[None].to(device), av.head_T[None].to(device),
-                    torch.ones(1, device=device), vm, it.K[None].to(device),
-                    av.image_size, offsets,
-                )  # fmt: skip
-                rgb = out.rgb.clamp(0, 1).cpu()
+                vm = it.viewmat @ to_input
                 gt, m = it.image[None], it.mask[None]
+                unaligned_rgb = render_fit_view(net, av, vm, it.K)
+                view_scores["psnr_unaligned"].append(float(metrics.psnr(unaligned_rgb, gt)[0]))
+                rgb = render_fit_view(net, av, vm, it.K, gauge)
                 view_scores["psnr"].append(float(metrics.psnr(rgb, gt)[0]))
                 view_scores["psnr_masked"].append(float(metrics.masked_psnr(rgb, gt, m)[0]))
                 view_scores["ssim"].append(float(metrics.ssim(rgb, gt)[0]))
                 view_scores["ssim_masked"].append(float(metrics.masked_ssim(rgb, gt, m)[0]))
                 if len(tiles) < 64 and it is others[len(others) // 2]:
                     tiles += [source.image, result.render, rgb[0], it.image]
-        for k in keys:
-            scores[k] += view_scores[k]
+        for key in keys:
+            scores[key] += view_scores[key]
+        unaligned += view_scores["psnr_unaligned"]
         per_subject.append({
             "subject": names[s], "frame": chosen, "input_view": source.camera,
             "novel_views": len(others), "seconds": round(result.seconds, 2),
             "landmark_error_px": round(result.landmark_error_px, 3),
             "psnr_input": round(result.psnr, 3),
             "psnr": round(float(np.mean(view_scores["psnr"])), 3),
+            "psnr_unaligned": round(float(np.mean(view_scores["psnr_unaligned"])), 3),
+            "gauge_scale": round(gauge, 4),
         })  # fmt: skip
     report: dict[str, Any] = {
         "split": "fit",
@@ -126,6 +182,7 @@ def evaluate_fit(
         "model": type(model).__name__,
         **{k: round(float(np.mean(v)), 4 if "ssim" in k else 3) for k, v in scores.items()},
         "lpips": None,
+        "psnr_unaligned": round(float(np.mean(unaligned)), 3),
         "fit_seconds_mean": round(float(np.mean([p["seconds"] for p in per_subject])), 2),
         "fit_seconds_max": round(float(np.max([p["seconds"] for p in per_subject])), 2),
         "landmark_error_px": round(

@@ -12,7 +12,13 @@ from PIL import Image
 from gphm import metrics
 from gphm.data.loaders import HeadDataset
 from gphm.fitting.avatar import Avatar
-from gphm.fitting.evaluate import evaluate_fit, target_from_item
+from gphm.fitting.evaluate import (
+    evaluate_fit,
+    fit_landmarks,
+    gauge_scale,
+    render_fit_view,
+    target_from_item,
+)
 from gphm.fitting.fit import FitConfig, fit_image, render_avatar
 from gphm.geometry.cameras import invert_viewmat
 from gphm.models.runs import load_run
@@ -98,8 +104,43 @@ def test_evaluate_fit_split(trained, tiny_head_dataset, tmp_path):
     assert report["split"] == "fit" and report["subjects"] == 1 and report["n"] == 2
     assert report["per_subject"][0]["input_view"] == "c1" and report["lpips"] is None
     assert 5 < report["psnr"] < 60 and (tmp_path / "side_by_side.png").is_file()
+    assert 5 < report["psnr_unaligned"] < 60 and 0.5 < report["per_subject"][0]["gauge_scale"] < 2
     with pytest.raises(ValueError, match="no camera 'c9'"):
         evaluate_fit(trained, tiny_head_dataset, view="c9", max_subjects=1)
+
+
+def test_gauge_scale_recovers_a_scale_about_the_camera():
+    fitted = torch.randn(68, 3) + torch.tensor([0.0, 0.0, 4.0])
+    truth = 1.07 * fitted
+    truth[3] = float("nan")  # rows with a NaN on either side are ignored
+    assert gauge_scale(fitted, truth) == pytest.approx(1.07, rel=1e-6)
+    with pytest.raises(ValueError, match=r"both be \[L, 3\]"):
+        gauge_scale(fitted, truth[:10])
+    with pytest.raises(ValueError, match="non-zero landmark"):
+        gauge_scale(torch.zeros(5, 3), torch.ones(5, 3))
+
+
+def test_scaling_a_fit_about_its_camera_changes_novel_views_only(trained, tiny_head_dataset):
+    """The one thing a single image cannot tell (split=fit aligns it with the truth)."""
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    items = _frame_items(ds, subject=0, frame=0)
+    source = items[0]
+    result = fit_image(trained.model, target_from_item(source),
+                       FitConfig(phase1_steps=2, phase2_steps=2))  # fmt: skip
+    av = result.avatar
+    net = av.personalised(trained.model)
+    eye = torch.eye(4)
+    same = render_fit_view(net, av, eye, source.K, gauge=1.1)
+    assert torch.allclose(same, render_fit_view(net, av, eye, source.K), atol=2e-3)
+    side = items[1].viewmat @ invert_viewmat(source.viewmat[None])[0]
+    near, far = (
+        render_fit_view(net, av, side, items[1].K),
+        render_fit_view(net, av, side, items[1].K, 1.1),
+    )
+    assert (near - far).abs().max() > 0.1
+    # fit_landmarks are camera-frame points that project onto the fitted 2D landmarks.
+    uv = fit_landmarks(trained.model, av) @ source.K.T
+    assert torch.allclose(uv[:, :2] / uv[:, 2:], result.landmarks, atol=1e-3)
 
 
 def _run(args):
