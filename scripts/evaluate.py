@@ -8,7 +8,8 @@
   code swapping from another subject's training frame with the same label.
 * ``fit``: every subject of DIR (a dataset the model never saw) is fitted from one
   camera view (``fit.view``, with the dataset's own landmarks projected into it) and
-  scored on the other views of that frame.
+  scored on the other views of that frame, after scaling the fit about the input camera
+  to the true head size, which one image cannot tell (``psnr_unaligned``: without).
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable — and ``n``) and ``RUN/eval/<split>/side_by_side.png``
@@ -98,6 +99,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":
     sys.exit(run_cli(EvaluateConfig, main, summary=lambda r: (
-        f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head {r['psnr_masked']}), "
-        f"SSIM {r['ssim']} (head {r['ssim_masked']}), LPIPS {r['lpips']}"
+        f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head {r['psnr_masked']}"
+        + (f", scale not aligned {r['psnr_unaligned']}" if "psnr_unaligned" in r else "")
+        + f"), SSIM {r['ssim']} (head {r['ssim_masked']}), LPIPS {r['lpips']}"
     )))  # fmt: skip
