@@ -21,7 +21,12 @@ from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, FitTarget, Model, fit_image, render_avatar
-from gphm.geometry.cameras import camera_centers, invert_viewmat, project_points
+from gphm.geometry.cameras import (
+    camera_centers,
+    invert_viewmat,
+    project_points,
+    world_to_camera,
+)
 from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun
@@ -116,10 +121,9 @@ def evaluate_fit(
     if max_subjects:
         subjects = subjects[:max_subjects]
     names = ds.meta["subjects"]
-    keys = ("psnr", "psnr_masked", "ssim", "ssim_masked")
+    keys = ("psnr", "psnr_masked", "ssim", "ssim_masked", "psnr_unaligned")
     scores: dict[str, list[float]] = {k: [] for k in keys}
     per_subject, tiles = [], []
-    unaligned: list[float] = []
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
         rows = np.flatnonzero(ds.subjects == s)
         frames = [int(ds.frames[r]) for r in rows]
@@ -146,10 +150,9 @@ def evaluate_fit(
         net = av.personalised(model)
         others = [it for j, it in enumerate(items) if j != i_in]
         to_input = invert_viewmat(source.viewmat[None])[0]
-        vm = source.viewmat
-        truth = source.landmarks_3d @ vm[:3, :3].T + vm[:3, 3]  # input camera frame
+        truth = world_to_camera(source.viewmat, source.landmarks_3d)  # input camera frame
         gauge = gauge_scale(fit_landmarks(model, av), truth)
-        view_scores: dict[str, list[float]] = {k: [] for k in (*keys, "psnr_unaligned")}
+        view_scores: dict[str, list[float]] = {k: [] for k in keys}
         with torch.no_grad():
             for it in others:
                 vm = it.viewmat @ to_input
@@ -163,9 +166,8 @@ def evaluate_fit(
                 view_scores["ssim_masked"].append(float(metrics.masked_ssim(rgb, gt, m)[0]))
                 if len(tiles) < 64 and it is others[len(others) // 2]:
                     tiles += [source.image, result.render, rgb[0], it.image]
-        for key in keys:
-            scores[key] += view_scores[key]
-        unaligned += view_scores["psnr_unaligned"]
+        for k in keys:
+            scores[k] += view_scores[k]
         per_subject.append({
             "subject": names[s], "frame": chosen, "input_view": source.camera,
             "novel_views": len(others), "seconds": round(result.seconds, 2),
@@ -182,7 +184,6 @@ def evaluate_fit(
         "model": type(model).__name__,
         **{k: round(float(np.mean(v)), 4 if "ssim" in k else 3) for k, v in scores.items()},
         "lpips": None,
-        "psnr_unaligned": round(float(np.mean(unaligned)), 3),
         "fit_seconds_mean": round(float(np.mean([p["seconds"] for p in per_subject])), 2),
         "fit_seconds_max": round(float(np.max([p["seconds"] for p in per_subject])), 2),
         "landmark_error_px": round(
