@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,21 +14,86 @@ from gphm.models.base import SerializableModule
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["TrainedRun", "load_run", "MODEL_CLASSES"]
+__all__ = ["TrainedRun", "ResolvedFrame", "load_run", "dataset_fingerprint", "seen_by",
+           "MODEL_CLASSES"]  # fmt: skip
 
 MODEL_CLASSES = (GuidanceModel, GaussianHead)
+
+
+@dataclass(frozen=True)
+class ResolvedFrame:
+    """A trained expression code chosen for a subject (:meth:`TrainedRun.trained_frame`)."""
+
+    frame: int
+    """Global frame index = row of the expression codebook."""
+    subject: int
+    """Index of the subject whose frame it is (not necessarily the one asked for)."""
+    subject_name: str
+    label: str
+    """The frame's expression label."""
+    borrowed: bool
+    """True when the frame belongs to another subject than the one asked for (expression
+    transfer: the asked-for subject has no trained frame with that label)."""
+    note: str | None = None
+    """Why the choice may be less sure than it looks (an older run without
+    ``train_frames``: every frame is taken as trained)."""
+
+    def describe(self) -> str:
+        """``"expression from synth_005@37"`` (``NAME@FRAME`` is a valid source spec)."""
+        return f"expression from {self.subject_name}@{self.frame}"
 
 
 @dataclass
 class TrainedRun:
     model: GuidanceModel | GaussianHead
     extra: dict[str, Any]
-    """Training metadata from config.json: subjects, frames, lr/hr sizes, summary."""
+    """Training metadata from config.json: subjects, frames, train_frames, lr/hr sizes."""
     path: Path
 
     @property
     def subjects(self) -> list[str]:
         return list(self.extra.get("subjects", []))
+
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        """``meta["frames"]`` of the training dataset: one record per expression code."""
+        return list(self.extra.get("frames", []))
+
+    @property
+    def train_frames(self) -> list[int]:
+        """Global frame indices whose expression codes were optimised (sorted). Runs
+        written before ``extra["train_frames"]`` existed: every frame (see
+        :attr:`train_frames_note`)."""
+        recorded = self.extra.get("train_frames")
+        if recorded is None:
+            return list(range(len(self.frames)))
+        return sorted(int(f) for f in recorded)
+
+    @property
+    def train_frames_note(self) -> str | None:
+        if "train_frames" in self.extra:
+            return None
+        return (
+            f"{self.path / 'config.json'} does not record train_frames (an older run): "
+            "every frame is taken as trained"
+        )
+
+    @property
+    def trained_subjects(self) -> list[int]:
+        """Subjects with at least one trained frame: the identity codes that were fitted."""
+        return sorted({self.frame_subject(self.frames[f]) for f in self.train_frames})
+
+    def frame_label(self, frame: int) -> str:
+        f = self.frames[frame]
+        return str(f.get("expression") or f.get("name") or frame)
+
+    def trained_labels(self, subject: int | None = None) -> list[str]:
+        """Expression labels of the trained frames (of ``subject``, or of any subject), in
+        frame order without repeats."""
+        frames = self.frames
+        labels = [self.frame_label(f) for f in self.train_frames
+                  if subject is None or self.frame_subject(frames[f]) == subject]  # fmt: skip
+        return list(dict.fromkeys(labels))
 
     def subject_index(self, subject: str | int) -> int:
         """Index of a subject given by name or index (as a string or int)."""
@@ -42,23 +108,65 @@ class TrainedRun:
             raise ValueError(f"subject index {i} out of range [0, {len(names)})")
         return i
 
+    def _resolved(self, frame: int, asked: int) -> ResolvedFrame:
+        owner = self.frame_subject(self.frames[frame])
+        return ResolvedFrame(
+            frame=frame, subject=owner, subject_name=self.subjects[owner],
+            label=self.frame_label(frame), borrowed=owner != asked, note=self.train_frames_note,
+        )  # fmt: skip
+
+    def trained_frame(self, subject: int, expression: str) -> ResolvedFrame:
+        """The trained frame to render ``subject`` with ``expression``: the subject's own
+        trained frame with that label (the lowest such index), otherwise the trained frame
+        of the lowest-index other subject that has the label (``borrowed``: expression
+        transfer). Untrained frames (held-out pairs) never count: their codes were never
+        optimised. ``ValueError`` listing the trained labels when no subject has one."""
+        frames = self.frames
+        candidates = [f for f in self.train_frames if self.frame_label(f) == expression]
+        if not candidates:
+            raise ValueError(
+                f"no trained frame shows expression {expression!r}; trained labels: "
+                f"{self.trained_labels()}"
+            )
+        own = [f for f in candidates if self.frame_subject(frames[f]) == subject]
+        if own:
+            return self._resolved(own[0], subject)
+        donor = min(candidates, key=lambda f: (self.frame_subject(frames[f]), f))
+        return self._resolved(donor, subject)
+
+    def resolve_frame(
+        self, subject: int, frame: int | None = None, expression: str | None = None
+    ) -> ResolvedFrame:
+        """The frame a CLI's ``SUBJECT``, ``SUBJECT:EXPRESSION`` or ``SUBJECT@FRAME`` means:
+        ``frame`` itself (it must be trained), :meth:`trained_frame` for ``expression``,
+        or the subject's first trained frame."""
+        n = len(self.frames)
+        name = self.subjects[subject]
+        trained = self.train_frames
+        if frame is not None:
+            if not 0 <= frame < n:
+                raise ValueError(f"frame {frame} out of range [0, {n})")
+            if frame not in set(trained):
+                raise ValueError(
+                    f"{name}@{frame}: frame {frame} was not trained (its expression code was "
+                    f"never optimised); {name}'s trained labels: {self.trained_labels(subject)}"
+                )
+            return self._resolved(frame, subject)
+        if expression is not None:
+            return self.trained_frame(subject, expression)
+        own = [f for f in trained if self.frame_subject(self.frames[f]) == subject]
+        if not own:
+            raise ValueError(
+                f"subject {name!r} has no trained frame; name an expression "
+                f"({self.trained_labels()}) or a frame"
+            )
+        return self._resolved(own[0], subject)
+
     def frame_index(
         self, subject: int, frame: int | None = None, expression: str | None = None
     ) -> int:
-        """A global frame (expression-code) index: ``frame`` itself, or the first frame of
-        ``subject`` showing ``expression`` (default: the subject's first frame)."""
-        frames = self.extra.get("frames", [])
-        if frame is not None:
-            if not 0 <= frame < len(frames):
-                raise ValueError(f"frame {frame} out of range [0, {len(frames)})")
-            return frame
-        for i, f in enumerate(frames):
-            if self.frame_subject(f) == subject and expression in (None, f.get("expression")):
-                return i
-        raise ValueError(
-            f"subject {self.subjects[subject]!r} has no frame"
-            + (f" with expression {expression!r}" if expression else "")
-        )
+        """``resolve_frame(...).frame``: a trained global frame (expression-code) index."""
+        return self.resolve_frame(subject, frame, expression).frame
 
     def frame_subject(self, f: dict[str, Any]) -> int:
         """Subject index of a frame record of ``extra["frames"]``."""
@@ -85,3 +193,37 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
         )
     model = cls.from_pretrained(model_dir, map_location=device).eval()
     return TrainedRun(model=model, extra=desc.get("extra", {}), path=model_dir)
+
+
+def dataset_fingerprint(meta: dict[str, Any]) -> str:
+    """A short content hash of a dataset's ``meta.json`` (as loaded): names, frames,
+    cameras, generator parameters (seed included) and split sizes. Training records it in
+    ``RUN/model/config.json`` (``extra["dataset_fingerprint"]``) so that evaluation can
+    tell a dataset the model was trained on."""
+    text = json.dumps(meta, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def seen_by(run: TrainedRun, meta: dict[str, Any]) -> str | None:
+    """Why the dataset with ``meta`` holds people ``run`` was trained on, or None.
+
+    * the run records the training dataset's :func:`dataset_fingerprint` and it matches;
+    * older runs (no fingerprint): the same subject names and frames as the run's;
+    * imported data (``meta["generator"]["importer"]``: real people with real names):
+      any subject name shared with the run. Generated sets reuse names (``synth_000``)
+      for different people, so for them names alone prove nothing.
+    """
+    recorded = run.extra.get("dataset_fingerprint")
+    if recorded is not None and recorded == dataset_fingerprint(meta):
+        return f"it is the dataset the model was trained on (fingerprint {recorded})"
+    if (
+        recorded is None
+        and list(meta.get("subjects", [])) == run.subjects
+        and (meta.get("frames") == run.extra.get("frames"))
+    ):
+        return "it has the subjects and frames of the model's training data"
+    if "importer" in (meta.get("generator") or {}):
+        shared = sorted(set(meta.get("subjects", [])) & set(run.subjects))
+        if shared:
+            return f"the model was trained on its subjects {shared[:5]}"
+    return None

@@ -30,6 +30,7 @@ from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead, GaussianOutput
 from gphm.models.guidance import GuidanceModel, GuidanceOutput
+from gphm.models.runs import dataset_fingerprint
 from gphm.perceptual import build_perceptual_loss
 from gphm.training.checkpoint import (
     latest_checkpoint,
@@ -303,6 +304,7 @@ class StageTrainer:
             "subjects": meta["subjects"],
             "frames": meta["frames"],
             "train_frames": sorted({int(f) for f in self.dataset.frames}),
+            "dataset_fingerprint": dataset_fingerprint(meta),  # split=fit refuses it
             "expressions": meta.get("expressions"),
             "landmark_convention": meta.get("landmark_convention"),
             "train_config": asdict(self.cfg.train),
