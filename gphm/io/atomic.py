@@ -2,21 +2,54 @@
 
 A reader (or a crash) never sees a half-written file: data goes to a temporary sibling
 in the same directory (same filesystem) and is moved into place with ``os.replace``.
-Directories (datasets, checkpoints) are built under a temporary sibling name and
-renamed when complete; an existing target is only replaced after the new one is
-complete, and is kept if anything fails.
+
+Directories (datasets, checkpoints, avatars) are built under a temporary sibling
+``.NAME.tmp-PID-XXXX`` and moved into place when complete. Replacing an existing
+directory never leaves a moment where ``NAME`` is missing:
+
+* on Linux the two directories are swapped in one ``renameat2(RENAME_EXCHANGE)`` call,
+  then the old contents (now under the temporary name) are deleted;
+* where the kernel or filesystem cannot exchange, ``NAME`` is renamed to
+  ``.NAME.old-PID-XXXX``, the new directory is renamed to ``NAME`` and the old one is
+  deleted. A kill between the two renames leaves ``.NAME.old-*`` beside a missing
+  ``NAME``: the next atomic write of ``NAME`` (:func:`recover`) moves it back first.
+
+Leftovers of killed writers (``.NAME.tmp-PID-*`` and ``.NAME.old-PID-*`` whose process
+is gone) are deleted by the next atomic directory write of ``NAME``. A swap that cannot
+work (the target is a mount point or the current directory, or the rename crosses
+filesystems) raises :class:`ReplaceError` with a one-line reason and leaves the target
+and its parent exactly as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_text", "atomic_directory"]
+__all__ = [
+    "ReplaceError",
+    "atomic_directory",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_dir",
+    "recover",
+]
+
+
+class ReplaceError(OSError):
+    """An atomic replace that cannot be done here; ``str()`` is one line saying why."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _umask() -> int:
@@ -35,6 +68,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, expected a file path")
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
     )
@@ -63,36 +98,179 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+# ----------------------------------------------------------------------------- directories
+
+_MARK = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _marked(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def recover(path: str | Path) -> list[Path]:
+    """Undo what killed writers left beside ``path``; returns the paths acted on.
+
+    If ``path`` is missing and a ``.NAME.old-*`` of a finished process exists, the
+    newest one is moved back to ``path`` (a kill between the two renames of a swap).
+    Other ``.NAME.old-*`` and ``.NAME.tmp-*`` of finished processes are deleted.
+    Entries of live processes (a concurrent writer) are left alone.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return []
+    olds, tmps = [], []
+    with os.scandir(parent) as it:
+        for entry in it:
+            m = _MARK.match(entry.name)
+            if m and m["name"] == path.name and not _alive(int(m["pid"])):
+                (olds if m["kind"] == "old" else tmps).append(Path(entry.path))
+    acted = []
+    if olds and not os.path.lexists(path):
+        newest = max(olds, key=lambda p: p.lstat().st_mtime)
+        os.rename(newest, path)
+        olds.remove(newest)
+        acted.append(newest)
+    for p in olds + tmps:
+        _remove(p)
+        acted.append(p)
+    return acted
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Raises ``OSError`` with ``ENOSYS`` where the call does not exist; the kernel's own
+    errors (``EINVAL`` on filesystems without exchange, ``EXDEV``, ``EBUSY``) pass through.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _why(path: Path, err: OSError) -> str:
+    if err.errno == errno.EXDEV:
+        return f"cannot replace {path}: it is on another filesystem than its parent"
+    if err.errno == errno.EBUSY:
+        return f"cannot replace {path}: it is busy (a mount point or in use)"
+    return f"cannot replace {path}: {err.strerror or err}"
+
+
+def _check_replaceable(path: Path) -> None:
+    resolved = path.resolve()
+    if resolved == Path(resolved.anchor) or os.path.ismount(resolved):
+        raise ReplaceError(
+            errno.EBUSY, f"cannot replace {path}: it is a mount point; choose a directory inside it"
+        )
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ReplaceError(
+            errno.EBUSY,
+            f"cannot replace {path}: it is the current directory or contains it; "
+            "choose a new directory (e.g. out=results)",
+        )
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path``; ``path``, if it exists, is never missing."""
+    if not os.path.lexists(path):
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            raise ReplaceError(err.errno, _why(path, err)) from None
+        return
+    try:
+        _exchange(tmp, path)
+    except OSError as err:
+        if err.errno not in _NO_EXCHANGE:
+            raise ReplaceError(err.errno, _why(path, err)) from None
+    else:
+        _remove(tmp)  # now holds the old contents
+        return
+    # Fallback: two renames, recovered by `recover` if killed in between.
+    old = _marked(path, "old")
+    try:
+        os.rename(path, old)
+    except OSError as err:
+        raise ReplaceError(err.errno, _why(path, err)) from None
+    try:
+        os.rename(tmp, path)
+    except OSError as err:
+        os.rename(old, path)
+        raise ReplaceError(err.errno, _why(path, err)) from None
+    _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory atomically: ``with atomic_directory(out) as tmp: write into tmp``.
 
-    On success ``tmp`` is renamed to ``path``. If ``path`` exists and ``overwrite`` is
-    False, ``FileExistsError`` is raised before anything is written; with ``overwrite``
-    the old directory is moved aside and deleted only after the new one is in place.
-    On any error the temporary directory is removed and ``path`` is untouched.
+    On success ``tmp`` is moved to ``path`` (module docstring: no moment without
+    ``path``). If ``path`` exists and ``overwrite`` is False, ``FileExistsError`` is
+    raised before anything is written; a ``path`` that is a file raises
+    ``NotADirectoryError``; a target that cannot be swapped raises :class:`ReplaceError`
+    before anything is written. On any error the temporary directory is removed and
+    ``path`` is untouched.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    path = Path(os.path.abspath(path))
+    recover(path)
+    if os.path.lexists(path):
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file, expected a directory (or a new path)")
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+        _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+    tmp = _marked(path, "tmp")
+    os.mkdir(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _swap_into_place(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None:
-            os.replace(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_dir(path: str | Path, overwrite: bool, option: str = "out") -> Path:
+    """Refuse to write into ``path`` when it is a file, or a non-empty directory and not
+    ``overwrite``; create it otherwise. Errors are ``FileExistsError`` /
+    ``NotADirectoryError`` whose message names ``option=path`` and says ``overwrite=true``.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise NotADirectoryError(f"{option}={path} is a file; expected a directory to write into")
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise FileExistsError(
+            f"{option}={path} is not empty; pass overwrite=true to write into it "
+            "(files with the same names are replaced)",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
