@@ -1,4 +1,4 @@
-"""Perceptual loss and LPIPS metric that never download anything (DESIGN.md §7).
+"""Perceptual loss and the LPIPS metric, usable without torchvision (DESIGN.md §7).
 
 * :class:`VGG16Features` is a pure-torch copy of torchvision's ``vgg16().features`` with
   the same ``state_dict`` keys (``0.weight``, ``2.weight``, ..., ``28.bias``), so a
@@ -7,9 +7,12 @@
 * :func:`build_perceptual_loss` returns a VGG feature-matching loss when the path of such
   a checkpoint is given, and otherwise D-SSIM (:func:`gphm.losses.dssim`) with one logged
   warning. A path that does not exist is an error: nothing is ever downloaded.
-* :func:`lpips_metric` builds the `lpips` package's metric only when that package (and
-  the torchvision it needs) is importable *and* the backbone weights are on disk; it
-  returns ``None`` otherwise, so evaluation reports LPIPS as unavailable, never as 0.
+* :func:`load_lpips` builds the LPIPS metric (AlexNet, v0.1): with the ``lpips`` package
+  when it and torchvision import, else with :class:`LPIPSAlex`, a pure-torch twin that
+  loads the same weight files (torchvision's AlexNet checkpoint, the wheel's linear
+  heads). Without weights it gives ``(None, reason)``, so evaluation reports LPIPS as
+  null with that reason, never as 0. It downloads torchvision's backbone the standard
+  way (``torch.hub``) only when not offline; nothing else here ever downloads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +34,13 @@ __all__ = [
     "load_vgg16_weights",
     "PerceptualLoss",
     "build_perceptual_loss",
+    "AlexNetFeatures",
+    "LPIPSAlex",
+    "LPIPSMetric",
+    "load_lpips",
+    "lpips_heads_path",
     "lpips_available",
     "lpips_metric",
-    "LPIPSMetric",
 ]
 
 log = logging.getLogger("gphm")
@@ -215,62 +223,278 @@ def build_perceptual_loss(vgg_weights: str | os.PathLike[str] | None) -> Percept
 
 
 # --------------------------------------------------------------------------- LPIPS
+#
+# LPIPS (Zhang et al., CVPR 2018, "The Unreasonable Effectiveness of Deep Features as a
+# Perceptual Metric"), version 0.1, AlexNet variant — the one papers report. For inputs
+# x0, x1 in [-1, 1]:
+#   1. scale each image per channel: (x - shift) / scale with the constants below;
+#   2. take the AlexNet activations after each of its 5 ReLUs (ImageNet weights, frozen);
+#   3. unit-normalise every activation vector along channels: f / (||f||_2 + 1e-10);
+#   4. square the difference, weight its channels with a learned non-negative 1x1 conv
+#      per layer (the "linear heads", trained on human judgements), average over pixels;
+#   5. sum the 5 layers.
+# The backbone is torchvision's `alexnet().features`; the heads ship inside the `lpips`
+# wheel (lpips/weights/v0.1/alex.pth).
+
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+_LPIPS_EPS = 1e-10
+# torchvision's download URLs for the backbones (torchvision.models.AlexNet_Weights /
+# VGG16_Weights.IMAGENET1K_V1); the file names embed the SHA-256 prefix hub checks.
+_TORCHVISION_URLS = {
+    "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+}
+LPIPS_BACKBONE_ENV = "GPHM_LPIPS_BACKBONE"
+"""Environment variable: path of a torchvision backbone checkpoint for LPIPS."""
+LPIPS_HEADS_ENV = "GPHM_LPIPS_HEADS"
+"""Environment variable: path of the LPIPS v0.1 linear heads (``alex.pth``)."""
+_OFFLINE_ENVS = ("GPHM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# torchvision alexnet().features: (index of the conv, its out channels); each is followed
+# by its ReLU at index + 1, which is where LPIPS taps.
+_ALEX_CONVS = ((0, 64), (3, 192), (6, 384), (8, 256), (10, 256))
+ALEX_CHANNELS: tuple[int, ...] = tuple(c for _, c in _ALEX_CONVS)
+LPIPS_MIN_SIZE = 31
+"""Smallest image side AlexNet's two stride-2 max-pools accept (11x11/4 conv first)."""
 
 
-def _lpips_backbone_path(weights: str | os.PathLike[str] | None, net: str) -> Path | None:
-    if weights:
-        return Path(weights).expanduser()
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / _TORCHVISION_FILES[net]
-    return cached if cached.is_file() else None
+class AlexNetFeatures(nn.Module):
+    """torchvision's ``alexnet().features`` up to its last ReLU, in pure torch.
 
-
-def lpips_available(
-    weights: str | os.PathLike[str] | None = None, net: str = "alex"
-) -> tuple[bool, str]:
-    """Whether LPIPS can be computed offline, and why (not).
-
-    Needs the ``lpips`` package, ``torchvision`` (its backbones come from there) and the
-    ImageNet backbone weights on disk: ``weights`` (a torchvision alexnet / vgg16
-    checkpoint for ``net="alex"`` / ``"vgg"``) or, when ``None``, torchvision's own cached
-    file in ``torch.hub.get_dir()/checkpoints``. The check imports, it does not build.
+    Sub-modules are named ``"0"`` ... ``"11"`` as in torchvision, so ``state_dict()`` has
+    the keys ``0.weight, 0.bias, 3.*, 6.*, 8.*, 10.*`` of
+    ``torchvision.models.alexnet().features`` (the final max-pool has no weights and
+    LPIPS does not use it). Randomly initialised; load weights with ``load_state_dict``.
     """
-    if net not in _TORCHVISION_FILES:
-        return False, f"unsupported LPIPS backbone {net!r} (use 'alex' or 'vgg')"
-    for module in ("torchvision", "lpips"):
-        try:
-            __import__(module)
-        except ImportError as e:
-            return False, f"LPIPS unavailable: cannot import {module} ({e})"
-    path = _lpips_backbone_path(weights, net)
-    if path is None:
-        return False, (
-            f"LPIPS unavailable: no local {net} backbone weights (give a path, or put "
-            f"{_TORCHVISION_FILES[net]} in {Path(torch.hub.get_dir()) / 'checkpoints'})"
-        )
-    if not path.is_file():
-        return False, f"LPIPS unavailable: backbone weights not found: {path}"
-    return True, f"LPIPS ({net}) with backbone weights {path}"
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+        ]
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # [B, 3, H, W] (already LPIPS-scaled)
+        """The activations after the 5 ReLUs, each [B, C_l, H_l, W_l] (C = 64..256)."""
+        taps = {i + 1 for i, _ in _ALEX_CONVS}
+        out = []
+        for i in range(len(self._modules)):
+            # not in place on the tapped tensor's producer: ReLU(inplace) overwrites the
+            # conv output, which nothing else keeps, so the taps stay valid.
+            x = self._modules[str(i)](x)
+            if i in taps:
+                out.append(x)
+        return out
+
+
+class LPIPSAlex(nn.Module):
+    """LPIPS v0.1 with the AlexNet backbone, in pure torch (no torchvision).
+
+    ``net`` is :class:`AlexNetFeatures`; ``lin0`` ... ``lin4`` are the bias-free 1x1 convs
+    (C_l -> 1) of the linear heads. ``forward`` takes NCHW images in [-1, 1] and returns
+    the [B] distances; the same number as ``lpips.LPIPS(net="alex", version="0.1")`` in
+    eval mode (its heads' dropout is then the identity). Build it with :meth:`from_weights`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = AlexNetFeatures()
+        for k, c in enumerate(ALEX_CHANNELS):
+            self.add_module(f"lin{k}", nn.Conv2d(c, 1, kernel_size=1, bias=False))
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_weights(cls, backbone: Mapping[str, Tensor], heads: Mapping[str, Tensor]) -> LPIPSAlex:
+        """A frozen, eval-mode twin from a torchvision AlexNet state dict and LPIPS heads.
+
+        ``backbone``: ``alexnet().state_dict()`` (``features.N.*`` keys, ``classifier.*``
+        ignored) or only its ``features`` (``N.*``). ``heads``: the lpips file's keys
+        ``lin{k}.model.1.weight`` (or ``lin{k}.weight``), each [C_k, ...] -> [1, C_k, 1, 1];
+        other keys of an ``lpips.LPIPS`` state dict (``net.*``, ``lins.*``) are ignored.
+        Raises ValueError on a missing key or a wrong shape.
+        """
+        model = cls()
+        feats = _features_state_dict(backbone)
+        want = model.net.state_dict()
+        missing = sorted(set(want) - set(feats))
+        unexpected = sorted(set(feats) - set(want))
+        if missing or unexpected:
+            raise ValueError(f"not a torchvision AlexNet checkpoint: missing keys {missing}, "
+                             f"unexpected keys {unexpected[:6]}")  # fmt: skip
+        sd = {f"net.{k}": feats[k] for k in want}
+        for k in range(len(ALEX_CHANNELS)):
+            v = heads.get(f"lin{k}.model.1.weight", heads.get(f"lin{k}.weight"))
+            if v is None:
+                raise ValueError(f"not LPIPS alex heads: no lin{k}.model.1.weight")
+            sd[f"lin{k}.weight"] = v
+        ref = model.state_dict()
+        bad = [f"{k}: {list(sd[k].shape)} != {list(v.shape)}" for k, v in ref.items()
+               if sd[k].shape != v.shape]  # fmt: skip
+        if bad:
+            raise ValueError(f"wrong shapes for LPIPS alex: {'; '.join(bad)}")
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        return model.requires_grad_(False).eval()
+
+    def forward(self, x0: Tensor, x1: Tensor) -> Tensor:  # [B, 3, H, W] x2 in [-1, 1] -> [B]
+        if min(x0.shape[-2:]) < LPIPS_MIN_SIZE:
+            raise ValueError(f"lpips: images must be at least {LPIPS_MIN_SIZE} px on each "
+                             f"side for AlexNet, got {list(x0.shape[-2:])}")  # fmt: skip
+        f0 = self.net((x0 - self.shift) / self.scale)
+        f1 = self.net((x1 - self.shift) / self.scale)
+        total = x0.new_zeros(x0.shape[0])
+        for k, (a, b) in enumerate(zip(f0, f1, strict=True)):
+            a = a / (a.square().sum(1, keepdim=True).sqrt() + _LPIPS_EPS)
+            b = b / (b.square().sum(1, keepdim=True).sqrt() + _LPIPS_EPS)
+            total = total + self._modules[f"lin{k}"]((a - b).square()).mean((1, 2, 3))
+        return total
 
 
 class LPIPSMetric(nn.Module):
-    """LPIPS distance per image; wraps an ``lpips.LPIPS`` model (see :func:`lpips_metric`)."""
+    """LPIPS distance per image over ``[B, H, W, 3]`` images in [0, 1] (lower = closer).
 
-    def __init__(self, model: nn.Module, net: str, weights: str) -> None:
+    Wraps either the ``lpips`` package's model (``backend="lpips"``) or the pure-torch
+    :class:`LPIPSAlex` twin (``backend="twin"``); both take NCHW in [-1, 1]. Build it with
+    :func:`load_lpips`. :meth:`describe` says which backend and which weight files.
+    """
+
+    def __init__(
+        self, model: nn.Module, net: str, backbone: str, heads: str | None, backend: str
+    ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.net = net
-        self.weights = weights
+        self.net, self.backbone, self.heads, self.backend = net, backbone, heads, backend
+
+    def train(self, mode: bool = True) -> LPIPSMetric:
+        super().train(mode)
+        self.model.eval()  # a metric: the lpips heads' dropout must never be active
+        return self
 
     @torch.no_grad()
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, 3] x2 in [0, 1]
-        """[B] LPIPS distances (lower is more similar)."""
-        if pred.shape != target.shape or pred.shape[-1] != 3:
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, 3] x2 -> [B]
+        """[B] LPIPS distances of images in [0, 1] (values outside are not clamped)."""
+        if pred.shape != target.shape or pred.dim() != 4 or pred.shape[-1] != 3:
             raise ValueError(f"lpips: expected two [B, H, W, 3], got {list(pred.shape)}, "
                              f"{list(target.shape)}")  # fmt: skip
         self.model.to(pred.device)
-        p = pred.permute(0, 3, 1, 2) * 2 - 1  # lpips wants NCHW in [-1, 1]
-        t = target.permute(0, 3, 1, 2) * 2 - 1
-        return self.model(p.float(), t.float()).flatten()
+        p = pred.permute(0, 3, 1, 2).float() * 2 - 1
+        t = target.permute(0, 3, 1, 2).float() * 2 - 1
+        return self.model(p, t).flatten()
+
+    def describe(self) -> dict[str, str | None]:
+        return {"lpips_net": self.net, "lpips_backend": self.backend,
+                "lpips_backbone": self.backbone, "lpips_heads": self.heads}  # fmt: skip
+
+
+def _offline() -> str | None:
+    """The environment variable that forbids downloads, if one is set."""
+    for name in _OFFLINE_ENVS:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
+def _hub_checkpoint(net: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / _TORCHVISION_FILES[net]
+
+
+def _local_backbone(net: str, weights: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
+    """(path, "") of the local backbone checkpoint, or (None, why not)."""
+    env = os.environ.get(LPIPS_BACKBONE_ENV)
+    for given, origin in ((weights, "weights"), (env, LPIPS_BACKBONE_ENV)):
+        if given is not None and str(given).strip():
+            p = Path(given).expanduser()
+            if not p.is_file():
+                return None, f"LPIPS backbone weights not found: {p} (from {origin})"
+            return p, ""
+    cached = _hub_checkpoint(net)
+    if cached.is_file():
+        return cached, ""
+    return None, (f"no local {net} backbone weights: put torchvision's {cached.name} in "
+                  f"{cached.parent} or set {LPIPS_BACKBONE_ENV}=PATH")  # fmt: skip
+
+
+def _network_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the download host answers (skipped behind a proxy, which urllib uses)."""
+    if any(os.environ.get(k) for k in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return True
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        socket.create_connection((urlsplit(url).hostname, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _download_backbone(net: str, why_missing: str) -> tuple[Path | None, str]:
+    """torchvision's checkpoint into the hub cache the standard way, unless offline."""
+    url = _TORCHVISION_URLS[net]
+    offline = _offline()
+    if offline:
+        return None, f"{why_missing}; not downloaded because {offline} is set"
+    if not _network_reachable(url):
+        return None, f"{why_missing}; {url} is not reachable (no network)"
+    try:
+        torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", check_hash=True, file_name=_TORCHVISION_FILES[net],
+            progress=False,
+        )  # fmt: skip
+    except Exception as e:  # network error, hash mismatch, full disk: "unavailable"
+        return None, f"{why_missing}; downloading {url} failed ({type(e).__name__}: {e})"
+    cached = _hub_checkpoint(net)
+    return (cached, "") if cached.is_file() else (None, f"{why_missing}; download left no file")
+
+
+def lpips_heads_path(net: str = "alex", heads: str | os.PathLike[str] | None = None) -> Path | None:
+    """The LPIPS v0.1 linear heads: ``heads``, ``$GPHM_LPIPS_HEADS`` or the lpips wheel's.
+
+    The wheel is located with ``importlib.util.find_spec`` *without* importing ``lpips``
+    (which imports torchvision); ``pip install --no-deps lpips`` is enough to provide it.
+    ``None`` when no such file exists.
+    """
+    import importlib.util
+
+    for given in (heads, os.environ.get(LPIPS_HEADS_ENV)):
+        if given is not None and str(given).strip():
+            p = Path(given).expanduser()
+            return p if p.is_file() else None
+    try:
+        spec = importlib.util.find_spec("lpips")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root) / "weights" / "v0.1" / f"{net}.pth"
+        if p.is_file():
+            return p
+    return None
+
+
+def _lpips_package() -> tuple[Any, str]:
+    """(the imported ``lpips`` module, "") when it and torchvision import, else (None, why)."""
+    for module in ("torchvision", "lpips"):
+        try:
+            __import__(module)
+        except Exception as e:  # ImportError, or torchvision's operator registration failing
+            return None, f"cannot import {module} ({type(e).__name__}: {e})"
+    import lpips
+
+    return lpips, ""
 
 
 def _load_lpips_backbone(model: nn.Module, path: Path) -> None:
@@ -290,28 +514,76 @@ def _load_lpips_backbone(model: nn.Module, path: Path) -> None:
     model.net.load_state_dict(new, strict=True)
 
 
+def load_lpips(
+    net: str = "alex",
+    weights: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
+    heads: str | os.PathLike[str] | None = None,
+) -> tuple[LPIPSMetric | None, str | None]:
+    """``(metric, None)`` when LPIPS can be computed, else ``(None, reason)``.
+
+    Backend: the ``lpips`` package when it and torchvision import (``net`` "alex" or
+    "vgg"), else the pure-torch :class:`LPIPSAlex` twin ("alex" only), which needs the
+    linear heads (:func:`lpips_heads_path`: ``heads``, ``$GPHM_LPIPS_HEADS`` or the lpips
+    wheel). Backbone weights, first found: ``weights``, ``$GPHM_LPIPS_BACKBONE``,
+    torchvision's file in ``torch.hub.get_dir()/checkpoints``; failing those, torchvision's
+    URL is fetched with ``torch.hub.load_state_dict_from_url`` — never when
+    ``GPHM_OFFLINE``, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set, nor when the
+    host is unreachable. Any failure (including a given path that does not exist or does
+    not hold the expected tensors) is a reason naming it, never an exception: callers
+    report LPIPS as null with that reason, never as 0.
+    """
+    if net not in _TORCHVISION_FILES:
+        return None, f"unsupported LPIPS backbone {net!r} (use 'alex' or 'vgg')"
+    package, why_not_package = _lpips_package()
+    heads_path = None
+    if package is None:
+        if net != "alex":
+            return None, (f"the pure-torch LPIPS twin has only the AlexNet variant; "
+                          f"net={net!r} needs the lpips package ({why_not_package})")  # fmt: skip
+        heads_path = lpips_heads_path(net, heads)
+        if heads_path is None:
+            given = heads or os.environ.get(LPIPS_HEADS_ENV)
+            return None, (f"LPIPS linear heads not found: {Path(given).expanduser()}" if given
+                          else "no LPIPS linear heads: install them with `pip install "
+                          f"--no-deps lpips` or set {LPIPS_HEADS_ENV}=PATH/alex.pth")  # fmt: skip
+    backbone, why = _local_backbone(net, weights)
+    if backbone is None and "not found" not in why:  # an explicit bad path is not fetched
+        backbone, why = _download_backbone(net, why)
+    if backbone is None:
+        return None, why
+    try:
+        if package is not None:
+            model = package.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+            _load_lpips_backbone(model, backbone)
+            metric = LPIPSMetric(model, net, str(backbone), None, backend="lpips")
+        else:
+            assert heads_path is not None
+            twin = LPIPSAlex.from_weights(_read_state_dict(backbone), _read_state_dict(heads_path))
+            metric = LPIPSMetric(twin, net, str(backbone), str(heads_path), backend="twin")
+    except Exception as e:  # a bad file or an lpips API change means "unavailable", not a crash
+        return None, f"building LPIPS failed ({type(e).__name__}: {e})"
+    return (metric.to(device) if device is not None else metric), None
+
+
+def lpips_available(
+    weights: str | os.PathLike[str] | None = None, net: str = "alex"
+) -> tuple[bool, str]:
+    """``(True, description)`` when :func:`load_lpips` gives a metric, else ``(False, why)``.
+
+    Builds the metric to find out (it may download the backbone, see :func:`load_lpips`).
+    """
+    metric, reason = load_lpips(net, weights)
+    if metric is None:
+        return False, f"LPIPS unavailable: {reason}"
+    return True, f"LPIPS ({net}, {metric.backend}) with backbone weights {metric.backbone}"
+
+
 def lpips_metric(
     weights: str | os.PathLike[str] | None = None, net: str = "alex"
 ) -> LPIPSMetric | None:
-    """An LPIPS metric ([B, H, W, 3] x2 in [0, 1] -> [B]) or ``None`` when unavailable.
-
-    The backbone is built with ``pnet_rand=True`` (no download) and its weights copied
-    from the local checkpoint (see :func:`lpips_available`); the linear heads ship inside
-    the ``lpips`` wheel. Any failure logs the reason on the ``gphm`` logger and returns
-    ``None`` — callers report LPIPS as unavailable, never as 0.
-    """
-    ok, reason = lpips_available(weights, net)
-    if not ok:
-        log.warning("%s", reason)
-        return None
-    path = _lpips_backbone_path(weights, net)
-    assert path is not None
-    try:
-        import lpips
-
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        _load_lpips_backbone(model, path)
-    except Exception as e:  # anything (an lpips API change, a bad file) means "unavailable"
-        log.warning("LPIPS unavailable: building it failed (%s: %s)", type(e).__name__, e)
-        return None
-    return LPIPSMetric(model, net, str(path))
+    """:func:`load_lpips`'s metric or ``None`` (the reason is logged on ``gphm``)."""
+    metric, reason = load_lpips(net, weights)
+    if metric is None:
+        log.warning("LPIPS unavailable: %s", reason)
+    return metric
