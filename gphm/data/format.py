@@ -16,7 +16,17 @@ One row per (subject, frame, camera)::
     head_T        [3]      float32 head translation
     head_scale    float32  head scale s > 0
     landmarks_3d  [L, 3]   float32 world landmarks (L fixed per dataset, meta["num_landmarks"])
-    split         string   train | heldout_view | heldout_combo
+    split         string   train | val_view | val_combo | heldout_view | heldout_combo
+
+Splits: ``*_view`` rows are training frames seen from cameras never used in training,
+``*_combo`` rows are (subject, expression) pairs never used in training (all cameras).
+``val_*`` splits are for choosing defaults and ablations, ``heldout_*`` are only
+reported. A pair's rows are combo rows whatever the camera (combos win over cameras).
+
+Every row's camera must see the head: the head centre ``head_T`` in front of the camera
+and the projected head (a sphere of radius ``head_scale`` about it, or any landmark)
+overlapping the image. Datasets are checked again on read (:func:`load_dataset_dir`):
+non-finite cameras, poses or landmarks are refused, naming the row.
 
 ``landmarks_3d`` is an ``Array2D(shape=(None, 3))``: datasets 5.x supports a dynamic
 first dimension, so one module-level :data:`FEATURES` serves every landmark convention;
@@ -42,6 +52,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Array2D, Features, Image, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.table import MemoryMappedTable
@@ -53,14 +64,18 @@ __all__ = [
     "FEATURES",
     "FORMAT_VERSION",
     "META_KEYS",
+    "NUMERIC_FIELDS",
     "SPLITS",
+    "camera_sees_head",
     "load_dataset_dir",
     "validate_meta",
     "write_dataset",
 ]
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "heldout_view", "heldout_combo")
+SPLITS = ("train", "val_view", "val_combo", "heldout_view", "heldout_combo")
+#: Columns whose values must all be finite (checked on write and again on read).
+NUMERIC_FIELDS = ("K", "viewmat", "head_R", "head_T", "head_scale", "landmarks_3d")
 
 FEATURES = Features(
     {
@@ -231,9 +246,10 @@ class _RowChecker:
         self.num_landmarks: int | None = None
         self.seen: dict[tuple[int, str], int] = {}
         self.split_sizes = dict.fromkeys(SPLITS, 0)
+        self.where = ""  # " (subject ..., camera ...)" once the row's names are checked
 
     def fail(self, i: int, field: str, msg: str) -> ValueError:
-        return ValueError(f"row {i}: field '{field}' {msg}")
+        return ValueError(f"row {i}: field '{field}' {msg}{self.where}")
 
     def _int(self, i: int, row: Mapping, key: str, hi: int) -> int:
         v = row[key]
@@ -302,6 +318,7 @@ class _RowChecker:
         if missing or extra:
             raise ValueError(f"row {i}: missing fields {missing}, unexpected fields {extra}")
         m = self.meta
+        self.where = ""
         subject = self._int(i, row, "subject", len(m["subjects"]))
         frame = self._int(i, row, "frame", m["num_frames"])
         name = self._str(i, row, "subject_name")
@@ -333,6 +350,7 @@ class _RowChecker:
                 f"(frame {frame}, camera {camera!r}) already "
                 f"written by row {self.seen[frame, camera]}",
             )
+        self.where = f" (subject {name!r}, camera {camera!r})"
         split = self._str(i, row, "split")
         if split not in SPLITS:
             raise self.fail(i, "split", f"is {split!r}, expected one of {list(SPLITS)}")
@@ -361,6 +379,9 @@ class _RowChecker:
                 "landmarks_3d",
                 f"has {len(lmk)} landmarks, earlier rows have {self.num_landmarks}",
             )
+        problem = camera_sees_head(K, viewmat, head_T, float(head_scale), lmk, self.hw)
+        if problem:
+            raise self.fail(i, "viewmat", f"camera does not see the head: {problem}")
 
         self.seen[frame, camera] = i
         self.split_sizes[split] += 1
@@ -381,6 +402,48 @@ class _RowChecker:
             "landmarks_3d": lmk.astype(f32),
             "split": split,
         }
+
+
+def camera_sees_head(
+    K: np.ndarray,  # [3, 3] intrinsics in pixels of the image
+    viewmat: np.ndarray,  # [4, 4] world -> camera (OpenCV, +z forward)
+    head_T: np.ndarray,  # [3] head centre in world
+    head_scale: float,  # head scale s: the canonical head (about ±1) has radius ~s in world
+    landmarks: np.ndarray,  # [L, 3] world landmarks
+    hw: tuple[int, int],  # (H, W) of the image
+) -> str:
+    """Why the camera cannot see the head, or ``""`` when it can.
+
+    The head centre must be in front of the camera, and the head must overlap the image:
+    the bounding disc of a sphere of radius ``head_scale`` about the centre (the
+    canonical head lies within about ±1) intersects the image, or a landmark in front of
+    the camera projects inside it. Deliberately lenient: it catches wrong conventions
+    (inverted or camera-to-world ``viewmat``, a flipped axis), not tight framing.
+    """
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    c = R @ head_T + t
+    if not c[2] > 0:
+        return (
+            f"head centre is behind it (camera-space z = {c[2]:.4g}; viewmat must map "
+            "world -> camera, +z forward)"
+        )
+    H, W = hw
+    (fx, s, cx), (_, fy, cy) = K[0], K[1]
+    u, v = fx * c[0] / c[2] + s * c[1] / c[2] + cx, fy * c[1] / c[2] + cy
+    r = max(fx, fy) * head_scale / max(c[2] - head_scale, 1e-3 * c[2])  # generous radius
+    if -r <= u <= W + r and -r <= v <= H + r:
+        return ""
+    x = landmarks @ R.T + t
+    front = x[:, 2] > 0
+    if front.any():
+        uv = (x[front] @ K.T)[:, :2] / x[front, 2:]
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] <= W) & (uv[:, 1] >= 0) & (uv[:, 1] <= H)
+        if inside.any():
+            return ""
+    return (
+        f"head projects to pixel ({u:.4g}, {v:.4g}), radius {r:.3g} px, outside the "
+        f"{W}x{H} image (W x H)"
+    )
 
 
 def _update_hash(h: Any, row: dict[str, Any]) -> None:
@@ -509,9 +572,10 @@ def load_dataset_dir(path: str | Path) -> tuple[datasets.Dataset, dict[str, Any]
             raise FileNotFoundError(f"{p}: missing; the dataset at {path} is incomplete")
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        data_files = [path / f["filename"] for f in state["_data_files"]]
+        names = [f["filename"] for f in state["_data_files"]]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path}: unreadable ({type(err).__name__}: {err})") from None
+    data_files = [_inside(path, name, state_path) for name in names]
     for p in data_files:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: arrow file listed in {state_path.name} is missing")
@@ -531,4 +595,64 @@ def load_dataset_dir(path: str | Path) -> tuple[datasets.Dataset, dict[str, Any]
         raise ValueError(
             f"{path}: has {len(ds)} rows but {meta_path.name} says num_rows={meta['num_rows']}"
         )
+    _check_finite(path, ds)
     return ds, meta
+
+
+def _inside(root: Path, name: Any, state_path: Path) -> Path:
+    """``root / name`` for a data-file name of ``state.json``; refused (``ValueError``)
+    unless it is a plain relative path that stays inside ``root`` (no absolute path, no
+    ``..``, no symlink out), so a crafted dataset cannot make us open files elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{state_path}: data-file name {name!r} must be a non-empty string")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise ValueError(
+            f"{state_path}: data file {name!r} leaves the dataset folder (expected a name "
+            "relative to it, without '..')"
+        )
+    p = root / rel
+    if not p.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{state_path}: data file {name!r} resolves outside {root}")
+    return p
+
+
+def _row_has_nonfinite(column: pa.ChunkedArray) -> np.ndarray:  # [N] bool
+    """Rows of a (possibly nested-list) float column with a non-finite or missing value."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    bad = np.asarray(arr.is_null(), dtype=bool).copy()
+    parents = np.arange(len(arr))
+    while True:
+        if isinstance(arr, pa.ExtensionArray):
+            arr = arr.storage
+        elif (
+            pa.types.is_list(arr.type)
+            or pa.types.is_large_list(arr.type)
+            or (pa.types.is_fixed_size_list(arr.type))
+        ):
+            # list_parent_indices and flatten both skip null lists (counted above).
+            parents = parents[np.asarray(pc.list_parent_indices(arr))]
+            arr = arr.flatten()
+        else:
+            break
+    values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad[parents[~np.isfinite(values)]] = True
+    return bad
+
+
+def _check_finite(path: Path, ds: datasets.Dataset) -> None:
+    """Refuse rows whose cameras, poses or landmarks are non-finite (naming the first)."""
+    for key in NUMERIC_FIELDS:
+        try:
+            bad = np.flatnonzero(_row_has_nonfinite(ds.data.column(key)))
+        except (pa.ArrowException, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: column '{key}' is not numeric ({err})") from None
+        if len(bad):
+            i = int(bad[0])
+            subject = ds.data.column("subject_name")[i].as_py()
+            camera = ds.data.column("camera")[i].as_py()
+            more = f" ({len(bad) - 1} more row(s))" if len(bad) > 1 else ""
+            raise ValueError(
+                f"{path}: row {i} (subject {subject!r}, camera {camera!r}): field '{key}' "
+                f"has non-finite values{more}"
+            )

@@ -32,7 +32,13 @@ def test_round_trip(tiny_dir):
     assert len(ds) == len(FRAMES) * len(CAMERAS)
     assert set(ds.column_names) == set(FEATURES)
     assert meta["num_rows"] == len(ds) and meta["num_landmarks"] == NUM_LANDMARKS
-    assert meta["split_sizes"] == {"train": 8, "heldout_view": 4, "heldout_combo": 0}
+    assert meta["split_sizes"] == {
+        "train": 8,
+        "val_view": 0,
+        "val_combo": 0,
+        "heldout_view": 4,
+        "heldout_combo": 0,
+    }
     ref = list(tiny_rows())
     row = ds[4]
     assert row["camera"] == ref[4]["camera"] and row["frame"] == ref[4]["frame"]
@@ -184,4 +190,69 @@ def test_load_errors_name_the_path(tmp_path, tiny_dir):
     d = broken("no_state")
     (d / "state.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"no_state/state.json: missing"):
+        load_dataset_dir(d)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _with(row_index: int, **fields):
+    for i, row in enumerate(tiny_rows()):
+        yield row | fields if i == row_index else row
+
+
+def test_writer_refuses_a_camera_that_does_not_see_the_head(tmp_path):
+    V = np.asarray(next(_with(0))["viewmat"])
+    away = np.diag([-1.0, 1.0, -1.0, 1.0]) @ V  # turned around: the head is behind it
+    with pytest.raises(
+        ValueError,
+        match=r"row 4: field 'viewmat' camera does not see the head: head centre is behind "
+        r".*\(subject 'alice', camera 'cam_b'\)",
+    ):
+        write_dataset(tmp_path / "a", _with(4, viewmat=away), tiny_meta())
+    aside = V.copy()
+    aside[0, 3] += 50.0  # head far to the left of the image
+    with pytest.raises(ValueError, match=r"row 3: .*does not see the head: head projects to"):
+        write_dataset(tmp_path / "b", _with(3, viewmat=aside), tiny_meta())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _rewrite(src: Path, out: Path, edit) -> Path:
+    """Copy of the dataset at ``src`` with ``edit(row_index, row)`` applied, written by
+    ``datasets`` directly (bypassing our writer's checks), as a foreign tool could."""
+    ds, _ = load_dataset_dir(src)
+    ds.map(lambda r, i: edit(i, r), with_indices=True, features=FEATURES).save_to_disk(str(out))
+    (out / "meta.json").write_text((src / "meta.json").read_text())
+    return out
+
+
+@pytest.mark.parametrize(
+    "field", ["K", "viewmat", "head_R", "head_T", "head_scale", "landmarks_3d"]
+)
+def test_reading_refuses_non_finite_rows(tiny_dir, tmp_path, field):
+    def poison(i, r):
+        if i == 7:
+            v = np.asarray(r[field], dtype=np.float32)
+            r[field] = np.where(np.arange(v.size).reshape(v.shape) == 0, np.nan, v).tolist()
+        return r
+
+    bad = _rewrite(tiny_dir, tmp_path / "bad", poison)
+    subject = ["alice", "bob"][FRAMES[7 // len(CAMERAS)][0]]
+    camera = CAMERAS[7 % len(CAMERAS)]
+    with pytest.raises(
+        ValueError,
+        match=rf"bad: row 7 \(subject '{subject}', camera '{camera}'\): field '{field}' has "
+        "non-finite values",
+    ):
+        load_dataset_dir(bad)
+    assert load_dataset_dir(_rewrite(tiny_dir, tmp_path / "good", lambda i, r: r))[0].num_rows
+
+
+@pytest.mark.parametrize("name", ["../outside.arrow", "/tmp/outside.arrow", "a/../../x.arrow"])
+def test_reading_refuses_data_files_outside_the_dataset(tmp_path, name):
+    d = write_dataset(tmp_path / "ds", tiny_rows(), tiny_meta())
+    state = json.loads((d / "state.json").read_text())
+    state["_data_files"][0]["filename"] = name
+    (d / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"ds/state.json: data file .* (leaves|outside)"):
         load_dataset_dir(d)
