@@ -5,6 +5,7 @@ run everywhere (landmarks then come from the canonical template or a .pts file).
 """
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from gphm.data.preprocess import (
     composite_on_white,
     detectors,
     get_detector,
+    get_segmenter,
     hull_mask,
+    masks,
     prepare_image,
     read_pts,
     refine_mask,
@@ -265,7 +268,7 @@ def test_pts_round_trip(tmp_path):
         read_pts(write_pts(tmp_path / "b.pts", lmk, 0.0), 0.0), lmk, atol=1e-6
     )
     (tmp_path / "bad.pts").write_text("version: 1\nn_points: 3\n{\n1 2\n3 4\n}\n")
-    with pytest.raises(ValueError, match=r"bad.pts: expected 3 'x y' lines"):
+    with pytest.raises(ValueError, match=r"bad.pts: line 6: '}' after 2 points, expected 3"):
         read_pts(tmp_path / "bad.pts")
     (tmp_path / "nohead.pts").write_text("{\n1 2\n}\n")
     with pytest.raises(ValueError, match="nohead.pts: missing or bad 'n_points'"):
@@ -296,3 +299,97 @@ def test_composite_on_white():
     np.testing.assert_allclose(composite_on_white(img, mask[..., None] / 510.0)[0, 0, 0], 0.625)
     with pytest.raises(ValueError, match="disagree"):
         composite_on_white(img, mask[:, :3])
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"version: 1\nn_points: 2\n{\n1 2\n\xff\xfe 4\n}\n", r"line 5: not UTF-8 text"),
+        (b"version: 1\nn_points: 2\n{\n1 2\n3 four\n}\n", r"line 5: '3 four': expected two"),
+        (b"version: 1\nn_points: 2\n{\n1 2\n3 4 5\n}\n", r"line 5: '3 4 5': expected two"),
+        (b"version: 1\nn_points: 2\n{\n1 2\n3 nan\n}\n", r"line 5: '3 nan': expected two"),
+        (b"version: 1\nn_points: 2\n{\n1 2\n3 4\n", r"end of file: expected '}'"),
+        (b"version: 1\nn_points: 2\n{\n1 2\n", r"ends after 1 of 2 points"),
+        (b"version 1\nn_points: 2\n", r"line 1: 'version 1': expected 'key: value'"),
+    ],
+)
+def test_bad_pts_files_name_the_file_and_line(tmp_path, content, message):
+    (tmp_path / "x.pts").write_bytes(content)
+    with pytest.raises(ValueError, match=r"x.pts: " + message) as info:
+        read_pts(tmp_path / "x.pts")
+    assert "\n" not in str(info.value)
+
+
+def test_pts_landmarks_work_without_mediapipe(tmp_path, monkeypatch):
+    """landmarks=FILE.pts needs no MediaPipe: the mask is the landmarks' head hull."""
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # unimportable
+    monkeypatch.setattr(masks, "_CACHE", {})
+    with pytest.raises(BackendUnavailableError):
+        get_segmenter("mediapipe")
+    img, lmk_in, _ = _face_photo(np.random.default_rng(5))
+    pts = write_pts(tmp_path / "face.pts", lmk_in)
+    Image.fromarray(img).save(tmp_path / "face.png")
+    p = prepare_image(tmp_path / "face.png", landmarks=pts, out_size=256)
+    assert p.mask_source == "head_hull"
+    face = hull_mask(p.landmarks, (256, 256))
+    head = p.mask[..., 0] > 0.5
+    assert head[face].mean() > 0.98  # the face (up to resampled edge pixels) ...
+    assert head.sum() > 1.3 * face.sum()  # ... and forehead and cranium
+    brow = p.landmarks[17:27].mean(0)
+    chin_to_brow = p.landmarks[8, 1] - brow[1]
+    col = int(brow[0])
+    assert head[int(brow[1] - 0.6 * chin_to_brow), col]  # the cranium above the brows
+    assert not head[int(brow[1] - 0.9 * chin_to_brow), col]  # but not far above the crown
+    assert not head[int(p.landmarks[8, 1]) + 5, col]  # nor below the chin
+    np.testing.assert_array_equal(p.image[p.mask[..., 0] == 0], 1.0)
+
+
+def test_head_hull_mask_geometry():
+    lmk = Framing().landmarks(512)
+    m = masks.head_hull_mask(lmk, (512, 512))
+    brow = lmk[17:27].mean(0)
+    axis = lmk[8] - brow
+    crown = brow - masks.CRANIUM * axis  # the chin mirrored above the brows
+    ys = np.nonzero(m[:, int(brow[0])])[0]
+    assert abs(ys.min() + 0.5 - crown[1]) < 2.0 and abs(ys.max() + 0.5 - lmk[8, 1]) < 2.0
+    with pytest.raises(ValueError, match="68 points"):
+        masks.head_hull_mask(lmk[:10], (512, 512))
+
+
+def test_transparent_cutout_is_the_segmentation(tmp_path):
+    """An RGBA cutout: its alpha is the mask hint and the background is white, no MediaPipe."""
+    img, lmk_in, _ = _face_photo(np.random.default_rng(6))
+    H, W = img.shape[:2]
+    alpha = np.zeros((H, W), np.uint8)
+    alpha[masks.head_hull_mask(lmk_in, (H, W))] = 255
+    alpha[: H // 10] = 255  # a stray blob not touching the face: dropped by refine_mask
+    alpha[: H // 10, :] = 0
+    alpha[:5, :5] = 255
+    Image.fromarray(np.dstack([img, alpha])).save(tmp_path / "cut.png")
+
+    class NoSegmenter:
+        name = "none"
+
+        def segment(self, image):
+            raise AssertionError("the alpha is the segmentation; no segmenter should run")
+
+    p = prepare_image(tmp_path / "cut.png", landmarks=lmk_in, segmenter=NoSegmenter(),
+                      out_size=128, neck=None)  # fmt: skip
+    assert p.mask_source == "alpha"
+    ref = prepare_image(img, landmarks=lmk_in, mask=alpha, out_size=128)
+    assert np.abs(p.mask - ref.mask).mean() < 0.02
+    assert p.mask[1, 1, 0] == 0.0  # the blob is gone
+
+
+def test_16_bit_photo_is_not_white(tmp_path):
+    img, lmk_in, _ = _face_photo(np.random.default_rng(7))
+    gray = np.asarray(Image.fromarray(img).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(gray).save(tmp_path / "g16.png")
+    p = prepare_image(tmp_path / "g16.png", landmarks=lmk_in, mask="hull", out_size=128)
+    ref = prepare_image(np.repeat(gray[..., None] // 257, 3, -1).astype(np.uint8),
+                        landmarks=lmk_in, mask="hull", out_size=128)  # fmt: skip
+    np.testing.assert_allclose(p.rgb, ref.rgb, atol=1.5 / 255)
+    assert p.rgb.mean() < 0.9

@@ -9,6 +9,11 @@ face points of the same image (a detector's dense mesh, or 68 landmarks):
    people and stray blobs), then add ``hull`` itself (the segmenter sometimes misses
    parts of the face: beards, glasses, hard shadows).
 
+Without a segmenter (MediaPipe not installed) but with 68 landmarks,
+:func:`head_hull_mask` stands in: the convex hull of the jaw line and of the jaw line
+mirrored above the brows (rule in its docstring), which covers face, forehead and
+cranium but not hair volume beyond the skull.
+
 The default segmenter is MediaPipe's selfie segmentation (general 256×256 model, shipped
 inside the wheel). Masks are uint8 [H, W] with 255 = head, 0 = background (the dataset
 format's convention); :func:`composite_on_white` applies one as DESIGN.md §3 says:
@@ -36,6 +41,7 @@ __all__ = [
     "Segmenter",
     "composite_on_white",
     "get_segmenter",
+    "head_hull_mask",
     "hull_mask",
     "load_mask",
     "refine_mask",
@@ -108,6 +114,40 @@ def hull_mask(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # [H, W
     hull = cv2.convexHull(np.clip(np.rint(pts_cv), -big, big).astype(np.int32))
     cv2.fillConvexPoly(out, hull, 1, lineType=cv2.LINE_8, shift=shift)
     return out.astype(bool)
+
+
+#: Brow-to-crown height as a fraction of chin-to-brow height (head proportions: the eyes
+#: sit at about half the chin-to-crown height, the brows a little above).
+CRANIUM = 0.75
+
+
+def head_hull_mask(
+    landmarks: np.ndarray,  # [68, 2] iBUG landmarks, pixels (centres at i + 0.5)
+    size: tuple[int, int],  # (H, W)
+    cranium: float = CRANIUM,
+) -> np.ndarray:  # [H, W] bool
+    """A whole-head mask from 68 landmarks alone (no segmentation model).
+
+    The face's vertical axis ``a`` runs from the brow midpoint ``b`` (mean of landmarks
+    17-26) to the chin (8). Each jaw-line point ``p`` (0-16, ear to ear under the
+    face) is mirrored across the line through ``b`` perpendicular to ``a`` and its
+    distance above that line is scaled by ``cranium``: the chin lands ``cranium`` ×
+    |chin − b| above the brows (the crown), the jaw's ends stay at ear height. The mask
+    is the convex hull of the 68 landmarks and those 17 mirrored points.
+    """
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (68, 2):
+        raise ValueError(f"landmarks must be iBUG 68 points [68, 2], got {pts.shape}")
+    brow = pts[17:27].mean(axis=0)
+    axis = pts[8] - brow
+    length = float(np.linalg.norm(axis))
+    if not length > 1e-6:
+        return hull_mask(pts, size)
+    a = axis / length
+    jaw = pts[0:17]
+    along = (jaw - brow) @ a  # > 0 below the brow line
+    top = jaw - (1.0 + cranium) * along[:, None] * a  # mirrored, then scaled by `cranium`
+    return hull_mask(np.concatenate([pts, top]), size)
 
 
 def refine_mask(

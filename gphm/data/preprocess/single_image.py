@@ -31,9 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gphm.data.preprocess.detectors import (
+    BackendUnavailableError,
     Detection,
     LandmarkDetector,
     check_rgb_image,
@@ -43,6 +43,7 @@ from gphm.data.preprocess.masks import (
     Segmenter,
     composite_on_white,
     get_segmenter,
+    head_hull_mask,
     hull_mask,
     load_mask,
     refine_mask,
@@ -51,6 +52,7 @@ from gphm.data.preprocess.template import canonical_landmarks, framing_points
 from gphm.data.synthetic.render import CAMERA_DISTANCE, FRAMING, HEAD_EXTENT, LOOK_AT
 from gphm.geometry.cameras import focal_from_fov, look_at, project_points
 from gphm.io.atomic import atomic_write_text
+from gphm.io.images import read_image
 
 __all__ = [
     "Framing",
@@ -167,15 +169,14 @@ def warp_image(
 
 
 def read_rgb(path: str | Path) -> np.ndarray:  # [H, W, 3] uint8
-    """An image file as uint8 RGB, upright (EXIF orientation applied); errors name it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+    """An image file as uint8 RGB, decoded by :func:`gphm.io.images.read_image` (upright,
+    any bit depth or colour mode, a transparent cutout composited on white); errors name it.
+    """
+    return _to_uint8(read_image(path).rgb)
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:  # float [..., 3] in [0, 1] -> uint8
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 def read_pts(path: str | Path, pixel_origin: float = 1.0) -> np.ndarray:  # [N, 2]
@@ -184,32 +185,52 @@ def read_pts(path: str | Path, pixel_origin: float = 1.0) -> np.ndarray:  # [N, 
     iBUG files (``version: 1``, ``n_points: N``, ``{``, N lines ``x y``, ``}``) count
     pixels from 1 (MATLAB: the first pixel's centre is at 1.0): ``pixel_origin`` is that
     centre's coordinate in the file (1.0 for iBUG/300-W, 0.0 for tools in OpenCV's
-    convention); we return ``x - pixel_origin + 0.5``.
+    convention); we return ``x - pixel_origin + 0.5``. Blank lines and ``#`` comments
+    are skipped. Errors are one ``ValueError`` line naming the file and the line number.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: landmark file not found")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    lines: list[tuple[int, str]] = []  # (1-based line number, stripped text)
+    for no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: line {no}: not UTF-8 text (is this a .pts file?)") from None
+        if text and not text.startswith("#"):
+            lines.append((no, text))
     header: dict[str, str] = {}
     i = 0
-    while i < len(lines) and lines[i] != "{":
-        key, sep, value = lines[i].partition(":")
+    while i < len(lines) and lines[i][1] != "{":
+        no, text = lines[i]
+        key, sep, value = text.partition(":")
         if not sep:
-            raise ValueError(f"{path}: line {lines[i]!r}: expected 'key: value' or '{{'")
+            raise ValueError(f"{path}: line {no}: {text[:40]!r}: expected 'key: value' or '{{'")
         header[key.strip()] = value.strip()
         i += 1
     if "n_points" not in header or not header["n_points"].isdigit():
         raise ValueError(f"{path}: missing or bad 'n_points' in the header")
     n = int(header["n_points"])
-    if i >= len(lines) or lines[i + n + 1 : i + n + 2] != ["}"]:
-        raise ValueError(f"{path}: expected {n} 'x y' lines between '{{' and '}}'")
-    try:
-        pts = np.array([[float(v) for v in ln.split()] for ln in lines[i + 1 : i + n + 1]])
-    except ValueError:
-        raise ValueError(f"{path}: landmark lines must be two numbers 'x y'") from None
-    if pts.shape != (n, 2) or not np.isfinite(pts).all():
-        raise ValueError(f"{path}: landmark lines must be two finite numbers 'x y'")
+    if i >= len(lines):
+        raise ValueError(f"{path}: no '{{' line: expected {n} 'x y' lines between '{{' and '}}'")
+    body = lines[i + 1 : i + n + 1]
+    pts = np.empty((n, 2), dtype=np.float64)
+    for k, (no, text) in enumerate(body):
+        if text == "}":
+            raise ValueError(f"{path}: line {no}: '}}' after {k} points, expected {n}")
+        try:
+            values = [float(v) for v in text.split()]
+        except ValueError:
+            values = []
+        if len(values) != 2 or not np.isfinite(values).all():
+            raise ValueError(f"{path}: line {no}: {text[:40]!r}: expected two finite numbers 'x y'")
+        pts[k] = values
+    if len(body) < n:
+        raise ValueError(f"{path}: ends after {len(body)} of {n} points (no closing '}}')")
+    closing = lines[i + n + 1] if i + n + 1 < len(lines) else None
+    if closing is None or closing[1] != "}":
+        where = f"line {closing[0]}" if closing else "end of file"
+        raise ValueError(f"{path}: {where}: expected '}}' after {n} points")
     return pts - pixel_origin + 0.5
 
 
@@ -238,6 +259,8 @@ class PreparedImage:
     input_size: tuple[int, int]  # (H, W) of the input photo
     source: str | None = None  # input path, when given one
     detection: Detection | None = field(default=None, repr=False)  # None with given landmarks
+    mask_source: str = "segmentation"
+    """How ``mask`` was made: segmentation | alpha | head_hull | hull | user."""
 
     @property
     def from_input(self) -> np.ndarray:  # [2, 3]: input pixels -> prepared pixels
@@ -291,8 +314,13 @@ def prepare_image(
 
     Landmarks come from ``landmarks`` when given (no detector runs), else from
     ``detector``. ``mask``: None = segmentation refined with the face hull (the
-    detector's dense points when there are any, else the 68 landmarks; needs a segmenter,
-    MediaPipe by default); ``"hull"`` = the landmarks' convex hull only (no MediaPipe
+    detector's dense points when there are any, else the 68 landmarks). The segmentation
+    is the photo's own alpha when the file is a transparent cutout
+    (:mod:`gphm.io.images`), else ``segmenter``'s (MediaPipe by default); when no
+    ``segmenter`` is given and MediaPipe is not installed, the mask is
+    :func:`~gphm.data.preprocess.masks.head_hull_mask` of the landmarks (face, forehead
+    and cranium from the 68 points alone; ``PreparedImage.mask_source`` says which);
+    ``"hull"`` = the landmarks' convex hull only (no MediaPipe
     needed; excludes forehead and hair); an array or file = a user mask at the input's
     size. ``neck`` (segmentation masks only): the mask stops ``neck`` × (chin − brow
     height) below the chin, along the face's vertical axis, as the training heads' necks
@@ -306,7 +334,12 @@ def prepare_image(
         raise ValueError(f"out_size must be >= 16, got {out_size}")
     framing = framing or Framing()
     source = str(image) if isinstance(image, (str, Path)) else None
-    rgb_in = read_rgb(image) if source is not None else check_rgb_image(image)
+    alpha = None
+    if source is not None:
+        decoded = read_image(image)
+        rgb_in, alpha = _to_uint8(decoded.rgb), decoded.alpha
+    else:
+        rgb_in = check_rgb_image(image)
     H, W = rgb_in.shape[:2]
 
     detection = None
@@ -319,15 +352,27 @@ def prepare_image(
         lmk_in = detection.landmarks68
 
     if isinstance(mask, str) and mask == "hull":
-        mask_in = hull_mask(lmk_in, (H, W)).astype(np.uint8) * 255
+        mask_in, mask_source = hull_mask(lmk_in, (H, W)).astype(np.uint8) * 255, "hull"
     elif mask is None:
-        segmenter = segmenter or get_segmenter("mediapipe")
         dense = detection.dense if detection is not None else None
-        mask_in = refine_mask(segmenter.segment(rgb_in), dense if dense is not None else lmk_in)
+        face_points = dense if dense is not None else lmk_in
+        prob, mask_source = alpha, "alpha"  # a transparent cutout is the segmentation
+        if prob is None:
+            mask_source = "segmentation"
+            try:
+                prob = (segmenter or get_segmenter("mediapipe")).segment(rgb_in)
+            except BackendUnavailableError:
+                if segmenter is not None:
+                    raise
+        if prob is None:  # no segmentation model: the landmarks' head hull
+            mask_source = "head_hull"
+            mask_in = head_hull_mask(lmk_in, (H, W)).astype(np.uint8) * 255
+        else:
+            mask_in = refine_mask(prob, face_points)
     elif isinstance(mask, (str, Path)):
-        mask_in = load_mask(mask, (H, W))
+        mask_in, mask_source = load_mask(mask, (H, W)), "user"
     else:
-        mask_in = np.asarray(mask)
+        mask_in, mask_source = np.asarray(mask), "user"
         if mask_in.dtype == np.bool_:
             mask_in = mask_in.astype(np.uint8) * 255
         if mask_in.shape != (H, W) or mask_in.dtype != np.uint8:
@@ -355,4 +400,5 @@ def prepare_image(
         input_size=(H, W),
         source=source,
         detection=detection,
+        mask_source=mask_source,
     )
