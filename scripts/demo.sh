@@ -67,7 +67,7 @@ if [ -f "$DATA/meta.json" ]; then
 else
     step data "generating the default synthetic dataset into $DATA"
     python scripts/make_synthetic.py out="$DATA" num_identities=8 num_expressions=8 \
-        num_views=8 resolution=128 seed=0
+        num_views=9 resolution=128 seed=0
 fi
 cp -f "$DATA/contact_sheet.png" "$OUT/contact_sheet.png"
 

@@ -2,15 +2,23 @@
 """Generate the built-in synthetic multi-identity head dataset (DESIGN.md §5, §6).
 
     python scripts/make_synthetic.py out=data/synthetic num_identities=8 \
-        num_expressions=8 num_views=8 resolution=128 seed=0
+        num_expressions=8 num_views=9 resolution=128 seed=0
 
 Options (``key=value``, see ``--help`` for all): ``out`` (required), ``num_identities``,
 ``num_expressions`` (the first E of neutral, jaw_open, smile_l, smile_r, brow_raise,
 blink_l, pucker, cheek_puff, frown, blink_r, smile, surprise), ``num_views`` (>= 2),
 ``resolution`` (multiple of 16, >= 32), ``seed``, ``heldout_views`` (cameras held out,
 default max(1, V // 4)), ``heldout_combos_per_subject`` (default 1 when possible),
-``supersample`` (anti-aliasing factor, default 2), ``mesh_frequency`` (default 40,
-16002 vertices), ``overwrite`` (default false).
+``val_views`` (validation cameras, disjoint from the held-out ones; default 1 when at
+least 2 training cameras remain, else 0), ``val_combos_per_subject`` (validation pairs,
+default 1 when the held-out pairs leave room: every held-out or validation expression
+stays in training for another identity), ``supersample`` (anti-aliasing factor, default
+2), ``mesh_frequency`` (default 40, 16002 vertices), ``overwrite`` (default false:
+replaces only a gphm dataset or an empty folder, never a folder of other files).
+
+Rows get split ``train``, ``val_view``, ``val_combo``, ``heldout_view`` or
+``heldout_combo`` (pairs win over cameras, held out over validation). Choose defaults
+and ablations on the ``val_*`` splits; only report ``heldout_*``.
 
 Writes OUT/ (the dataset, meta.json, contact_sheet.png, report.json) atomically: on bad
 options or any failure an existing OUT is left untouched. Output is byte-identical for a

@@ -67,6 +67,8 @@ __all__ = [
     "NUMERIC_FIELDS",
     "SPLITS",
     "camera_sees_head",
+    "check_replaceable",
+    "is_dataset_dir",
     "load_dataset_dir",
     "validate_meta",
     "write_dataset",
@@ -474,9 +476,10 @@ def write_dataset(
 
     Args:
         out_dir: target directory; refused (``FileExistsError``) if it exists, unless
-            ``overwrite``. It is built in a temporary sibling and renamed when complete:
-            on any error (bad row, failing generator) an existing ``out_dir`` is untouched
-            and nothing is left behind.
+            ``overwrite`` and it is empty or a gphm dataset (:func:`check_replaceable`).
+            It is built in a temporary sibling and renamed when complete: on any error
+            (bad row, failing generator) an existing ``out_dir`` is untouched and nothing
+            is left behind.
         rows: dicts with exactly the :data:`FEATURES` keys, consumed once (a generator is
             fine: rows are streamed to disk in batches, never all held in memory). Images
             are PIL images (RGB / L or 1) or uint8 arrays ``[H, W, 3]`` / ``[H, W]``
@@ -490,6 +493,7 @@ def write_dataset(
     bad meta). Identical input gives byte-identical files.
     """
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, overwrite)
     meta = validate_meta(meta)
     check = _RowChecker(meta)
     digest = hashlib.sha256(b"gphm-dataset-v%d" % FORMAT_VERSION)
@@ -531,6 +535,34 @@ def write_dataset(
         if progress_was_enabled:
             datasets.enable_progress_bars()
     return out_dir
+
+
+def is_dataset_dir(path: str | Path) -> bool:
+    """True if ``path`` is a directory holding a gphm ``meta.json`` (our marker: a JSON
+    object with ``format_version`` and ``generator``); it may be incomplete otherwise."""
+    meta_path = Path(path) / _META_NAME
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "generator" in meta
+
+
+def check_replaceable(path: str | Path, overwrite: bool) -> None:
+    """Refuse (``FileExistsError``, naming ``path``) to replace anything but an empty
+    directory or a gphm dataset: ``overwrite`` replaces datasets, never user folders."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=true to replace it)")
+    if not path.is_dir() or path.is_symlink():
+        raise FileExistsError(f"{path} exists and is not a directory; not replacing it")
+    if any(path.iterdir()) and not is_dataset_dir(path):
+        raise FileExistsError(
+            f"{path} is a non-empty folder that is not a gphm dataset (no gphm meta.json); "
+            "not replacing it even with overwrite=true: choose another out or remove it"
+        )
 
 
 def _progress(rows: Iterable[dict[str, Any]], total: int | None) -> Iterable[dict[str, Any]]:

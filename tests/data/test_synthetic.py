@@ -34,9 +34,12 @@ from gphm.data.synthetic.render import (
     sample_head_pose,
 )
 from gphm.data.synthetic.splits import (
+    choose_combos,
     choose_heldout_cameras,
     choose_heldout_combos,
+    choose_val_cameras,
     max_heldout_combos,
+    split_of,
 )
 from gphm.geometry import project_points
 
@@ -283,7 +286,107 @@ def test_heldout_combos_keep_every_label_in_training():
                 choose_heldout_combos(subjects, expressions, limit + 1, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("num_views, heldout, val", [(4, 1, 1), (8, 2, 1), (9, 2, 2), (16, 4, 3)])
+def test_val_cameras_are_disjoint_from_heldout_and_reference(num_views, heldout, val):
+    keep = num_views // 2
+    held = choose_heldout_cameras(num_views, heldout, keep)
+    vals = choose_val_cameras(num_views, val, keep, held)
+    assert len(vals) == val == len(set(vals)) and not set(vals) & (set(held) | {keep})
+    assert held == choose_heldout_cameras(num_views, heldout, keep)  # unchanged by val
+    with pytest.raises(ValueError, match="validation cameras"):
+        choose_val_cameras(num_views, num_views - heldout, keep, held)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_val_and_heldout_combos_keep_every_label_in_training(seed):
+    for subjects in range(1, 9):
+        for expressions in range(1, 13):
+            limit = max_heldout_combos(subjects, expressions)
+            for h in range(limit + 1):
+                for v in range(limit + 1 - h):
+                    held, val = choose_combos(
+                        subjects, expressions, h, v, np.random.default_rng(seed)
+                    )
+                    assert len(held) == subjects * h and len(val) == subjects * v
+                    assert not held & val and all(e != 0 for _, e in held | val)
+                    for _, e in held | val:  # a training source for every label
+                        assert any((s, e) not in held | val for s in range(subjects))
+                    alone = choose_heldout_combos(
+                        subjects, expressions, h, np.random.default_rng(seed)
+                    )
+                    assert v > 0 or held == alone
+            with pytest.raises(ValueError, match="val_combos_per_subject"):
+                choose_combos(subjects, expressions, 0, limit + 1, np.random.default_rng(seed))
+
+
+def test_val_combos_keep_the_heldout_pairs_of_the_demo_set():
+    held, val = choose_combos(8, 8, 1, 1, np.random.default_rng([0, 3]))
+    assert held == choose_heldout_combos(8, 8, 1, np.random.default_rng([0, 3]))
+    assert len(val) == 8
+
+
+def test_split_precedence():
+    kw = dict(heldout_cameras=[1], heldout_combos={(0, 1)}, val_cameras=[2], val_combos={(0, 2)})
+    assert split_of(0, 1, 2, **kw) == "heldout_combo"
+    assert split_of(0, 2, 1, **kw) == "val_combo"  # a val pair at a held-out camera
+    assert split_of(0, 3, 1, **kw) == "heldout_view"
+    assert split_of(0, 3, 2, **kw) == "val_view"
+    assert split_of(0, 3, 0, **kw) == "train"
+
+
+def test_split_defaults():
+    demo = MakeSyntheticConfig(out="x", num_views=9)
+    assert (demo.resolved_heldout_views(), demo.resolved_val_views()) == (2, 1)
+    assert 9 - 2 - 1 == 8 - MakeSyntheticConfig(out="x", num_views=8).resolved_heldout_views()
+    assert (demo.resolved_heldout_combos(), demo.resolved_val_combos()) == (1, 1)
+    unseen = MakeSyntheticConfig(
+        out="x", num_identities=2, num_expressions=2, num_views=4, heldout_views=1
+    )
+    assert (unseen.resolved_val_views(), unseen.resolved_val_combos()) == (1, 0)
+    two = MakeSyntheticConfig(out="x", num_views=3)  # 1 held out: 2 left, keep both
+    assert two.resolved_val_views() == 0
+    tiny = MakeSyntheticConfig(out="x", num_identities=3, num_expressions=3)
+    assert (tiny.resolved_heldout_combos(), tiny.resolved_val_combos()) == (1, 0)
+    assert MakeSyntheticConfig(out="x", num_views=4, val_views=0).resolved_val_views() == 0
+
+
 # ----------------------------------------------------------------------------- CLI + dataset
+
+
+def test_cli_writes_val_splits(cli, tmp_path):
+    from gphm.data.format import SPLITS, load_dataset_dir
+
+    out = tmp_path / "v"
+    extra = dict(num_identities=3, num_expressions=4, num_views=4, seed=3)
+    assert _run(cli, _tiny(out, **extra)) == 0
+    ds, meta = load_dataset_dir(out)
+    rows = ds.select_columns(["subject", "expression", "camera", "split"]).to_list()
+    sizes = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    assert meta["split_sizes"] == sizes and list(sizes) == list(SPLITS)
+    # 3 subjects x 4 expressions x 4 cameras; 1 held-out + 1 val camera, 1 + 1 pairs each
+    assert sizes == {
+        "train": 3 * 2 * 2,
+        "val_view": 3 * 2,
+        "val_combo": 3 * 4,
+        "heldout_view": 3 * 2,
+        "heldout_combo": 3 * 4,
+    }
+    cams = meta["generator"]["cameras"]
+    assert len(cams["val"]) == 1 and not set(cams["val"]) & set(cams["heldout"])
+    assert cams["reference"] not in cams["val"] + cams["heldout"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert not {r["camera"] for r in train} & set(cams["val"] + cams["heldout"])
+    trained = {(r["subject"], r["expression"]) for r in train}
+    for kind in ("val_combo", "heldout_combo"):
+        pairs = {(r["subject"], r["expression"]) for r in rows if r["split"] == kind}
+        assert len(pairs) == 3 and not pairs & trained
+        for s, label in pairs:
+            assert any(t != s and e == label for t, e in trained)
+    assert meta["generator"]["params"]["val_views"] == 1
+    assert len(meta["generator"]["val_combos"]) == 3
+    again = tmp_path / "again"
+    assert _run(cli, _tiny(again, **extra)) == 0
+    assert _hashes(again) == _hashes(out)  # byte-identical for a seed
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -340,6 +443,8 @@ def test_cli_writes_a_deterministic_dataset(cli, tmp_path, capsys):
         ("num_identities=0", "num_identities must be >= 1"),
         ("heldout_views=2", "heldout_views must be in 0..1"),
         ("heldout_combos_per_subject=2", "heldout_combos_per_subject must be in 0..1"),
+        ("val_views=1", "val_views must be in 0..0"),
+        ("val_combos_per_subject=1", "val_combos_per_subject must be in 0..0"),
         ("supersample=9", "supersample must be in 1..4"),
         ("num_view=3", "unknown option 'num_view'. Did you mean num_views"),
     ],
@@ -367,8 +472,28 @@ def test_cli_keeps_an_existing_dataset(cli, tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
+    # overwrite=true replaces datasets only, never a folder of user files
+    assert _run(cli, [*_tiny(existing), "overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"{existing} is a non-empty folder that is not a gphm dataset" in err
+    assert err.count("\n") == 1
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+    dataset = tmp_path / "dataset"
+    assert _run(cli, _tiny(dataset)) == 0
+    before = _hashes(dataset)
     monkeypatch.setattr(generate, "render_views", broken)
     with pytest.raises(RuntimeError, match="renderer exploded"):
-        _run(cli, [*_tiny(existing), "overwrite=true"])
-    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary leftovers
+        _run(cli, [*_tiny(dataset), "overwrite=true"])
+    assert _hashes(dataset) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "ds"]  # no leftovers
+
+
+def test_cli_overwrite_replaces_a_dataset(cli, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert _run(cli, _tiny(out, seed=1)) == 0
+    assert _run(cli, [*_tiny(out, seed=2), "overwrite=true"]) == 0
+    assert json.loads((out / "meta.json").read_text())["generator"]["params"]["seed"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(cli, [*_tiny(empty), "overwrite=true"]) == 0

@@ -19,7 +19,8 @@ __all__ = ["MakeSyntheticConfig"]
 
 @dataclass
 class MakeSyntheticConfig:
-    """Options of ``make_synthetic.py`` (defaults: the demo set, 8 × 8 × 8 at 128 px)."""
+    """Options of ``make_synthetic.py`` (defaults: the demo set, 8 × 8 × 9 at 128 px:
+    6 training cameras, 2 held out, 1 for validation)."""
 
     out: str = MISSING
     """Output dataset directory (created atomically; see ``overwrite``)."""
@@ -27,16 +28,23 @@ class MakeSyntheticConfig:
     """Number of subjects K (each a random identity)."""
     num_expressions: int = 8
     """Number of expression labels E: the first E of EXPRESSION_NAMES (neutral first)."""
-    num_views: int = 8
+    num_views: int = 9
     """Number of cameras V (>= 2), spread over ±70° azimuth and ±25° elevation."""
     resolution: int = 128
     """Image width = height in pixels: a multiple of 16, at least 32."""
     seed: int = 0
-    """Seed of every random choice (identities, head poses, held-out pairs)."""
+    """Seed of every random choice (identities, head poses, held-out and validation pairs)."""
     heldout_views: Optional[int] = None  # noqa: UP045 (hydra needs Optional[...])
     """Cameras held out of training (never the most frontal one); default max(1, V // 4)."""
     heldout_combos_per_subject: Optional[int] = None  # noqa: UP045
     """Non-neutral expressions held out per subject; default 1 when possible (K >= 2, E >= 3)."""
+    val_views: Optional[int] = None  # noqa: UP045
+    """Validation cameras (split ``val_view``), disjoint from the held-out ones and never
+    the most frontal; default 1 when at least 2 training cameras remain, else 0."""
+    val_combos_per_subject: Optional[int] = None  # noqa: UP045
+    """Validation (subject, expression) pairs per subject (split ``val_combo``), disjoint
+    from the held-out pairs; default 1 when the held-out pairs leave room for it (every
+    held-out or validation label must stay in training for another identity), else 0."""
     supersample: int = 2
     """Anti-aliasing: render at supersample × resolution and box-downsample (1..4)."""
     mesh_frequency: int = 40
@@ -88,6 +96,23 @@ class MakeSyntheticConfig:
                 f"held-out expression must stay in training for another identity; neutral "
                 f"is never held out), got {combos}"
             )
+        val_views = self.val_views
+        room = self.num_views - 1 - self.resolved_heldout_views()
+        if val_views is not None and not 0 <= val_views <= room:
+            raise ValueError(
+                f"val_views must be in 0..{room} (num_views - heldout_views - 1: at least "
+                f"one camera must stay in training), got {val_views}"
+            )
+        val_combos = self.val_combos_per_subject
+        room = limit - self.resolved_heldout_combos()
+        if val_combos is not None and not 0 <= val_combos <= room:
+            raise ValueError(
+                f"val_combos_per_subject must be in 0..{room} with num_identities="
+                f"{self.num_identities}, num_expressions={self.num_expressions} and "
+                f"{self.resolved_heldout_combos()} held-out pair(s) per subject (held-out "
+                f"plus validation pairs per subject are at most {limit}: every such "
+                f"expression must stay in training for another identity), got {val_combos}"
+            )
 
     def resolved_heldout_views(self) -> int:
         if self.heldout_views is not None:
@@ -98,3 +123,14 @@ class MakeSyntheticConfig:
         if self.heldout_combos_per_subject is not None:
             return self.heldout_combos_per_subject
         return min(1, max_heldout_combos(self.num_identities, self.num_expressions))
+
+    def resolved_val_views(self) -> int:
+        if self.val_views is not None:
+            return self.val_views
+        return 1 if self.num_views - self.resolved_heldout_views() - 1 >= 2 else 0
+
+    def resolved_val_combos(self) -> int:
+        if self.val_combos_per_subject is not None:
+            return self.val_combos_per_subject
+        limit = max_heldout_combos(self.num_identities, self.num_expressions)
+        return 1 if self.resolved_heldout_combos() + 1 <= limit else 0

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gphm.data.format import write_dataset
+from gphm.data.format import check_replaceable, write_dataset
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.deform import identity_vertices
 from gphm.data.synthetic.head import HeadTemplate, build_template, make_head, vertex_normals
@@ -44,12 +44,20 @@ from gphm.data.synthetic.render import (
     render_views,
     sample_head_pose,
 )
-from gphm.data.synthetic.splits import choose_heldout_cameras, choose_heldout_combos, split_of
+from gphm.data.synthetic.splits import (
+    choose_combos,
+    choose_heldout_cameras,
+    choose_val_cameras,
+    split_of,
+)
 from gphm.io.atomic import atomic_directory, atomic_write_text
 
 __all__ = ["DatasetPlan", "FramePlan", "plan_dataset", "iter_rows", "contact_sheet", "generate"]
 
-# Purposes of the random streams (never reorder: it would change every dataset).
+# Purposes of the random streams (never reorder: it would change every dataset). The
+# validation pairs continue the held-out pairs' permutation of _STREAM_COMBOS (one walk
+# over the labels is what keeps every label in training, see splits.choose_combos);
+# validation cameras are deterministic, like the held-out ones.
 _STREAM_IDENTITY, _STREAM_POSE, _STREAM_COMBOS = 1, 2, 3
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
@@ -80,6 +88,8 @@ class DatasetPlan:
     heldout_cameras: list[int]
     heldout_combos: set[tuple[int, int]]
     reference_camera: int  # the most frontal camera, always in training
+    val_cameras: list[int] = dataclasses.field(default_factory=list)
+    val_combos: set[tuple[int, int]] = dataclasses.field(default_factory=set)
 
     def meta(self, template: HeadTemplate) -> dict[str, Any]:
         """``meta.json`` content (DESIGN.md §6); generator parameters exclude ``out``."""
@@ -88,6 +98,8 @@ class DatasetPlan:
             cfg.pop(key)
         cfg["heldout_views"] = len(self.heldout_cameras)
         cfg["heldout_combos_per_subject"] = self.config.resolved_heldout_combos()
+        cfg["val_views"] = len(self.val_cameras)
+        cfg["val_combos_per_subject"] = self.config.resolved_val_combos()
         R = self.config.resolution
         return {
             "subjects": self.subjects,
@@ -120,10 +132,15 @@ class DatasetPlan:
                     "elevation_deg": self.rig.elevation.tolist(),
                     "reference": self.rig.names[self.reference_camera],
                     "heldout": [self.rig.names[c] for c in self.heldout_cameras],
+                    "val": [self.rig.names[c] for c in self.val_cameras],
                 },
                 "heldout_combos": [
                     {"subject": s, "expression": self.expressions[e]}
                     for s, e in sorted(self.heldout_combos)
+                ],
+                "val_combos": [
+                    {"subject": s, "expression": self.expressions[e]}
+                    for s, e in sorted(self.val_combos)
                 ],
                 "lights": {"space": "canonical head", **dataclasses.asdict(LightRig())},
                 "identities": [ident.to_dict() for ident in self.identities],
@@ -150,9 +167,14 @@ def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
     ]
     rig = camera_rig(cfg.num_views, cfg.resolution)
     reference = rig.most_frontal()
-    combos = choose_heldout_combos(
-        K, E, cfg.resolved_heldout_combos(), np.random.default_rng([cfg.seed, _STREAM_COMBOS])
+    heldout_combos, val_combos = choose_combos(
+        K,
+        E,
+        cfg.resolved_heldout_combos(),
+        cfg.resolved_val_combos(),
+        np.random.default_rng([cfg.seed, _STREAM_COMBOS]),
     )
+    heldout_cameras = choose_heldout_cameras(cfg.num_views, cfg.resolved_heldout_views(), reference)
     return DatasetPlan(
         config=cfg,
         subjects=[f"synth_{s:03d}" for s in range(K)],
@@ -160,11 +182,13 @@ def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
         expressions=list(EXPRESSION_NAMES[:E]),
         rig=rig,
         frames=frames,
-        heldout_cameras=choose_heldout_cameras(
-            cfg.num_views, cfg.resolved_heldout_views(), reference
-        ),
-        heldout_combos=combos,
+        heldout_cameras=heldout_cameras,
+        heldout_combos=heldout_combos,
         reference_camera=reference,
+        val_cameras=choose_val_cameras(
+            cfg.num_views, cfg.resolved_val_views(), reference, heldout_cameras
+        ),
+        val_combos=val_combos,
     )
 
 
@@ -210,7 +234,13 @@ def iter_rows(
                 "head_scale": float(frame.pose.scale),
                 "landmarks_3d": landmarks,
                 "split": split_of(
-                    frame.subject, frame.expression, c, plan.heldout_cameras, plan.heldout_combos
+                    frame.subject,
+                    frame.expression,
+                    c,
+                    plan.heldout_cameras,
+                    plan.heldout_combos,
+                    plan.val_cameras,
+                    plan.val_combos,
                 ),
             }
 
@@ -220,16 +250,19 @@ def contact_sheet(
     subjects: list[str],
     expressions: list[str],
     heldout: set[tuple[int, int]] = frozenset(),  # type: ignore[assignment]
+    val: set[tuple[int, int]] = frozenset(),  # type: ignore[assignment]
 ) -> Image.Image:
     """Grid of subjects (rows) × expressions (columns) with labels; held-out pairs are
-    framed in red. Only subjects with tiles get a row."""
+    framed in red, validation pairs in blue. Only subjects with tiles get a row."""
     H, W = next(iter(tiles.values())).shape[:2]
     rows = sorted({s for s, _ in tiles})
     font = ImageFont.load_default()
-    top, left = 16, 64
+    top, left = (28 if val else 16), 64  # a second legend line for validation pairs
     sheet = Image.new("RGB", (left + W * len(expressions), top + H * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((3, 2), "held out", fill=(220, 40, 40), font=font)
+    if val:
+        draw.text((3, 14), "val", fill=(40, 90, 220), font=font)
     for e, name in enumerate(expressions):
         draw.text((left + e * W + 3, 2), name, fill=(0, 0, 0), font=font)
     for r, s in enumerate(rows):
@@ -241,6 +274,8 @@ def contact_sheet(
             sheet.paste(Image.fromarray(tiles[(s, e)]), (x0, y0))
             if (s, e) in heldout:
                 draw.rectangle([x0, y0, x0 + W - 1, y0 + H - 1], outline=(220, 40, 40))
+            elif (s, e) in val:
+                draw.rectangle([x0, y0, x0 + W - 1, y0 + H - 1], outline=(40, 90, 220))
     return sheet
 
 
@@ -248,14 +283,12 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
     """Generate the dataset ``cfg`` describes into ``cfg.out``; returns the report.
 
     Raises ``FileExistsError`` (before any work) if ``cfg.out`` exists and
-    ``cfg.overwrite`` is false.
+    ``cfg.overwrite`` is false, or if it is anything but an empty directory or a gphm
+    dataset (``overwrite`` never replaces a folder of user files).
     """
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=true to replace it)")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
+    check_replaceable(out, cfg.overwrite)
     template = build_template(cfg.mesh_frequency)
     plan = plan_dataset(cfg)
     meta = plan.meta(template)
@@ -274,7 +307,9 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
             tmp, iter_rows(plan, template, keep_tile), meta, overwrite=True,
             num_rows_hint=num_rows if progress else None,
         )  # fmt: skip
-        sheet = contact_sheet(tiles, plan.subjects, plan.expressions, plan.heldout_combos)
+        sheet = contact_sheet(
+            tiles, plan.subjects, plan.expressions, plan.heldout_combos, plan.val_combos
+        )
         sheet.save(tmp / CONTACT_SHEET, format="PNG", optimize=True)
         written = json.loads((tmp / "meta.json").read_text())
         report = {
@@ -289,6 +324,8 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
             "expressions": plan.expressions,
             "heldout_cameras": [plan.rig.names[c] for c in plan.heldout_cameras],
             "num_heldout_combos": len(plan.heldout_combos),
+            "val_cameras": [plan.rig.names[c] for c in plan.val_cameras],
+            "num_val_combos": len(plan.val_combos),
             "mesh_vertices": template.num_vertices,
             "mesh_faces": int(template.faces.shape[0]),
             "num_landmarks": NUM_LANDMARKS,
