@@ -44,7 +44,7 @@ from gphm.models.guidance import (
 from gphm.models.mlp import MLP, MLPConfig
 from gphm.models.upsampler import Upsampler
 from gphm.render import rasterize_gaussians
-from gphm.render._checks import check_eps2d
+from gphm.render._checks import check_eps2d, check_semantics
 
 __all__ = ["GaussianHeadConfig", "GaussianHead", "GaussianAttributes", "GaussianOutput"]
 
@@ -78,6 +78,13 @@ class GaussianHeadConfig:
     """gsplat's ``rasterize_mode="antialiased"``: opacities scaled by
     ``sqrt(det Σ₂D / det(Σ₂D + eps2d))`` so the blur does not add weight. Off by default:
     on the demo set (eps2d 0.1) it scored 0.3 dB lower on held-out views."""
+    semantics: str = "gsplat15"
+    """The rasterization rule the model is trained and rendered with
+    (``rasterize_gaussians(semantics=...)``): ``"gsplat15"`` is gsplat ≥ 1.5's (α clamp
+    0.999, opacity-aware tile boxes), the same on CPU and GPU; ``"legacy"`` (α clamp 0.99,
+    3σ-of-λ_max boxes, torch backend only) is the rule of models saved before this field
+    existed, which :meth:`GaussianHead.read_description` gives to a ``config.json`` that
+    lacks it so that old checkpoints render as trained."""
 
     def __post_init__(self) -> None:
         if self.num_points < 0:
@@ -87,6 +94,11 @@ class GaussianHeadConfig:
         if self.init_scale_factor <= 0:
             raise ValueError(f"init_scale_factor must be > 0, got {self.init_scale_factor}")
         check_eps2d(self.eps2d)
+        check_semantics(self.semantics)
+
+
+#: The rasterization rule of ``config.json`` files written before ``semantics`` existed.
+LEGACY_SEMANTICS = "legacy"
 
 
 @dataclass
@@ -131,6 +143,15 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
     """
 
     config_class = GaussianHeadConfig
+
+    @classmethod
+    def read_description(cls, directory: Any) -> dict[str, Any]:
+        """``config.json`` as saved; one that predates ``GaussianHeadConfig.semantics``
+        gets the rule it was trained with (``"legacy"``), not today's default."""
+        desc = super().read_description(directory)
+        if isinstance(desc.get("config"), dict):
+            desc["config"].setdefault("semantics", LEGACY_SEMANTICS)
+        return desc
 
     def __init__(
         self,
@@ -266,6 +287,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
                 means[b], quats[b], scales[b], opacities[b], attributes.colors[b],
                 viewmats[b : b + 1], Ks_lr[b : b + 1], width_lr, height_lr, backgrounds=white,
                 eps2d=self.config.eps2d, antialiased=self.config.antialiased,
+                semantics=self.config.semantics,
             )  # fmt: skip
             feats.append(f)
             alphas.append(a)

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import Tensor
 
+from gphm.render._gaussians_torch import SEMANTICS
+
 
 def check_tensor(
     name: str,
@@ -66,6 +68,13 @@ def check_eps2d(eps2d: float) -> float:
     if not (math.isfinite(eps2d) and eps2d >= 0):
         raise ValueError(f"eps2d must be a finite number >= 0 (pixels²), got {eps2d}")
     return float(eps2d)
+
+
+def check_semantics(semantics: object) -> str:
+    """A rasterization rule's name (a key of ``_gaussians_torch.SEMANTICS``)."""
+    if not isinstance(semantics, str) or semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {sorted(SEMANTICS)}, got {semantics!r}")
+    return semantics
 
 
 def check_same_dtype(tensors: dict[str, Tensor]) -> torch.dtype:

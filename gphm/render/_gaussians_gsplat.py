@@ -3,12 +3,19 @@
 gsplat is an optional dependency (``pip install gphm[gpu]``); nothing here imports it at
 module import time. It JIT-compiles its CUDA kernels on first use and only supports
 float32.
+
+gsplat ≥ 1.5 is required: its kernels are the ``"gsplat15"`` semantics (α clamp 0.999,
+opacity-aware tile boxes). gsplat 1.4 clamps at 0.999 but sizes its tile boxes by 3σ of
+λ_max, which matches neither of our rules, so an older gsplat counts as unavailable.
+Neither version can render ``"legacy"`` (its clamp is compiled in); the public entry point
+refuses that combination.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import re
 from types import ModuleType
 
 from torch import Tensor
@@ -16,15 +23,26 @@ from torch import Tensor
 from gphm.render._gaussians_torch import EPS2D, NEAR_PLANE, TILE_SIZE
 
 INSTALL_HINT = "pip install gphm[gpu]"
+MIN_VERSION = (1, 5)  # the first gsplat with opacity-aware tile boxes
 
 
 @functools.lru_cache(maxsize=1)
 def load_gsplat() -> tuple[ModuleType | None, str]:
-    """``(module, "")`` when gsplat imports, else ``(None, reason)``; imported once."""
+    """``(module, "")`` when a gsplat ≥ 1.5 imports, else ``(None, reason)``; imported once."""
     try:
-        return importlib.import_module("gsplat"), ""
+        module = importlib.import_module("gsplat")
     except ImportError as err:  # a broken install counts as absent, with its reason
         return None, f"{type(err).__name__}: {err}"
+    version = str(getattr(module, "__version__", "0"))
+    if _version_tuple(version) < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        return None, f"gsplat {version} is older than {need}, whose tile boxes we follow"
+    return module, ""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"1.5.3"`` -> ``(1, 5, 3)``; a suffix such as ``"rc1"`` or ``"+cu121"`` is ignored."""
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
 def rasterize_gsplat(
@@ -42,6 +60,9 @@ def rasterize_gsplat(
     antialiased: bool = False,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """gsplat's "classic" rasterization with our defaults; features are its ``colors``.
+
+    Always the ``"gsplat15"`` semantics (gsplat's own): ``opacities`` are passed to the
+    projection, which sizes the tile boxes by them and culls ``o < 1/255``.
 
     gsplat pads unsupported channel counts itself and renders more than 32 channels in
     chunks of 32 (``channel_chunk``). ``packed=False``: we render few cameras at a time, so

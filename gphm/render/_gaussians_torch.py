@@ -3,22 +3,38 @@
 Pipeline, each step a separate function:
 
 1. :func:`project_gaussians` — EWA projection of the 3D covariances (autograd);
-2. :func:`conics_and_radii` — inverse 2D covariance and gsplat's 3σ radius;
+2. :func:`conics_and_radii` — inverse 2D covariance and the per-axis radii of the
+   Gaussian's tile box (the rule depends on the :class:`Semantics`);
 3. :func:`plan_tiles` — (tile, Gaussian) intersections sorted by tile then depth and
    batched into chunks (no grad);
 4. :class:`_CompositeTiles` — per-chunk alpha compositing with a hand-written backward.
 
-Semantics (gsplat ``rasterize_mode="classic"``, the behaviour of gsplat 1.4):
+Semantics (gsplat ``rasterize_mode="classic"``). Two rules exist, see :data:`SEMANTICS`;
+``"gsplat15"`` (the default) is gsplat ≥ 1.5's, CUDA kernels and pure-torch reference
+alike, and ``"legacy"`` is what this module did before (gsplat 1.4's tile boxes and a
+0.99 clamp), kept so that models trained with it render as they were trained:
 
 * camera-space covariance ``R Σ Rᵀ`` pushed through the perspective Jacobian, whose
-  ``x/z, y/z`` are clamped to 1.3× the field of view; ``cov2d + 0.3·I``;
-* Gaussians with camera ``z < 0.01`` are culled; the radius is ``ceil(3·sqrt(λ_max))``;
-  a Gaussian is culled when its radius box lies outside the image;
+  ``x/z, y/z`` are clamped to 1.3× the field of view; ``cov2d + eps2d·I``;
+* Gaussians with camera ``z < 0.01`` are culled, and so are those whose radius box lies
+  outside the image;
+* radii (the half-extents of the tile box, in pixels):
+
+  - ``gsplat15``: per axis, ``r_x = ceil(e·sqrt(Σxx))`` and ``r_y = ceil(e·sqrt(Σyy))``
+    with the opacity-aware ``e = min(3.33, sqrt(2·ln(255·o)))`` (``o`` after the
+    antialiasing compensation); ``o < 1/255`` is culled. ``{α >= 1/255}`` is the ellipse
+    ``dᵀΣ⁻¹d <= e²`` whose bounding box is exactly ``±e·sqrt(Σxx), ±e·sqrt(Σyy)``, so the
+    box never cuts off a pixel that would be composited;
+  - ``legacy``: ``r_x = r_y = ceil(3·sqrt(λ_max))``; for opacities near 1 this cuts off
+    the ellipse's tips (where ``α`` is still up to ~0.011·o);
+
 * a Gaussian is considered for every pixel of the 16×16 tiles its radius box touches
-  (the box is a truncation: pixels outside those tiles get nothing from it);
-* ``α = min(0.99, o·exp(-½ dᵀ Σ⁻¹ d))`` with ``d`` from the pixel centre ``(i+0.5, j+0.5)``
-  to the projected mean; ``α < 1/255`` is skipped; front to back in depth order; the
-  Gaussian whose ``T·(1-α)`` would reach ``1e-4`` stops the pixel and is not included;
+  (``floor((m - r)/16) <= tile < ceil((m + r)/16)`` per axis; pixels outside those tiles
+  get nothing from it);
+* ``α = min(α_max, o·exp(-½ dᵀ Σ⁻¹ d))`` with ``α_max`` 0.999 (``gsplat15``) or 0.99
+  (``legacy``) and ``d`` from the pixel centre ``(i+0.5, j+0.5)`` to the projected mean;
+  ``α < 1/255`` is skipped; front to back in depth order; the Gaussian whose ``T·(1-α)``
+  would reach ``1e-4`` stops the pixel and is not included;
 * ``render = Σ wᵢ fᵢ + T·background``, ``alpha = 1 - T``.
 
 Fast path. Work is done on 8×8 *work tiles*. A (work tile, Gaussian) pair is made when the
@@ -48,7 +64,6 @@ from gphm.geometry.rotations import quat_to_matrix
 
 EPS2D = 0.3  # added to the 2D covariance's diagonal (gsplat eps2d)
 NEAR_PLANE = 0.01  # camera z below this is culled
-MAX_ALPHA = 0.99
 ALPHA_THRESHOLD = 1.0 / 255.0
 T_THRESHOLD = 1e-4  # transmittance at which a pixel is done
 TILE_SIZE = 16  # gsplat's tile: decides which Gaussians a pixel may see
@@ -57,6 +72,24 @@ CHUNK_ELEMENTS = 1 << 19  # tiles · pixels · K per chunk: 2 MB float32 buffers
 _FOV_CLAMP = 0.3  # the Jacobian's x/z, y/z are clamped to (1 + 0.3)× the field of view
 _LOG_T_THRESHOLD = math.log(T_THRESHOLD)
 _MIN_EXP = -30.0  # exp(-30)·o < 1/255 for any sane opacity, and exp stays on its fast path
+_MAX_EXTENT = 3.33  # gsplat's cap on the opacity-aware extent (in σ); > sqrt(2·ln 255)
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """A rasterization rule: the α clamp and how the tile boxes are sized."""
+
+    name: str
+    max_alpha: float  # α = min(max_alpha, o·exp(-σ))
+    opacity_aware: bool  # per-axis opacity-aware radii (gsplat >= 1.5), else 3σ of λ_max
+
+
+#: The rules :func:`rasterize_torch` knows, by name (``rasterize_gaussians(semantics=...)``).
+SEMANTICS = {
+    "gsplat15": Semantics("gsplat15", max_alpha=0.999, opacity_aware=True),
+    "legacy": Semantics("legacy", max_alpha=0.99, opacity_aware=False),
+}
+DEFAULT_SEMANTICS = "gsplat15"
 
 
 @dataclass(frozen=True)
@@ -123,31 +156,52 @@ def blur_compensation(cov2d: Tensor, eps2d: float) -> Tensor:  # [C, N, 3] -> [C
 
 
 def conics_and_radii(
-    proj: Projection, width: int, height: int, near_plane: float = NEAR_PLANE
-) -> tuple[Tensor, Tensor]:  # conics [C, N, 3] (a, b, c), radii [C, N] int64 (0 = culled)
-    """Inverse 2D covariances ``(a, b, c)`` (``σ = ½(a dx² + c dy²) + b dx dy``) and
-    gsplat's radius ``ceil(3·sqrt(λ_max))``, zeroed for culled Gaussians."""
+    proj: Projection,
+    opacities: Tensor,  # [C, N] effective opacities (after any antialiasing compensation)
+    width: int,
+    height: int,
+    semantics: Semantics = SEMANTICS[DEFAULT_SEMANTICS],
+    near_plane: float = NEAR_PLANE,
+) -> tuple[Tensor, Tensor]:  # conics [C, N, 3] (a, b, c), radii [C, N, 2] int64 (0 = culled)
+    """Inverse 2D covariances ``(a, b, c)`` (``σ = ½(a dx² + c dy²) + b dx dy``) and the
+    per-axis radii ``(r_x, r_y)`` of the tile boxes, both zero for culled Gaussians.
+
+    ``semantics.opacity_aware`` (gsplat ≥ 1.5): ``r = ceil(e·sqrt(diag Σ₂D))`` with
+    ``e = min(3.33, sqrt(2·ln(255·o)))``, and ``o < 1/255`` culled. Otherwise (gsplat 1.4,
+    ``legacy``): ``r_x = r_y = ceil(3·sqrt(λ_max))`` whatever the opacity.
+    """
     xx, xy, yy = proj.cov2d.unbind(-1)
     det = xx * yy - xy * xy
     ok = det > 0
     det = torch.where(ok, det, torch.ones_like(det))  # finite gradients when culled
     conics = torch.stack([yy / det, -xy / det, xx / det], dim=-1)
     with torch.no_grad():
-        b = 0.5 * (xx + yy)
-        lam = b + torch.sqrt(torch.clamp(b * b - det, min=0.01))
-        radii = torch.ceil(3.0 * torch.sqrt(lam))
+        if semantics.opacity_aware:
+            visible = opacities >= ALPHA_THRESHOLD
+            level = torch.log(torch.clamp(opacities / ALPHA_THRESHOLD, min=1.0))
+            extent = torch.clamp(torch.sqrt(2.0 * level), max=_MAX_EXTENT)[..., None]
+            var = torch.stack([xx, yy], dim=-1).clamp(min=0.0)
+            radii = torch.ceil(extent * torch.sqrt(var))
+            # o = 1/255 exactly gives e = 0: gsplat culls it (radius_clip = 0) too.
+            ok = ok & visible & (radii > 0).all(-1)
+        else:
+            b = 0.5 * (xx + yy)
+            lam = b + torch.sqrt(torch.clamp(b * b - det, min=0.01))
+            radii = torch.ceil(3.0 * torch.sqrt(lam))[..., None].expand(*lam.shape, 2)
+        rx, ry = radii.unbind(-1)
         mx, my = proj.means2d.unbind(-1)
-        inside = (mx + radii > 0) & (mx - radii < width) & (my + radii > 0) & (my - radii < height)
+        inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         keep = ok & (proj.depths >= near_plane) & inside
-        radii = torch.where(keep, radii, torch.zeros_like(radii)).long()
+        radii = torch.where(keep[..., None], radii, torch.zeros_like(radii)).long()
     return conics, radii
 
 
 def gsplat_tile_bounds(
     means2d: Tensor, radii: Tensor, width: int, height: int
 ) -> tuple[Tensor, Tensor]:  # lo [..., 2], hi [..., 2] int64, half-open, in 16-px tiles
-    """The 16×16 tiles gsplat assigns to each Gaussian: ``[lo, hi)`` per axis."""
-    r = radii.to(means2d.dtype)[..., None]
+    """The 16×16 tiles gsplat assigns to each Gaussian: ``[lo, hi)`` per axis, from the
+    means [..., 2] and per-axis radii [..., 2] of :func:`conics_and_radii`."""
+    r = radii.to(means2d.dtype)
     size = torch.tensor(
         [math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)], device=means2d.device
     )
@@ -188,7 +242,7 @@ def plan_tiles(
     means2d: Tensor,  # [C, N, 2]
     cov2d: Tensor,  # [C, N, 3]
     depths: Tensor,  # [C, N]
-    radii: Tensor,  # [C, N] int64, 0 = culled
+    radii: Tensor,  # [C, N, 2] int64, 0 = culled
     opacities: Tensor,  # [C, N]
     width: int,
     height: int,
@@ -216,7 +270,7 @@ def plan_tiles(
     hi = torch.minimum(hi16 * ratio, torch.div(last_px, work_tile, rounding_mode="floor") + 1)
     lo, hi = lo.clamp(min=0), torch.minimum(hi, size)
     extent_tiles = (hi - lo).clamp(min=0)
-    visible = (radii > 0) & (opacities >= ALPHA_THRESHOLD)
+    visible = (radii > 0).all(-1) & (opacities >= ALPHA_THRESHOLD)
     counts = (extent_tiles[..., 0] * extent_tiles[..., 1] * visible).reshape(-1)  # [C*N]
 
     gid = torch.repeat_interleave(torch.arange(C * N, device=device), counts)
@@ -307,7 +361,7 @@ def _sigma_coefficients_backward(
 class _ChunkState:
     """Per-pixel, per-slot compositing quantities of one chunk, [T, P, K] unless noted."""
 
-    alpha: Tensor  # min(0.99, o·exp(-σ)), set to 0 where below 1/255 (skipped)
+    alpha: Tensor  # min(α_max, o·exp(-σ)), set to 0 where below 1/255 (skipped)
     above: Tensor  # 1.0 while the transmittance after the slot is above 1e-4, else 0.0
     weights: Tensor  # α·T for included slots, else 0
     t_final: Tensor  # [T, P] transmittance behind all included slots
@@ -334,6 +388,7 @@ def _evaluate_chunk(
     coef: Tensor,  # [T, 6, K] coefficients of σ
     opac: Tensor,  # [T, K]
     bufs: list[Tensor],  # 4 scratch [T, P, K] buffers, overwritten
+    max_alpha: float,
 ) -> _ChunkState:
     """Front-to-back compositing of one chunk (gsplat's per-pixel loop, vectorised).
 
@@ -344,7 +399,7 @@ def _evaluate_chunk(
     """
     alpha, log_keep, weights, above = bufs
     torch.matmul(basis, -coef, out=alpha)  # -σ
-    alpha.clamp_(min=_MIN_EXP).exp_().mul_(opac[:, None, :]).clamp_(max=MAX_ALPHA)
+    alpha.clamp_(min=_MIN_EXP).exp_().mul_(opac[:, None, :]).clamp_(max=max_alpha)
     # Skipped slots (α < 1/255) get α = 0: they leave T unchanged and get no weight.
     F.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
     torch.neg(alpha, out=log_keep).add_(1.0).log_()
@@ -398,14 +453,17 @@ class _CompositeTiles(torch.autograd.Function):
     Per pixel, with ``g = dL/drender``, ``gA = dL/dalpha``, ``T_i`` the transmittance in
     front of slot ``i`` and ``S_i = Σ_{j>i} w_j (g·f_j) + T_final (g·bg - gA)`` (what lies
     behind it): ``dL/dα_i = T_i (g·f_i) - S_i / (1 - α_i)`` for included slots; zero for
-    skipped and stopped slots, and zero into σ and opacity where α was clamped to 0.99.
+    skipped and stopped slots, and zero into σ and opacity where α was clamped to ``max_alpha``.
     Since ``α = o·exp(-σ)``: ``dL/dσ = -α dL/dα`` and ``dL/do = Σ_pixels α dL/dα / o``.
     """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, backgrounds, feature_index, plan):
+    def forward(
+        ctx, means2d, conics, opacities, features, backgrounds, feature_index, plan, max_alpha
+    ):
         # means2d [M, 2], conics [M, 3], opacities [M] for the M = C·N camera-Gaussians;
-        # features [F, D] with feature_index [M] its row for each; backgrounds [C, D].
+        # features [F, D] with feature_index [M] its row for each; backgrounds [C, D];
+        # max_alpha the α clamp of the semantics.
         P = plan.work_tile**2
         basis = _pixel_basis(plan.work_tile, means2d.dtype, means2d.device)
         ws = _Workspace(4, plan.max_chunk_elements, means2d)
@@ -416,12 +474,13 @@ class _CompositeTiles(torch.autograd.Function):
         for chunk in plan.chunks:
             m, con, opac, fidx = _chunk_inputs(chunk, means2d, conics, opacities, feature_index)
             shape = (len(chunk.tiles), P, chunk.gauss.shape[1])
-            s = _evaluate_chunk(basis, _sigma_coefficients(m, con), opac, ws.views(shape))
+            coef = _sigma_coefficients(m, con)
+            s = _evaluate_chunk(basis, coef, opac, ws.views(shape), max_alpha)
             out[chunk.tiles] = torch.baddbmm(
                 s.t_final[..., None] * backgrounds[chunk.cams, None], s.weights, features[fidx]
             )
             t_final[chunk.tiles] = s.t_final
-        ctx.plan = plan
+        ctx.plan, ctx.max_alpha = plan, max_alpha
         ctx.save_for_backward(
             means2d, conics, opacities, features, backgrounds, feature_index, t_final
         )
@@ -445,7 +504,8 @@ class _CompositeTiles(torch.autograd.Function):
         for chunk in plan.chunks:
             m, con, opac, fidx = _chunk_inputs(chunk, means2d, conics, opacities, feature_index)
             bufs = ws.views((len(chunk.tiles), P, chunk.gauss.shape[1]))
-            s = _evaluate_chunk(basis, _sigma_coefficients(m, con), opac, bufs[:4])  # again
+            coef = _sigma_coefficients(m, con)
+            s = _evaluate_chunk(basis, coef, opac, bufs[:4], ctx.max_alpha)  # again
             tmp, w_gf, behind = bufs[1], bufs[4], bufs[5]
             g, f = g_tiles[chunk.tiles], features[fidx]  # [T, P, D], [T, K, D]
             torch.bmm(g, f.transpose(1, 2), out=w_gf).mul_(s.weights)  # w_i (g·f_i)
@@ -457,7 +517,7 @@ class _CompositeTiles(torch.autograd.Function):
             # slots (skipped ones already have α = 0).
             torch.neg(s.alpha, out=tmp).add_(1.0).reciprocal_().mul_(s.alpha).mul_(behind)
             a_grad = w_gf.sub_(tmp)
-            a_grad.mul_(torch.lt(s.alpha, MAX_ALPHA, out=tmp).mul_(s.above))
+            a_grad.mul_(torch.lt(s.alpha, ctx.max_alpha, out=tmp).mul_(s.above))
             d_coef = -(basis.T @ a_grad)  # dL/d(σ coefficients), [T, 6, K]
             d_m, d_con = _sigma_coefficients_backward(m, con, d_coef)
             gauss = chunk.gauss.reshape(-1)
@@ -469,7 +529,7 @@ class _CompositeTiles(torch.autograd.Function):
             d_f = torch.bmm(s.weights.transpose(1, 2), g)  # [T, K, D]
             d_feat.index_add_(0, fidx.reshape(-1), d_f.reshape(-1, d_f.shape[-1]))
         d_bg = (_tiles_to_image(t_final[..., None], plan) * grad_render).sum(dim=(1, 2))
-        return d_means, d_conics, d_opac, d_feat, d_bg, None, None
+        return d_means, d_conics, d_opac, d_feat, d_bg, None, None, None
 
 
 def rasterize_torch(
@@ -485,16 +545,18 @@ def rasterize_torch(
     backgrounds: Tensor | None = None,  # [C, D]
     eps2d: float = EPS2D,
     antialiased: bool = False,
+    semantics: str = DEFAULT_SEMANTICS,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """Tiled pure-torch rasterizer (inputs already validated by the public wrapper)."""
+    rule = SEMANTICS[semantics]
     C, N, D = viewmats.shape[0], means.shape[0], features.shape[-1]
     if backgrounds is None:
         backgrounds = features.new_zeros(C, D)
     proj = project_gaussians(means, quats, scales, viewmats, Ks, width, height, eps2d)
-    conics, radii = conics_and_radii(proj, width, height)
     opac = opacities[None].expand(C, N)
     if antialiased:
         opac = opac * blur_compensation(proj.cov2d, eps2d)
+    conics, radii = conics_and_radii(proj, opac.detach(), width, height, rule)
     plan = plan_tiles(proj.means2d, proj.cov2d, proj.depths, radii, opac, width, height)
     ids = torch.arange(C * N, device=means.device)
     per_camera = features.dim() == 3
@@ -506,4 +568,5 @@ def rasterize_torch(
         backgrounds,
         ids if per_camera else ids % max(N, 1),
         plan,
+        rule.max_alpha,
     )

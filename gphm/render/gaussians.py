@@ -9,8 +9,13 @@ Backends:
 * ``"auto"`` — gsplat for CUDA float32 inputs when it imports (otherwise torch, with a
   warning logged once), torch for everything else.
 
-Both follow gsplat's "classic" semantics; see :mod:`gphm.render._gaussians_torch` for
-the precise rules.
+Both follow gsplat's "classic" semantics, so a model renders the same on every device:
+``semantics="gsplat15"`` (the default) is gsplat ≥ 1.5's rule exactly (α clamp 0.999,
+opacity-aware tile boxes that never cut off an ``α >= 1/255`` pixel). ``"legacy"`` (α
+clamp 0.99, tile boxes of 3σ of λ_max) is what this package did before, kept so that old
+models render as they were trained; gsplat cannot do it (its clamp is compiled in), so
+``"auto"`` then uses the torch backend and ``backend="gsplat"`` is refused. See
+:mod:`gphm.render._gaussians_torch` for the precise rules.
 """
 
 from __future__ import annotations
@@ -25,29 +30,53 @@ from gphm.render._checks import (
     check_image_size,
     check_named_dims,
     check_same_dtype,
+    check_semantics,
     check_tensor,
 )
 from gphm.render._gaussians_gsplat import INSTALL_HINT, load_gsplat, rasterize_gsplat
-from gphm.render._gaussians_torch import EPS2D, rasterize_torch
+from gphm.render._gaussians_torch import DEFAULT_SEMANTICS, EPS2D, SEMANTICS, rasterize_torch
 
-__all__ = ["BACKENDS", "rasterize_gaussians", "select_backend"]
+__all__ = ["BACKENDS", "SEMANTICS", "rasterize_gaussians", "select_backend"]
 
 BACKENDS = ("auto", "torch", "gsplat")
 _log = logging.getLogger(__name__)
 _warned_fallback = False
+_warned_legacy = False
+#: The semantics gsplat's kernels implement; the others need the torch backend.
+GSPLAT_SEMANTICS = "gsplat15"
 
 
-def select_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Resolve ``backend`` to ``"torch"`` or ``"gsplat"`` for inputs on ``device``/``dtype``.
+def select_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, semantics: str = DEFAULT_SEMANTICS
+) -> str:
+    """Resolve ``backend`` to ``"torch"`` or ``"gsplat"`` for inputs on ``device``/``dtype``
+    rendered with ``semantics``.
 
     Raises with an actionable message when ``"gsplat"`` is asked for but cannot run.
     """
-    global _warned_fallback
+    global _warned_fallback, _warned_legacy
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
     gsplat_ok = device.type == "cuda" and dtype == torch.float32
+    if semantics != GSPLAT_SEMANTICS:
+        if backend == "gsplat":
+            raise ValueError(
+                f"backend='gsplat' cannot render semantics={semantics!r}: gsplat's α clamp "
+                f"(0.999) and tile boxes are compiled in; use backend='torch' or 'auto', "
+                f"or semantics={GSPLAT_SEMANTICS!r}"
+            )
+        if gsplat_ok and not _warned_legacy:
+            # Correct over fast: a legacy model must render as it was trained.
+            _log.warning(
+                "semantics=%r is rendered by the torch backend on CUDA too (gsplat only "
+                "does %r); this is slower than gsplat.",
+                semantics,
+                GSPLAT_SEMANTICS,
+            )
+            _warned_legacy = True
+        return "torch"
     if backend == "auto":
         if not gsplat_ok:
             return "torch"
@@ -91,6 +120,7 @@ def rasterize_gaussians(
     backend: str = "auto",
     eps2d: float = EPS2D,
     antialiased: bool = False,
+    semantics: str = DEFAULT_SEMANTICS,
 ) -> tuple[Tensor, Tensor]:  # render [C, H, W, D], alpha [C, H, W, 1]
     """Render 3D Gaussians to ``C`` images of ``D`` channels (gsplat "classic" semantics).
 
@@ -106,18 +136,27 @@ def rasterize_gaussians(
     ``antialiased=True`` is gsplat's ``rasterize_mode="antialiased"``: opacities are
     multiplied by ``sqrt(det Σ₂D / det(Σ₂D + eps2d·I))`` so that the blur spreads a
     Gaussian without adding weight (a sub-pixel Gaussian then covers about its area).
+
+    ``semantics`` names the rule for the α clamp and the tile boxes (:data:`SEMANTICS`):
+    ``"gsplat15"`` (default) is gsplat ≥ 1.5's exactly — ``α = min(0.999, o·exp(-σ))``,
+    opacities below 1/255 culled, and per-axis tile boxes of
+    ``ceil(sqrt(2·ln(255·o)·Σ₂D,ii))`` pixels that contain every pixel with
+    ``α >= 1/255``; ``"legacy"`` — ``min(0.99, ...)`` and square boxes of
+    ``ceil(3·sqrt(λ_max))`` pixels, which cut off the tips of opaque Gaussians — is the
+    rule of models trained before gsplat15 became the default (only the torch backend
+    renders it).
     """
     width, height = check_image_size(width, height)
     eps2d = check_eps2d(eps2d)
+    semantics = check_semantics(semantics)
     dtype = _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
-    chosen = select_backend(backend, means.device, dtype)
+    chosen = select_backend(backend, means.device, dtype, semantics)
     if means.shape[0] == 0:
         return _empty_render(features, viewmats.shape[0], width, height, backgrounds)
-    impl = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
-    return impl(
-        means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds,
-        eps2d=eps2d, antialiased=bool(antialiased),
-    )  # fmt: skip
+    args = (means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds)
+    if chosen == "gsplat":
+        return rasterize_gsplat(*args, eps2d=eps2d, antialiased=bool(antialiased))
+    return rasterize_torch(*args, eps2d=eps2d, antialiased=bool(antialiased), semantics=semantics)
 
 
 def _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds) -> torch.dtype:

@@ -86,10 +86,10 @@ def _work_counts(inputs, viewmats, Ks, size) -> dict:
     means, quats, scales, opacities, _ = inputs
     with torch.no_grad():
         proj = project_gaussians(means, quats, scales, viewmats, Ks, size, size)
-        _, radii = conics_and_radii(proj, size, size)
+        _, radii = conics_and_radii(proj, opacities[None], size, size)
         plan = plan_tiles(proj.means2d, proj.cov2d, proj.depths, radii, opacities[None], size, size)
         lo, hi = gsplat_tile_bounds(proj.means2d, radii, size, size)
-        overlaps_16 = int(((hi - lo).clamp(min=0).prod(-1) * (radii > 0)).sum())
+        overlaps_16 = int(((hi - lo).clamp(min=0).prod(-1) * (radii > 0).all(-1)).sum())
     return {
         "work_tile_pairs": plan.num_pairs,
         "tile_overlaps_16px": overlaps_16,

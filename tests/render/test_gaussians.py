@@ -14,7 +14,7 @@ from gphm.render._gaussians_reference import rasterize_naive
 from gphm.render._gaussians_torch import (
     ALPHA_THRESHOLD,
     CHUNK_ELEMENTS,
-    MAX_ALPHA,
+    SEMANTICS,
     conics_and_radii,
     plan_tiles,
     project_gaussians,
@@ -76,14 +76,17 @@ def _pixel_centres(width, height, dtype=F64):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "eps2d", "antialiased"),
-    [(torch.float32, None, False), (F64, None, False), (F64, 0.05, False), (F64, 0.3, True)],
-)
-def test_isotropic_gaussian_matches_closed_form(dtype, eps2d, antialiased):
+    ("dtype", "eps2d", "antialiased", "o"),
+    [(torch.float32, None, False, 0.8), (F64, None, False, 0.8), (F64, 0.05, False, 0.8),
+     (F64, 0.3, True, 0.8), (F64, None, False, 1.0), (torch.float32, None, False, 1.0)],
+)  # fmt: skip
+def test_isotropic_gaussian_matches_closed_form(dtype, eps2d, antialiased, o):
     """None: the default screen-space blur, gsplat's 0.3 px². Antialiased: the opacity is
-    scaled by sqrt(det Σ / det(Σ + eps·I)) = var₀ / (var₀ + eps) for an isotropic splat."""
+    scaled by sqrt(det Σ / det(Σ + eps·I)) = var₀ / (var₀ + eps) for an isotropic splat.
+    o = 1: the default (gsplat15) α clamp of 0.999 at the centre, and the tile box still
+    holds every pixel with α >= 1/255 (legacy's 3σ box would cut off its rim)."""
     W = H = 24
-    f, z, s, o = 20.0, 4.0, 0.5, 0.8
+    f, z, s = 20.0, 4.0, 0.5
     means, quats, scales, opac, feats = _on_axis([z], s, o, dtype=dtype)
     viewmats, Ks = _cameras(1, f, W, H, dtype)
     bg = torch.tensor([[0.2, 0.5, 0.9]], dtype=dtype)
@@ -98,6 +101,7 @@ def test_isotropic_gaussian_matches_closed_form(dtype, eps2d, antialiased):
     var0 = (f * s / z) ** 2
     var = var0 + (0.3 if eps2d is None else eps2d)
     expected = (o * var0 / var if antialiased else o) * torch.exp(-0.5 * r2 / var)
+    expected = expected.clamp(max=SEMANTICS["gsplat15"].max_alpha)
     expected = torch.where(expected >= ALPHA_THRESHOLD, expected, 0.0)  # skipped
     assert (expected == 0).any() and (expected > 0.5).any()  # both regimes are exercised
     tol = 1e-12 if dtype == F64 else 2e-6
@@ -106,38 +110,44 @@ def test_isotropic_gaussian_matches_closed_form(dtype, eps2d, antialiased):
     torch.testing.assert_close(render[0], want, atol=tol, rtol=0)
 
 
-def test_near_opaque_gaussian_hides_far_one_regardless_of_order():
+@pytest.mark.parametrize("semantics", ["gsplat15", "legacy"])
+def test_near_opaque_gaussian_hides_far_one_regardless_of_order(semantics):
     W = H = 16
+    a_max = SEMANTICS[semantics].max_alpha
     means, quats, scales, _, _ = _on_axis([3.0, 6.0], 0.3, 0.0)
-    opac = torch.tensor([1.0, 0.9], dtype=F64)
+    # far: 0.8, so that T·(1 - 0.8) >= 2e-4 behind either clamp (no transmittance stop)
+    opac = torch.tensor([1.0, 0.8], dtype=F64)
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64)  # near: red, far: green
     viewmats, Ks = _cameras(1, 20.0, W, H, cx=8.5, cy=8.5)  # mean on a pixel centre
     args = (viewmats, Ks, W, H)
-    r1, a1 = rasterize_gaussians(means, quats, scales, opac, feats, *args)
+    r1, a1 = rasterize_gaussians(means, quats, scales, opac, feats, *args, semantics=semantics)
     flip = torch.tensor([1, 0])
     r2, a2 = rasterize_gaussians(
-        means[flip], quats[flip], scales[flip], opac[flip], feats[flip], *args
-    )
+        means[flip], quats[flip], scales[flip], opac[flip], feats[flip], *args,
+        semantics=semantics,
+    )  # fmt: skip
     torch.testing.assert_close(r1, r2, atol=1e-14, rtol=0)
     torch.testing.assert_close(a1, a2, atol=1e-14, rtol=0)
     centre = r1[0, 8, 8]
-    torch.testing.assert_close(centre, torch.tensor([0.99, 0.01 * 0.9], dtype=F64))
+    torch.testing.assert_close(centre, torch.tensor([a_max, (1 - a_max) * 0.8], dtype=F64))
 
 
-def test_alpha_is_clamped_at_099_and_clamped_pixels_pass_no_opacity_gradient():
+@pytest.mark.parametrize(("semantics", "a_max"), [("gsplat15", 0.999), ("legacy", 0.99)])
+def test_alpha_is_clamped_and_clamped_pixels_pass_no_opacity_gradient(semantics, a_max):
     W = H = 16
+    assert SEMANTICS[semantics].max_alpha == a_max
     means, quats, scales, opac, feats = _on_axis([4.0], 0.4, 1.5)
     for t in (means, scales, opac, feats):
         t.requires_grad_(True)
     viewmats, Ks = _cameras(1, 20.0, W, H, cx=8.5, cy=8.5)
     bg = torch.tensor([[0.0, 0.5, 1.0]], dtype=F64)
-    render, alpha = rasterize_gaussians(means, quats, scales, opac, feats, viewmats, Ks, W, H, bg)
-    assert alpha.max() == MAX_ALPHA
-    clamped = alpha[0, ..., 0] == MAX_ALPHA
-    assert 1 < clamped.sum() < W * H  # a disc of clamped pixels, not the whole image
-    torch.testing.assert_close(
-        render[0, 8, 8], MAX_ALPHA * feats[0].detach() + (1 - MAX_ALPHA) * bg[0]
+    render, alpha = rasterize_gaussians(
+        means, quats, scales, opac, feats, viewmats, Ks, W, H, bg, semantics=semantics
     )
+    assert alpha.max() == a_max
+    clamped = alpha[0, ..., 0] == a_max
+    assert 1 < clamped.sum() < W * H  # a disc of clamped pixels, not the whole image
+    torch.testing.assert_close(render[0, 8, 8], a_max * feats[0].detach() + (1 - a_max) * bg[0])
     loss = (render[0][clamped] ** 2).sum() + alpha[0][clamped].sum()
     g_means, g_scales, g_opac, g_feats = torch.autograd.grad(loss, [means, scales, opac, feats])
     assert g_opac.abs().max() == 0 and g_scales.abs().max() == 0 and g_means.abs().max() == 0
@@ -203,19 +213,50 @@ def test_gaussians_closer_than_the_near_plane_are_culled():
                 assert (t.grad == 0).all()
 
 
-def test_gsplat_tile_truncation_is_reproduced():
-    """gsplat only evaluates a Gaussian on the 16×16 tiles its 3σ box touches: pixels
-    just beyond, where α would still exceed 1/255, get nothing (gsplat 1.4 semantics)."""
+def test_legacy_tile_truncation_is_reproduced_and_gsplat15_does_not_truncate():
+    """legacy (gsplat 1.4's boxes) only evaluates a Gaussian on the 16×16 tiles its 3σ box
+    touches: pixels just beyond, where α would still exceed 1/255, get nothing. gsplat15's
+    opacity-aware box (sqrt(2·ln(255·0.95))·σ ≈ 3.32σ, i.e. ceil(10.71) = 11 px) reaches
+    the next tile, so those pixels count there."""
     W, H = 32, 16
     f, z = 20.0, 4.0
     s = math.sqrt(10.0) * z / f  # (f·s/z)² = 10: radius ceil(3·sqrt(10.3 + 0.1)) = 10 px
     means, quats, scales, opac, feats = _on_axis([z], s, 0.95)
     viewmats, Ks = _cameras(1, f, W, H, cx=6.0, cy=8.0)  # 6 + 10 = 16: the tile border
-    _, alpha = rasterize_gaussians(means, quats, scales, opac, feats, viewmats, Ks, W, H)
+    args = (means, quats, scales, opac, feats, viewmats, Ks, W, H)
+    _, legacy = rasterize_gaussians(*args, semantics="legacy")
     var = (f * s / z) ** 2 + 0.3
-    row = alpha[0, 8, :, 0]
+    row = legacy[0, 8, :, 0]
     assert row[15] > 0 and row[16] == 0
-    assert 0.95 * math.exp(-0.5 * 10.5**2 / var) > ALPHA_THRESHOLD  # column 16 would count
+    col16 = 0.95 * math.exp(-0.5 * (10.5**2 + 0.5**2) / var)  # pixel (16, 8) from (6, 8)
+    assert col16 > ALPHA_THRESHOLD  # column 16 would count
+    _, alpha = rasterize_gaussians(*args)  # the default: gsplat15
+    torch.testing.assert_close(alpha[0, 8, 16, 0], torch.tensor(col16, dtype=F64))
+    # everything legacy kept is unchanged (0.95 stays below both clamps)
+    kept = legacy > 0
+    torch.testing.assert_close(alpha[kept], legacy[kept], atol=1e-15, rtol=0)
+
+
+def test_gsplat15_radii_are_per_axis_and_opacity_aware():
+    """r = ceil(min(3.33, sqrt(2·ln(255·o)))·sqrt(Σii)) per axis (gsplat 1.5's projection);
+    o < 1/255 is culled; legacy: ceil(3·sqrt(λ_max)) on both axes."""
+    W = H = 64
+    f, z = 40.0, 4.0
+    means = torch.tensor([[0.0, 0.0, z]] * 3, dtype=F64)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3, dtype=F64)
+    scales = torch.tensor([[0.4, 0.1, 0.1]] * 3, dtype=F64)  # σ_x = 4 px, σ_y = 1 px
+    opac = torch.tensor([1.0, 0.1, 0.5 * ALPHA_THRESHOLD], dtype=F64)
+    viewmats, Ks = _cameras(1, f, W, H)
+    proj = project_gaussians(means, quats, scales, viewmats, Ks, W, H)
+    _, radii = conics_and_radii(proj, opac[None], W, H, SEMANTICS["gsplat15"])
+    var = torch.tensor([16.3, 1.3], dtype=F64)
+    for n, o in enumerate(opac[:2].tolist()):
+        e = min(3.33, math.sqrt(2 * math.log(255 * o)))
+        assert radii[0, n].tolist() == torch.ceil(e * var.sqrt()).long().tolist()
+    assert radii[0, 2].tolist() == [0, 0]  # culled: even its peak is below 1/255
+    _, radii = conics_and_radii(proj, opac[None], W, H, SEMANTICS["legacy"])
+    r = math.ceil(3 * math.sqrt(16.3))
+    assert radii[0].tolist() == [[r, r]] * 3
 
 
 @pytest.mark.parametrize(
@@ -246,16 +287,20 @@ def test_gradcheck_float64(backend, antialiased):
 
 
 @pytest.mark.parametrize(
-    ("D", "per_camera", "eps2d", "antialiased"),
-    [(1, False, 0.3, False), (3, True, 0.3, False), (32, False, 0.3, False),
-     (32, True, 0.3, False), (3, False, 0.02, False), (3, True, 0.1, True)],
+    ("D", "per_camera", "eps2d", "antialiased", "semantics"),
+    [(1, False, 0.3, False, "gsplat15"), (3, True, 0.3, False, "gsplat15"),
+     (32, False, 0.3, False, "gsplat15"), (32, True, 0.3, False, "legacy"),
+     (3, False, 0.02, False, "gsplat15"), (3, True, 0.1, True, "gsplat15"),
+     (3, False, 0.3, False, "legacy"), (3, True, 0.1, True, "legacy")],
 )  # fmt: skip
-def test_fast_path_matches_naive_reference_forward_and_backward(D, per_camera, eps2d, antialiased):
+def test_fast_path_matches_naive_reference_forward_and_backward(
+    D, per_camera, eps2d, antialiased, semantics
+):
     C, N, W, H = 2, 40, 40, 36  # 3×3 gsplat tiles (partial at the border), 5×5 work tiles
     scene = _random_scene(N, C, D, W, H, per_camera)
     means, quats, scales, opac, feats, viewmats, Ks, bg = scene
     inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac, feats, bg)]
-    blur = {"eps2d": eps2d, "antialiased": antialiased}
+    blur = {"eps2d": eps2d, "antialiased": antialiased, "semantics": semantics}
     fast = rasterize_gaussians(*inputs[:5], viewmats, Ks, W, H, inputs[5], backend="torch", **blur)
     naive = rasterize_naive(*inputs[:5], viewmats, Ks, W, H, inputs[5], **blur)
     assert (fast[1] > 0.5).float().mean() > 0.1  # a scene with real coverage
@@ -392,6 +437,7 @@ _BAD_INPUTS = [
     ("backend", lambda a: "cuda", ValueError, r"backend must be one of \('auto', 'torch', 'gsp"),
     ("eps2d", lambda a: -0.1, ValueError, r"eps2d must be a finite number >= 0"),
     ("eps2d", lambda a: float("nan"), ValueError, r"eps2d must be a finite number >= 0"),
+    ("semantics", lambda a: "gsplat", ValueError, r"semantics must be one of \['gsplat15', 'l"),
 ]  # fmt: skip
 
 
@@ -432,6 +478,41 @@ def test_gsplat_backend_without_cuda_or_gsplat_says_how_to_install(monkeypatch, 
     assert select("auto", torch.device("cpu"), torch.float32) == "torch"
 
 
+def test_legacy_semantics_are_rendered_by_torch_and_refused_by_gsplat(monkeypatch, caplog):
+    """gsplat's α clamp (0.999) is compiled in: a legacy model on CUDA renders with the
+    torch backend ("auto", one warning), and backend="gsplat" says why it cannot."""
+    cuda = torch.device("cuda")
+    select = gaussians_module.select_backend
+    monkeypatch.setattr(gaussians_module, "load_gsplat", lambda: (object(), ""))
+    monkeypatch.setattr(gaussians_module, "_warned_legacy", False)
+    with pytest.raises(ValueError, match=r"cannot render semantics='legacy'.*0\.999"):
+        select("gsplat", cuda, torch.float32, "legacy")
+    with caplog.at_level(logging.WARNING, logger=gaussians_module.__name__):
+        assert select("auto", cuda, torch.float32, "legacy") == "torch"
+        assert select("auto", cuda, torch.float32, "legacy") == "torch"
+    assert len([r for r in caplog.records if "torch backend on CUDA" in r.message]) == 1
+    assert select("auto", cuda, torch.float32, "gsplat15") == "gsplat"
+    assert select("torch", cuda, torch.float32, "legacy") == "torch"
+
+
+def test_gsplat_older_than_1_5_counts_as_unavailable(monkeypatch):
+    import types
+
+    from gphm.render import _gaussians_gsplat
+
+    for version, ok in (("1.4.0", False), ("1.5.0", True), ("1.5.3+cu121", True)):
+        fake = types.SimpleNamespace(__version__=version)
+        monkeypatch.setattr(
+            _gaussians_gsplat.importlib, "import_module", lambda _n, fake=fake: fake
+        )
+        _gaussians_gsplat.load_gsplat.cache_clear()
+        module, reason = _gaussians_gsplat.load_gsplat()
+        assert (module is fake) == ok and (reason == "") == ok
+        if not ok:
+            assert "gsplat 1.4.0 is older than 1.5" in reason
+    _gaussians_gsplat.load_gsplat.cache_clear()
+
+
 def test_empty_and_fully_culled_scenes_return_the_background():
     C, D, W, H = 2, 3, 20, 12
     viewmats, Ks = _cameras(C, 20.0, W, H)
@@ -459,7 +540,7 @@ def test_memory_grows_with_tile_overlaps_not_pixels_times_gaussians():
     viewmats = look_at(torch.tensor([[0.0, 0.0, 3.0]]), torch.zeros(3))
     Ks = intrinsics(1.2 * W, 1.2 * W, W / 2, W / 2)[None]
     proj = project_gaussians(means, quats, scales, viewmats, Ks, W, W)
-    _, radii = conics_and_radii(proj, W, W)
+    _, radii = conics_and_radii(proj, opac[None], W, W)
     plan = plan_tiles(proj.means2d, proj.cov2d, proj.depths, radii, opac[None], W, W)
     pixels = plan.work_tile**2
     largest_tile = max(c.gauss.shape[1] for c in plan.chunks)
