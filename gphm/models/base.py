@@ -3,6 +3,12 @@
 ``config.json`` holds the class name, the config dataclass and the other constructor
 arguments; ``from_pretrained`` rebuilds the module from it and loads the weights with
 ``strict=True``. No pickle anywhere.
+
+Loading checks, each a one-line ``ValueError`` naming the file (and the tensor): the
+config is a JSON object of the right class whose sizes fit in memory
+(:func:`gphm.io.limits.check_model_config`, before anything is allocated); the weights
+file is a readable safetensors file (not truncated or corrupt) that fits in memory, and
+holds exactly the module's tensors, each of the module's shape and finite.
 """
 
 from __future__ import annotations
@@ -14,12 +20,21 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from gphm.io.atomic import atomic_output, atomic_write_text
+from gphm.io.jsonfile import read_json_object
+from gphm.io.limits import check_bytes, check_model_config
 
-__all__ = ["SerializableModule", "dataclass_from_dict", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "SerializableModule",
+    "check_state_dict",
+    "dataclass_from_dict",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,33 +91,76 @@ class SerializableModule(nn.Module):
     @classmethod
     def read_description(cls, directory: str | Path) -> dict[str, Any]:
         path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
+        if not path.is_file() and not path.is_dir():
             raise FileNotFoundError(f"{path}: no model config (expected {CONFIG_NAME})")
-        try:
-            desc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from None
+        desc = read_json_object(path, "model config")
         if desc.get("class") != cls.__name__:
             raise ValueError(f"{path}: holds a {desc.get('class')!r}, expected {cls.__name__!r}")
+        for key in ("config", "init_kwargs"):
+            if not isinstance(desc.get(key, {}), dict):
+                raise ValueError(f"{path}: '{key}' must be a JSON object")
         return desc
 
     @classmethod
     def from_pretrained(
         cls: type[M], directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> M:
-        """Rebuild the module from ``directory`` (``config.json`` + ``model.safetensors``)."""
+        """Rebuild the module from ``directory`` (``config.json`` + ``model.safetensors``),
+        checked as the module docstring says."""
         directory = Path(directory)
         desc = cls.read_description(directory)
-        config = dataclass_from_dict(cls.config_class, desc["config"], str(directory / CONFIG_NAME))
-        model = cls(config, **desc.get("init_kwargs", {}))
+        config_path = directory / CONFIG_NAME
+        check_model_config(desc, str(config_path))
+        config = dataclass_from_dict(cls.config_class, desc.get("config", {}), str(config_path))
+        try:
+            model = cls(config, **desc.get("init_kwargs", {}))
+        except TypeError as err:  # init_kwargs that the constructor does not take
+            raise ValueError(
+                f"{config_path}: init_kwargs do not fit {cls.__name__} ({err})"
+            ) from None
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing model weights")
-        state = load_file(str(weights), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        check_bytes(weights.stat().st_size, f"loading {weights}")
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(
-                f"{weights}: weights do not match {cls.__name__} "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
+                f"{weights}: not a readable safetensors file, truncated or corrupt ({reason})"
+            ) from None
+        check_state_dict(state, model.state_dict(), str(weights), cls.__name__)
+        model.load_state_dict(state, strict=True)
         return model.to(map_location)
+
+
+def check_state_dict(
+    state: dict[str, Tensor], expected: dict[str, Tensor], where: str, owner: str
+) -> None:
+    """Raise ``ValueError`` naming ``where`` and the first offending tensor when ``state``
+    has missing or unexpected keys, a shape other than ``expected``'s, or non-finite values.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            parts.append(f"missing {', '.join(missing[:3])}{more}")
+        if unexpected:
+            more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{more}")
+        raise ValueError(f"{where}: weights do not match {owner} ({'; '.join(parts)})")
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise ValueError(
+                f"{where}: tensor {key} has shape {list(got.shape)}, {owner} expects "
+                f"{list(want.shape)} (weights from another config?)"
+            )
+        if got.is_floating_point() or got.is_complex():
+            bad = int((~torch.isfinite(got)).sum())
+            if bad:
+                raise ValueError(
+                    f"{where}: tensor {key} has {bad} non-finite values (NaN/inf) of {got.numel()}"
+                )
