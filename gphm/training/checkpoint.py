@@ -19,11 +19,13 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gphm.io.atomic import atomic_directory
@@ -35,6 +37,9 @@ __all__ = [
     "restore_rng",
     "save_training_state",
     "load_training_state",
+    "load_latest",
+    "checkpoint_candidates",
+    "CheckpointError",
     "latest_checkpoint",
     "prune_checkpoints",
 ]
@@ -135,32 +140,139 @@ def save_training_state(
     return target
 
 
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, incomplete or does not fit the model."""
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+
+
+def _check_model_state(path: Path, state: dict[str, torch.Tensor], model: Any) -> None:
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); was it written with another config?"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in want.items()
+             if state[k].shape != v.shape]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"{path}: weights of the wrong shape: {', '.join(wrong[:3])}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:5])}")
+
+
+def _check_optimizer_state(path: Path, state: dict[str, Any], optimizer: torch.optim.Optimizer):
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or [len(g.get("params", [])) for g in groups] != [
+        len(g["params"]) for g in optimizer.param_groups
+    ]:
+        raise CheckpointError(f"{path}: optimiser parameter groups do not fit the model")
+    for idx, entry in state.get("state", {}).items():
+        if not isinstance(idx, int) or not 0 <= idx < len(params):
+            raise CheckpointError(f"{path}: optimiser state of an unknown parameter {idx!r}")
+        for name, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != params[idx].shape:
+                raise CheckpointError(
+                    f"{path}: optimiser state {name} of parameter {idx} has shape "
+                    f"{tuple(v.shape)}, the parameter {tuple(params[idx].shape)}"
+                )
+
+
 def load_training_state(
     checkpoint: str | Path,
     model: Any,
     optimizer: torch.optim.Optimizer | None,
 ) -> dict[str, Any]:
-    """Load weights, optimiser and RNG states from ``checkpoint``; returns trainer state."""
+    """Load weights, optimiser and RNG states from ``checkpoint``; returns trainer state.
+
+    Everything is read and checked (files present and readable, weights of the model's
+    names and shapes and finite, optimiser state fitting its parameters) before anything
+    is applied, so a bad checkpoint raises :class:`CheckpointError` naming the file and
+    leaves ``model`` and ``optimizer`` untouched.
+    """
     checkpoint = Path(checkpoint)
     required = ["model.safetensors", "optimizer.safetensors", "optimizer.json",
                 "rng.safetensors", "trainer_state.json"]  # fmt: skip
     missing = [n for n in required if not (checkpoint / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{checkpoint}: incomplete checkpoint, missing {missing}")
-    state = load_file(str(checkpoint / "model.safetensors"))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{checkpoint}: weights do not fit the model (missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}); was it written with another config?"
-        )
+        raise CheckpointError(f"{checkpoint}: incomplete checkpoint, missing {missing}")
+    trainer_state = _load_json(checkpoint / "trainer_state.json")
+    if not isinstance(trainer_state, dict) or not isinstance(trainer_state.get("step"), int):
+        raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: no integer 'step'")
+    state = _load_tensors(checkpoint / "model.safetensors")
+    _check_model_state(checkpoint / "model.safetensors", state, model)
+    opt_state = None
     if optimizer is not None:
-        skeleton = json.loads((checkpoint / "optimizer.json").read_text())
-        tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-        optimizer.load_state_dict(unflatten_state(skeleton, tensors))
-    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
-    restore_rng(trainer_state.pop("rng"), load_file(str(checkpoint / "rng.safetensors")))
+        skeleton = _load_json(checkpoint / "optimizer.json")
+        tensors = _load_tensors(checkpoint / "optimizer.safetensors")
+        try:
+            opt_state = unflatten_state(skeleton, tensors)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{checkpoint / 'optimizer.json'}: damaged ({err!r})") from None
+        _check_optimizer_state(checkpoint / "optimizer.json", opt_state, optimizer)
+    rng = _load_tensors(checkpoint / "rng.safetensors")
+    if "torch_cpu" not in rng or "rng" not in trainer_state:
+        raise CheckpointError(f"{checkpoint}: no RNG state")
+    model.load_state_dict(state, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(opt_state)
+    try:
+        restore_rng(trainer_state.pop("rng"), rng)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(f"{checkpoint}: damaged RNG state ({err!r})") from None
     return trainer_state
+
+
+def checkpoint_candidates(checkpoints_dir: str | Path) -> list[Path]:
+    """Every ``step_*`` directory, complete or not, newest first."""
+    d = Path(checkpoints_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and p.is_dir()]  # fmt: skip
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_latest(
+    checkpoints_dir: str | Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None,
+    warn: Callable[[str], None] = print,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest readable checkpoint of ``checkpoints_dir``: ``(path, trainer
+    state)``, or None when there is none. A corrupt, truncated or ill-fitting newer one
+    is skipped with a warning naming it (it is left in place); when none is readable
+    :class:`CheckpointError` names them all."""
+    candidates = checkpoint_candidates(checkpoints_dir)
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_training_state(path, model, optimizer)
+        except CheckpointError as err:
+            problems.append(str(err))
+            warn(f"[train] warning: skipping checkpoint {path.name}: {err}")
+    if not candidates:
+        return None
+    raise CheckpointError(
+        f"{checkpoints_dir}: no readable checkpoint ({'; '.join(problems)}); move the "
+        "checkpoints aside to train this stage afresh"
+    )
 
 
 def _step_dirs(checkpoints_dir: Path) -> list[tuple[int, Path]]:

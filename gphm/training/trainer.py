@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,18 +34,29 @@ from gphm.models.guidance import GuidanceModel, GuidanceOutput
 from gphm.models.runs import dataset_fingerprint
 from gphm.perceptual import build_perceptual_loss
 from gphm.training.checkpoint import (
-    latest_checkpoint,
-    load_training_state,
+    checkpoint_candidates,
+    load_latest,
     prune_checkpoints,
     save_training_state,
 )
 from gphm.training.config import TrainRunConfig
 from gphm.training.evaluate import evaluate_model
 from gphm.training.logging import MetricLogger
+from gphm.training.run_dir import (
+    RunDirError,
+    check_resume,
+    dataset_dir_fingerprint,
+    module_fingerprint,
+    on_main,
+    record_stage,
+    resolved_options,
+)
 
 __all__ = [
     "TrainingDiverged",
     "DatasetMismatch",
+    "CheckpointWriteError",
+    "VAL_SPLITS",
     "step_rows",
     "StageTrainer",
     "GuidanceTrainer",
@@ -57,8 +69,17 @@ GUIDANCE_MODEL_DIR = "guidance_model"
 """Where every run keeps its stage-1 model (``RUN/model`` holds the final stage's)."""
 
 
+VAL_SPLITS = ("val_view", "val_combo")
+"""Splits scored at the end of each stage (when the dataset has rows of them)."""
+
+
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN/Inf; training stopped without applying the step."""
+    """A loss, gradient or weight became NaN/Inf; training stopped without applying the
+    step or writing a checkpoint."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or model could not be written (disk full, permissions)."""
 
 
 class DatasetMismatch(ValueError):
@@ -142,6 +163,10 @@ class StageTrainer:
             self.acc.device
         )
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.options = resolved_options(cfg)
+        self.data_fingerprint = dataset_dir_fingerprint(cfg.data.path)
+        self._last_good: Path | None = None  # newest checkpoint known to be sound
+        self._last_losses: dict[str, float] = {}
         self.model: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.base_lrs: list[float] = []
@@ -164,17 +189,32 @@ class StageTrainer:
         :func:`gphm.losses.group_consistency`), over the whole codebook."""
         return losses.group_consistency(model.expression_codes.codes.weight, self.expression_groups)
 
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """Stage-specific entries of each checkpoint's ``trainer_state.json``."""
+        return {}
+
+    def _discard_stale(self) -> None:
+        """Move aside checkpoints that no longer fit this stage's inputs (main process)."""
+
     # ------------------------------------------------------------------ set-up
     def _start(self) -> int:
-        """Resume from the latest checkpoint, or initialise; returns the first step."""
-        latest = latest_checkpoint(self.ckpt_dir)
-        if latest is not None:
-            state = load_training_state(latest, self.model, self.optimizer)
+        """Resume from the newest readable checkpoint, or initialise; returns the first
+        step. Refuses (:class:`ResumeMismatch`) to resume with other options or data."""
+        acc = self.acc
+        on_main(acc, self._discard_stale, RunDirError)
+        resuming = bool(checkpoint_candidates(self.ckpt_dir))
+        on_main(acc, lambda: check_resume(self.run_dir, self.stage, self.options,
+                                          self.data_fingerprint, resuming),
+                RunDirError)  # fmt: skip
+        loaded = load_latest(self.ckpt_dir, self.model, self.optimizer, warn=acc.print)
+        if loaded is not None:
+            path, state = loaded
             if state.get("stage") != self.stage:
-                raise DatasetMismatch(f"{latest}: checkpoint of stage {state.get('stage')!r}")
-            self.acc.print(f"[train] {self.stage}: resuming from {latest} (step {state['step']})")
+                raise DatasetMismatch(f"{path}: checkpoint of stage {state.get('stage')!r}")
+            acc.print(f"[train] {self.stage}: resuming from {path} (step {state['step']})")
+            self._last_good, self._last_losses = path, state.get("losses", {})
             return int(state["step"])
-        self.model.to(self.acc.device)
+        self.model.to(acc.device)
         self._initialise()
         return 0
 
@@ -201,13 +241,20 @@ class StageTrainer:
         """Run (or resume) this stage to its configured number of steps.
 
         ``stop_after`` ends the loop early after that global step, as an interruption
-        would (used by the resume tests); nothing is exported then.
+        would (used by the resume tests); nothing is exported then. A stage already
+        trained to its steps (and exported) is left as it is: its recorded summary is
+        returned with ``already_trained: True``.
         """
         cfg, acc = self.cfg, self.acc
         start = self._start()
+        if start >= self.total_steps and (done_before := self._trained_summary()) is not None:
+            acc.print(f"[train] {self.stage}: already trained to {start} steps "
+                      f"(train.{self.stage}_steps={self.total_steps}); kept its model")  # fmt: skip
+            return done_before | {"already_trained": True}
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         logger = MetricLogger(self.run_dir / "logs", enabled=acc.is_main_process)
         if acc.is_main_process:
+            record_stage(self.run_dir, self.stage, self.options, self.data_fingerprint)
             resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             atomic_write_text(self.run_dir / "config.yaml", resolved)
         t0 = time.perf_counter()
@@ -226,9 +273,11 @@ class StageTrainer:
                     self._diverged(step, terms)
                 self.optimizer.zero_grad(set_to_none=True)
                 acc.backward(terms["total"])
+                self._check_gradients(step)
                 self.optimizer.step()
                 done = step + 1
                 last = done == self.total_steps
+                self._last_losses = {k: round(float(v.detach()), 6) for k, v in terms.items()}
                 if done % cfg.train.log_every == 0 or last:
                     scalars = {k: float(v.detach()) for k, v in terms.items()}
                     logger.log(done, scalars, self.stage, lr=self.optimizer.param_groups[0]["lr"])
@@ -245,47 +294,118 @@ class StageTrainer:
             logger.close()
         if stopped:
             return {"stage": self.stage, "stopped_after": done}
+        if start >= self.total_steps:  # trained, but the export was never written
+            self._check_parameters(start)
         acc.wait_for_everyone()
         summary = {
             "stage": self.stage,
             "steps": self.total_steps,
             "resumed_from": start,
             "seconds": round(time.perf_counter() - t0, 2),
-            "final_losses": {k: round(float(v.detach()), 6) for k, v in terms.items()},
+            "final_losses": self._last_losses,
             "processes": acc.num_processes,
         }
         if acc.is_main_process:
             self.export(summary)
-            summary["eval"] = self.evaluate()
+            summary["eval"] = self.validate()
         acc.wait_for_everyone()
         return summary
 
-    def evaluate(self, split: str = "heldout_view") -> dict[str, Any] | None:
-        """Score the trained model on ``split`` into ``RUN/eval/<stage>_<split>.json``."""
-        if self.dataset.meta.get("split_sizes", {}).get(split, 0) == 0:
+    def _trained_summary(self) -> dict[str, Any] | None:
+        """What the run recorded when this stage was last completed: its entry in
+        ``RUN/train_report.json``, else the summary in its exported model; None when the
+        export is missing (then it is written again)."""
+        model_dir = self.run_dir / (GUIDANCE_MODEL_DIR if self.stage == "guidance" else "model")
+        extra = _read_json(model_dir / "config.json").get("extra", {})
+        if extra.get("stage") != self.stage or "summary" not in extra:
             return None
+        recorded = _read_json(self.run_dir / "train_report.json").get("stages", {})
+        return dict(recorded.get(self.stage) or extra["summary"])
+
+    def validate(self) -> dict[str, Any]:
+        """Score the trained model on the validation splits the dataset has rows of
+        (``val_view``, ``val_combo``) into ``RUN/eval/<split>.json`` (the last stage
+        trained) and ``RUN/eval/<stage>_<split>.json``. Held-out splits are never scored
+        here: they are for reports (``scripts/evaluate.py``), decisions use validation."""
+        sizes = self.dataset.meta.get("split_sizes", {})
+        results = {}
         model = self.acc.unwrap_model(self.model)
-        result = evaluate_model(model, self.cfg.data.path, split, self.cfg.model.lr_size,
-                                device=self.acc.device)  # fmt: skip
-        write_report(self.run_dir / "eval" / f"{self.stage}_{split}.json", result)
-        return result
+        for split in VAL_SPLITS:
+            if sizes.get(split, 0) > 0:
+                result = evaluate_model(model, self.cfg.data.path, split, self.cfg.model.lr_size,
+                                        device=self.acc.device)  # fmt: skip
+                write_report(self.run_dir / "eval" / f"{self.stage}_{split}.json", result)
+                write_report(self.run_dir / "eval" / f"{split}.json", result)
+                results[split] = result
+        return results
+
+    def _last_good_text(self) -> str:
+        return str(self._last_good) if self._last_good else "none"
 
     def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        last = latest_checkpoint(self.ckpt_dir)
         raise TrainingDiverged(
             f"non-finite loss at {self.stage} step {step} (terms: "
             f"{', '.join(bad) or 'on another process'}); the step was not applied. "
-            f"Last good checkpoint: {last or 'none'}. Lower the learning rates or check the data."
+            f"Last good checkpoint: {self._last_good_text()}. Lower the learning rates or "
+            "check the data."
+        )
+
+    def _check_gradients(self, step: int) -> None:
+        """Raise :class:`TrainingDiverged` before ``optimizer.step()`` when a gradient is
+        NaN/Inf on any process. With fp16 loss scaling, inf gradients are expected now
+        and then and the scaler skips those steps itself, so the check is left to it."""
+        if self.acc.scaler is not None:
+            return
+        named = [(n, p.grad) for n, p in self.acc.unwrap_model(self.model).named_parameters()
+                 if p.grad is not None]  # fmt: skip
+        ok = torch.stack([torch.isfinite(g).all() for _, g in named]) if named else None
+        local = ok.all() if ok is not None else torch.tensor(True, device=self.acc.device)
+        if bool(self.acc.gather(local[None]).all()):
+            return
+        bad = [n for (n, _), good in zip(named, ok.tolist()) if not good] if named else []
+        raise TrainingDiverged(
+            f"non-finite gradient at {self.stage} step {step} (parameters: "
+            f"{', '.join(bad[:5]) or 'on another process'}); the step was not applied. "
+            f"Last good checkpoint: {self._last_good_text()}. Lower the learning rates or "
+            "check the data."
+        )
+
+    def _check_parameters(self, step: int) -> None:
+        """Raise :class:`TrainingDiverged` when a weight is NaN/Inf on any process, so
+        that none is ever written to a checkpoint or model."""
+        state = self.acc.unwrap_model(self.model).state_dict()
+        names = [k for k, v in state.items() if v.is_floating_point()]
+        ok = torch.stack([torch.isfinite(state[k]).all() for k in names]).tolist()
+        bad = [k for k, good in zip(names, ok) if not good]
+        local = torch.tensor(not bad, device=self.acc.device)
+        if bool(self.acc.gather(local[None]).all()):
+            return
+        raise TrainingDiverged(
+            f"non-finite weights after {self.stage} step {step} ("
+            f"{', '.join(bad[:5]) or 'on another process'}); not checkpointed. Last good "
+            f"checkpoint: {self._last_good_text()}. Lower the learning rates or check the data."
         )
 
     def _checkpoint(self, step: int) -> None:
+        self._check_parameters(step)
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
+
+        def write() -> Path:
             model = self.acc.unwrap_model(self.model)
-            save_training_state(self.ckpt_dir, step, model, self.optimizer, {"stage": self.stage})
+            state = {"stage": self.stage, "losses": self._last_losses} | self._checkpoint_extra()
+            try:
+                path = save_training_state(self.ckpt_dir, step, model, self.optimizer, state)
+            except OSError as err:
+                raise CheckpointWriteError(
+                    f"{self.ckpt_dir / f'step_{step:08d}'}: cannot write the checkpoint "
+                    f"({err.strerror or err}); free space and re-run to resume from "
+                    f"{self._last_good_text()}"
+                ) from None
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_checkpoints)
-        self.acc.wait_for_everyone()
+            return path
+
+        self._last_good = on_main(self.acc, write, CheckpointWriteError)
 
     def _preview(self, step: int, out: Any, batch: HeadBatch) -> None:
         n = min(2, len(batch))
@@ -310,8 +430,14 @@ class StageTrainer:
             "train_config": asdict(self.cfg.train),
             "summary": summary,
         } | self._export_extra()
-        with atomic_directory(target, overwrite=True) as tmp:
-            model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
+        try:
+            with atomic_directory(target, overwrite=True) as tmp:
+                model.save_pretrained(tmp, extra=json.loads(json.dumps(extra, default=str)))
+        except OSError as err:
+            raise CheckpointWriteError(
+                f"{target}: cannot write the model ({err.strerror or err}); free space and "
+                f"re-run (training resumes from {self._last_good_text()})"
+            ) from None
         return target
 
     def export(self, summary: dict[str, Any]) -> Path:
@@ -425,6 +551,9 @@ class GaussianTrainer(StageTrainer):
         if guidance is None:
             guidance = load_guidance(cfg.guidance_run or cfg.run_dir)
         self._check_guidance(guidance)
+        # Stage-2 checkpoints record the stage-1 model they were built from: one built
+        # from another (e.g. stage 1 trained further since) no longer fits.
+        self.guidance_fingerprint = module_fingerprint(guidance)
         guidance = guidance.to(self.acc.device)
         self.model = GaussianHead.create_from(guidance, cfg.model.gaussian, seed=cfg.seed)
         if self.acc.is_main_process and not (self.run_dir / GUIDANCE_MODEL_DIR).is_dir():
@@ -458,6 +587,28 @@ class GaussianTrainer(StageTrainer):
             self.acc.print("[train] note: the stage-1 model's architecture differs from "
                            "model.guidance; stage 2 keeps the stage-1 architecture")  # fmt: skip
 
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {"guidance_fingerprint": self.guidance_fingerprint}
+
+    def _discard_stale(self) -> None:
+        """Move ``RUN/checkpoints/gaussian`` aside (never deleted) when its checkpoints
+        were built from another stage-1 model than this one; stage 2 then starts afresh.
+        Checkpoints from before the fingerprint was recorded are kept."""
+        recorded = set()
+        for path in checkpoint_candidates(self.ckpt_dir):
+            fp = _read_json(path / "trainer_state.json").get("guidance_fingerprint")
+            if fp is not None:
+                recorded.add(fp)
+        if not recorded or recorded == {self.guidance_fingerprint}:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.ckpt_dir.with_name(f"{self.ckpt_dir.name}.stale-{stamp}")
+        os.replace(self.ckpt_dir, aside)
+        self.acc.print(
+            f"[train] warning: {self.ckpt_dir} was built from another stage-1 model (stage 1 "
+            f"trained further or was retrained); moved it to {aside}, stage 2 starts afresh"
+        )
+
     def _initialise(self) -> None:
         self.acc.print(
             f"[train] stage 2: {self.model.num_points} Gaussians from the mean mesh; "
@@ -487,6 +638,15 @@ class GaussianTrainer(StageTrainer):
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_guidance(run_dir: str | Path) -> GuidanceModel:
