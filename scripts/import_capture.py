@@ -3,10 +3,12 @@
 
     python scripts/import_capture.py src=CAPTURE_DIR out=DATA_DIR \
         [canonical=auto|none] [resolution=512] [lr_size=128] [subject=NAME] \
-        [heldout_cameras=[222200037,220700191]] [overwrite=true]
+        [heldout_cameras=[222200037,220700191]] [val_cameras=[222200049]] [overwrite=true]
 
 The layout, the canonical transform and every option are described in
-``gphm/data/importers/nersemble.py`` and ``data/README.md``. Writes the dataset
+``gphm/data/importers/nersemble.py`` and ``data/README.md``. ``heldout_cameras`` rows
+get split ``heldout_view`` (only reported), ``val_cameras`` rows ``val_view`` (for
+choosing defaults); the two lists must be disjoint. Writes the dataset
 atomically to ``out`` (nothing is left behind on error) and a report to
 ``out/import_report.json``; prints a one-line summary. Bad input: one line naming the
 file and field, exit status 2.

@@ -4,7 +4,8 @@
     python scripts/preprocess.py src=CAPTURE_DIR out=DATA_DIR \
         [detector=mediapipe] [subject=NAME] [resolution=512] [lr_size=128] \
         [mask=auto|user|segment|hull] [template=mean|first] [heldout_cameras=[cam3]] \
-        [strict=false] [drop_outlier_views=false] [keep_cache=false] [overwrite=false]
+        [val_cameras=[cam5]] [strict=false] [drop_outlier_views=false] [cache=DIR] \
+        [keep_cache=false] [overwrite=false]
 
 Input layout (``gphm/data/preprocess/capture.py``)::
 
@@ -16,9 +17,15 @@ Input layout (``gphm/data/preprocess/capture.py``)::
 Steps (``gphm/data/preprocess/multiview.py``): 2D landmarks per view → robust
 triangulation → canonical transform and head pose by Umeyama to the canonical landmark
 template → masks → dataset (written atomically). Per-frame results are cached in
-``DATA_DIR.cache/`` so an interrupted run resumes. Bad images (unreadable, no face) are
-reported by path and skipped (``strict=true``: refused); ``DATA_DIR/preprocess_report.json``
-lists skipped views, outlier views and skipped frames. Bad input: one line naming the
+``DATA_DIR.cache/`` (or ``cache=``) so an interrupted run resumes; the cache is marked as
+ours when created, a folder of other files is refused as cache, and only our own files
+are removed after success. ``out`` may not be, contain or lie inside ``src`` (nor
+``cache`` be or contain ``src`` or ``out``), and ``overwrite=true`` replaces only a gphm
+dataset. ``heldout_cameras`` rows get split ``heldout_view`` (only reported),
+``val_cameras`` rows ``val_view`` (for choosing defaults); the lists must be disjoint.
+Bad images (unreadable, no face) are reported by path and skipped (``strict=true``:
+refused); ``DATA_DIR/preprocess_report.json`` lists skipped views, outlier views and
+skipped frames. Bad input: one line naming the
 file and field, exit status 2.
 """
 

@@ -67,6 +67,8 @@ __all__ = [
     "NUMERIC_FIELDS",
     "SPLITS",
     "camera_sees_head",
+    "camera_split",
+    "check_camera_lists",
     "check_replaceable",
     "is_dataset_dir",
     "load_dataset_dir",
@@ -116,6 +118,26 @@ META_KEYS = (
 _ROT_TOL = 1e-3  # orthonormality tolerance for rotations stored as float32
 _WRITER_BATCH = 64  # rows per arrow record batch: bounds memory for large images
 _META_NAME = "meta.json"
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def check_camera_lists(heldout: list[str], val: list[str]) -> None:
+    """Refuse (``ValueError``) a camera that is both held out and for validation."""
+    both = sorted(set(heldout) & set(val))
+    if both:
+        raise ValueError(
+            f"cameras {both} are in both heldout_cameras={list(heldout)} and "
+            f"val_cameras={list(val)}: a camera is either held out or for validation"
+        )
+
+
+def camera_split(camera: str, heldout: list[str], val: list[str]) -> str:
+    """Split of a row by its camera alone: held-out cameras win over validation ones."""
+    if camera in heldout:
+        return "heldout_view"
+    return "val_view" if camera in val else "train"
 
 
 # ----------------------------------------------------------------------------- meta

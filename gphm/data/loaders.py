@@ -129,8 +129,10 @@ class HeadDataset(Dataset):
 
     Args:
         path: a directory written by :func:`gphm.data.format.write_dataset`.
-        split: one split name or several (``"train"``, ``"heldout_view"``,
-            ``"heldout_combo"``); rows keep their order in the saved dataset.
+        split: one split name or a list of them (:data:`gphm.data.format.SPLITS`:
+            ``"train"``, ``"val_view"``, ``"val_combo"``, ``"heldout_view"``,
+            ``"heldout_combo"``); rows keep their order in the saved dataset. Choose
+            defaults on the ``val_*`` splits, report ``heldout_*``.
         lr_size: height ``h`` of the low-resolution copy; its width is
             ``round(W · h / H)`` (``h`` for square images). ``None`` uses
             ``meta["lr_size"]`` when the dataset records one, else the stored size (then
@@ -160,7 +162,16 @@ class HeadDataset(Dataset):
         row_split = self.ds.data.column("split").to_pylist()
         self.indices = np.asarray([i for i, s in enumerate(row_split) if s in splits], np.int64)
         if len(self.indices) == 0:
-            raise ValueError(f"{self.path}: no rows in split(s) {splits}")
+            sizes = {s: row_split.count(s) for s in SPLITS}
+            hint = ""
+            if any(s.startswith("val_") for s in splits):
+                hint = (
+                    " (datasets written before the validation splits have none: regenerate "
+                    "with make_synthetic.py, or pass val_cameras= to the importers)"
+                )
+            raise ValueError(
+                f"{self.path}: no rows in split(s) {splits}; rows per split: {sizes}{hint}"
+            )
         self.frames = np.asarray(self.ds.data.column("frame").to_pylist(), np.int64)[self.indices]
         self.subjects = np.asarray(self.ds.data.column("subject").to_pylist(), np.int64)[
             self.indices

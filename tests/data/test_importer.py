@@ -180,7 +180,67 @@ def test_frames_json_subjects_and_combo_split(tmp_path):
     ds, meta = load_dataset_dir(tmp_path / "ds")
     assert meta["subjects"] == ["ann", "ben"] and meta["expressions"] == ["neutral", "smile"]
     assert [f["subject"] for f in meta["frames"]] == [0, 0, 1]
-    assert meta["split_sizes"] == {"train": 6, "heldout_view": 0, "heldout_combo": 3}
+    assert meta["split_sizes"] == {
+        "train": 6,
+        "val_view": 0,
+        "val_combo": 0,
+        "heldout_view": 0,
+        "heldout_combo": 3,
+    }
+
+
+def test_val_cameras_and_val_combo_frames(tmp_path):
+    root = tmp_path / "cap"
+    make_capture(root, seed=2)
+    (root / "frames.json").write_text(json.dumps({"0003": {"split": "val_combo"}}))
+    opts = ImportOptions(heldout_cameras=[CAMS[2]], val_cameras=[CAMS[0]])
+    import_nersemble(root, tmp_path / "ds", opts)
+    ds, meta = load_dataset_dir(tmp_path / "ds")
+    # frame 0003 is a val pair on every camera (pairs win over cameras)
+    assert meta["split_sizes"] == {
+        "train": 2,
+        "val_view": 2,
+        "val_combo": 3,
+        "heldout_view": 2,
+        "heldout_combo": 0,
+    }
+    rows = ds.select_columns(["camera", "split"]).to_list()
+    assert {r["camera"] for r in rows if r["split"] == "val_view"} == {CAMS[0]}
+    with pytest.raises(
+        ValueError,
+        match=rf"cameras \['{CAMS[1]}'\] are in both heldout_cameras=\['{CAMS[1]}'\] and "
+        rf"val_cameras=\['{CAMS[1]}'\]",
+    ):
+        ImportOptions(heldout_cameras=[CAMS[1]], val_cameras=[CAMS[1]])
+    with pytest.raises(CaptureError, match=r"val_cameras: \['nope'\] not among the cameras"):
+        import_nersemble(root, tmp_path / "ds2", ImportOptions(val_cameras=["nope"]))
+
+
+def test_out_must_not_be_the_capture(tmp_path):
+    root = tmp_path / "cap"
+    make_capture(root, seed=4)
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    for out, how in ((root, "is"), (root / "ds", "is inside"), (tmp_path, "contains")):
+        with pytest.raises(CaptureError, match=rf"out={out} {how} the capture src={root}"):
+            import_nersemble(root, out, overwrite=True)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+
+def test_refuses_a_camera_that_does_not_see_the_head(tmp_path):
+    root = tmp_path / "cap"
+    make_capture(root, seed=5)
+    p = root / "cameras" / "0003" / f"camera_{CAMS[1]}.npz"
+    with np.load(p) as z:
+        cam = dict(z)
+    cam["extrinsic"] = np.diag([-1.0, 1.0, -1.0]) @ cam["extrinsic"]  # turned around
+    np.savez(p, **cam)
+    with pytest.raises(
+        CaptureError,
+        match=rf"imported rows are invalid: row 4: field 'viewmat' camera does not see the "
+        rf"head: head centre is behind it .*camera '{CAMS[1]}'",
+    ):
+        import_nersemble(root, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
 
 
 def _break(root: Path, what: str) -> None:

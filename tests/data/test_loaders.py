@@ -72,6 +72,29 @@ def test_splits_and_metadata(tiny_dir):
         HeadDataset(tiny_dir, split="heldout_combo")
     with pytest.raises(ValueError, match="lr_size must be"):
         HeadDataset(tiny_dir, lr_size=H + 1)
+    with pytest.raises(ValueError, match=r"no rows in split\(s\) \['val_view'\].*regenerate"):
+        HeadDataset(tiny_dir, split="val_view")
+
+
+def test_all_five_splits(tmp_path):
+    def rows():  # frame 3 a held-out pair, frame 2 a val pair, cam_c held out, cam_b val
+        for r in tiny_rows():
+            cam = CAMERAS.index(r["camera"])
+            r["split"] = (
+                "heldout_combo" if r["frame"] == 3
+                else "val_combo" if r["frame"] == 2
+                else ["train", "val_view", "heldout_view"][cam]
+            )  # fmt: skip
+            yield r
+
+    path = write_dataset(tmp_path / "five", rows(), tiny_meta())
+    sizes = {"train": 2, "val_view": 2, "heldout_view": 2, "val_combo": 3, "heldout_combo": 3}
+    for split, n in sizes.items():
+        ds = HeadDataset(path, split=split)
+        assert len(ds) == n, split
+    val = HeadDataset(path, split=["val_view", "val_combo"])
+    assert len(val) == 5 and {int(f) for f in val.frames} == {0, 1, 2}
+    assert {val[i].camera for i in range(len(val)) if int(val[i].frame) < 2} == {"cam_b"}
 
 
 def test_white_background_compositing(tiny_dir):

@@ -21,6 +21,7 @@ from gphm.data.format import load_dataset_dir
 from gphm.data.importers.nersemble import CaptureError
 from gphm.data.preprocess import detectors
 from gphm.data.preprocess.detectors import Detection, NoFaceError
+from gphm.data.preprocess.frame_cache import CACHE_MARKER
 from gphm.data.preprocess.multiview import PreprocessOptions, preprocess_capture
 from gphm.data.preprocess.template import canonical_landmarks
 from gphm.geometry.cameras import look_at
@@ -208,7 +209,7 @@ def test_resume_uses_cache_and_is_deterministic(processed, capture, tmp_path):
     out, report, _ = processed
     root, gt = capture
     cache = out.with_name(out.name + ".cache")
-    assert sorted(p.name for p in cache.iterdir()) == [f"{f}.npz" for f in FRAMES]
+    assert sorted(p.name for p in cache.iterdir()) == [CACHE_MARKER, *(f"{f}.npz" for f in FRAMES)]
     (cache / "f001.npz").unlink()  # as if interrupted before frame f001 finished
     det = FakeDetector(gt["uv"])
     opts = PreprocessOptions(resolution=OUT_H, mask="hull", cache=str(cache))
@@ -295,6 +296,95 @@ def test_bad_input_messages(capture, tmp_path):
         preprocess_capture(bad, tmp_path / "o", detector=FakeDetector({}), progress=False)
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_cache_with_user_files_is_never_used_nor_deleted(capture, tmp_path):
+    root, gt = capture
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("precious")
+    (user / "f000.npz").write_bytes(b"my own npz")
+    opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(user))
+    with pytest.raises(CaptureError, match=rf"cache={user} is a non-empty folder that is not a"):
+        preprocess_capture(root, tmp_path / "ds", opts, detector=FakeDetector(gt["uv"]))
+    assert _tree(user) == {"thesis.tex": b"precious", "f000.npz": b"my own npz"}
+    assert not (tmp_path / "ds").exists()
+
+    # Our own (marked) cache: after success only our files go; what a user added stays.
+    ours = tmp_path / "ours"
+    opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(ours), keep_cache=True)
+    preprocess_capture(root, tmp_path / "ds", opts, detector=FakeDetector(gt["uv"]), progress=False)
+    assert (ours / CACHE_MARKER).is_file()
+    (ours / "notes.txt").write_text("added later")
+    opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(ours))
+    det = FakeDetector(gt["uv"])
+    preprocess_capture(root, tmp_path / "ds2", opts, detector=det, progress=False)
+    assert det.calls == 0  # every frame reused from the cache
+    assert _tree(ours) == {"notes.txt": b"added later"}
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is adopted, and removed after success
+    opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(empty))
+    preprocess_capture(
+        root, tmp_path / "ds3", opts, detector=FakeDetector(gt["uv"]), progress=False
+    )
+    assert not empty.exists()
+
+
+def test_out_and_cache_must_not_touch_the_capture(capture, tmp_path):
+    root, gt = capture
+    src = tmp_path / "cap"
+    shutil.copytree(root, src)
+    before = _tree(src)
+    det = FakeDetector(gt["uv"])
+    cases = [
+        (src, None, rf"out={src} is the capture src={src}"),
+        (src / "ds", None, rf"out={src / 'ds'} is inside the capture src={src}"),
+        (tmp_path, None, rf"out={tmp_path} contains the capture src={src}"),
+        (tmp_path / "o", src, rf"cache={src} is the capture src={src}"),
+        (tmp_path / "o", tmp_path, rf"cache={tmp_path} contains the capture src={src}"),
+        (tmp_path / "o", tmp_path / "o", rf"cache={tmp_path / 'o'} is out="),
+        (tmp_path / "o", tmp_path / "o" / "c", r"cache=.* is inside out="),
+    ]
+    for out, cache, message in cases:
+        opts = PreprocessOptions(mask="hull", cache=None if cache is None else str(cache))
+        with pytest.raises(CaptureError, match=message):
+            preprocess_capture(src, out, opts, overwrite=True, detector=det, progress=False)
+    assert det.calls == 0 and _tree(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap"]
+    # overwrite replaces a dataset only, never a folder of user files
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("mine")
+    opts = PreprocessOptions(mask="hull", cache=str(tmp_path / "c"))
+    with pytest.raises(FileExistsError, match="docs is a non-empty folder that is not a gphm"):
+        preprocess_capture(src, tmp_path / "docs", opts, overwrite=True, detector=det)
+    assert (tmp_path / "docs" / "a.txt").read_text() == "mine"
+
+
+def test_val_cameras(capture, tmp_path):
+    root, gt = capture
+    opts = PreprocessOptions(
+        mask="hull", resolution=OUT_H // 2, heldout_cameras=["cam0"], val_cameras=["cam1"]
+    )
+    opts.cache = str(tmp_path / "c")
+    preprocess_capture(root, tmp_path / "ds", opts, detector=FakeDetector(gt["uv"]), progress=False)
+    ds, meta = load_dataset_dir(tmp_path / "ds")
+    rows = ds.select_columns(["camera", "split"]).to_list()
+    assert {r["camera"] for r in rows if r["split"] == "val_view"} == {"cam1"}
+    assert {r["camera"] for r in rows if r["split"] == "heldout_view"} == {"cam0"}
+    assert meta["split_sizes"]["val_view"] == meta["split_sizes"]["heldout_view"] == len(FRAMES)
+    with pytest.raises(
+        ValueError,
+        match=r"cameras \['cam0'\] are in both heldout_cameras=\['cam0'\] and "
+        r"val_cameras=\['cam0', 'cam1'\]",
+    ):
+        PreprocessOptions(heldout_cameras=["cam0"], val_cameras=["cam0", "cam1"])
+    opts = PreprocessOptions(mask="hull", val_cameras=["camZ"], cache=str(tmp_path / "c"))
+    with pytest.raises(CaptureError, match=r"val_cameras: \['camZ'\] not among the cameras"):
+        preprocess_capture(root, tmp_path / "ds2", opts, detector=FakeDetector(gt["uv"]))
+
+
 def _load_cli():
     spec = importlib.util.spec_from_file_location(
         "preprocess_cli", ROOT / "scripts" / "preprocess.py"
@@ -326,6 +416,16 @@ def test_cli(capture, tmp_path, monkeypatch, capsys):
             "capture folder not found",
         ),
         ([f"src={root}", f"out={out}", "detector=fake"], "already exists"),
+        ([f"src={root}", f"out={root}", "overwrite=true"], "is the capture src="),
+        (
+            [
+                f"src={root}",
+                f"out={tmp_path / 'y'}",
+                "heldout_cameras=[cam0]",
+                "val_cameras=[cam0]",
+            ],
+            "are in both heldout_cameras=['cam0'] and val_cameras=['cam0']",
+        ),
         ([f"src={root}", f"out={tmp_path / 'y'}", "detector=dlib"], "detector must be one of"),
         ([f"src={root}", f"out={tmp_path / 'y'}", "maks=hull"], "unknown option 'maks'"),
         ([f"src={root}"], "missing required option out"),

@@ -14,10 +14,14 @@ taken in sorted folder-name order, which defines the global frame index)::
                                             per-frame files are absent)
     frames.json                             optional: {"<frame>": {"subject": str,
                                             "expression": str, "split": "train" |
-                                            "heldout_combo"}}, every key optional
+                                            "val_combo" | "heldout_combo"}}, every key
+                                            optional
 
 Defaults: one subject named after ``src`` (or ``subject=``), expression label = frame
-name, split ``train`` (``heldout_view`` for ``heldout_cameras``).
+name, split ``train`` (``heldout_view`` for ``heldout_cameras``, ``val_view`` for
+``val_cameras``; the two lists must be disjoint). A frame's ``*_combo`` split wins over
+its cameras' (every camera of the frame gets it). Every camera must see the head (head
+centre in front of it, head overlapping the image): a row that does not is refused.
 
 The 3DMM pose maps model space to source world, ``x_src = scale·R(pose[:3])·x_m +
 pose[3:]``; the model's axes are taken to be +y up, +z out of the face (BFM, FLAME).
@@ -58,7 +62,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from gphm.data.format import FORMAT_VERSION, write_dataset
+from gphm.data.format import (
+    FORMAT_VERSION,
+    camera_split,
+    check_camera_lists,
+    check_replaceable,
+    write_dataset,
+)
 from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix
 from gphm.geometry.rotations import axis_angle_to_matrix
 
@@ -66,6 +76,7 @@ __all__ = ["CaptureError", "ImportOptions", "import_nersemble"]
 
 _IMAGE_RE = re.compile(r"^image_(?P<cam>.+)\.(?:jpg|jpeg|png)$")
 _MASK_EXTS = (".png", ".jpg", ".jpeg")
+_FRAME_SPLITS = ("train", "val_combo", "heldout_combo")  # splits frames.json may give
 
 
 class CaptureError(ValueError):
@@ -79,7 +90,10 @@ class ImportOptions:
     subject: str | None = None
     """Subject name when frames.json does not give one; default: the src folder name."""
     heldout_cameras: list[str] = field(default_factory=list)
-    """Cameras whose rows get split ``heldout_view``."""
+    """Cameras whose rows get split ``heldout_view`` (only reported)."""
+    val_cameras: list[str] = field(default_factory=list)
+    """Cameras whose rows get split ``val_view`` (for choosing defaults); disjoint from
+    ``heldout_cameras``."""
     resolution: int = 0
     """Stored image height in pixels (width keeps the aspect ratio); 0 keeps the source."""
     lr_size: int | None = None
@@ -100,6 +114,7 @@ class ImportOptions:
             raise ValueError(f"resolution must be >= 0, got {self.resolution}")
         if self.lr_size is not None and self.lr_size < 1:
             raise ValueError(f"lr_size must be >= 1, got {self.lr_size}")
+        check_camera_lists(self.heldout_cameras, self.val_cameras)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -200,10 +215,11 @@ def _read_frames_json(src: Path, frame_names: list[str]) -> dict[str, dict[str, 
             )
         if not all(isinstance(v, str) and v for v in entry.values()):
             raise CaptureError(f"frames.json: entry '{name}' values must be non-empty strings")
-        if entry.get("split", "train") not in ("train", "heldout_combo"):
+        if entry.get("split", "train") not in _FRAME_SPLITS:
             raise CaptureError(
-                f"frames.json: entry '{name}' split {entry['split']!r}, expected train or "
-                "heldout_combo (heldout_view is per camera: use heldout_cameras=)"
+                f"frames.json: entry '{name}' split {entry['split']!r}, expected one of "
+                f"{', '.join(_FRAME_SPLITS)} (heldout_view and val_view are per camera: use "
+                "heldout_cameras= and val_cameras=)"
             )
     return data
 
@@ -326,13 +342,20 @@ def import_nersemble(
     opts = opts or ImportOptions()
     if not src.is_dir():
         raise CaptureError(f"{src}: capture folder not found")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
+    s_res, o_res = src.resolve(), out.resolve()
+    if s_res == o_res or s_res in o_res.parents or o_res in s_res.parents:
+        how = "is" if s_res == o_res else "is inside" if s_res in o_res.parents else "contains"
+        raise CaptureError(
+            f"out={out} {how} the capture src={src}: the dataset must be written elsewhere "
+            "(overwrite would replace the capture)"
+        )
+    check_replaceable(out, overwrite)
     frames = scan_capture(src, opts)
     cameras = sorted({v.camera for f in frames for v in f.views})
-    unknown = sorted(set(opts.heldout_cameras) - set(cameras))
-    if unknown:
-        raise CaptureError(f"heldout_cameras: {unknown} not among the cameras {cameras}")
+    for key in ("heldout_cameras", "val_cameras"):
+        unknown = sorted(set(getattr(opts, key)) - set(cameras))
+        if unknown:
+            raise CaptureError(f"{key}: {unknown} not among the cameras {cameras}")
     subjects = list(dict.fromkeys(f.subject for f in frames))
     expressions = list(dict.fromkeys(f.expression for f in frames))
 
@@ -386,7 +409,7 @@ def import_nersemble(
                 viewmat = E @ S_inv
                 viewmat[:3] *= s0  # undo the scale so the camera stays rigid
                 viewmat[:3, :3] = nearest_rotation(viewmat[:3, :3])
-                split = "heldout_view" if v.camera in opts.heldout_cameras else "train"
+                split = camera_split(v.camera, opts.heldout_cameras, opts.val_cameras)
                 yield {
                     "subject": subjects.index(f.subject),
                     "subject_name": f.subject,
@@ -401,7 +424,7 @@ def import_nersemble(
                     "head_T": head_T,
                     "head_scale": head_s,
                     "landmarks_3d": lmk,
-                    "split": "heldout_combo" if f.split == "heldout_combo" else split,
+                    "split": split if f.split == "train" else f.split,  # combos win
                 }
 
     num_rows = sum(len(f.views) for f in frames)

@@ -8,10 +8,16 @@ its status and reason are recorded (``strict`` raises :class:`CaptureError` inst
 One ``{frame}.npz`` per frame in the cache folder, keyed by the detector name, the mask
 mode, the stored size and each image's name, size and modification time; a missing,
 torn or stale entry is recomputed, so an interrupted run resumes where it stopped.
+
+The cache folder is ours only if it holds :data:`CACHE_MARKER` (written when we create
+it, or adopt an empty folder): a non-empty folder without it is refused, never written
+into, and :func:`remove_cache` deletes only our own files from a marked folder (the
+folder itself only if nothing else is left in it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -30,9 +36,18 @@ from gphm.data.preprocess.masks import Segmenter, get_segmenter, load_mask
 from gphm.data.preprocess.single_image import read_rgb
 from gphm.io.atomic import atomic_write_bytes
 
-__all__ = ["Backends", "FrameData", "detect_frames", "first_image_size"]
+__all__ = [
+    "CACHE_MARKER",
+    "Backends",
+    "FrameData",
+    "detect_frames",
+    "first_image_size",
+    "open_cache",
+    "remove_cache",
+]
 
 _CACHE_VERSION = 1
+CACHE_MARKER = ".gphm-preprocess-cache"
 
 
 @dataclass
@@ -165,6 +180,42 @@ def first_image_size(layout: CaptureLayout) -> tuple[int, int]:
     raise CaptureError("frames: no readable image in the capture")
 
 
+def open_cache(cache: Path) -> Path:
+    """Create (or adopt, if empty) the cache folder and mark it ours; reuse a marked one.
+
+    Raises :class:`CaptureError` naming ``cache`` if it is a file or a non-empty folder
+    without our marker (a folder of user files, or someone else's): we never write
+    into, nor later clean, what we did not create.
+    """
+    if cache.exists() and not cache.is_dir():
+        raise CaptureError(f"cache={cache} exists and is not a folder")
+    if cache.is_dir() and not (cache / CACHE_MARKER).is_file():
+        if any(cache.iterdir()):
+            raise CaptureError(
+                f"cache={cache} is a non-empty folder that is not a gphm preprocess cache "
+                f"(no {CACHE_MARKER}); not using it: pass another cache= (or delete it if "
+                "it is an old gphm cache)"
+            )
+    cache.mkdir(parents=True, exist_ok=True)
+    marker = cache / CACHE_MARKER
+    if not marker.is_file():
+        marker.write_text("gphm preprocess cache: one {frame}.npz per frame\n", encoding="utf-8")
+    return cache
+
+
+def remove_cache(cache: Path, frames: list[str]) -> None:
+    """Delete our entries of ``frames`` and the marker from a marked cache folder, then
+    the folder if it is empty. Anything else in it (and an unmarked folder) is kept."""
+    if not (cache / CACHE_MARKER).is_file():
+        return
+    for frame in frames:
+        with contextlib.suppress(FileNotFoundError):
+            (cache / f"{frame}.npz").unlink()
+    (cache / CACHE_MARKER).unlink()
+    with contextlib.suppress(OSError):  # not empty: files that are not ours stay
+        cache.rmdir()
+
+
 def detect_frames(
     layout: CaptureLayout,
     backends: Backends,
@@ -180,7 +231,7 @@ def detect_frames(
     of frames reused from the cache.
     """
     src_hw, out_hw = hw
-    cache.mkdir(parents=True, exist_ok=True)
+    open_cache(cache)
     data, reused = {}, 0
     for frame in tqdm(layout.frames, desc="landmarks", unit="frame", disable=not progress):
         views = layout.views[frame]

@@ -36,13 +36,17 @@ Input layout: :mod:`gphm.data.preprocess.capture`. Steps:
 
 The per-frame cache lives in ``<out>.cache/`` (``cache=`` to move it), one ``.npz`` per
 frame keyed by the detector, the mask mode, the output size and each image's size and
-modification time; stale entries are recomputed. It is deleted after a successful run
-unless ``keep_cache``.
+modification time; stale entries are recomputed. After a successful run our entries are
+deleted unless ``keep_cache`` (:func:`.frame_cache.remove_cache`); a folder we did not
+create is never used nor cleaned (:func:`.frame_cache.open_cache`).
+
+Paths are checked before any work: ``out`` must not be ``src``, inside it or contain it,
+and ``cache`` must not be, contain or lie inside ``out``, nor be or contain ``src``
+(:func:`check_paths`); ``overwrite`` replaces only an existing gphm dataset.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,18 +57,30 @@ import cv2
 import numpy as np
 import torch
 
-from gphm.data.format import FORMAT_VERSION, write_dataset
+from gphm.data.format import (
+    FORMAT_VERSION,
+    camera_split,
+    check_camera_lists,
+    check_replaceable,
+    write_dataset,
+)
 from gphm.data.importers.nersemble import CaptureError
 from gphm.data.preprocess.capture import CaptureLayout, View, scan_capture
 from gphm.data.preprocess.detectors import LandmarkDetector, detector_names
-from gphm.data.preprocess.frame_cache import Backends, FrameData, detect_frames, first_image_size
+from gphm.data.preprocess.frame_cache import (
+    Backends,
+    FrameData,
+    detect_frames,
+    first_image_size,
+    remove_cache,
+)
 from gphm.data.preprocess.masks import Segmenter, hull_mask, load_mask, refine_mask
 from gphm.data.preprocess.single_image import read_rgb
 from gphm.data.preprocess.template import RIGID_LANDMARKS, canonical_landmarks
 from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix, umeyama
 from gphm.geometry.triangulation import triangulate_robust
 
-__all__ = ["PreprocessOptions", "preprocess_capture"]
+__all__ = ["PreprocessOptions", "check_paths", "preprocess_capture"]
 
 MASK_MODES = ("auto", "user", "segment", "hull")
 
@@ -96,7 +112,10 @@ class PreprocessOptions:
     pose_scale: bool = False
     """Estimate a per-frame head scale (default: rigid head, head_scale = 1)."""
     heldout_cameras: list[str] = field(default_factory=list)
-    """Cameras whose rows get split ``heldout_view``."""
+    """Cameras whose rows get split ``heldout_view`` (only reported)."""
+    val_cameras: list[str] = field(default_factory=list)
+    """Cameras whose rows get split ``val_view`` (for choosing defaults); disjoint from
+    ``heldout_cameras``."""
     strict: bool = False
     """Refuse the run at the first bad image instead of skipping it."""
     cache: str | None = None
@@ -121,6 +140,33 @@ class PreprocessOptions:
             raise ValueError(
                 f"outlier_view_fraction must be in [0, 1], got {self.outlier_view_fraction}"
             )
+        check_camera_lists(self.heldout_cameras, self.val_cameras)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def _contains(outer: Path, inner: Path) -> bool:  # resolved paths; True if equal too
+    return inner == outer or outer in inner.parents
+
+
+def check_paths(src: str | Path, out: str | Path, cache: str | Path) -> None:
+    """Refuse (:class:`CaptureError`) paths that would let the run replace or clean the
+    capture or the dataset: ``out`` equal to, inside or containing ``src``; ``cache``
+    equal to or containing ``src``; ``cache`` equal to, inside or containing ``out``."""
+    s, o, c = (Path(p).resolve() for p in (src, out, cache))
+    if _contains(s, o) or _contains(o, s):
+        how = "is" if s == o else "is inside" if _contains(s, o) else "contains"
+        raise CaptureError(
+            f"out={out} {how} the capture src={src}: the dataset must be written elsewhere "
+            "(overwrite would replace the capture)"
+        )
+    if _contains(c, s):
+        how = "is" if c == s else "contains"
+        raise CaptureError(f"cache={cache} {how} the capture src={src}: choose another cache=")
+    if _contains(c, o) or _contains(o, c):
+        how = "is" if c == o else "contains" if _contains(c, o) else "is inside"
+        raise CaptureError(f"cache={cache} {how} out={out}: choose another cache=")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -291,7 +337,7 @@ def _rows(plan: _Plan) -> Iterator[dict[str, Any]]:
                 "head_T": head_T,
                 "head_scale": head_s,
                 "landmarks_3d": lmk,
-                "split": "heldout_view" if v.camera in plan.opts.heldout_cameras else "train",
+                "split": camera_split(v.camera, plan.opts.heldout_cameras, plan.opts.val_cameras),
             }
 
 
@@ -331,13 +377,15 @@ def preprocess_capture(
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
     opts = opts or PreprocessOptions()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=true to replace it)")
+    cache = Path(opts.cache) if opts.cache else out.with_name(out.name + ".cache")
+    check_paths(src, out, cache)
+    check_replaceable(out, overwrite)
     layout = scan_capture(src, opts.principal_point_offset, require_masks=opts.mask == "user")
     cam_names = sorted(layout.cameras)
-    unknown = sorted(set(opts.heldout_cameras) - set(cam_names))
-    if unknown:
-        raise CaptureError(f"heldout_cameras: {unknown} not among the cameras {cam_names}")
+    for key in ("heldout_cameras", "val_cameras"):
+        unknown = sorted(set(getattr(opts, key)) - set(cam_names))
+        if unknown:
+            raise CaptureError(f"{key}: {unknown} not among the cameras {cam_names}")
     src_hw = first_image_size(layout)
     out_hw = src_hw
     if opts.resolution:
@@ -346,7 +394,6 @@ def preprocess_capture(
         raise CaptureError(f"lr_size={opts.lr_size} exceeds the stored image height {out_hw[0]}")
 
     backends = Backends(opts.detector, detector, segmenter)
-    cache = Path(opts.cache) if opts.cache else out.with_name(out.name + ".cache")
     hw = (src_hw, out_hw)
     data, reused = detect_frames(layout, backends, cache, hw, opts.mask, opts.strict, progress)
     report: dict[str, Any] = {"skipped_views": [], "outlier_views": [], "skipped_frames": []}
@@ -388,9 +435,14 @@ def preprocess_capture(
         meta["lr_size"] = opts.lr_size
     num_rows = sum(sum(f.write) for f in frames)
     hint = num_rows if progress else None
-    write_dataset(out, _rows(plan), meta, overwrite=overwrite, num_rows_hint=hint)
+    try:
+        write_dataset(out, _rows(plan), meta, overwrite=overwrite, num_rows_hint=hint)
+    except ValueError as err:  # a row the writer refuses (e.g. a camera not seeing the head)
+        if isinstance(err, CaptureError):
+            raise
+        raise CaptureError(f"preprocessed rows are invalid: {err}") from err
     if not opts.keep_cache:
-        shutil.rmtree(cache, ignore_errors=True)
+        remove_cache(cache, layout.frames)
     report.update(
         out=str(out),
         rows=num_rows,
