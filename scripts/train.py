@@ -9,15 +9,16 @@ Stages (``stage=all`` is the default):
 
 - ``stage=guidance`` trains the stage-1 guiding mesh model (SDF -> DMTet mesh). Writes
   ``RUN/checkpoints/step_*/``, ``RUN/guidance_model/`` and ``RUN/model/``
-  (config.json + model.safetensors) and ``RUN/eval/guidance_heldout_view.json``.
+  (config.json + model.safetensors).
 - ``stage=gaussian`` trains the stage-2 Gaussian head created from a stage-1 run
   (``guidance_run=RUN1``, default ``run_dir`` itself). Writes
   ``RUN/checkpoints/gaussian/step_*/`` and ``RUN/model/`` (the Gaussian head).
 - ``stage=all`` runs both in turn: ``RUN/guidance_model/`` is stage 1,
   ``RUN/model/`` the final Gaussian head.
 
-Every stage also writes ``RUN/logs/`` (metrics.jsonl, TensorBoard), ``RUN/previews/``
-and ``RUN/train_report.json``. Re-running with the same ``run_dir`` resumes from its
+Every stage also writes ``RUN/logs/`` (metrics.jsonl, TensorBoard), ``RUN/previews/``,
+``RUN/eval/<stage>_<split>.json`` for the dataset's validation splits and
+``RUN/train_report.json``. Re-running with the same ``run_dir`` resumes from its
 latest checkpoint.
 
 Presets: the defaults come from ``configs/train.yaml``; ``model=NAME`` picks

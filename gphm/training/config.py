@@ -1,23 +1,22 @@
 """Configuration schemas of ``scripts/train.py`` (hydra structured configs).
 
-``model=tiny|paper`` selects a preset from the ConfigStore group ``model``; any field can
-then be overridden (``model.guidance.tet_resolution=40``). Every field is typed, so a
-typo or a wrong type fails at start.
+The defaults are the dataclass fields below; presets are YAML in the config folders:
+``configs/train.yaml`` is the root config, ``model=tiny|paper`` picks
+``configs/model/{tiny,paper}.yaml`` (a new ``configs/model/NAME.yaml``, or one in a folder
+of ``$GPHM_CONFIG_PATH`` / ``config_dir=DIR``, is ``model=NAME``). Any field can then be
+overridden (``model.guidance.tet_resolution=40``). Every field is typed, so a typo or a
+wrong type fails at start, in a YAML file as on the command line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
-from gphm.cli import register_config
-from gphm.models.embeddings import CodebookConfig
+from gphm.cli import UserError, compose_config
 from gphm.models.gaussian_head import GaussianHeadConfig
 from gphm.models.guidance import GuidanceConfig
-from gphm.models.mlp import MLPConfig
-from gphm.models.upsampler import UpsamplerConfig
 
 __all__ = [
     "ModelConfig",
@@ -34,8 +33,8 @@ STAGES = ("guidance", "gaussian", "all")
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"
-    """Preset name (informational)."""
+    name: str = "custom"
+    """Preset name (informational; each ``configs/model/*.yaml`` sets its own)."""
     lr_size: int = 64
     """Height of the low-resolution render; hr = lr_size × upsampler factor must equal
     the dataset's image height."""
@@ -52,54 +51,28 @@ class ModelConfig:
         return self.lr_size * self.guidance.upsampler.factor
 
 
+def model_preset(name: str, config_dir: str | None = None) -> ModelConfig:
+    """The ``model=NAME`` preset: ``configs/model/NAME.yaml`` composed over ModelConfig.
+
+    The YAML is the only copy of a preset's values; ``config_dir`` (or
+    ``$GPHM_CONFIG_PATH``) adds folders searched before the shipped ones.
+    """
+    extra = [f"config_dir={config_dir}"] if config_dir else []
+    cfg = compose_config(TrainRunConfig, [f"model={name}", *extra])
+    try:
+        return OmegaConf.to_object(cfg.model)  # type: ignore[return-value]
+    except ValueError as err:  # ModelConfig.__post_init__
+        raise UserError(str(err)) from None
+
+
 def tiny_model() -> ModelConfig:
-    """CPU-sized: tet grid 32, lr 64 -> hr 128, 64-wide MLPs."""
-    mlp = MLPConfig(width=64, depth=2)
-    return ModelConfig(
-        name="tiny",
-        lr_size=64,
-        guidance=GuidanceConfig(
-            tet_resolution=32,
-            f_mean=MLPConfig(width=64, depth=3, skips=(), activation="softplus"),
-            mean_feature_dim=16,
-            injected_dim=32,
-            f_inj=mlp,
-            f_id=MLPConfig(width=64, depth=2, zero_init_last=True),
-            f_exp=MLPConfig(width=64, depth=2, zero_init_last=True),
-            f_col=mlp,
-            color_channels=32,
-            identity_code=CodebookConfig(dim=32, init_std=0.05),
-            expression_code=CodebookConfig(dim=32, init_std=0.05),
-            upsampler=UpsamplerConfig(factor=2, width=32, blocks=1),
-        ),
-        gaussian=GaussianHeadConfig(
-            num_points=0, f_att=MLPConfig(width=64, depth=2, zero_init_last=True), eps2d=0.1
-        ),
-    )
+    """``model=tiny`` (CPU-sized: tet grid 32, lr 64 -> hr 128, 64-wide MLPs)."""
+    return model_preset("tiny")
 
 
 def paper_model() -> ModelConfig:
-    """GPU-sized (paper scale): tet grid 128, lr 256 -> hr 512, 256-wide MLPs."""
-    mlp = MLPConfig(width=256, depth=3)
-    return ModelConfig(
-        name="paper",
-        lr_size=256,
-        guidance=GuidanceConfig(
-            tet_resolution=128,
-            f_mean=MLPConfig(width=256, depth=6, skips=(3,), activation="softplus"),
-            mean_feature_dim=64,
-            injected_dim=128,
-            f_inj=mlp,
-            f_id=MLPConfig(width=256, depth=3, zero_init_last=True),
-            f_exp=MLPConfig(width=256, depth=3, zero_init_last=True),
-            f_col=mlp,
-            color_channels=32,
-            upsampler=UpsamplerConfig(factor=2, width=64, blocks=3),
-        ),
-        gaussian=GaussianHeadConfig(
-            num_points=100_000, f_att=MLPConfig(width=256, depth=3, zero_init_last=True)
-        ),
-    )
+    """``model=paper`` (GPU-sized: tet grid 128, lr 256 -> hr 512, 256-wide MLPs)."""
+    return model_preset("paper")
 
 
 @dataclass
@@ -228,13 +201,19 @@ class TrainConfig:
 
 @dataclass
 class TrainRunConfig:
-    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"model": "tiny"}])
+    """The defaults list (``model: tiny``) lives in ``configs/train.yaml``."""
+
     data: DataConfig = field(default_factory=DataConfig)
     run_dir: str = MISSING
     """Run directory; re-running with the same run_dir resumes from its latest checkpoint."""
-    model: ModelConfig = field(default_factory=tiny_model)
-    stage: str = "guidance"
-    """guidance | gaussian | all."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Set by the ``model=NAME`` preset (``configs/model/NAME.yaml``, default tiny)."""
+    stage: str = "all"
+    """guidance | gaussian | all: ``guidance`` trains the stage-1 mesh model (writes
+    ``RUN/guidance_model``, ``RUN/checkpoints/step_*``); ``gaussian`` trains the Gaussian
+    head from a stage-1 run (``guidance_run``, default ``run_dir``; writes
+    ``RUN/checkpoints/gaussian/step_*``); ``all`` runs both in turn. ``RUN/model`` is the
+    final stage's model."""
     seed: int = 0
     guidance_run: str | None = None
     """stage=gaussian: the stage-1 run to start from (default: run_dir itself)."""
@@ -244,7 +223,3 @@ class TrainRunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {'|'.join(STAGES)}, got {self.stage!r}")
-
-
-register_config("tiny", tiny_model(), group="model")
-register_config("paper", paper_model(), group="model")
