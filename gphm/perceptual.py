@@ -410,20 +410,23 @@ def _hub_checkpoint(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _TORCHVISION_FILES[net]
 
 
-def _local_backbone(net: str, weights: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
-    """(path, "") of the local backbone checkpoint, or (None, why not)."""
+def _local_backbone(
+    net: str, weights: str | os.PathLike[str] | None
+) -> tuple[Path | None, str, bool]:
+    """``(path, "", explicit)`` of the local backbone checkpoint, or ``(None, why not,
+    explicit)``; ``explicit``: the path was given (argument or environment variable)."""
     env = os.environ.get(LPIPS_BACKBONE_ENV)
     for given, origin in ((weights, "weights"), (env, LPIPS_BACKBONE_ENV)):
         if given is not None and str(given).strip():
             p = Path(given).expanduser()
             if not p.is_file():
-                return None, f"LPIPS backbone weights not found: {p} (from {origin})"
-            return p, ""
+                return None, f"LPIPS backbone weights not found: {p} (from {origin})", True
+            return p, "", True
     cached = _hub_checkpoint(net)
     if cached.is_file():
-        return cached, ""
+        return cached, "", False
     return None, (f"no local {net} backbone weights: put torchvision's {cached.name} in "
-                  f"{cached.parent} or set {LPIPS_BACKBONE_ENV}=PATH")  # fmt: skip
+                  f"{cached.parent} or set {LPIPS_BACKBONE_ENV}=PATH"), False  # fmt: skip
 
 
 def _network_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -514,6 +517,50 @@ def _load_lpips_backbone(model: nn.Module, path: Path) -> None:
     model.net.load_state_dict(new, strict=True)
 
 
+def _resolve_lpips(
+    net: str,
+    weights: str | os.PathLike[str] | None,
+    heads: str | os.PathLike[str] | None,
+    download: bool,
+) -> tuple[Any, Path | None, Path | None, str | None]:
+    """``(lpips module or None, backbone path, heads path, reason)``; reason None = ready.
+
+    The package's model loads its own heads, so ``heads path`` is only set for the twin.
+    """
+    if net not in _TORCHVISION_FILES:
+        return None, None, None, f"unsupported LPIPS backbone {net!r} (use 'alex' or 'vgg')"
+    package, why_not_package = _lpips_package()
+    heads_path = None
+    if package is None:
+        if net != "alex":
+            return (
+                None,
+                None,
+                None,
+                (
+                    f"the pure-torch LPIPS twin has only the AlexNet variant; net={net!r} needs "
+                    f"the lpips package ({why_not_package})"
+                ),
+            )
+        heads_path = lpips_heads_path(net, heads)
+        if heads_path is None:
+            given = heads or os.environ.get(LPIPS_HEADS_ENV)
+            return None, None, None, (
+                f"LPIPS linear heads not found: {Path(given).expanduser()}" if given
+                else "no LPIPS linear heads: install them with `pip install --no-deps "
+                f"lpips` or set {LPIPS_HEADS_ENV}=PATH/alex.pth"
+            )  # fmt: skip
+    backbone, why, explicit = _local_backbone(net, weights)
+    if backbone is None and not explicit:  # a given path that does not exist is not fetched
+        if download:
+            backbone, why = _download_backbone(net, why)
+        else:
+            why += "; not downloaded by this check"
+    if backbone is None:
+        return package, None, heads_path, why
+    return package, backbone, heads_path, None
+
+
 def load_lpips(
     net: str = "alex",
     weights: str | os.PathLike[str] | None = None,
@@ -533,25 +580,10 @@ def load_lpips(
     not hold the expected tensors) is a reason naming it, never an exception: callers
     report LPIPS as null with that reason, never as 0.
     """
-    if net not in _TORCHVISION_FILES:
-        return None, f"unsupported LPIPS backbone {net!r} (use 'alex' or 'vgg')"
-    package, why_not_package = _lpips_package()
-    heads_path = None
-    if package is None:
-        if net != "alex":
-            return None, (f"the pure-torch LPIPS twin has only the AlexNet variant; "
-                          f"net={net!r} needs the lpips package ({why_not_package})")  # fmt: skip
-        heads_path = lpips_heads_path(net, heads)
-        if heads_path is None:
-            given = heads or os.environ.get(LPIPS_HEADS_ENV)
-            return None, (f"LPIPS linear heads not found: {Path(given).expanduser()}" if given
-                          else "no LPIPS linear heads: install them with `pip install "
-                          f"--no-deps lpips` or set {LPIPS_HEADS_ENV}=PATH/alex.pth")  # fmt: skip
-    backbone, why = _local_backbone(net, weights)
-    if backbone is None and "not found" not in why:  # an explicit bad path is not fetched
-        backbone, why = _download_backbone(net, why)
-    if backbone is None:
+    package, backbone, heads_path, why = _resolve_lpips(net, weights, heads, download=True)
+    if why is not None:
         return None, why
+    assert backbone is not None
     try:
         if package is not None:
             model = package.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
@@ -569,14 +601,16 @@ def load_lpips(
 def lpips_available(
     weights: str | os.PathLike[str] | None = None, net: str = "alex"
 ) -> tuple[bool, str]:
-    """``(True, description)`` when :func:`load_lpips` gives a metric, else ``(False, why)``.
+    """Whether :func:`load_lpips` finds what it needs, and why (not); cheap.
 
-    Builds the metric to find out (it may download the backbone, see :func:`load_lpips`).
+    Checks imports and that the weight files exist; it neither reads them nor downloads
+    (so a file that exists but is corrupt only shows in :func:`load_lpips`'s reason).
     """
-    metric, reason = load_lpips(net, weights)
-    if metric is None:
-        return False, f"LPIPS unavailable: {reason}"
-    return True, f"LPIPS ({net}, {metric.backend}) with backbone weights {metric.backbone}"
+    package, backbone, heads_path, why = _resolve_lpips(net, weights, None, download=False)
+    if why is not None:
+        return False, f"LPIPS unavailable: {why}"
+    backend = "lpips" if package is not None else f"twin, heads {heads_path}"
+    return True, f"LPIPS ({net}, {backend}) with backbone weights {backbone}"
 
 
 def lpips_metric(

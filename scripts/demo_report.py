@@ -175,13 +175,15 @@ def _stage1(page: _Page, ev: dict[str, Any]) -> None:
         return
     page.add("## Stage 1: guiding mesh model")
     if ev:
+        # Older reports call these "silhouette_iou" / "landmark_error_relative".
+        iou = ev.get("silhouette_iou_lr", ev.get("silhouette_iou"))
+        lmk = ev.get("landmark_error_training_frames_relative", ev.get("landmark_error_relative"))
         page.add(f"Held-out views ({ev.get('n', '?')} images of cameras never used in training):")
         page.add(
-            "| silhouette IoU | landmark error (% of face size) | PSNR full (dB) "
-            "| PSNR head (dB) | SSIM | SSIM head |",
+            "| silhouette IoU (lr) | landmark error of the training frames (% of face size) "
+            "| PSNR full (dB) | PSNR head (dB) | SSIM | SSIM head |",
             "|---|---|---|---|---|---|",
-            f"| {_num(ev.get('silhouette_iou'), '.3f')} "
-            f"| {_num(ev.get('landmark_error_relative'), '.2f', 100)} "
+            f"| {_num(iou, '.3f')} | {_num(lmk, '.2f', 100)} "
             f"| {_num(ev.get('psnr'))} | {_num(ev.get('psnr_masked'))} "
             f"| {_num(ev.get('ssim'), '.3f')} | {_num(ev.get('ssim_masked'), '.3f')} |",
         )

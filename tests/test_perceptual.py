@@ -300,6 +300,8 @@ def test_lpips_backbone_from_hub_cache_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("GPHM_LPIPS_HEADS", str(heads))
     metric, reason = load_lpips()
     assert reason is None and metric.backbone.endswith("hub/checkpoints/" + backbone.name)
+    ok, why = lpips_available()  # checks the files exist, reads nothing
+    assert ok and "twin" in why and backbone.name in why
     monkeypatch.setenv("GPHM_LPIPS_BACKBONE", str(tmp_path / "typo.pth"))
     metric, reason = load_lpips()
     assert metric is None and "typo.pth" in reason and "GPHM_LPIPS_BACKBONE" in reason

@@ -1,15 +1,35 @@
 """Evaluation of a trained model (either stage) on a dataset split (DESIGN.md §5, §6).
 
-* ``heldout_view``: training frames seen from cameras never used in training; each row
-  is rendered with its own identity and expression codes.
-* ``heldout_combo``: (subject, expression) pairs never trained. Expression transfer by
-  code swapping: subject A is rendered with the ``z_exp`` of a training frame of another
+Splits (``SPLITS``): ``val_view`` / ``heldout_view`` and ``val_combo`` / ``heldout_combo``;
+the ``val_*`` ones choose defaults, the ``heldout_*`` ones are only reported.
+
+* ``*_view``: training frames seen from cameras never used in training; each row is
+  rendered with its own identity and (trained) expression codes.
+* ``*_combo``: (subject, expression) pairs never trained. Expression transfer by code
+  swapping: subject A is rendered with the ``z_exp`` of a *trained* frame of another
   subject B showing the same expression label (B = the next subject after A that has
   one), at A's ground-truth head pose and camera, and compared with A's image.
+
+Report keys (means over rows unless said otherwise):
+
+* ``psnr`` / ``ssim`` (full hr image), ``psnr_masked`` / ``ssim_masked`` (the head region
+  of the ground-truth hr mask), ``lpips`` (AlexNet LPIPS v0.1, full hr image; ``null``
+  with ``lpips_unavailable`` giving the reason when it cannot be computed, never 0).
+* ``silhouette_iou_lr``: IoU of the rendered and ground-truth masks at the *low*
+  resolution the model renders (``lr_size``), before the upsampler.
+* ``n``: rows; ``n_empty``: rows with an empty head mask (or two empty lr silhouettes),
+  whose masked metrics are undefined (NaN) — they are left out of those means only.
+* Landmarks: a row's predicted 3D landmarks depend on its codes and head pose, not on
+  its camera. For ``*_combo`` rows they are a held-out measurement (A's identity with B's
+  expression against A's true landmarks): ``landmark_error`` (canonical units) and
+  ``landmark_error_relative`` (fraction of the face's size). For ``*_view`` rows they
+  are the *training* frames' landmarks seen again, so they are reported as
+  ``landmark_error_training_frames`` (and ``..._relative``), never as a held-out number.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +45,12 @@ from gphm.geometry.mesh import euler_characteristic, is_watertight
 from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
+from gphm.perceptual import LPIPS_MIN_SIZE, LPIPSMetric, load_lpips
 
 __all__ = ["evaluate_model", "mesh_report", "transfer_frames", "SPLITS"]
 
-SPLITS = ("heldout_view", "heldout_combo")
+SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo")
+"""The splits :func:`evaluate_model` scores (``*_view``: own codes, ``*_combo``: transfer)."""
 
 
 def mesh_report(verts: torch.Tensor, faces: torch.Tensor) -> dict[str, Any]:
@@ -49,12 +71,22 @@ def mesh_report(verts: torch.Tensor, faces: torch.Tensor) -> dict[str, Any]:
 
 
 def transfer_frames(
-    frames: list[dict[str, Any]], train_frames: set[int], subjects: list[str]
+    frames: list[dict[str, Any]], train_frames: Iterable[int], subjects: list[str]
 ) -> dict[tuple[int, str], int]:
-    """``(subject A, expression label) -> training frame of another subject B`` with that
-    label, B being the first subject after A (cyclically) that has one."""
+    """``(subject A, expression label) -> trained frame of another subject B`` with that
+    label, B being the first subject after A (cyclically) that has one.
+
+    ``frames``: the dataset's (or run's) frame records (``subject``, ``expression``);
+    ``train_frames``: indices of the frames whose expression codes were trained — only
+    these are ever chosen as a source. For each subject B the lowest such frame of the
+    label is used. Raises ValueError for an index outside ``frames``.
+    """
     by_label: dict[str, dict[int, int]] = {}
-    for f in sorted(train_frames):
+    for f in sorted({int(f) for f in train_frames}):
+        if not 0 <= f < len(frames):
+            raise ValueError(
+                f"train frame {f} is not a frame of the dataset (0..{len(frames) - 1})"
+            )
         info = frames[f]
         s = info["subject"]
         s = subjects.index(s) if isinstance(s, str) else int(s)
@@ -78,6 +110,23 @@ def _render(model: GuidanceModel | GaussianHead, b: HeadBatch, z_id, z_exp, cont
     )
 
 
+def _lpips(
+    lpips: bool | LPIPSMetric, hr_size: tuple[int, int], device
+) -> tuple[LPIPSMetric | None, str | None]:
+    if isinstance(lpips, LPIPSMetric):
+        return lpips, None
+    if not lpips:
+        return None, "disabled by the caller (lpips=False)"
+    if min(hr_size) < LPIPS_MIN_SIZE:
+        return None, f"images of {hr_size[0]}x{hr_size[1]} px are smaller than AlexNet's " \
+            f"{LPIPS_MIN_SIZE} px"  # fmt: skip
+    return load_lpips("alex", device=device)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 @torch.no_grad()
 def evaluate_model(
     model: GuidanceModel | GaussianHead,
@@ -89,24 +138,42 @@ def evaluate_model(
     save_dir: str | Path | None = None,
     num_images: int = 8,
     progress: bool = False,
+    train_frames: Iterable[int] | None = None,
+    lpips: bool | LPIPSMetric = True,
 ) -> dict[str, Any]:
-    """PSNR/SSIM (full image and head region), silhouette IoU and landmark error of
-    ``model`` on ``split``; means over rows plus ``n``. LPIPS is ``null`` (see
-    :func:`gphm.perceptual.lpips_available`).
+    """Scores of ``model`` on ``split`` (one of :data:`SPLITS`); keys in the module doc.
 
-    ``save_dir``: writes ``side_by_side.png`` (prediction | ground truth, the first
-    ``num_images`` rows, spread over the split).
+    ``train_frames``: the frames whose expression codes the model trained (a run's
+    ``extra["train_frames"]``); default: the dataset's ``train`` split, which is what the
+    trainer trains on. ``*_view`` rows must be trained frames and ``*_combo`` sources are
+    chosen among them; anything else is a ValueError. ``lpips``: True loads the metric
+    with :func:`gphm.perceptual.load_lpips` (``null`` plus ``lpips_unavailable`` when it
+    cannot), False skips it, or pass a metric to use. ``save_dir``: writes
+    ``side_by_side.png`` (prediction | ground truth, the first ``num_images`` rows,
+    spread over the split).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {'|'.join(SPLITS)}, got {split!r}")
     ds = HeadDataset(data_path, split=split, lr_size=lr_size)
-    model = model.to(device).eval()
+    frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
+    if train_frames is None:
+        train_frames = HeadDataset(data_path, split="train", lr_size=lr_size).frames.tolist()
+    trained = {int(f) for f in train_frames}
+    combo = split.endswith("_combo")
     swap = None
-    if split == "heldout_combo":
-        train = HeadDataset(data_path, split="train", lr_size=lr_size)
-        swap = transfer_frames(ds.meta["frames"], {int(f) for f in train.frames},
-                               list(ds.meta["subjects"]))  # fmt: skip
-    keys = ("iou", "lmk", "lmk_rel", "psnr", "psnr_masked", "ssim", "ssim_masked")
+    if combo:
+        swap = transfer_frames(frames_meta, trained, subjects)
+    else:
+        untrained = sorted({int(f) for f in ds.frames} - trained)
+        if untrained:
+            raise ValueError(
+                f"{data_path}: {split} rows show {len(untrained)} frame(s) whose expression "
+                f"codes were not trained (e.g. {untrained[:5]}); *_view rows must be "
+                "training frames"
+            )
+    lpips_fn, lpips_reason = _lpips(lpips, ds.hr_size, device)
+    model = model.to(device).eval()
+    keys = ("iou", "lmk", "lmk_rel", "psnr", "psnr_masked", "ssim", "ssim_masked", "lpips")
     acc: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     show = set(np.linspace(0, len(ds) - 1, min(num_images, len(ds))).round().astype(int).tolist())
     tiles: list[torch.Tensor] = []
@@ -122,8 +189,8 @@ def evaluate_model(
                 donor = [swap[(int(s), e)] for s, e in zip(b.subject, b.expression)]
             except KeyError as err:
                 raise ValueError(
-                    f"{data_path}: no training frame of another subject shows expression "
-                    f"{err.args[0][1]!r}, so heldout_combo cannot be evaluated by code swapping"
+                    f"{data_path}: no trained frame of another subject shows expression "
+                    f"{err.args[0][1]!r}, so {split} cannot be evaluated by code swapping"
                 ) from None
             donors += donor
             frame = torch.tensor(donor, device=device)
@@ -138,25 +205,38 @@ def evaluate_model(
         acc["psnr_masked"].append(metrics.masked_psnr(rgb, b.image, b.mask))
         acc["ssim"].append(metrics.ssim(rgb, b.image))
         acc["ssim_masked"].append(metrics.masked_ssim(rgb, b.image, b.mask))
+        if lpips_fn is not None:
+            acc["lpips"].append(lpips_fn(rgb, b.image))
         for j, i in enumerate(idx):
             if i in show:
                 tiles += [rgb[j].cpu(), b.image[j].cpu()]
-    mean = {k: float(torch.cat(v).mean()) for k, v in acc.items()}
+    rows = {k: torch.cat(v).cpu() for k, v in acc.items() if v}
+    mean = {k: metrics.finite_mean(v)[0] for k, v in rows.items()}
+    empty = ~(rows["psnr_masked"].isfinite() & rows["ssim_masked"].isfinite()
+              & rows["iou"].isfinite())  # fmt: skip
+    lmk_key = "landmark_error" if combo else "landmark_error_training_frames"
     result: dict[str, Any] = {
         "split": split,
         "n": len(ds),
+        "n_empty": int(empty.sum()),
         "model": type(model).__name__,
-        "psnr": round(mean["psnr"], 3),
-        "psnr_masked": round(mean["psnr_masked"], 3),
-        "ssim": round(mean["ssim"], 4),
-        "ssim_masked": round(mean["ssim_masked"], 4),
-        "lpips": None,
-        "silhouette_iou": round(mean["iou"], 4),
-        "landmark_error": round(mean["lmk"], 5),
-        "landmark_error_relative": round(mean["lmk_rel"], 5),
+        "psnr": _rounded(mean["psnr"], 3),
+        "psnr_masked": _rounded(mean["psnr_masked"], 3),
+        "ssim": _rounded(mean["ssim"], 4),
+        "ssim_masked": _rounded(mean["ssim_masked"], 4),
+        "lpips": _rounded(mean.get("lpips"), 4),
+        "silhouette_iou_lr": _rounded(mean["iou"], 4),
+        lmk_key: _rounded(mean["lmk"], 5),
+        f"{lmk_key}_relative": _rounded(mean["lmk_rel"], 5),
     }
+    if lpips_fn is None:
+        result["lpips_unavailable"] = lpips_reason
+    else:
+        result |= lpips_fn.describe()
     if swap is not None:
-        result["transfer"] = "z_exp of the same expression label from the next subject"
+        result["transfer"] = (
+            "z_exp of a trained frame with the same expression label from the next subject"
+        )
         result["donor_frames"] = sorted(set(donors))
     if "mean_mesh" in context:
         result["mean_mesh"] = mesh_report(context["mean_mesh"].verts, context["mean_mesh"].faces)

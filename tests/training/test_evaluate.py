@@ -1,0 +1,152 @@
+"""evaluate_model on every split: honest keys, trained transfer sources, LPIPS, n_empty."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gphm import losses
+from gphm.data.format import write_dataset
+from gphm.models.guidance import GuidanceConfig, GuidanceModel
+from gphm.models.mlp import MLPConfig
+from gphm.models.upsampler import UpsamplerConfig
+from gphm.perceptual import AlexNetFeatures, LPIPSAlex, LPIPSMetric
+from gphm.training import evaluate as ev
+from gphm.training.evaluate import SPLITS, evaluate_model, transfer_frames
+
+from .conftest import _rows
+
+SUBJECT_B_OPEN = ("b", "open")  # frame 3; its only same-label source is a/open = frame 1
+
+
+@pytest.fixture(scope="module")
+def val_dataset(tmp_path_factory, tiny_combo_dataset):
+    """tiny_combo_dataset with its held-out rows relabelled as validation rows."""
+    import json
+
+    meta = json.loads((tiny_combo_dataset / "meta.json").read_text())
+    meta = {k: meta[k] for k in ("subjects", "expressions", "cameras", "num_frames", "frames",
+                                 "landmark_convention", "image_size", "canonical_transform",
+                                 "generator")}  # fmt: skip
+    rows = ({**r, "split": r["split"].replace("heldout", "val")} for r in _rows(SUBJECT_B_OPEN))
+    return write_dataset(tmp_path_factory.mktemp("data") / "tiny_val", rows, meta)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    small = MLPConfig(width=16, depth=2)
+    cfg = GuidanceConfig(
+        tet_resolution=10,
+        f_mean=MLPConfig(width=16, depth=2, activation="softplus"),
+        mean_feature_dim=8, injected_dim=8, f_inj=small, f_col=small,
+        f_id=MLPConfig(width=16, depth=2, zero_init_last=True),
+        f_exp=MLPConfig(width=16, depth=2, zero_init_last=True),
+        color_channels=8, upsampler=UpsamplerConfig(factor=2, width=8, blocks=1),
+    )  # fmt: skip
+    m = GuidanceModel(cfg, num_subjects=2, num_frames=4)
+    opt = torch.optim.Adam(m.f_mean.parameters(), lr=1e-2)
+    for _ in range(60):  # a sphere, so the rendered silhouette is not empty
+        x = torch.rand(1024, 3) * 2 - 1
+        loss = losses.sdf_sphere(m.mean_field(x).sdf, x, 0.6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def lpips_twin():
+    """The LPIPS twin on random weights: real computation, no weight files needed."""
+    g = torch.Generator().manual_seed(0)
+    backbone = {k: torch.randn(v.shape, generator=g) * 0.05
+                for k, v in AlexNetFeatures().state_dict().items()}  # fmt: skip
+    heads = {f"lin{k}.weight": torch.rand(1, c, 1, 1, generator=g)
+             for k, c in enumerate((64, 192, 384, 256, 256))}  # fmt: skip
+    return LPIPSMetric(LPIPSAlex.from_weights(backbone, heads), "alex", "random", "random", "twin")
+
+
+def _data(split, tiny_combo_dataset, val_dataset):
+    return val_dataset if split.startswith("val_") else tiny_combo_dataset
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_evaluate_model_scores_every_split(split, model, lpips_twin, tiny_combo_dataset,
+                                           val_dataset, tmp_path):  # fmt: skip
+    data = _data(split, tiny_combo_dataset, val_dataset)
+    r = evaluate_model(model, data, split, lr_size=16, batch_size=2, lpips=lpips_twin,
+                       save_dir=tmp_path)  # fmt: skip
+    assert r["split"] == split and r["n"] == 3 and r["n_empty"] == 0
+    for k, hi in (("psnr", 121), ("psnr_masked", 121), ("ssim", 1), ("ssim_masked", 1),
+                  ("silhouette_iou_lr", 1), ("lpips", 10)):  # fmt: skip
+        assert isinstance(r[k], float) and -1 <= r[k] <= hi, (k, r[k])
+    assert r["lpips"] > 0 and r["lpips_backend"] == "twin" and "lpips_unavailable" not in r
+    assert "silhouette_iou" not in r
+    if split.endswith("_view"):
+        # Same frames as training, other cameras: landmarks are not a held-out number.
+        assert "landmark_error" not in r and r["landmark_error_training_frames"] >= 0
+        assert "donor_frames" not in r
+    else:
+        assert "landmark_error_training_frames" not in r and r["landmark_error"] >= 0
+        assert r["donor_frames"] == [1]  # a/open, the only trained frame labelled "open"
+    assert (tmp_path / "side_by_side.png").is_file()
+
+
+def test_unknown_split_names_the_valid_ones(model, tiny_combo_dataset):
+    with pytest.raises(ValueError, match="val_view|val_combo|heldout_view|heldout_combo"):
+        evaluate_model(model, tiny_combo_dataset, "train")
+    with pytest.raises(ValueError, match=r"val_view\|val_combo\|heldout_view\|heldout_combo"):
+        evaluate_model(model, tiny_combo_dataset, "heldout")
+
+
+def test_transfer_sources_are_trained_frames(model, tiny_combo_dataset):
+    # Without frame 1 (a/open) among the trained frames nothing can lend "open".
+    with pytest.raises(ValueError, match="no trained frame of another subject.*'open'"):
+        evaluate_model(model, tiny_combo_dataset, "heldout_combo", lr_size=16,
+                       train_frames=[0, 2], lpips=False)  # fmt: skip
+    # *_view rows are rendered with their own codes, which must have been trained.
+    with pytest.raises(ValueError, match=r"not trained \(e\.g\. \[1\]\)"):
+        evaluate_model(model, tiny_combo_dataset, "heldout_view", lr_size=16,
+                       train_frames=[0, 2], lpips=False)  # fmt: skip
+
+
+def test_transfer_frames_table():
+    frames = [{"subject": s, "expression": e} for s in ("a", "b", "c") for e in ("n", "o")]
+    # frames: a/n 0, a/o 1, b/n 2, b/o 3, c/n 4, c/o 5; b/o (3) and c/o (5) untrained.
+    table = transfer_frames(frames, [0, 1, 2, 4], ["a", "b", "c"])
+    assert table[(0, "n")] == 2 and table[(1, "n")] == 4 and table[(2, "n")] == 0
+    assert table[(1, "o")] == 1 and table[(2, "o")] == 1  # the only trained "o": a's
+    assert (0, "o") not in table  # a's own frame is never its source
+    assert set(table.values()) <= {0, 1, 2, 4}
+    with pytest.raises(ValueError, match="train frame 9"):
+        transfer_frames(frames, [9], ["a", "b", "c"])
+
+
+def test_lpips_null_with_reason(model, tiny_combo_dataset, tmp_path, monkeypatch):
+    r = evaluate_model(model, tiny_combo_dataset, "heldout_view", lr_size=16, lpips=False)
+    assert r["lpips"] is None and "disabled" in r["lpips_unavailable"]
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("GPHM_LPIPS_BACKBONE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = evaluate_model(model, tiny_combo_dataset, "heldout_view", lr_size=16)
+    assert r["lpips"] is None and r["lpips_unavailable"]
+
+
+def test_empty_mask_rows_are_counted_and_left_out(model, tiny_combo_dataset, monkeypatch):
+    base = evaluate_model(model, tiny_combo_dataset, "heldout_view", lr_size=16, lpips=False)
+
+    class OneEmpty(ev.HeadDataset):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            if self.splits == ["heldout_view"] and i % len(self) == 0:
+                item = dataclasses.replace(item, mask=torch.zeros_like(item.mask))
+            return item
+
+    monkeypatch.setattr(ev, "HeadDataset", OneEmpty)
+    r = evaluate_model(model, tiny_combo_dataset, "heldout_view", lr_size=16, lpips=False)
+    assert r["n"] == 3 and r["n_empty"] == 1
+    assert r["psnr"] == base["psnr"]  # full-image metrics keep every row
+    assert isinstance(r["psnr_masked"], float) and isinstance(r["ssim_masked"], float)
+    assert r["psnr_masked"] != base["psnr_masked"]  # the mean of the other two rows
