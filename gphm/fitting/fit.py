@@ -32,9 +32,10 @@ from gphm.geometry.pose import solve_pnp
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
+from gphm.models.runs import TrainedRun
 
-__all__ = ["FitConfig", "FitTarget", "FitResult", "fit_image", "code_prior", "initial_pose",
-           "render_avatar"]  # fmt: skip
+__all__ = ["FitConfig", "FitTarget", "FitResult", "TrainedRows", "fit_image", "code_prior",
+           "initial_pose", "render_avatar"]  # fmt: skip
 
 Model = GuidanceModel | GaussianHead
 
@@ -84,6 +85,23 @@ class FitTarget:
     landmarks: Tensor  # [L, 2] pixels of `image` (rows with NaN are ignored)
 
 
+@dataclass(frozen=True)
+class TrainedRows:
+    """The codebook rows that training optimised: the fitting prior's statistics (and
+    the starting codes) use only these. A held-out frame's row is never optimised and
+    still holds its random initialisation, and a subject without a trained frame has an
+    untouched identity row; counting them would bend the prior toward noise."""
+
+    identity: tuple[int, ...] | None = None
+    """Subjects with any trained frame (None: every row)."""
+    expression: tuple[int, ...] | None = None
+    """Trained global frames (None: every row)."""
+
+    @classmethod
+    def of_run(cls, run: TrainedRun) -> TrainedRows:
+        return cls(tuple(run.trained_subjects), tuple(run.train_frames))
+
+
 @dataclass
 class FitResult:
     avatar: Avatar
@@ -102,10 +120,14 @@ def code_prior(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:  # [B, D], [D], 
 
 
 @torch.no_grad()
-def initial_pose(model: Model, target: FitTarget) -> tuple[Tensor, Tensor]:  # R [3,3], T [3]
-    """Head pose (canonical -> camera) by PnP of the mean-code landmarks."""
-    z_id = model.identity_codes.mean()[None]
-    z_exp = model.expression_codes.mean()[None]
+def initial_pose(
+    model: Model, target: FitTarget, rows: TrainedRows | None = None
+) -> tuple[Tensor, Tensor]:  # R [3, 3], T [3]
+    """Head pose (canonical -> camera) by PnP of the mean-code landmarks (means over the
+    trained ``rows``)."""
+    rows = rows or TrainedRows()
+    z_id = model.identity_codes.mean(rows.identity)[None]
+    z_exp = model.expression_codes.mean(rows.expression)[None]
     p3 = model.canonical_landmarks(z_id, z_exp)[0].cpu().double()
     p2 = target.landmarks.cpu().double()
     if p2.shape != (p3.shape[0], 2):
@@ -150,19 +172,27 @@ def fit_image(
     config: FitConfig | None = None,
     checkpoint: str = "",
     progress: bool = False,
+    rows: TrainedRows | None = None,
 ) -> FitResult:
-    """Fit ``model`` (left unchanged) to one image; see the module docstring."""
+    """Fit ``model`` (left unchanged) to one image; see the module docstring. ``rows``:
+    the trained codebook rows (:meth:`TrainedRows.of_run`); the codes start at their mean
+    and the prior is their diagonal Gaussian. Default: every row (a bare model does not
+    know which rows were trained)."""
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     try:
-        return _fit(model, target, config or FitConfig(), checkpoint, progress)
+        return _fit(model, target, config or FitConfig(), checkpoint, progress,
+                    rows or TrainedRows())  # fmt: skip
     finally:  # leave the model as it was
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
 
 
-def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progress: bool):
+def _fit(
+    model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progress: bool,
+    rows: TrainedRows,
+):  # fmt: skip
     t0 = time.perf_counter()
     model = model.eval()
     for p in model.parameters():
@@ -181,15 +211,16 @@ def _fit(model: Model, target: FitTarget, cfg: FitConfig, checkpoint: str, progr
     valid = torch.isfinite(lmk2d).all(-1)
     lmk2d = torch.nan_to_num(lmk2d)
     mask_lr = box_downsample(mask, (S // factor, S // factor))
-    R0, T0 = (x.to(device) for x in initial_pose(model, target))
+    R0, T0 = (x.to(device) for x in initial_pose(model, target, rows))
+    ids, exps = model.identity_codes, model.expression_codes
 
-    z_id = model.identity_codes.mean().detach().clone()[None].requires_grad_(True)
-    z_exp = model.expression_codes.mean().detach().clone()[None].requires_grad_(True)
+    z_id = ids.mean(rows.identity).detach().clone()[None].requires_grad_(True)
+    z_exp = exps.mean(rows.expression).detach().clone()[None].requires_grad_(True)
     rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
     trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
     with torch.no_grad():
-        id_prior = (model.identity_codes.mean(), model.identity_codes.std())
-        exp_prior = (model.expression_codes.mean(), model.expression_codes.std())
+        id_prior = (ids.mean(rows.identity), ids.std(rows.identity))
+        exp_prior = (exps.mean(rows.expression), exps.std(rows.expression))
         context = model.render_context()  # nothing it holds (f_mean) is ever fitted
     eye4 = torch.eye(4, device=device)[None]
     one = torch.ones(1, device=device)

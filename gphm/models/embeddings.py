@@ -53,11 +53,23 @@ class Codebook(nn.Module):
             )
         return self.codes(index)
 
-    def mean(self) -> Tensor:  # [dim]
-        """Mean code: the starting point for fitting an unseen subject/expression."""
-        return self.codes.weight.mean(dim=0)
+    def _rows(self, rows: Tensor | list[int] | None) -> Tensor:  # [R, dim]
+        w = self.codes.weight
+        if rows is None:
+            return w
+        index = torch.as_tensor(rows, dtype=torch.long, device=w.device).reshape(-1)
+        if index.numel() == 0:
+            raise ValueError(f"{self.name} codebook statistics need at least one row")
+        return self(index)  # validates the range
 
-    def std(self, floor: float = 1e-3) -> Tensor:  # [dim]
-        """Per-dimension standard deviation of the codes (at least ``floor``): with
-        :meth:`mean`, the diagonal Gaussian prior that fitting keeps new codes near."""
-        return self.codes.weight.std(dim=0, unbiased=False).clamp_min(floor)
+    def mean(self, rows: Tensor | list[int] | None = None) -> Tensor:  # [dim]
+        """Mean code over ``rows`` (indices; default all): the starting point for fitting
+        an unseen subject/expression. Pass the trained rows: a row that was never
+        optimised (a held-out frame) still holds its random initialisation."""
+        return self._rows(rows).mean(dim=0)
+
+    def std(self, rows: Tensor | list[int] | None = None, floor: float = 1e-3) -> Tensor:
+        """Per-dimension standard deviation [dim] of the codes over ``rows`` (default all),
+        at least ``floor``: with :meth:`mean`, the diagonal Gaussian prior that fitting
+        keeps new codes near."""
+        return self._rows(rows).std(dim=0, unbiased=False).clamp_min(floor)
