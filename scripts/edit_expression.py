@@ -69,29 +69,29 @@ def _render(src: Source, z_exp: torch.Tensor, rig) -> torch.Tensor:  # [B, C, H,
     return render_codes(src.model, z_id, z_exp, rig, point_offsets=src.point_offsets)
 
 
-def _drive_codes(cfg: EditConfig, run: TrainedRun, target: Source) -> tuple[list[str], list]:
+def _drive_codes(
+    cfg: EditConfig, run: TrainedRun, target: Source
+) -> tuple[list[str], list[torch.Tensor], list[str]]:
+    """Keyframe labels, their expression codes and where each code comes from. Every
+    label is resolved by :meth:`TrainedRun.trained_frame` (the target subject's own
+    trained frame, else another subject's, said in the report); a label no subject was
+    trained with is an error, never a silent stand-in."""
+    name = (target.info or {}).get("subject")
+    subject = run.subject_index(name) if name is not None else None
     labels = list(cfg.drive)
-    subject = (target.info or {}).get("subject")
     if not labels:
-        frames = run.extra["frames"]
-        trained = run.extra.get("train_frames", range(len(frames)))
-        if subject is not None:
-            s = run.subject_index(subject)
-            labels = [frames[i]["expression"] for i in trained if run.frame_subject(frames[i]) == s]
-        labels = list(dict.fromkeys(labels or (frames[i]["expression"] for i in trained)))[:8]
+        own = run.trained_labels(subject) if subject is not None else []
+        labels = (own or run.trained_labels())[:8]
     model = run.model
-    codes = []
+    codes, sources = [], []
     for label in labels:
-        s = run.subject_index(subject) if subject is not None else 0
         try:
-            f = run.frame_index(s, expression=label)
-        except ValueError:  # the subject lacks it: any subject's frame with that label
-            f = next((i for i, fr in enumerate(run.extra["frames"])
-                      if fr.get("expression") == label), None)  # fmt: skip
-            if f is None:
-                raise ValueError(f"drive: no trained frame shows expression {label!r}") from None
-        codes.append(model.expression_codes.codes.weight[f].detach())
-    return labels + ["target"], codes + [target.z_exp]
+            r = run.trained_frame(subject, label)
+        except ValueError as err:
+            raise ValueError(f"drive: {err}") from None
+        codes.append(model.expression_codes.codes.weight[r.frame].detach())
+        sources.append(r.describe())
+    return labels + ["target"], codes + [target.z_exp], sources + [target.label]
 
 
 @torch.no_grad()
@@ -101,7 +101,7 @@ def main(cfg: EditConfig) -> dict[str, Any]:
         run = load_run(cfg.checkpoint)
         source = resolve_source(cfg.source, run, cfg.fit, cfg.detector)
         target = resolve_source(cfg.target, run, cfg.fit, cfg.detector)
-        labels, keys = _drive_codes(cfg, run, target)
+        labels, keys, drive_from = _drive_codes(cfg, run, target)
     except NoFaceError as err:
         raise UserError(f"{err} — an image source/target needs one visible face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
@@ -128,6 +128,7 @@ def main(cfg: EditConfig) -> dict[str, Any]:
         "source": {"spec": cfg.source, "kind": source.kind, "label": source.label},
         "target": {"spec": cfg.target, "kind": target.kind, "label": target.label},
         "drive": labels,
+        "drive_from": drive_from,
         "video_frames": len(frames),
         "outputs": ["transfer.png", "transfer_views.png", "drive.mp4"],
     }

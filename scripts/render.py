@@ -56,13 +56,14 @@ class RenderConfig:
     subject_b: str = "1"
     """interpolate: the end identity."""
     expression: str | None = None
-    """Expression label of one of the subject's frames (default: its first frame)."""
+    """Expression label: the subject's own trained frame with it, else another subject's
+    (the report and summary say whose); default: the subject's first trained frame."""
     frame: int | None = None
-    """Global frame index (expression code); overrides `expression`."""
+    """Global frame index (expression code) of a trained frame; overrides `expression`."""
     subjects: list[str] = field(default_factory=list)
     """grid rows (default: all subjects, up to 8)."""
     expressions: list[str] = field(default_factory=list)
-    """grid columns (default: all expression labels, up to 8)."""
+    """grid columns (default: all trained expression labels, up to 8)."""
     frames: int = 48
     """Video length (turntable / interpolate / grid)."""
     size: int = 256
@@ -101,20 +102,21 @@ def _export_geometry(run: TrainedRun, z_id, z_exp, out: Path) -> list[str]:
     return ["mesh.ply", "mesh.obj"]
 
 
-def _expression_frame(run: TrainedRun, subject: int, label: str) -> int:
-    """The subject's own trained frame with ``label``, else another subject's."""
-    trained = set(run.extra.get("train_frames", range(len(run.extra["frames"]))))
-    frames = run.extra["frames"]
-    mine = [i for i in trained if frames[i].get("expression") == label]
-    if not mine:
-        raise ValueError(f"no trained frame shows expression {label!r}")
-    own = [i for i in mine if run.frame_subject(frames[i]) == subject]
-    return min(own or mine)
+def _frame_report(run: TrainedRun, subject: int, cfg: RenderConfig) -> tuple[int, dict]:
+    """The trained frame ``cfg.frame``/``cfg.expression`` names for ``subject``
+    (:meth:`TrainedRun.resolve_frame`) and what the report says of it."""
+    r = run.resolve_frame(subject, cfg.frame, cfg.expression)
+    info: dict[str, Any] = {"frame": r.frame, "expression": r.label}
+    if r.borrowed:
+        info["expression_from"] = r.describe()
+    if r.note:
+        info["note"] = r.note
+    return r.frame, info
 
 
 def turntable(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     subject = run.subject_index(cfg.subject)
-    frame = run.frame_index(subject, cfg.frame, cfg.expression)
+    frame, frame_info = _frame_report(run, subject, cfg)
     model = run.model
     z_id = model.identity_codes(torch.tensor([subject]))
     z_exp = model.expression_codes(torch.tensor([frame]))
@@ -125,18 +127,16 @@ def turntable(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     save_png(out / "turntable_strip.png", image_grid(images[:: max(1, len(images) // 8)][:8], 8))
     return {
         "subject": run.subjects[subject],
-        "frame": frame,
-        "expression": run.extra["frames"][frame].get("expression"),
+        **frame_info,
         "outputs": outputs + ["turntable.mp4", "turntable_strip.png"],
     }
 
 
 def grid(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     subjects = [run.subject_index(s) for s in cfg.subjects] or list(range(len(run.subjects)))[:8]
-    labels = list(cfg.expressions) or [e for e in (run.extra.get("expressions") or [])][:8]
-    if not labels:
-        labels = sorted({f.get("expression") for f in run.extra["frames"]})[:8]
-    cells = [(s, _expression_frame(run, s, e)) for s in subjects for e in labels]
+    labels = list(cfg.expressions) or run.trained_labels()[:8]
+    resolved = [(s, run.trained_frame(s, e)) for s in subjects for e in labels]
+    cells = [(s, r.frame) for s, r in resolved]
     model = run.model
     z_id = model.identity_codes(torch.tensor([s for s, _ in cells]))
     z_exp = model.expression_codes(torch.tensor([f for _, f in cells]))
@@ -152,14 +152,18 @@ def grid(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     return {
         "subjects": [run.subjects[s] for s in subjects],
         "expressions": labels,
-        "cells": [{"subject": run.subjects[s], "frame": f} for s, f in cells],
+        "cells": [
+            {"subject": run.subjects[s], "frame": r.frame}
+            | ({"expression_from": r.describe()} if r.borrowed else {})
+            for s, r in resolved
+        ],
         "outputs": ["grid.png", "grid.mp4"],
     }
 
 
 def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
     a, b = run.subject_index(cfg.subject), run.subject_index(cfg.subject_b)
-    frame = run.frame_index(a, cfg.frame, cfg.expression)
+    frame, frame_info = _frame_report(run, a, cfg)
     model = run.model
     codes = model.identity_codes(torch.tensor([a, b]))
     z_id = lerp_codes(codes[0], codes[1], cfg.frames)
@@ -177,8 +181,7 @@ def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]
     return {
         "from": run.subjects[a],
         "to": run.subjects[b],
-        "frame": frame,
-        "expression": run.extra["frames"][frame].get("expression"),
+        **frame_info,
         "outputs": ["interpolation.mp4", "interpolation_strip.png"],
     }
 
@@ -200,5 +203,7 @@ def main(cfg: RenderConfig) -> dict:
 
 if __name__ == "__main__":
     sys.exit(run_cli(RenderConfig, main, summary=lambda r: (
-        f"render {r['mode']} ({r['model']}): wrote {', '.join(r['outputs'])}"
+        f"render {r['mode']} ({r['model']}): "
+        + (f"{r['expression_from']}; " if "expression_from" in r else "")
+        + f"wrote {', '.join(r['outputs'])}"
     )))  # fmt: skip

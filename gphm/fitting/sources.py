@@ -5,7 +5,9 @@ Used by ``scripts/fit_image.py`` and ``scripts/edit_expression.py``. A *spec* st
 * a fitted avatar directory (``avatar.json`` inside),
 * an image file (``.png/.jpg/.jpeg``): it is fitted first,
 * ``SUBJECT`` or ``SUBJECT:EXPRESSION`` (name or index, expression label) or
-  ``SUBJECT@FRAME`` (global frame index) of the trained model.
+  ``SUBJECT@FRAME`` (global frame index) of the trained model, resolved by
+  :meth:`TrainedRun.resolve_frame`: only trained frames count; a subject without a
+  trained frame of that label takes another subject's (the label then says whose).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from gphm.data.preprocess.single_image import PreparedImage, prepare_image
 from gphm.fitting.avatar import Avatar, is_avatar_dir
-from gphm.fitting.fit import FitConfig, FitResult, FitTarget, fit_image
+from gphm.fitting.fit import FitConfig, FitResult, FitTarget, TrainedRows, fit_image
 from gphm.models.runs import TrainedRun
 
 __all__ = ["Source", "resolve_source", "fit_photo", "IMAGE_SUFFIXES"]
@@ -59,7 +61,9 @@ def fit_photo(
         K=torch.from_numpy(prepared.K).float(),
         landmarks=torch.from_numpy(prepared.landmarks).float(),
     )
-    return prepared, fit_image(run.model, target, config, str(run.path), progress=progress)
+    result = fit_image(run.model, target, config, str(run.path), progress=progress,
+                       rows=TrainedRows.of_run(run))  # fmt: skip
+    return prepared, result
 
 
 def _from_avatar(run: TrainedRun, avatar: Avatar, label: str, kind: str, image=None) -> Source:
@@ -81,7 +85,7 @@ def resolve_source(
     if path.is_dir():
         if not is_avatar_dir(path):
             raise FileNotFoundError(f"{path}: a directory but not a fitted avatar (no avatar.json)")
-        return _from_avatar(run, Avatar.load(path), path.name, "avatar")
+        return _from_avatar(run, Avatar.load(path, run.model), path.name, "avatar")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image not found")
@@ -103,13 +107,20 @@ def resolve_source(
         raise ValueError(
             f"{spec!r} is neither an avatar directory, an image file nor a training subject ({err})"
         ) from None
-    frame = run.frame_index(subject, frame, expression)
+    resolved = run.resolve_frame(subject, frame, expression)
     model = run.model
+    label = f"{run.subjects[subject]}:{resolved.label}"
+    info: dict[str, Any] = {"subject": run.subjects[subject], "frame": resolved.frame}
+    if resolved.borrowed:
+        label += f" ({resolved.describe()})"
+        info["expression_from"] = resolved.describe()
+    if resolved.note:
+        info["note"] = resolved.note
     return Source(
-        label=f"{run.subjects[subject]}:{run.extra['frames'][frame].get('expression')}",
+        label=label,
         kind="subject",
         z_id=model.identity_codes.codes.weight[subject].detach(),
-        z_exp=model.expression_codes.codes.weight[frame].detach(),
+        z_exp=model.expression_codes.codes.weight[resolved.frame].detach(),
         model=model,
-        info={"subject": run.subjects[subject], "frame": frame},
+        info=info,
     )
