@@ -1,19 +1,26 @@
 #!/usr/bin/env python
 """Evaluate a trained run on a dataset split (DESIGN.md §5, §6).
 
-    python scripts/evaluate.py run_dir=RUN data.path=DIR split=heldout_view|heldout_combo|fit
+    python scripts/evaluate.py run_dir=RUN data.path=DIR \
+        split=val_view|val_combo|heldout_view|heldout_combo|fit
 
-* ``heldout_view``: training frames from cameras never used in training.
-* ``heldout_combo``: (subject, expression) pairs never trained, rendered by expression
-  code swapping from another subject's training frame with the same label.
-* ``fit``: every subject of DIR (a dataset the model never saw) is fitted from one
-  camera view (``fit.view``, with the dataset's own landmarks projected into it) and
-  scored on the other views of that frame, after scaling the fit about the input camera
-  to the true head size, which one image cannot tell (``psnr_unaligned``: without).
+* ``val_view`` / ``heldout_view``: training frames from cameras never used in training.
+* ``val_combo`` / ``heldout_combo``: (subject, expression) pairs never trained, rendered by
+  expression code swapping from another subject's training frame with the same label.
+  (``val_*`` are the splits defaults are tuned on; ``heldout_*`` are only reported.)
+* ``fit``: every subject of DIR (a dataset the model never saw; one it was trained on is
+  refused unless ``fit.allow_seen=true``) is fitted from one camera view (``fit.view``)
+  and scored on the other views of that frame. ``fit.inputs=gt`` gives the fit the
+  view's true landmarks (projected), mask and K; ``fit.inputs=photo`` prepares the view
+  like a user's photo (detector landmarks, segmentation mask, estimated K). Every metric
+  comes unaligned (``psnr``, ``ssim``, ``psnr_masked``, ``ssim_masked``, ``lpips``: what a
+  user gets in a calibrated rig) and ``*_scale_aligned`` (the fit scaled about the input
+  camera to the true head size, which one image cannot tell), plus the head-pose errors
+  ``rotation_error_deg`` and ``translation_error`` (canonical-head units) and ``inputs``.
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
-``lpips`` — null when unavailable — and ``n``) and ``RUN/eval/<split>/side_by_side.png``
-(prediction | ground truth).
+``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
+``RUN/eval/<split>/side_by_side.png`` (prediction | ground truth).
 """
 
 from __future__ import annotations
@@ -32,22 +39,42 @@ import torch
 from omegaconf import MISSING
 
 from gphm.cli import UserError, run_cli, write_report
+from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
+from gphm.fitting.evaluate import FIT_INPUTS, evaluate_fit
+from gphm.fitting.fit import FitConfig
 from gphm.models.runs import load_run
 from gphm.perceptual import lpips_available
 from gphm.training.config import DataConfig
-from gphm.training.evaluate import SPLITS, evaluate_model
+from gphm.training.evaluate import evaluate_model
 
-ALL_SPLITS = (*SPLITS, "fit")
+# ``train`` is what the model was fitted to: not an evaluation split.
+ALL_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "fit")
 
 
 @dataclass
 class EvalFitConfig:
     view: str | None = None
-    """Camera the single input image comes from (default: the dataset's first camera)."""
+    """Camera the single input image comes from (default: the most frontal one)."""
     frame: str | None = None
     """Expression label of the frame fitted per subject (default: the subject's first)."""
     max_subjects: int = 0
     """Fit at most this many subjects (0 = all)."""
+    inputs: str = "gt"
+    """gt: the view's true projected landmarks, mask and K | photo: the view prepared like
+    a user's photo (detector landmarks, segmentation mask, K estimated from the framing)."""
+    detector: str = "mediapipe"
+    """Landmark detector of fit.inputs=photo."""
+    allow_seen: bool = False
+    """Fit a dataset the model was trained on anyway (its figures then say nothing about
+    unseen people; the report records why it counts as seen)."""
+    config: FitConfig = field(default_factory=FitConfig)
+    """The fitting hyper-parameters (fit.config.phase1_steps=...)."""
+
+    def __post_init__(self) -> None:
+        if self.inputs not in FIT_INPUTS:
+            raise ValueError(
+                f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {self.inputs!r}"
+            )
 
 
 @dataclass
@@ -56,7 +83,7 @@ class EvaluateConfig:
     """Trained run directory (RUN/model is evaluated)."""
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "heldout_view"
-    """heldout_view | heldout_combo | fit."""
+    """val_view | val_combo | heldout_view | heldout_combo | fit."""
     batch_size: int = 8
     out: str | None = None
     """Report directory (default RUN/eval)."""
@@ -75,31 +102,46 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         run = load_run(cfg.run_dir, device=device)
         out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "eval"
         if cfg.split == "fit":
-            from gphm.fitting.evaluate import evaluate_fit
-
-            result = evaluate_fit(run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
-                                  max_subjects=cfg.fit.max_subjects, save_dir=out / "fit",
-                                  progress=sys.stderr.isatty())  # fmt: skip
+            result = evaluate_fit(
+                run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
+                max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / "fit",
+                progress=sys.stderr.isatty(), inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
+                detector=cfg.fit.detector,
+            )  # fmt: skip
         else:
             result = evaluate_model(
                 run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
                 batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
                 progress=sys.stderr.isatty(),
             )  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
+    except NoFaceError as err:
+        raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
+    except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
-    available, reason = lpips_available()
-    if not available:
-        result["lpips_unavailable"] = reason
+    if result.get("lpips") is None and "lpips_unavailable" not in result:
+        available, reason = lpips_available()
+        if not available:
+            result["lpips_unavailable"] = reason
     result["run_dir"] = str(cfg.run_dir)
     result["data"] = str(cfg.data.path)
     write_report(out / f"{cfg.split}.json", result)
     return result
 
 
+def _summary(r: dict[str, Any]) -> str:
+    if r["split"] != "fit":
+        return (f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head "
+                f"{r['psnr_masked']}), SSIM {r['ssim']} (head {r['ssim_masked']}), "
+                f"LPIPS {r['lpips']}")  # fmt: skip
+    return (
+        f"evaluate fit ({r['subjects']} subjects, inputs {r['inputs'].get('landmarks')} "
+        f"landmarks): n={r['n']} PSNR {r['psnr']} dB unaligned / "
+        f"{r['psnr_scale_aligned']} scale-aligned (head {r['psnr_masked']} / "
+        f"{r['psnr_masked_scale_aligned']}), SSIM {r['ssim']} / {r['ssim_scale_aligned']}, "
+        f"LPIPS {r['lpips']} / {r['lpips_scale_aligned']}, pose error "
+        f"{r['rotation_error_deg']:.2f} deg / {r['translation_error']:.3f}"
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(EvaluateConfig, main, summary=lambda r: (
-        f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head {r['psnr_masked']}"
-        + (f", scale not aligned {r['psnr_unaligned']}" if "psnr_unaligned" in r else "")
-        + f"), SSIM {r['ssim']} (head {r['ssim_masked']}), LPIPS {r['lpips']}"
-    )))  # fmt: skip
+    sys.exit(run_cli(EvaluateConfig, main, summary=_summary))

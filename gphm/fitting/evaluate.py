@@ -1,13 +1,31 @@
 """``scripts/evaluate.py split=fit``: single-image fitting scored on novel views.
 
 Every subject of a dataset the model never saw is fitted from one camera view of one
-frame, with the dataset's own 3D landmarks projected into that view (no detector), and
-the fit is rendered into the frame's other cameras — placed relative to the input
-camera by the dataset's calibration — and compared with their images.
+frame, and the fit is rendered into the frame's other cameras — placed relative to the
+input camera by the dataset's calibration — and compared with their images.
+
+What the fit is given (``inputs``, recorded in the report):
+
+* ``"gt"``: the input view's image, its ground-truth mask, its true ``K`` and the dataset's
+  3D landmarks projected into it (no detector): the fitting algorithm alone is scored.
+* ``"photo"``: the rendered input view only, prepared as a user's photo is
+  (:func:`~gphm.data.preprocess.single_image.prepare_image`: detector landmarks,
+  segmentation mask, the crop aligned to the training framing, ``K`` estimated from that
+  framing). See :func:`crop_camera` for how that fit is placed back among the dataset's
+  cameras.
+
+Every metric is reported twice. ``psnr``, ``ssim``, ``psnr_masked``, ``ssim_masked`` and
+``lpips`` are **unaligned**: the fit exactly as it came out, which is what a user gets in
+a calibrated rig. The ``*_scale_aligned`` figures first scale the fit about the input
+camera centre by :func:`gauge_scale` (least squares against the true 3D landmarks in that
+camera's frame), as monocular benchmarks (NoW) align scale: one image cannot tell a small
+near head from a large far one, the input view is unchanged by it and only novel views
+see the difference.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +38,15 @@ from gphm import metrics
 from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.fitting.avatar import Avatar
-from gphm.fitting.fit import FitConfig, FitTarget, Model, fit_image, render_avatar
+from gphm.fitting.fit import (
+    FitConfig,
+    FitResult,
+    FitTarget,
+    Model,
+    TrainedRows,
+    fit_image,
+    render_avatar,
+)
 from gphm.geometry.cameras import (
     camera_centers,
     invert_viewmat,
@@ -29,12 +55,22 @@ from gphm.geometry.cameras import (
 )
 from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
-from gphm.models.runs import TrainedRun
+from gphm.models.runs import TrainedRun, seen_by
+from gphm.perceptual import load_lpips
 
 __all__ = [
-    "evaluate_fit", "fit_landmarks", "frontal_row", "gauge_scale", "render_fit_view",
-    "target_from_item",
+    "FIT_INPUTS", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
+    "frontal_row", "gauge_scale", "pose_errors", "render_fit_view", "target_from_item",
 ]  # fmt: skip
+
+FIT_INPUTS = ("gt", "photo")
+
+# The unaligned metrics; each also gets a ``<name>_scale_aligned`` twin.
+_METRICS = ("psnr", "ssim", "psnr_masked", "ssim_masked", "lpips")
+
+
+class SeenDatasetError(ValueError):
+    """``split=fit`` was asked to fit people the model was trained on."""
 
 
 def target_from_item(item: HeadItem) -> FitTarget:
@@ -73,6 +109,63 @@ def gauge_scale(
     return float((f * t).sum() / (f * f).sum())
 
 
+def crop_camera(
+    to_input: Tensor,  # [2, 3] prepared pixels -> input pixels (PreparedImage.to_input)
+    K_input: Tensor,  # [3, 3] true intrinsics of the input image
+) -> tuple[Tensor, Tensor]:  # R_crop [3, 3], K_crop [3, 3]
+    """The camera that sees a prepared (similarity-warped) crop of an input image.
+
+    ``prepare_image`` warps the photo by a 2D similarity ``u_in = s·Rot(θ)·u + b``. For a
+    pinhole camera with square pixels that warp is exactly a camera at the same centre,
+    turned about its optical axis by θ, with other intrinsics: a point with coordinates
+    ``x_in`` in the input camera's frame has ``x_crop = R_crop @ x_in`` with
+    ``R_crop = Rz(θ)ᵀ`` (``x_in = Rz(θ) x_crop``, depth unchanged), and projects into the
+    crop by ``K_crop`` (focal f/s, principal point ``Rot(θ)ᵀ(c - b)/s``).
+
+    A fit of the crop is made with the framing's *estimated* ``K`` instead of ``K_crop``
+    (nobody knows a photo's focal length); its head pose is in the crop camera's frame,
+    and ``R_crop.T`` takes it back into the input camera's frame exactly (the rotation is
+    our own warp, not an estimate). What is left is the error of the estimated ``K``.
+    """
+    A = to_input[:, :2].double()
+    s = float(torch.linalg.det(A)) ** 0.5
+    rot = A / s  # [2, 2] rotation, prepared -> input pixel directions
+    Rz = torch.eye(3, dtype=torch.float64)
+    Rz[:2, :2] = rot
+    K = K_input.double()
+    f = torch.stack([K[0, 0], K[1, 1]]) / s
+    c = rot.T @ (K[:2, 2] - to_input[:, 2].double()) / s
+    K_crop = torch.tensor([[f[0], 0, c[0]], [0, f[1], c[1]], [0, 0, 1]], dtype=torch.float64)
+    return Rz.T.to(K_input.dtype), K_crop.to(K_input.dtype)
+
+
+def pose_errors(
+    R_fit: Tensor,  # [3, 3] fitted canonical -> input camera rotation
+    T_fit: Tensor,  # [3] fitted translation in the input camera's frame
+    item: HeadItem,  # the input view (true head pose in world, true viewmat)
+    gauge: float = 1.0,
+) -> dict[str, float]:
+    """Fitted vs true head pose of the input view.
+
+    ``rotation_error_deg``: the angle of ``R_fitᵀ R_true``. ``translation_error``: the
+    distance between the fitted and the true head origins (``T``) in world space divided
+    by the true ``head_scale``, i.e. in canonical-head units (the canonical head spans
+    about ±0.9); world and camera frames differ by a rigid motion, so the distance is
+    measured in the input camera's frame. ``translation_error_scale_aligned``: the same
+    after scaling the fit by ``gauge`` about the camera centre.
+    """
+    R_true = item.viewmat[:3, :3] @ item.head_R
+    T_true = item.viewmat[:3, :3] @ item.head_T + item.viewmat[:3, 3]
+    cos = ((R_fit.T.double() @ R_true.double()).trace() - 1) / 2
+    angle = math.degrees(math.acos(float(cos.clamp(-1.0, 1.0))))
+    scale = float(item.head_scale)
+    return {
+        "rotation_error_deg": angle,
+        "translation_error": float((T_fit - T_true).norm()) / scale,
+        "translation_error_scale_aligned": float((gauge * T_fit - T_true).norm()) / scale,
+    }
+
+
 @torch.no_grad()
 def fit_landmarks(model: Model, avatar: Avatar) -> Tensor:  # [L, 3]
     """The fitted 3D landmarks in the input camera's frame."""
@@ -103,6 +196,63 @@ def render_fit_view(
     return out.rgb.clamp(0, 1).cpu()
 
 
+def _to_uint8(image: Tensor) -> np.ndarray:  # [H, W, 3] in [0, 1] -> uint8
+    return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _fit_view(
+    run: TrainedRun,
+    item: HeadItem,
+    inputs: str,
+    config: FitConfig | None,
+    detector: Any,
+    segmenter: Any,
+) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
+    """Fit one input view; the avatar's pose is in the input camera's (true) frame.
+    Returns the result, the ``inputs`` record and per-subject extras."""
+    rows = TrainedRows.of_run(run)
+    if inputs == "gt":
+        result = fit_image(run.model, target_from_item(item), config, str(run.path), rows=rows)
+        record = {"landmarks": "ground truth projected", "mask": "ground truth",
+                  "K": "ground truth"}  # fmt: skip
+        return result, record, {}
+    from gphm.data.preprocess.single_image import prepare_image
+
+    S = item.image.shape[0]
+    prepared = prepare_image(_to_uint8(item.image), detector=detector, segmenter=segmenter,
+                             out_size=S)  # fmt: skip
+    target = FitTarget(
+        image=torch.from_numpy(prepared.image).float(),
+        mask=torch.from_numpy(prepared.mask).float(),
+        K=torch.from_numpy(prepared.K).float(),
+        landmarks=torch.from_numpy(prepared.landmarks).float(),
+    )
+    result = fit_image(run.model, target, config, str(run.path), rows=rows)
+    R_crop, K_crop = crop_camera(torch.from_numpy(prepared.to_input).float(), item.K)
+    av = result.avatar
+    av.head_R, av.head_T = R_crop.T @ av.head_R, R_crop.T @ av.head_T
+    # How far the detector is from the truth, in pixels of the input view.
+    truth_uv, _ = project_points(item.landmarks_3d, item.viewmat, item.K)
+    detected = torch.from_numpy(prepared.map_to_input(prepared.landmarks)).float()
+    det_err = (detected - truth_uv).norm(dim=-1)
+    mask_kind = "segmentation" if prepared.mask_source == "segmentation" else prepared.mask_source
+    record = {"landmarks": "detector", "mask": mask_kind, "K": "estimated"}
+    extras = {
+        "detector_error_px": round(float(det_err[torch.isfinite(det_err)].mean()), 3),
+        "focal_ratio": round(float(target.K[0, 0] / K_crop[0, 0]), 4),  # estimated / true
+    }
+    return result, record, extras
+
+
+def _mean(values: list[float], digits: int) -> float | None:
+    mean, _ = metrics.finite_mean(values)
+    return None if mean is None else round(mean, digits)
+
+
+def _digits(key: str) -> int:
+    return 3 if key.startswith("psnr") else 4
+
+
 def evaluate_fit(
     run: TrainedRun,
     data_path: str | Path,
@@ -112,18 +262,40 @@ def evaluate_fit(
     config: FitConfig | None = None,
     save_dir: str | Path | None = None,
     progress: bool = False,
+    inputs: str = "gt",
+    allow_seen: bool = False,
+    detector: Any = "mediapipe",
+    segmenter: Any = None,
 ) -> dict[str, Any]:
     """Fit each subject of ``data_path`` from camera ``view`` (default: the most
-    frontal) of its first frame (or the one labelled ``frame``); score the other views."""
+    frontal) of its first frame (or the one labelled ``frame``); score the other views
+    (module docstring: ``inputs``, unaligned and scale-aligned metrics).
+
+    A dataset the model was trained on (:func:`~gphm.models.runs.seen_by`) raises
+    :class:`SeenDatasetError` unless ``allow_seen``. ``detector``/``segmenter``
+    (``inputs="photo"``): a backend name or object as :func:`prepare_image` takes them.
+    """
+    if inputs not in FIT_INPUTS:
+        raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
     model = run.model
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
+    seen = seen_by(run, ds.meta)
+    if seen and not allow_seen:
+        raise SeenDatasetError(
+            f"data.path={data_path}: {seen}; split=fit scores fits of people the model never "
+            "saw (pass fit.allow_seen=true to fit them anyway)"
+        )
     subjects = sorted(set(ds.subjects.tolist()))
     if max_subjects:
         subjects = subjects[:max_subjects]
     names = ds.meta["subjects"]
-    keys = ("psnr", "psnr_masked", "ssim", "ssim_masked", "psnr_unaligned")
+    device = next(model.parameters()).device
+    lpips, lpips_reason = load_lpips(device=device)
+    keys = [k + suffix for k in _METRICS for suffix in ("", "_scale_aligned")]
     scores: dict[str, list[float]] = {k: [] for k in keys}
-    per_subject, tiles = [], []
+    per_subject: list[dict[str, Any]] = []
+    tiles: list[Tensor] = []
+    record: dict[str, Any] = {}
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
         rows = np.flatnonzero(ds.subjects == s)
         frames = [int(ds.frames[r]) for r in rows]
@@ -145,7 +317,7 @@ def evaluate_fit(
         else:
             raise ValueError(f"{data_path}: no camera {view!r} in frame {chosen}; has {cams}")
         source = items[i_in]
-        result = fit_image(model, target_from_item(source), config, str(run.path))
+        result, record, extras = _fit_view(run, source, inputs, config, detector, segmenter)
         av = result.avatar
         net = av.personalised(model)
         others = [it for j, it in enumerate(items) if j != i_in]
@@ -157,42 +329,56 @@ def evaluate_fit(
             for it in others:
                 vm = it.viewmat @ to_input
                 gt, m = it.image[None], it.mask[None]
-                unaligned_rgb = render_fit_view(net, av, vm, it.K)
-                view_scores["psnr_unaligned"].append(float(metrics.psnr(unaligned_rgb, gt)[0]))
-                rgb = render_fit_view(net, av, vm, it.K, gauge)
-                view_scores["psnr"].append(float(metrics.psnr(rgb, gt)[0]))
-                view_scores["psnr_masked"].append(float(metrics.masked_psnr(rgb, gt, m)[0]))
-                view_scores["ssim"].append(float(metrics.ssim(rgb, gt)[0]))
-                view_scores["ssim_masked"].append(float(metrics.masked_ssim(rgb, gt, m)[0]))
+                for suffix, k in (("", 1.0), ("_scale_aligned", gauge)):
+                    rgb = render_fit_view(net, av, vm, it.K, k)
+                    values = {
+                        "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt),
+                        "psnr_masked": metrics.masked_psnr(rgb, gt, m),
+                        "ssim_masked": metrics.masked_ssim(rgb, gt, m),
+                    }  # fmt: skip
+                    if lpips is not None:
+                        values["lpips"] = lpips(rgb.to(device), gt.to(device)).cpu()
+                    for name, v in values.items():
+                        view_scores[name + suffix].append(float(v[0]))
                 if len(tiles) < 64 and it is others[len(others) // 2]:
                     tiles += [source.image, result.render, rgb[0], it.image]
         for k in keys:
             scores[k] += view_scores[k]
+        pose = pose_errors(av.head_R, av.head_T, source, gauge)
         per_subject.append({
             "subject": names[s], "frame": chosen, "input_view": source.camera,
             "novel_views": len(others), "seconds": round(result.seconds, 2),
             "landmark_error_px": round(result.landmark_error_px, 3),
             "psnr_input": round(result.psnr, 3),
-            "psnr": round(float(np.mean(view_scores["psnr"])), 3),
-            "psnr_unaligned": round(float(np.mean(view_scores["psnr_unaligned"])), 3),
+            **{k: _mean(view_scores[k], _digits(k)) for k in keys if k.startswith("psnr")},
             "gauge_scale": round(gauge, 4),
+            **{k: round(v, 4) for k, v in pose.items()},
+            **extras,
         })  # fmt: skip
+    masked = scores["psnr_masked"]
     report: dict[str, Any] = {
         "split": "fit",
+        "inputs": record,
         "n": len(scores["psnr"]),
+        "n_empty": int(sum(not math.isfinite(v) for v in masked)),
         "subjects": len(subjects),
         "model": type(model).__name__,
-        **{k: round(float(np.mean(v)), 4 if "ssim" in k else 3) for k, v in scores.items()},
-        "lpips": None,
-        "fit_seconds_mean": round(float(np.mean([p["seconds"] for p in per_subject])), 2),
-        "fit_seconds_max": round(float(np.max([p["seconds"] for p in per_subject])), 2),
-        "landmark_error_px": round(
-            float(np.mean([p["landmark_error_px"] for p in per_subject])), 3
-        ),
-        "per_subject": per_subject,
+        **{k: _mean(v, _digits(k)) for k, v in scores.items()},
     }
+    if lpips is None:
+        report["lpips_unavailable"] = lpips_reason
+    for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
+              "landmark_error_px", "gauge_scale", "detector_error_px"):  # fmt: skip
+        if per_subject and k in per_subject[0]:
+            report[k] = round(float(np.mean([p[k] for p in per_subject])), 4)
+    report["fit_seconds_mean"] = round(float(np.mean([p["seconds"] for p in per_subject])), 2)
+    report["fit_seconds_max"] = round(float(np.max([p["seconds"] for p in per_subject])), 2)
+    if seen:
+        report["seen"] = seen  # allowed by fit.allow_seen: these people were trained on
+    report["per_subject"] = per_subject
     if save_dir is not None and tiles:
         save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
         report["images"] = ["side_by_side.png"]
-        report["columns"] = ["input", "fit (input view)", "fit (novel view)", "ground truth"]
+        report["columns"] = ["input", "fit (input view)", "fit (novel view, scale aligned)",
+                             "ground truth"]  # fmt: skip
     return report

@@ -13,6 +13,7 @@ from gphm import metrics
 from gphm.data.loaders import HeadDataset
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.evaluate import (
+    SeenDatasetError,
     evaluate_fit,
     fit_landmarks,
     gauge_scale,
@@ -98,15 +99,101 @@ def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
 
 
 def test_evaluate_fit_split(trained, tiny_head_dataset, tmp_path):
+    # The fixture's model was trained on this dataset: refused unless allowed.
+    with pytest.raises(SeenDatasetError, match=r"trained on \(fingerprint .*fit.allow_seen=true"):
+        evaluate_fit(trained, tiny_head_dataset, view="c1", max_subjects=1)
     report = evaluate_fit(trained, tiny_head_dataset, view="c1", max_subjects=1,
                           config=FitConfig(phase1_steps=20, phase2_steps=5),
-                          save_dir=tmp_path)  # fmt: skip
+                          save_dir=tmp_path, allow_seen=True)  # fmt: skip
     assert report["split"] == "fit" and report["subjects"] == 1 and report["n"] == 2
-    assert report["per_subject"][0]["input_view"] == "c1" and report["lpips"] is None
-    assert 5 < report["psnr"] < 60 and (tmp_path / "side_by_side.png").is_file()
-    assert 5 < report["psnr_unaligned"] < 60 and 0.5 < report["per_subject"][0]["gauge_scale"] < 2
+    assert report["n_empty"] == 0 and "trained on" in report["seen"]
+    assert report["inputs"] == {"landmarks": "ground truth projected", "mask": "ground truth",
+                                "K": "ground truth"}  # fmt: skip
+    sub = report["per_subject"][0]
+    assert sub["input_view"] == "c1" and 0.5 < sub["gauge_scale"] < 2
+    for k in ("psnr", "ssim", "psnr_masked", "ssim_masked"):  # both ways, explicit names
+        assert report[k] is not None and report[k + "_scale_aligned"] is not None, k
+    assert 5 < report["psnr"] < 60 and 5 < report["psnr_scale_aligned"] < 60
+    assert report["psnr"] == sub["psnr"] and "psnr_unaligned" not in report
+    # LPIPS is null with the reason (no backbone weights offline), never 0.
+    assert report["lpips"] is None and report["lpips_scale_aligned"] is None
+    assert "lpips_unavailable" in report or report["lpips"] is not None
+    # Fitting a training subject from its own view: the pose is close to the truth.
+    assert 0 <= report["rotation_error_deg"] < 15 and 0 <= report["translation_error"] < 0.5
+    assert sub["rotation_error_deg"] == report["rotation_error_deg"]
+    assert (tmp_path / "side_by_side.png").is_file()
     with pytest.raises(ValueError, match="no camera 'c9'"):
-        evaluate_fit(trained, tiny_head_dataset, view="c9", max_subjects=1)
+        evaluate_fit(trained, tiny_head_dataset, view="c9", max_subjects=1, allow_seen=True)
+    with pytest.raises(ValueError, match="fit.inputs must be one of gt|photo"):
+        evaluate_fit(trained, tiny_head_dataset, inputs="selfie", allow_seen=True)
+
+
+class _TruthDetector:
+    """Stands in for mediapipe: returns the dataset's projected landmarks of the view."""
+
+    name = "truth"
+
+    def __init__(self, uv):
+        self.uv = np.asarray(uv, dtype=np.float64)
+
+    def detect(self, image, source=None):
+        from gphm.data.preprocess.detectors import Detection
+
+        H, W = image.shape[:2]
+        return Detection(self.uv, np.array([0.0, 0.0, W, H]), None, (H, W))
+
+
+class _TruthSegmenter:
+    name = "truth"
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask, dtype=np.float32)
+
+    def segment(self, image):
+        return self.mask
+
+
+def test_evaluate_fit_photo_inputs_score_the_user_pipeline_in_the_true_cameras(
+    trained, tiny_head_dataset
+):
+    """fit.inputs=photo goes through prepare_image (crop, estimated K) and its fit is
+    placed back in the input camera's true frame: with perfect landmarks and mask the
+    pose is as good as the ground-truth path's, only the estimated K differs."""
+    ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
+    item = _frame_items(ds, subject=0, frame=0)[1]  # camera c1
+    uv = target_from_item(item).landmarks
+    cfg = FitConfig(phase1_steps=20, phase2_steps=0)
+    kwargs = dict(view="c1", max_subjects=1, config=cfg, allow_seen=True)
+    photo = evaluate_fit(trained, tiny_head_dataset, inputs="photo", **kwargs,
+                         detector=_TruthDetector(uv),
+                         segmenter=_TruthSegmenter(item.mask[..., 0].numpy()))  # fmt: skip
+    gt = evaluate_fit(trained, tiny_head_dataset, inputs="gt", **kwargs)
+    assert photo["inputs"] == {"landmarks": "detector", "mask": "segmentation", "K": "estimated"}
+    sub = photo["per_subject"][0]
+    assert sub["detector_error_px"] < 1e-3  # the stand-in detector is exact
+    assert sub["focal_ratio"] != pytest.approx(1.0, abs=1e-3)  # the framing's K is a guess
+    assert photo["rotation_error_deg"] < gt["rotation_error_deg"] + 10
+    assert 5 < photo["psnr"] < 60 and 5 < photo["psnr_scale_aligned"] < 60
+
+
+def test_crop_camera_reproduces_the_similarity_warp():
+    """Points projected by the input camera and warped into the crop land where the crop
+    camera (R_crop, K_crop) projects them."""
+    from gphm.fitting.evaluate import crop_camera
+
+    K = torch.tensor([[300.0, 0, 130], [0, 300.0, 120], [0, 0, 1]])
+    theta, s, b = 0.3, 1.7, torch.tensor([12.0, -7.0])
+    rot = torch.tensor([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    to_input = torch.cat([s * rot, b[:, None]], 1).float()  # crop px -> input px
+    x_in = torch.randn(20, 3) * 0.3 + torch.tensor([0.1, -0.2, 4.0])
+    u_in = (x_in @ K.T)[:, :2] / x_in[:, 2:]
+    u_crop = torch.linalg.solve(to_input[:, :2], (u_in - to_input[:, 2]).T).T
+    R_crop, K_crop = crop_camera(to_input, K)
+    x_crop = x_in @ R_crop.T
+    proj = (x_crop @ K_crop.T)[:, :2] / x_crop[:, 2:]
+    torch.testing.assert_close(proj, u_crop, atol=1e-3, rtol=0)
+    torch.testing.assert_close(x_crop[:, 2], x_in[:, 2])  # a turn about the optical axis
+    assert K_crop[0, 0] == pytest.approx(300 / s)
 
 
 def test_gauge_scale_recovers_a_scale_about_the_camera():
@@ -226,3 +313,153 @@ def test_render_codes_shares_the_mesh_of_a_guidance_model_and_offsets_need_gauss
     offsets = torch.zeros(model.num_points, 3)
     with pytest.raises(ValueError, match="per-Gaussian; got a GuidanceModel"):
         render_codes(guidance, z_id, z_exp, rig, point_offsets=offsets)
+
+
+def test_codebook_statistics_over_trained_rows_ignore_wild_untrained_rows():
+    from gphm.models.embeddings import Codebook, CodebookConfig
+
+    book = Codebook(10, CodebookConfig(dim=4, init_std=0.1)).requires_grad_(False)
+    with torch.no_grad():
+        book.codes.weight[7:] = 1e3  # never optimised: whatever the init left there
+    trained = [0, 1, 2, 3, 4, 5, 6]
+    w = book.codes.weight.detach()
+    torch.testing.assert_close(book.mean(trained), w[:7].mean(0))
+    torch.testing.assert_close(book.std(trained), w[:7].std(0, unbiased=False).clamp_min(1e-3))
+    assert float(book.mean().abs().max()) > 100 and float(book.mean(trained).abs().max()) < 1
+    assert float(book.std(trained).max()) < 1 < float(book.std().min())
+    with pytest.raises(IndexError, match=r"out of range \[0, 10\)"):
+        book.mean([3, 10])
+    with pytest.raises(ValueError, match="at least one row"):
+        book.std([])
+
+
+def test_fitting_starts_from_and_is_held_to_the_trained_rows(trained, tiny_head_dataset):
+    """A held-out frame's expression row (and an untrained subject's identity row) must not
+    bend the fitting prior: the run's train_frames decide which rows count."""
+    import copy
+
+    from gphm.fitting.fit import TrainedRows
+    from gphm.models.runs import TrainedRun
+
+    model = copy.deepcopy(trained.model)
+    with torch.no_grad():
+        model.expression_codes.codes.weight[1] = 50.0  # frame 1 (a:open): "untrained"
+    extra = dict(trained.extra, train_frames=[0, 2, 3])
+    run = TrainedRun(model=model, extra=extra, path=trained.path)
+    rows = TrainedRows.of_run(run)
+    assert rows == TrainedRows(identity=(0, 1), expression=(0, 2, 3))
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    cfg = FitConfig(phase1_steps=1, phase2_steps=0)
+    good = fit_image(model, target_from_item(ds[0]), cfg, rows=rows)
+    bad = fit_image(model, target_from_item(ds[0]), cfg)  # every row: the old prior
+    trained_mean = model.expression_codes.codes.weight[[0, 2, 3]].detach().mean(0)
+    assert float((good.avatar.z_exp - trained_mean).abs().max()) < 0.1
+    assert float((bad.avatar.z_exp - trained_mean).abs().max()) > 5
+    assert good.history[0]["code"] < 10
+
+
+def _avatar(trained, tiny_head_dataset, tmp_path):
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    result = fit_image(trained.model, target_from_item(ds[0]),
+                       FitConfig(phase1_steps=1, phase2_steps=1), str(trained.path))  # fmt: skip
+    return result.avatar.save(tmp_path / "av"), result.avatar
+
+
+def test_avatar_load_names_the_file_and_field_of_a_damaged_avatar(
+    trained, tiny_head_dataset, tmp_path
+):
+    from safetensors.torch import load_file, save_file
+
+    path, avatar = _avatar(trained, tiny_head_dataset, tmp_path)
+    weights, meta = path / "avatar.safetensors", path / "avatar.json"
+    Avatar.load(path, trained.model)  # intact
+    tensors = load_file(str(weights))
+
+    def tampered(**changes):
+        save_file({**tensors, **changes}, str(weights))
+
+    tampered(z_id=torch.full_like(tensors["z_id"], float("nan")))
+    with pytest.raises(ValueError, match=r"avatar.safetensors: field 'z_id' holds non-finite"):
+        Avatar.load(path)
+    tampered(point_offsets=tensors["point_offsets"][:-5])
+    Avatar.load(path)  # a consistent file on its own ...
+    with pytest.raises(ValueError, match=r"field 'point_offsets' has shape \[\d+, 3\], expected"):
+        Avatar.load(path, trained.model)  # ... but not for this model
+    tampered(z_exp=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"field 'z_exp' has shape \[3\], expected \[\d+\]"):
+        Avatar.load(path, trained.model)
+    tampered(head_R=torch.eye(4))
+    with pytest.raises(ValueError, match=r"field 'head_R' has shape \[4, 4\], expected \[3, 3\]"):
+        Avatar.load(path)
+    save_file(tensors, str(weights))
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match=r"avatar.safetensors: unreadable safetensors file"):
+        Avatar.load(path)
+    save_file(tensors, str(weights))
+    good = json.loads(meta.read_text())
+    meta.write_text(json.dumps(good | {"head_scale": "big"}))
+    with pytest.raises(ValueError, match=r"avatar.json: field 'head_scale' must be a finite"):
+        Avatar.load(path)
+    meta.write_text(json.dumps(good)[:-10])
+    with pytest.raises(ValueError, match=r"avatar.json: invalid JSON"):
+        Avatar.load(path)
+
+
+def test_avatar_save_does_not_replace_an_existing_avatar_unless_asked(
+    trained, tiny_head_dataset, tmp_path
+):
+    from gphm.fitting.avatar import AvatarExistsError
+
+    path, avatar = _avatar(trained, tiny_head_dataset, tmp_path)
+    before = (path / "avatar.safetensors").read_bytes()
+    other = Avatar(**{**avatar.__dict__, "z_id": avatar.z_id + 1})
+    with pytest.raises(AvatarExistsError, match=r"av already exists and is not empty; pass "
+                                               r"overwrite=true"):  # fmt: skip
+        other.save(path)
+    assert (path / "avatar.safetensors").read_bytes() == before  # untouched
+    other.save(path, overwrite=True)
+    torch.testing.assert_close(Avatar.load(path).z_id, avatar.z_id + 1)
+    (tmp_path / "empty").mkdir()
+    avatar.save(tmp_path / "empty")  # an empty directory holds nothing to lose
+    assert Avatar.load(tmp_path / "empty").image_size == avatar.image_size
+
+
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_h4_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_render_and_edit_resolve_only_trained_frames_and_say_whose(trained, tmp_path):
+    import shutil
+
+    from gphm.cli import UserError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.path, run / "model")
+    config = json.loads((run / "model/config.json").read_text())
+    config["extra"]["train_frames"] = [0, 2, 3]  # a:open (frame 1) held out
+    (run / "model/config.json").write_text(json.dumps(config))
+    render = _script("render")
+    cfg = dict(checkpoint=str(run), frames=2, size=32)
+    with pytest.raises(UserError, match=r"a@1: frame 1 was not trained.*"
+                                        r"a's trained labels: \['neutral'\]"):  # fmt: skip
+        render.main(render.RenderConfig(**cfg, out=str(tmp_path / "r1"), subject="a", frame=1))
+    with pytest.raises(UserError, match=r"no trained frame shows expression 'smile'; trained "
+                                        r"labels: \['neutral', 'open'\]"):  # fmt: skip
+        render.main(render.RenderConfig(**cfg, out=str(tmp_path / "r2"), expression="smile"))
+    rep = render.main(render.RenderConfig(**cfg, out=str(tmp_path / "r3"), subject="a",
+                                          expression="open"))  # fmt: skip
+    assert rep["frame"] == 3 and rep["expression_from"] == "expression from b@3"
+    edit = _script("edit_expression")
+    ecfg = dict(checkpoint=str(run), source="b", target="a:open", out=str(tmp_path / "e"),
+                steps_between=1, size=32)  # fmt: skip
+    rep = edit.main(edit.EditConfig(**ecfg))
+    assert rep["target"]["label"] == "a:open (expression from b@3)"
+    assert rep["drive"] == ["neutral", "target"]  # a's trained labels only
+    with pytest.raises(UserError, match="drive: no trained frame shows expression 'smile'"):
+        edit.main(edit.EditConfig(**ecfg, drive=["neutral", "smile"]))

@@ -1,0 +1,93 @@
+"""TrainedRun's resolver of trained expression codes, and the dataset fingerprint."""
+
+from pathlib import Path
+
+import pytest
+
+from gphm.models.runs import ResolvedFrame, TrainedRun, dataset_fingerprint, seen_by
+
+SUBJECTS = ["synth_000", "synth_001", "synth_002"]
+LABELS = ["neutral", "smile", "jaw_open"]
+
+
+def _run(train_frames=None, drop_key=False) -> TrainedRun:
+    """3 subjects x 3 labels, frame = 3 * subject + label index. By default synth_000's
+    smile (frame 1) and all of synth_002's jaw_open (frame 8) are held out (untrained)."""
+    frames = [{"subject": s, "expression": e} for s in range(3) for e in LABELS]
+    extra = {"subjects": SUBJECTS, "frames": frames}
+    if not drop_key:
+        extra["train_frames"] = train_frames if train_frames is not None else [
+            0, 2, 3, 4, 5, 6, 7
+        ]  # fmt: skip
+    return TrainedRun(model=None, extra=extra, path=Path("RUN/model"))
+
+
+def test_own_trained_frame_first():
+    r = _run().trained_frame(1, "smile")
+    assert r == ResolvedFrame(4, 1, "synth_001", "smile", borrowed=False)
+    assert r.describe() == "expression from synth_001@4"
+
+
+def test_an_untrained_own_frame_is_never_used_the_lowest_other_subject_lends_one():
+    run = _run()
+    r = run.trained_frame(0, "smile")  # frame 1 exists but was never trained
+    assert (r.frame, r.subject, r.borrowed) == (4, 1, True)
+    assert r.describe() == "expression from synth_001@4"
+    r = run.trained_frame(2, "jaw_open")  # own frame 8 untrained; synth_000 lends frame 2
+    assert (r.frame, r.subject, r.borrowed) == (2, 0, True)
+    assert run.trained_frame(None, "smile").frame == 4  # nobody asks: not "borrowed"
+    assert not run.trained_frame(None, "smile").borrowed
+
+
+def test_unknown_or_untrained_labels_and_frames_name_the_trained_labels():
+    run = _run(train_frames=[0, 3, 4])  # no trained jaw_open anywhere
+    with pytest.raises(ValueError, match=r"no trained frame shows expression 'jaw_open'.*"
+                                         r"\['neutral', 'smile'\]"):  # fmt: skip
+        run.trained_frame(0, "jaw_open")
+    with pytest.raises(ValueError, match="no trained frame shows expression 'frown'"):
+        run.resolve_frame(0, expression="frown")
+    with pytest.raises(ValueError, match=r"synth_000@2: frame 2 was not trained.*"
+                                         r"synth_000's trained labels: \['neutral'\]"):  # fmt: skip
+        run.resolve_frame(0, frame=2)
+    with pytest.raises(ValueError, match=r"frame 9 out of range \[0, 9\)"):
+        run.frame_index(0, frame=9)
+    with pytest.raises(ValueError, match="subject 'synth_002' has no trained frame"):
+        run.resolve_frame(2)
+
+
+def test_defaults_and_frame_index_keep_working():
+    run = _run()
+    assert run.frame_index(0) == 0 and run.frame_index(2) == 6
+    assert run.frame_index(0, frame=4) == 4  # another subject's trained frame, named
+    assert run.resolve_frame(0, frame=4).borrowed
+    assert run.frame_index(1, expression="jaw_open") == 5
+    assert run.trained_labels() == ["neutral", "jaw_open", "smile"]  # frame order
+    assert run.trained_labels(0) == ["neutral", "jaw_open"]
+    run.extra["expressions"] = LABELS  # the dataset's order when recorded
+    assert run.trained_labels() == LABELS
+    assert run.trained_subjects == [0, 1, 2]
+    assert run.train_frames_note is None and run.resolve_frame(0).note is None
+
+
+def test_older_runs_without_train_frames_take_every_frame_as_trained_with_a_note():
+    run = _run(drop_key=True)
+    assert run.train_frames == list(range(9))
+    r = run.trained_frame(0, "smile")
+    assert (r.frame, r.borrowed) == (1, False)
+    assert "does not record train_frames" in r.note
+
+
+def test_fingerprint_and_seen_datasets():
+    meta = {"subjects": SUBJECTS, "frames": _run().frames, "generator": {"seed": 0}}
+    other = meta | {"generator": {"seed": 1}}
+    assert dataset_fingerprint(meta) == dataset_fingerprint(dict(reversed(meta.items())))
+    assert dataset_fingerprint(meta) != dataset_fingerprint(other)
+    run = _run()
+    run.extra["dataset_fingerprint"] = dataset_fingerprint(meta)
+    assert "trained on" in seen_by(run, meta)
+    assert seen_by(run, other) is None  # same synthetic names, other people
+    older = _run(drop_key=True)  # no fingerprint: same subjects and frames count as seen
+    assert seen_by(older, other) is not None
+    assert seen_by(older, other | {"subjects": ["x", "y", "z"]}) is None
+    imported = {"subjects": ["p017", "synth_001"], "generator": {"importer": "nersemble"}}
+    assert "synth_001" in seen_by(run, imported)
