@@ -389,6 +389,7 @@ def _evaluate_chunk(
     opac: Tensor,  # [T, K]
     bufs: list[Tensor],  # 4 scratch [T, P, K] buffers, overwritten
     max_alpha: float,
+    unclamped: Tensor | None = None,  # [T, P, K] scratch: set to 1.0 where o·exp(-σ) <= α_max
 ) -> _ChunkState:
     """Front-to-back compositing of one chunk (gsplat's per-pixel loop, vectorised).
 
@@ -399,7 +400,10 @@ def _evaluate_chunk(
     """
     alpha, log_keep, weights, above = bufs
     torch.matmul(basis, -coef, out=alpha)  # -σ
-    alpha.clamp_(min=_MIN_EXP).exp_().mul_(opac[:, None, :]).clamp_(max=max_alpha)
+    alpha.clamp_(min=_MIN_EXP).exp_().mul_(opac[:, None, :])
+    if unclamped is not None:  # gsplat passes gradients where o·exp(-σ) <= α_max, inclusive
+        torch.le(alpha, max_alpha, out=unclamped)
+    alpha.clamp_(max=max_alpha)
     # Skipped slots (α < 1/255) get α = 0: they leave T unchanged and get no weight.
     F.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
     torch.neg(alpha, out=log_keep).add_(1.0).log_()
@@ -453,7 +457,8 @@ class _CompositeTiles(torch.autograd.Function):
     Per pixel, with ``g = dL/drender``, ``gA = dL/dalpha``, ``T_i`` the transmittance in
     front of slot ``i`` and ``S_i = Σ_{j>i} w_j (g·f_j) + T_final (g·bg - gA)`` (what lies
     behind it): ``dL/dα_i = T_i (g·f_i) - S_i / (1 - α_i)`` for included slots; zero for
-    skipped and stopped slots, and zero into σ and opacity where α was clamped to ``max_alpha``.
+    skipped and stopped slots, and zero into σ and opacity where ``o·exp(-σ) > max_alpha``
+    (clamped; gsplat's ``<=`` test, so a value equal to the clamp still passes gradients).
     Since ``α = o·exp(-σ)``: ``dL/dσ = -α dL/dα`` and ``dL/do = Σ_pixels α dL/dα / o``.
     """
 
@@ -496,7 +501,7 @@ class _CompositeTiles(torch.autograd.Function):
         plan: TilePlan = ctx.plan
         P = plan.work_tile**2
         basis = _pixel_basis(plan.work_tile, means2d.dtype, means2d.device)
-        ws = _Workspace(6, plan.max_chunk_elements, means2d)
+        ws = _Workspace(7, plan.max_chunk_elements, means2d)
         g_tiles = _image_to_tiles(grad_render, plan)  # [tiles, P, D]
         ga_tiles = _image_to_tiles(grad_alpha, plan)[..., 0]  # [tiles, P]
         d_means, d_conics = torch.zeros_like(means2d), torch.zeros_like(conics)
@@ -505,7 +510,8 @@ class _CompositeTiles(torch.autograd.Function):
             m, con, opac, fidx = _chunk_inputs(chunk, means2d, conics, opacities, feature_index)
             bufs = ws.views((len(chunk.tiles), P, chunk.gauss.shape[1]))
             coef = _sigma_coefficients(m, con)
-            s = _evaluate_chunk(basis, coef, opac, bufs[:4], ctx.max_alpha)  # again
+            unclamped = bufs[6]
+            s = _evaluate_chunk(basis, coef, opac, bufs[:4], ctx.max_alpha, unclamped)  # again
             tmp, w_gf, behind = bufs[1], bufs[4], bufs[5]
             g, f = g_tiles[chunk.tiles], features[fidx]  # [T, P, D], [T, K, D]
             torch.bmm(g, f.transpose(1, 2), out=w_gf).mul_(s.weights)  # w_i (g·f_i)
@@ -517,7 +523,7 @@ class _CompositeTiles(torch.autograd.Function):
             # slots (skipped ones already have α = 0).
             torch.neg(s.alpha, out=tmp).add_(1.0).reciprocal_().mul_(s.alpha).mul_(behind)
             a_grad = w_gf.sub_(tmp)
-            a_grad.mul_(torch.lt(s.alpha, ctx.max_alpha, out=tmp).mul_(s.above))
+            a_grad.mul_(unclamped).mul_(s.above)
             d_coef = -(basis.T @ a_grad)  # dL/d(σ coefficients), [T, 6, K]
             d_m, d_con = _sigma_coefficients_backward(m, con, d_coef)
             gauss = chunk.gauss.reshape(-1)
