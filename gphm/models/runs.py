@@ -88,12 +88,13 @@ class TrainedRun:
         return str(f.get("expression") or f.get("name") or frame)
 
     def trained_labels(self, subject: int | None = None) -> list[str]:
-        """Expression labels of the trained frames (of ``subject``, or of any subject), in
-        frame order without repeats."""
+        """Expression labels of the trained frames (of ``subject``, or of any subject),
+        without repeats, in the order of ``extra["expressions"]`` (then frame order)."""
         frames = self.frames
         labels = [self.frame_label(f) for f in self.train_frames
                   if subject is None or self.frame_subject(frames[f]) == subject]  # fmt: skip
-        return list(dict.fromkeys(labels))
+        order = {e: i for i, e in enumerate(self.extra.get("expressions") or [])}
+        return sorted(dict.fromkeys(labels), key=lambda e: order.get(e, len(order)))
 
     def subject_index(self, subject: str | int) -> int:
         """Index of a subject given by name or index (as a string or int)."""
@@ -108,19 +109,21 @@ class TrainedRun:
             raise ValueError(f"subject index {i} out of range [0, {len(names)})")
         return i
 
-    def _resolved(self, frame: int, asked: int) -> ResolvedFrame:
+    def _resolved(self, frame: int, asked: int | None) -> ResolvedFrame:
         owner = self.frame_subject(self.frames[frame])
         return ResolvedFrame(
             frame=frame, subject=owner, subject_name=self.subjects[owner],
-            label=self.frame_label(frame), borrowed=owner != asked, note=self.train_frames_note,
+            label=self.frame_label(frame), borrowed=asked is not None and owner != asked,
+            note=self.train_frames_note,
         )  # fmt: skip
 
-    def trained_frame(self, subject: int, expression: str) -> ResolvedFrame:
+    def trained_frame(self, subject: int | None, expression: str) -> ResolvedFrame:
         """The trained frame to render ``subject`` with ``expression``: the subject's own
         trained frame with that label (the lowest such index), otherwise the trained frame
         of the lowest-index other subject that has the label (``borrowed``: expression
-        transfer). Untrained frames (held-out pairs) never count: their codes were never
-        optimised. ``ValueError`` listing the trained labels when no subject has one."""
+        transfer). ``subject=None`` (a fitted avatar asks): the lowest-index subject's.
+        Untrained frames (held-out pairs) never count: their codes were never optimised.
+        ``ValueError`` listing the trained labels when no subject has one."""
         frames = self.frames
         candidates = [f for f in self.train_frames if self.frame_label(f) == expression]
         if not candidates:
