@@ -256,3 +256,19 @@ def test_reading_refuses_data_files_outside_the_dataset(tmp_path, name):
     (d / "state.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"ds/state.json: data file .* (leaves|outside)"):
         load_dataset_dir(d)
+
+
+def test_overwrite_replaces_only_a_dataset(tmp_path):
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "me.jpg").write_bytes(b"jpeg")
+    with pytest.raises(FileExistsError, match=r"photos is a non-empty folder that is not a gphm"):
+        write_dataset(user, tiny_rows(), tiny_meta(), overwrite=True)
+    assert [p.name for p in user.iterdir()] == ["me.jpg"]
+    ds = write_dataset(tmp_path / "ds", tiny_rows(), tiny_meta())
+    write_dataset(ds, tiny_rows(seed=1), tiny_meta(), overwrite=True)  # a dataset: replaced
+    (tmp_path / "empty").mkdir()
+    write_dataset(tmp_path / "empty", tiny_rows(), tiny_meta(), overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a directory"):
+        write_dataset(tmp_path / "file", tiny_rows(), tiny_meta(), overwrite=True)

@@ -318,11 +318,15 @@ def test_cache_with_user_files_is_never_used_nor_deleted(capture, tmp_path):
     preprocess_capture(root, tmp_path / "ds", opts, detector=FakeDetector(gt["uv"]), progress=False)
     assert (ours / CACHE_MARKER).is_file()
     (ours / "notes.txt").write_text("added later")
+    (ours / ".f001.x1y2.npz").write_bytes(b"torn")  # a killed run's temporary file
     opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(ours))
     det = FakeDetector(gt["uv"])
     preprocess_capture(root, tmp_path / "ds2", opts, detector=det, progress=False)
     assert det.calls == 0  # every frame reused from the cache
-    assert _tree(ours) == {"notes.txt": b"added later"}
+    assert set(_tree(ours)) == {"notes.txt", CACHE_MARKER}  # still ours, notes kept
+    (ours / "notes.txt").unlink()
+    preprocess_capture(root, tmp_path / "ds2", opts, overwrite=True, detector=det, progress=False)
+    assert not ours.exists()  # nothing else in it: removed
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is adopted, and removed after success
     opts = PreprocessOptions(mask="hull", resolution=OUT_H // 2, cache=str(empty))

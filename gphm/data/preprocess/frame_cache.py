@@ -12,12 +12,13 @@ torn or stale entry is recomputed, so an interrupted run resumes where it stoppe
 The cache folder is ours only if it holds :data:`CACHE_MARKER` (written when we create
 it, or adopt an empty folder): a non-empty folder without it is refused, never written
 into, and :func:`remove_cache` deletes only our own files from a marked folder (the
-folder itself only if nothing else is left in it).
+marker and the folder itself only if nothing else is left in it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -204,16 +205,20 @@ def open_cache(cache: Path) -> Path:
 
 
 def remove_cache(cache: Path, frames: list[str]) -> None:
-    """Delete our entries of ``frames`` and the marker from a marked cache folder, then
-    the folder if it is empty. Anything else in it (and an unmarked folder) is kept."""
+    """Delete our entries of ``frames`` (and temporary files a killed run left of them)
+    from a marked cache folder; then, if only the marker is left, the marker and the
+    folder. Anything else in it (and an unmarked folder) is kept, marker included."""
     if not (cache / CACHE_MARKER).is_file():
         return
     for frame in frames:
-        with contextlib.suppress(FileNotFoundError):
-            (cache / f"{frame}.npz").unlink()
-    (cache / CACHE_MARKER).unlink()
-    with contextlib.suppress(OSError):  # not empty: files that are not ours stay
-        cache.rmdir()
+        # atomic_write_bytes writes `.{frame}.<random>.npz` next to `{frame}.npz`
+        for p in [cache / f"{frame}.npz", *cache.glob(f".{glob.escape(frame)}.*.npz")]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    if [p.name for p in cache.iterdir()] == [CACHE_MARKER]:
+        (cache / CACHE_MARKER).unlink()
+        with contextlib.suppress(OSError):  # raced by someone adding a file: keep it
+            cache.rmdir()
 
 
 def detect_frames(
