@@ -3,10 +3,10 @@ backward, and the torch backend on the GPU against itself on the CPU.
 
 Tolerances, and why:
 
-* Opacities are drawn in [0.05, 0.35]. Then neither of the two known differences from
-  gsplat matters: its α clamp is 0.999 (ours 0.99, as DESIGN.md §5 says), and gsplat ≥ 1.5
-  bounds Gaussians by opacity-aware boxes where 1.4 (and we) use 3σ of the major axis —
-  for o ≤ 0.353 both boxes contain every pixel with α ≥ 1/255.
+* Opacities: low ([0.05, 0.35]) and high ([0.6, 1], with some exactly 0.999 and 1 and
+  some below 1/255). The default ``semantics="gsplat15"`` is gsplat ≥ 1.5's rule (α clamp
+  0.999, opacity-aware tile boxes, o < 1/255 culled), so both regimes must agree; the
+  ``"legacy"`` rule (0.99, 3σ of λ_max) is not gsplat's and is rendered by torch only.
 * Forward, float32: mean |Δ| ≤ 1e-5 and max |Δ| ≤ 5e-3. The max allows a few α that
   float32 rounding (gsplat's ``__expf``, our expanded quadratic) puts on the other side of
   1/255: that changes one pixel by at most ~0.004·|f|.
@@ -23,13 +23,17 @@ from gphm.render import rasterize_gaussians
 pytestmark = pytest.mark.cuda
 
 
-def _scene(N=2000, C=2, D=32, W=128, H=96, device="cuda", seed=0):
+def _scene(N=2000, C=2, D=32, W=128, H=96, device="cuda", seed=0, high=False):
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(N, 3, generator=g)
     means = d / d.norm(dim=-1, keepdim=True) * (0.7 + 0.3 * torch.rand(N, 1, generator=g))
     quats = torch.randn(N, 4, generator=g)
     scales = 0.01 + 0.04 * torch.rand(N, 3, generator=g)
-    opac = 0.05 + 0.3 * torch.rand(N, generator=g)
+    if high:  # where gsplat 1.4's boxes or a 0.99 clamp would differ
+        opac = 0.6 + 0.4 * torch.rand(N, generator=g)
+        opac[:40] = torch.tensor([1.0, 0.999, 0.5 / 255, 0.9 / 255]).repeat(10)
+    else:
+        opac = 0.05 + 0.3 * torch.rand(N, generator=g)
     feats = torch.rand(C, N, D, generator=g)
     eye = torch.tensor([[0.0, 0.0, 3.0], [1.5, 0.5, 2.5]])[:C]
     viewmats = look_at(eye, torch.zeros(3))
@@ -53,14 +57,18 @@ def _render_and_grads(backend, tensors, W, H, eps2d=0.3, antialiased=False):
 
 
 @pytest.mark.parametrize(
-    ("D", "eps2d", "antialiased"), [(3, 0.3, False), (32, 0.3, False), (32, 0.1, True)]
-)
-def test_gsplat_matches_torch_backend(D, eps2d, antialiased):
+    ("D", "eps2d", "antialiased", "high"),
+    [(3, 0.3, False, False), (32, 0.3, False, False), (32, 0.1, True, False),
+     (3, 0.3, False, True), (32, 0.3, False, True), (32, 0.1, True, True)],
+)  # fmt: skip
+def test_gsplat_matches_torch_backend(D, eps2d, antialiased, high):
     pytest.importorskip("gsplat")
-    tensors, W, H = _scene(D=D)
+    tensors, W, H = _scene(D=D, high=high)
     r_gs, a_gs, g_gs = _render_and_grads("gsplat", tensors, W, H, eps2d, antialiased)
     r_t, a_t, g_t = _render_and_grads("torch", tensors, W, H, eps2d, antialiased)
     assert (a_t > 0.3).float().mean() > 0.2  # the scene covers the image
+    if high:
+        assert (a_t > 0.999).float().mean() > 0.05  # opaque: clamp and stop matter
     for x, y in ((r_gs, r_t), (a_gs, a_t)):
         diff = (x - y).abs()
         assert diff.mean() <= 1e-5 and diff.max() <= 5e-3, (diff.mean(), diff.max())
@@ -80,9 +88,24 @@ def test_auto_backend_uses_gsplat_on_cuda():
     torch.testing.assert_close(auto, gs, atol=0, rtol=0)
 
 
+def test_legacy_semantics_render_with_torch_on_cuda_and_gsplat_refuses_them():
+    pytest.importorskip("gsplat")
+    tensors, W, H = _scene(N=200, D=3, high=True)
+    means, quats, scales, opac, feats, viewmats, Ks, bg = tensors
+    args = (means, quats, scales, opac, feats, viewmats, Ks, W, H, bg)
+    auto = rasterize_gaussians(*args, semantics="legacy")
+    torch_ = rasterize_gaussians(*args, backend="torch", semantics="legacy")
+    torch.testing.assert_close(auto, torch_, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cannot render semantics='legacy'"):
+        rasterize_gaussians(*args, backend="gsplat", semantics="legacy")
+    gs = rasterize_gaussians(*args, backend="gsplat")
+    assert (gs[1] - auto[1]).abs().max() > 1e-3  # the rules differ at high opacity
+
+
+@pytest.mark.parametrize("high", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_backend_on_cuda_matches_cpu(dtype):
-    tensors, W, H = _scene(N=500, D=8)
+def test_torch_backend_on_cuda_matches_cpu(dtype, high):
+    tensors, W, H = _scene(N=500, D=8, high=high)
     cuda = [t.to(dtype) for t in tensors]
     cpu = [t.cpu() for t in cuda]
     r_cuda, a_cuda, g_cuda = _render_and_grads("torch", cuda, W, H)
