@@ -78,9 +78,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno and err.filename is None:
+            # f.write() on a full disk names no file: name the one being written.
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
