@@ -255,7 +255,8 @@ _OFFLINE_ENVS = ("GPHM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _ALEX_CONVS = ((0, 64), (3, 192), (6, 384), (8, 256), (10, 256))
 ALEX_CHANNELS: tuple[int, ...] = tuple(c for _, c in _ALEX_CONVS)
 LPIPS_MIN_SIZE = 31
-"""Smallest image side AlexNet's two stride-2 max-pools accept (11x11/4 conv first)."""
+"""Smallest image side AlexNet accepts: its 11x11 stride-4 conv and two 3x3 stride-2
+max-pools leave 1 pixel at 31 px and none below."""
 
 
 class AlexNetFeatures(nn.Module):
@@ -291,8 +292,8 @@ class AlexNetFeatures(nn.Module):
         taps = {i + 1 for i, _ in _ALEX_CONVS}
         out = []
         for i in range(len(self._modules)):
-            # not in place on the tapped tensor's producer: ReLU(inplace) overwrites the
-            # conv output, which nothing else keeps, so the taps stay valid.
+            # ReLU(inplace) only overwrites the conv output just made; every layer after a
+            # tap returns a new tensor, so the tapped activations are never modified.
             x = self._modules[str(i)](x)
             if i in taps:
                 out.append(x)
