@@ -112,7 +112,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             result = evaluate_model(
                 run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
                 batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
-                progress=sys.stderr.isatty(),
+                progress=sys.stderr.isatty(), train_frames=run.extra.get("train_frames"),
             )  # fmt: skip
     except NoFaceError as err:
         raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
@@ -134,12 +134,12 @@ def _summary(r: dict[str, Any]) -> str:
                 f"{r['psnr_masked']}), SSIM {r['ssim']} (head {r['ssim_masked']}), "
                 f"LPIPS {r['lpips']}")  # fmt: skip
     return (
-        f"evaluate fit ({r['subjects']} subjects, inputs {r['inputs'].get('landmarks')} "
-        f"landmarks): n={r['n']} PSNR {r['psnr']} dB unaligned / "
+        f"evaluate fit ({r['subjects']} subjects; landmarks {r['inputs'].get('landmarks')}, "
+        f"K {r['inputs'].get('K')}): n={r['n']} PSNR {r['psnr']} dB unaligned / "
         f"{r['psnr_scale_aligned']} scale-aligned (head {r['psnr_masked']} / "
         f"{r['psnr_masked_scale_aligned']}), SSIM {r['ssim']} / {r['ssim_scale_aligned']}, "
         f"LPIPS {r['lpips']} / {r['lpips_scale_aligned']}, pose error "
-        f"{r['rotation_error_deg']:.2f} deg / {r['translation_error']:.3f}"
+        f"{r['rotation_error_deg']:.2f} deg, {r['translation_error']:.3f} head units"
     )
 
 

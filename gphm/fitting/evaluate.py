@@ -26,6 +26,7 @@ see the difference.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from gphm.geometry.cameras import (
 from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun, seen_by
-from gphm.perceptual import load_lpips
+from gphm.perceptual import LPIPS_MIN_SIZE, load_lpips
 
 __all__ = [
     "FIT_INPUTS", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
@@ -244,6 +245,17 @@ def _fit_view(
     return result, record, extras
 
 
+def _lpips_metric(lpips: Any, size: tuple[int, int], device: torch.device):
+    if callable(lpips):
+        return lpips, None
+    if not lpips:
+        return None, "disabled by the caller (lpips=False)"
+    if min(size) < LPIPS_MIN_SIZE:
+        return None, f"images of {size[0]}x{size[1]} px are smaller than AlexNet's " \
+            f"{LPIPS_MIN_SIZE} px"  # fmt: skip
+    return load_lpips("alex", device=device)
+
+
 def _mean(values: list[float], digits: int) -> float | None:
     mean, _ = metrics.finite_mean(values)
     return None if mean is None else round(mean, digits)
@@ -266,6 +278,7 @@ def evaluate_fit(
     allow_seen: bool = False,
     detector: Any = "mediapipe",
     segmenter: Any = None,
+    lpips: bool | Callable[[Tensor, Tensor], Tensor] = True,
 ) -> dict[str, Any]:
     """Fit each subject of ``data_path`` from camera ``view`` (default: the most
     frontal) of its first frame (or the one labelled ``frame``); score the other views
@@ -274,6 +287,9 @@ def evaluate_fit(
     A dataset the model was trained on (:func:`~gphm.models.runs.seen_by`) raises
     :class:`SeenDatasetError` unless ``allow_seen``. ``detector``/``segmenter``
     (``inputs="photo"``): a backend name or object as :func:`prepare_image` takes them.
+    ``lpips``: True loads AlexNet LPIPS (:func:`~gphm.perceptual.load_lpips`; ``null`` and
+    ``lpips_unavailable`` when it cannot), False skips it, or a metric
+    ``(pred [B,H,W,3], target [B,H,W,3]) -> [B]`` to use.
     """
     if inputs not in FIT_INPUTS:
         raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
@@ -290,7 +306,7 @@ def evaluate_fit(
         subjects = subjects[:max_subjects]
     names = ds.meta["subjects"]
     device = next(model.parameters()).device
-    lpips, lpips_reason = load_lpips(device=device)
+    lpips, lpips_reason = _lpips_metric(lpips, tuple(ds.meta["image_size"]), device)
     keys = [k + suffix for k in _METRICS for suffix in ("", "_scale_aligned")]
     scores: dict[str, list[float]] = {k: [] for k in keys}
     per_subject: list[dict[str, Any]] = []

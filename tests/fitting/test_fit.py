@@ -165,7 +165,7 @@ def test_evaluate_fit_photo_inputs_score_the_user_pipeline_in_the_true_cameras(
     cfg = FitConfig(phase1_steps=20, phase2_steps=0)
     kwargs = dict(view="c1", max_subjects=1, config=cfg, allow_seen=True)
     photo = evaluate_fit(trained, tiny_head_dataset, inputs="photo", **kwargs,
-                         detector=_TruthDetector(uv),
+                         detector=_TruthDetector(uv), lpips=_l1_metric,
                          segmenter=_TruthSegmenter(item.mask[..., 0].numpy()))  # fmt: skip
     gt = evaluate_fit(trained, tiny_head_dataset, inputs="gt", **kwargs)
     assert photo["inputs"] == {"landmarks": "detector", "mask": "segmentation", "K": "estimated"}
@@ -174,6 +174,41 @@ def test_evaluate_fit_photo_inputs_score_the_user_pipeline_in_the_true_cameras(
     assert sub["focal_ratio"] != pytest.approx(1.0, abs=1e-3)  # the framing's K is a guess
     assert photo["rotation_error_deg"] < gt["rotation_error_deg"] + 10
     assert 5 < photo["psnr"] < 60 and 5 < photo["psnr_scale_aligned"] < 60
+    # A metric given is used both ways (stands in for LPIPS, whose weights are offline).
+    assert 0 < photo["lpips"] < 1 and 0 < photo["lpips_scale_aligned"] < 1
+    assert "lpips_unavailable" not in photo
+
+
+def _l1_metric(pred, target):  # [B, H, W, 3] x2 -> [B]
+    return (pred - target).abs().mean((1, 2, 3))
+
+
+def test_evaluate_cli_split_fit_refuses_seen_data_and_reports_both_ways(
+    trained, tiny_head_dataset, tmp_path
+):
+    from gphm.cli import UserError
+    from gphm.training.config import DataConfig
+
+    evaluate = _script("evaluate")
+    fit = evaluate.EvalFitConfig(max_subjects=1, config=FitConfig(phase1_steps=5, phase2_steps=0))
+    cfg = evaluate.EvaluateConfig(run_dir=str(trained.path.parent), split="fit", fit=fit,
+                                  data=DataConfig(path=str(tiny_head_dataset)),
+                                  out=str(tmp_path))  # fmt: skip
+    with pytest.raises(UserError, match="trained on.*pass fit.allow_seen=true"):
+        evaluate.main(cfg)
+    assert not (tmp_path / "fit.json").exists()
+    cfg.fit.allow_seen = True
+    report = evaluate.main(cfg)
+    assert json.loads((tmp_path / "fit.json").read_text())["psnr"] == report["psnr"]
+    line = evaluate._summary(report)
+    assert (
+        f"PSNR {report['psnr']} dB unaligned / {report['psnr_scale_aligned']} scale-aligned" in line
+    )
+    assert "pose error" in line
+    with pytest.raises(ValueError, match="fit.inputs must be one of gt|photo"):
+        evaluate.EvalFitConfig(inputs="selfie")
+    with pytest.raises(ValueError, match="split must be one of val_view|val_combo"):
+        evaluate.EvaluateConfig(run_dir="x", split="train")
 
 
 def test_crop_camera_reproduces_the_similarity_warp():
