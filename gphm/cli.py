@@ -45,6 +45,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from gphm.errors import os_error_message, override_syntax_hint, split_argument_hint
 from gphm.io.atomic import atomic_write_text
 
 __all__ = [
@@ -98,6 +99,15 @@ def _split_config_dirs(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return dirs, [ov for ov in overrides if not ov.startswith("config_dir=")]
 
 
+def _yaml_error(err: yaml.YAMLError, path: Path | None = None) -> UserError:
+    """ "FILE: not valid YAML (problem, line L)" from a PyYAML error."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1}" if mark is not None else ""
+    name = path or (Path(mark.name) if mark is not None else None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return UserError(f"{_display(name) if name else 'config'}: not valid YAML ({problem}{where})")
+
+
 def _root_config(schema_name: str, dirs: Sequence[Path]) -> str | None:
     """Name of the top-level YAML whose defaults list names ``schema_name``, if any."""
     for d in dirs:
@@ -105,7 +115,7 @@ def _root_config(schema_name: str, dirs: Sequence[Path]) -> str | None:
             try:
                 node = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as err:
-                raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+                raise _yaml_error(err, path) from None
             if isinstance(node, dict) and schema_name in (node.get("defaults") or []):
                 return path.stem
     return None
@@ -262,6 +272,8 @@ def compose_config(
             return compose(config_name=primary, overrides=list(overrides))
     except (ConfigCompositionException, HydraException, OmegaConfBaseException) as err:
         raise _composition_error(err, schema, dirs) from None
+    except yaml.YAMLError as err:  # a group file that does not parse
+        raise _yaml_error(err) from None
 
 
 def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = None) -> T:
@@ -323,8 +335,10 @@ def run_cli(
     """Parse ``argv`` into ``schema``, run ``main(cfg)`` and print a one-line summary.
 
     ``-h``/``--help`` prints the script's docstring, its presets and its defaults.
-    Returns the process exit status: 0 on success, 2 on a :class:`UserError`. Other
-    exceptions propagate (they are bugs, and their traceback is wanted).
+    Returns the process exit status: 0 on success, 2 on a :class:`UserError`, an
+    ``OSError`` (disk full, permissions: :func:`gphm.errors.os_error_message`) or a
+    ``MemoryError``, each printed as one line. Other exceptions propagate (they are
+    bugs, and their traceback is wanted).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "gphm"
@@ -332,10 +346,22 @@ def run_cli(
         if any(a in ("-h", "--help") for a in argv):
             print(_help(schema, main, [a for a in argv if a not in ("-h", "--help")], prog))
             return 0
-        cfg = parse_config(schema, argv)
+        split = split_argument_hint(argv)  # `out=my dir` unquoted: split by the shell
+        if split:
+            raise UserError(split)
+        try:
+            cfg = parse_config(schema, argv)
+        except UserError as err:
+            raise UserError(override_syntax_hint(str(err), argv) or str(err)) from None
         report = main(cfg)
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the environment (disk full, permissions), not a bug
+        print(f"{prog}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory; try smaller sizes", file=sys.stderr)
         return 2
     line = summary(report) if summary else json.dumps(report, default=str)
     print(line)

@@ -190,6 +190,7 @@ def test_a_preset_dropped_in_a_config_dir_is_selectable(tmp_path, monkeypatch):
          r"mean lr_size\?\)"),
         ("model/mine.yaml", "lr_size: big\n", r"model/mine.yaml: lr_size: Value 'big'"),
         ("train.yaml", "defaults: [TrainRunConfig\n", r"train.yaml: not valid YAML"),
+        ("model/mine.yaml", "lr_size: [1\n", r"model/mine.yaml: not valid YAML \(.*line 2\)"),
         ("train.yaml", "defaults: [TrainRunConfig, {model: mine}, _self_]\nsed: 1\n",
          r"train.yaml: unknown key 'sed' \(did you mean seed\?\)"),
     ],
