@@ -46,7 +46,17 @@ def _fibonacci(n: int) -> torch.Tensor:
     return torch.stack([phi.sin() * theta.cos(), phi.cos(), phi.sin() * theta.sin()], -1)
 
 
-def _rows(combo: tuple[str, str] | None = None):
+def _split(name: str, expr: str, cam: str, combo, val_combo, val_camera) -> str:
+    if (name, expr) == combo:
+        return "heldout_combo"
+    if (name, expr) == val_combo:
+        return "val_combo"
+    if cam == "c2":
+        return "heldout_view"
+    return "val_view" if cam == val_camera else "train"
+
+
+def _rows(combo=None, val_combo=None, val_camera=None):
     verts, tets = tet_grid(24)
     K = intrinsics(1.2 * HR, 1.2 * HR, HR / 2, HR / 2)
     eyes = torch.tensor([[-1.5, 0.3, 2.6], [0.0, 0.0, 3.0], [1.5, -0.3, 2.6]])
@@ -85,14 +95,12 @@ def _rows(combo: tuple[str, str] | None = None):
                     "head_T": T.numpy(),
                     "head_scale": 1.0,
                     "landmarks_3d": lmk.numpy(),
-                    "split": "heldout_combo"
-                    if (name, expr) == combo
-                    else ("heldout_view" if cam == "c2" else "train"),
+                    "split": _split(name, expr, cam, combo, val_combo, val_camera),
                 }
             frame += 1
 
 
-def _write(out, combo=None):
+def _write(out, combo=None, val_combo=None, val_camera=None):
     meta = {
         "subjects": SUBJECTS,
         "expressions": EXPRESSIONS,
@@ -104,7 +112,7 @@ def _write(out, combo=None):
         "canonical_transform": {"scale": 1.0, "R": np.eye(3).tolist(), "T": [0.0, 0.0, 0.0]},
         "generator": {"kind": "tests/training/conftest.py"},
     }
-    write_dataset(out, _rows(combo), meta)
+    write_dataset(out, _rows(combo, val_combo, val_camera), meta)
     return out
 
 
@@ -118,4 +126,15 @@ def tiny_combo_dataset(tmp_path_factory):
     """Like ``tiny_head_dataset`` but (b, the second expression) is a held-out combo."""
     return _write(
         tmp_path_factory.mktemp("data") / "tiny_combo", combo=(SUBJECTS[1], EXPRESSIONS[1])
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_val_dataset(tmp_path_factory):
+    """Validation splits: camera c1 is ``val_view``, (b, the second expression) is
+    ``val_combo``; c2 stays ``heldout_view``. Training keeps c0 of the other frames."""
+    return _write(
+        tmp_path_factory.mktemp("data") / "tiny_val",
+        val_combo=(SUBJECTS[1], EXPRESSIONS[1]),
+        val_camera=CAMERAS[1],
     )

@@ -182,3 +182,22 @@ def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_
         assert a.keys() == b.keys()
         for k in a:
             assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+def test_each_stage_ends_with_validation_not_heldout(tiny_val_dataset, tmp_path):
+    from gphm.data.format import SPLITS as DATA_SPLITS
+    from gphm.training.evaluate import SPLITS as EVAL_SPLITS
+
+    if "val_combo" not in DATA_SPLITS or "val_combo" not in EVAL_SPLITS:
+        pytest.skip("the dataset format or evaluate_model has no validation splits yet")
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_val_dataset, run, "train.guidance_steps=2", "train.batch_size=2")
+    summary = GuidanceTrainer(cfg).train()
+    assert set(summary["eval"]) == {"val_view", "val_combo"}
+    assert sorted(p.name for p in (run / "eval").glob("*.json")) == [
+        "guidance_val_combo.json", "guidance_val_view.json", "val_combo.json", "val_view.json"
+    ]  # fmt: skip
+    view = json.loads((run / "eval/val_view.json").read_text())
+    assert view == summary["eval"]["val_view"] and view["n"] == 3  # c1 of the 3 trained frames
+    combo = json.loads((run / "eval/val_combo.json").read_text())
+    assert combo["n"] == 3 and combo["transfer"].startswith("z_exp")  # by expression transfer
