@@ -244,10 +244,10 @@ def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]
                 f"from one view and scored on {fit.get('n', '?')} images of its other views: "
                 f"fit time {_num(fit.get('fit_seconds_mean'), '.1f')} s on average (max "
                 f"{_num(fit.get('fit_seconds_max'), '.1f')} s), landmark error "
-                f"{_num(fit.get('landmark_error_px'))} px. Its PSNR is taken after scaling "
-                f"each fit about the input camera to the true head size, which one image "
-                f"cannot tell (gauge scale {_gauges(fit)}); without: "
-                f"{_num(fit.get('psnr_unaligned'))} dB."
+                f"{_num(fit.get('landmark_error_px'))} px. Its table row is unaligned (the fit "
+                f"as it comes out); scaled about the input camera to the true head size, "
+                f"which one image cannot tell (gauge scale {_gauges(fit)}): "
+                f"{_num(fit.get('psnr_scale_aligned'))} dB."
             )
     for split, label in SPLITS.items():
         if split == "fit":
