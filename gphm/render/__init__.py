@@ -1,7 +1,8 @@
 """Differentiable renderers (DESIGN.md §5).
 
-* :func:`rasterize_gaussians` — 3D Gaussian splatting with gsplat's "classic"
-  semantics; pure-torch tiled reference on any device, gsplat on CUDA.
+* :func:`rasterize_gaussians` — 3D Gaussian splatting with gsplat ≥ 1.5's "classic"
+  semantics (``semantics="gsplat15"``; ``"legacy"`` for models trained before it); the
+  same function on every device: pure-torch tiled path anywhere, gsplat on CUDA.
 * :func:`render_mesh` — z-buffer triangle rasterizer with perspective-correct feature
   interpolation and a soft (antialiased) silhouette; pure torch, nvdiffrast on CUDA
   when it is installed.
