@@ -201,3 +201,25 @@ def test_each_stage_ends_with_validation_not_heldout(tiny_val_dataset, tmp_path)
     assert view == summary["eval"]["val_view"] and view["n"] == 3  # c1 of the 3 trained frames
     combo = json.loads((run / "eval/val_combo.json").read_text())
     assert combo["n"] == 3 and combo["transfer"].startswith("z_exp")  # by expression transfer
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_a_locked_run_dir_without_hanging(tiny_head_dataset, tmp_path):
+    """Only the main process takes RUN/.lock; when it is refused, both processes end."""
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}
+    (run / ".lock").write_text(json.dumps(owner))
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29519", str(ROOT / "scripts/train.py"),
+    ]  # fmt: skip
+    args = [f"data.path={tiny_head_dataset}", f"run_dir={run}", *TINY_OVERRIDES]
+    env = _env() | {"ACCELERATE_USE_CPU": "true"}
+    res = subprocess.run(launch + args, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0
+    assert res.stderr.count(f"another training run is writing here (pid {os.getpid()}") == 2
+    assert json.loads((run / ".lock").read_text()) == owner and not (run / "checkpoints").exists()
