@@ -1,5 +1,6 @@
 """Single-image fitting, avatars, evaluation split=fit, and the fit/edit CLIs."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -498,3 +499,31 @@ def test_render_and_edit_resolve_only_trained_frames_and_say_whose(trained, tmp_
     assert rep["drive"] == ["neutral", "target"]  # a's trained labels only
     with pytest.raises(UserError, match="drive: no trained frame shows expression 'smile'"):
         edit.main(edit.EditConfig(**ecfg, drive=["neutral", "smile"]))
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("mediapipe"), reason="mediapipe not installed")
+def test_photo_path_crop_camera_agrees_with_mediapipe_on_a_synthetic_head(tmp_path):
+    """The real user pipeline on a rendered synthetic head: mediapipe's landmarks of the
+    prepared crop are where the crop camera (crop_camera: the input camera turned about
+    its axis, with the crop's true K) projects the dataset's 3D landmarks."""
+    from gphm.data.format import SPLITS
+    from gphm.data.preprocess.single_image import prepare_image
+    from gphm.data.synthetic.config import MakeSyntheticConfig
+    from gphm.data.synthetic.generate import generate
+    from gphm.fitting.evaluate import crop_camera, frontal_row
+    from gphm.geometry.cameras import world_to_camera
+
+    out = tmp_path / "syn"
+    generate(MakeSyntheticConfig(out=str(out), num_identities=1, num_expressions=1,
+                                 num_views=3, resolution=128, seed=5, supersample=1),
+             progress=False)  # fmt: skip
+    ds = HeadDataset(out, split=list(SPLITS))
+    items = [ds[i] for i in range(len(ds))]
+    item = items[frontal_row(items)]
+    rgb = (item.image.numpy() * 255).round().astype(np.uint8)
+    prepared = prepare_image(rgb, detector="mediapipe", out_size=128)
+    R_crop, K_crop = crop_camera(torch.from_numpy(prepared.to_input).float(), item.K)
+    x = world_to_camera(item.viewmat, item.landmarks_3d) @ R_crop.T
+    uv = (x @ K_crop.T)[:, :2] / x[:, 2:]
+    err = (uv - torch.from_numpy(prepared.landmarks).float()).norm(dim=-1)
+    assert float(err.mean()) < 4.0, float(err.mean())  # px of the 128 px crop
