@@ -99,20 +99,21 @@ step fit_astronaut "fitting a photo (scikit-image's astronaut)"
 python -c 'import sys; from PIL import Image; from skimage import data
 Image.fromarray(data.astronaut()).save(sys.argv[1])' "$OUT/astronaut.png"
 python scripts/fit_image.py checkpoint="$RUN" image="$OUT/astronaut.png" \
-    out="$OUT/fit_astronaut" size=128 frames=24
+    out="$OUT/fit_astronaut" size=128 frames=24 overwrite=true
 
 step edit "expression transfer: astronaut <- synth_001:jaw_open, synth_000 <- synth_003:smile_l"
 python scripts/edit_expression.py checkpoint="$RUN" source="$OUT/fit_astronaut/avatar" \
-    target=synth_001:jaw_open out="$OUT/edit_astronaut" size=128
+    target=synth_001:jaw_open out="$OUT/edit_astronaut" size=128 overwrite=true
 python scripts/edit_expression.py checkpoint="$RUN" source=synth_000:neutral \
-    target=synth_003:smile_l out="$OUT/edit_synth" size=128
+    target=synth_003:smile_l out="$OUT/edit_synth" size=128 overwrite=true
 
 step render "turntable, identity x expression grid, identity morph"
 python scripts/render.py checkpoint="$RUN" out="$OUT/render_synth_000" \
-    subject=synth_000 expression=neutral size=128 frames=36
-python scripts/render.py checkpoint="$RUN" out="$OUT/grid" mode=grid size=96 frames=10
+    subject=synth_000 expression=neutral size=128 frames=36 overwrite=true
+python scripts/render.py checkpoint="$RUN" out="$OUT/grid" mode=grid size=96 frames=10 \
+    overwrite=true
 python scripts/render.py checkpoint="$RUN" out="$OUT/interpolation" mode=interpolate \
-    subject=synth_000 subject_b=synth_005 size=128 frames=36
+    subject=synth_000 subject_b=synth_005 size=128 frames=36 overwrite=true
 
 step report "writing $OUT/index.md"
 python scripts/demo_report.py out="$OUT" run="$RUN" seconds="$(( $(date +%s) - start ))"

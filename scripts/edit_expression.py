@@ -2,7 +2,7 @@
 """Expression editing by code swapping (DESIGN.md §2, §5).
 
     python scripts/edit_expression.py checkpoint=RUN source=SPEC target=SPEC out=OUT \
-        [drive=[jaw_open,smile,...]]
+        [drive=[jaw_open,smile,...]] [overwrite=true]
 
 A SPEC is a training subject (``synth_003``, ``synth_003:jaw_open``, ``synth_003@17``),
 a fitted avatar directory (``scripts/fit_image.py``'s ``OUT/avatar``) or an image file
@@ -13,7 +13,8 @@ Writes ``OUT/transfer.png`` (source | target | source with the target's expressi
 view), ``OUT/transfer_views.png`` (the result from four views), ``OUT/drive.mp4`` (the
 source driven through ``drive`` — expression labels of the trained model, default the
 target subject's trained expressions — then the target expression, blending the codes
-between keyframes) and ``OUT/edit_report.json``.
+between keyframes) and ``OUT/edit_report.json``. A non-empty ``OUT`` is refused (exit
+status 2) unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.sources import Source, resolve_source
 from gphm.fitting.views import lerp_codes, orbit_rig, render_codes
+from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
+from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
 from gphm.models.runs import TrainedRun, load_run
 
@@ -58,10 +61,13 @@ class EditConfig:
     fps: int = 24
     detector: str = "mediapipe"
     fit: FitConfig = field(default_factory=FitConfig)
+    overwrite: bool = False
+    """Write into a non-empty ``out`` (files with the same names are replaced)."""
 
     def __post_init__(self) -> None:
         if self.steps_between < 1 or self.size < 16 or self.fps < 1:
             raise ValueError("steps_between >= 1, size >= 16 and fps >= 1 are required")
+        check_render_size(self.size)
 
 
 def _render(src: Source, z_exp: torch.Tensor, rig) -> torch.Tensor:  # [B, C, H, W, 3]
@@ -106,6 +112,10 @@ def main(cfg: EditConfig) -> dict[str, Any]:
         raise UserError(f"{err} — an image source/target needs one visible face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
+    try:
+        check_output_dir(out, cfg.overwrite)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise UserError(str(err)) from None
     model = run.model
     factor = model.upsampler.config.factor
     front = orbit_rig(1, cfg.size, factor)
@@ -122,6 +132,10 @@ def main(cfg: EditConfig) -> dict[str, Any]:
     stops = [source.z_exp] + keys
     seq = torch.cat([lerp_codes(a, b, cfg.steps_between + 1)[:-1]
                      for a, b in zip(stops[:-1], stops[1:])] + [stops[-1][None]])  # fmt: skip
+    try:
+        check_render_size(cfg.size, len(seq))
+    except ValueError as err:
+        raise UserError(f"{err}; fewer drive labels or steps_between help") from None
     frames = _render(source, seq, front)[:, 0]
     save_mp4(out / "drive.mp4", list(frames), fps=cfg.fps)
     report = {

@@ -2,9 +2,13 @@
 """Fit a new person from a single photo (DESIGN.md §2, §5).
 
     python scripts/fit_image.py checkpoint=RUN image=PHOTO out=OUT \
-        [landmarks=FILE.pts] [detector=mediapipe] [fit.phase1_steps=150] ...
+        [landmarks=FILE.pts] [detector=mediapipe] [fit.phase1_steps=150] [overwrite=true] ...
 
 Landmarks come from the detector (MediaPipe by default) or a 68-point ``.pts`` file.
+The head mask is MediaPipe's segmentation refined with the face hull, the photo's alpha
+when it is a transparent cutout, or, with a ``.pts`` file and no MediaPipe installed,
+the landmarks' head hull (``gphm.data.preprocess.masks.head_hull_mask``); the report's
+``mask_source`` says which. A non-empty ``OUT`` is refused unless ``overwrite=true``.
 Writes ``OUT/avatar/`` (the fitted avatar: ``avatar.json`` + ``avatar.safetensors``,
 accepted by ``scripts/edit_expression.py``), ``OUT/overlay.png`` (aligned input | fit |
 blend, detected landmarks green, fitted landmarks red), ``OUT/novel_views.png``,
@@ -34,7 +38,9 @@ from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.sources import fit_photo
 from gphm.fitting.views import orbit_rig, render_codes
+from gphm.io.atomic import check_output_dir
 from gphm.io.images import draw_points, image_grid, save_png
+from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
 from gphm.models.runs import load_run
 
@@ -55,26 +61,33 @@ class FitImageConfig:
     frames: int = 48
     """Orbit video length."""
     size: int = 256
+    """Height/width of the novel views and orbit frames."""
     fps: int = 24
+    overwrite: bool = False
+    """Write into a non-empty ``out`` (its avatar and files with the same names are
+    replaced)."""
 
     def __post_init__(self) -> None:
         if self.views < 1 or self.frames < 2 or self.size < 16 or self.fps < 1:
             raise ValueError("views >= 1, frames >= 2, size >= 16 and fps >= 1 are required")
+        check_render_size(self.size, max(self.frames, self.views))
 
 
 def main(cfg: FitImageConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     try:
+        check_output_dir(out, cfg.overwrite)  # before the fit: refuse in a second, not minutes
         run = load_run(cfg.checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
         prepared, result = fit_photo(run, cfg.image, cfg.detector, cfg.landmarks, cfg.fit,
                                      progress=sys.stderr.isatty())  # fmt: skip
     except NoFaceError as err:
         raise UserError(f"{err} — fitting needs a photo with one visible face") from None
-    except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
+            BackendUnavailableError) as err:  # fmt: skip
         raise UserError(str(err)) from None
     avatar = result.avatar
     avatar.report = {"image": str(cfg.image), "psnr_input": round(result.psnr, 3)}
-    avatar.save(out / "avatar")
+    avatar.save(out / "avatar", overwrite=cfg.overwrite)
 
     # Overlay on the aligned input view.
     aligned = torch.from_numpy(prepared.rgb).float()
@@ -104,6 +117,7 @@ def main(cfg: FitImageConfig) -> dict[str, Any]:
         "checkpoint": str(cfg.checkpoint),
         "model": avatar.model_class,
         "landmark_source": "file" if cfg.landmarks else cfg.detector,
+        "mask_source": prepared.mask_source,
         "landmark_error_px": round(result.landmark_error_px * scale, 3),
         "landmark_error_px_aligned": round(result.landmark_error_px, 3),
         "psnr_input": round(result.psnr, 3),

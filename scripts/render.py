@@ -3,6 +3,7 @@
 
     python scripts/render.py checkpoint=RUN out=OUT [mode=turntable|grid|interpolate]
         [subject=NAME|INDEX] [expression=LABEL | frame=INDEX] [frames=48] [size=256]
+        [overwrite=true]
 
 * ``mode=turntable`` (default): one (subject, expression) orbiting 360°:
   ``turntable.mp4``, ``turntable_strip.png`` and the geometry — ``gaussians.ply`` (3D
@@ -17,7 +18,8 @@
   fixed expression while the camera sweeps: ``interpolation.mp4`` and
   ``interpolation_strip.png``.
 
-Always writes ``OUT/render_report.json``.
+Always writes ``OUT/render_report.json``. A non-empty ``OUT`` is refused (exit status 2)
+unless ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gphm.cli import UserError, run_cli, write_report
 from gphm.fitting.views import lerp_codes, orbit_rig, render_codes
+from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
+from gphm.io.limits import check_render_size
 from gphm.io.mesh import save_mesh
 from gphm.io.ply import save_gaussian_ply
 from gphm.io.video import save_mp4
@@ -73,12 +77,15 @@ class RenderConfig:
     elevation: float = 10.0
     sway: float = 30.0
     """grid / interpolate: camera azimuth range ±sway degrees."""
+    overwrite: bool = False
+    """Write into a non-empty ``out`` (files with the same names are replaced)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {self.mode!r}")
         if self.frames < 2 or self.size < 16 or self.fps < 1:
             raise ValueError("frames must be >= 2, fps >= 1 and size >= 16")
+        check_render_size(self.size, self.frames)
 
 
 def _rig(cfg: RenderConfig, run: TrainedRun, num: int, sway: bool = False):
@@ -188,13 +195,14 @@ def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]
 
 @torch.no_grad()
 def main(cfg: RenderConfig) -> dict:
+    out = Path(cfg.out)
     try:
+        check_output_dir(out, cfg.overwrite)
         run = load_run(cfg.checkpoint)
-        out = Path(cfg.out)
         report = {"turntable": turntable, "grid": grid, "interpolate": interpolate}[cfg.mode](
             cfg, run, out
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         raise UserError(str(err)) from None
     report = {"mode": cfg.mode, "model": type(run.model).__name__} | report
     write_report(out / "render_report.json", report)

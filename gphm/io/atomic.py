@@ -264,7 +264,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
 
 def check_output_dir(path: str | Path, overwrite: bool, option: str = "out") -> Path:
     """Refuse to write into ``path`` when it is a file, or a non-empty directory and not
-    ``overwrite``; create it otherwise. Errors are ``FileExistsError`` /
+    ``overwrite`` (nothing is created: writers create it). Errors are ``FileExistsError`` /
     ``NotADirectoryError`` whose message names ``option=path`` and says ``overwrite=true``.
     """
     path = Path(path)
@@ -275,5 +275,4 @@ def check_output_dir(path: str | Path, overwrite: bool, option: str = "out") -> 
             f"{option}={path} is not empty; pass overwrite=true to write into it "
             "(files with the same names are replaced)",
         )
-    path.mkdir(parents=True, exist_ok=True)
     return path

@@ -28,6 +28,7 @@ __all__ = [
     "check_bytes",
     "check_image_size",
     "check_model_config",
+    "check_render_size",
     "format_bytes",
     "memory_budget",
 ]
@@ -176,3 +177,12 @@ def check_model_config(desc: dict[str, Any], where: str = "config.json") -> None
     if total > memory_budget():
         what = f"{where}: {name}" + ("" if biggest == total else " (with the other sizes)")
         check_bytes(total, what)
+
+
+def check_render_size(size: int, frames: int = 1, option: str = "size") -> None:
+    """Refuse a CLI's ``size`` (square views of ``size``² pixels) that cannot fit: one
+    32-channel float feature image at that size, and ``frames`` RGB float frames kept in
+    memory for a video or a strip."""
+    check_image_size(f"{option}={size}", size, size, channels=32)
+    if frames > 1:
+        check_image_size(f"{option}={size} with frames={frames}", size, size, 3, batch=frames)

@@ -199,7 +199,10 @@ def test_directory_target_that_is_a_file(tmp_path):
 
 
 def test_check_output_dir(tmp_path):
-    assert check_output_dir(tmp_path / "new", overwrite=False).is_dir()
+    assert check_output_dir(tmp_path / "new", overwrite=False) == tmp_path / "new"
+    assert not (tmp_path / "new").exists()  # nothing created: a later error leaves no trace
+    (tmp_path / "new").mkdir()
+    check_output_dir(tmp_path / "new", overwrite=False)  # empty: fine
     (tmp_path / "new" / "a.png").write_text("x")
     with pytest.raises(FileExistsError, match=r"out=.*new is not empty; pass overwrite=true"):
         check_output_dir(tmp_path / "new", overwrite=False)
