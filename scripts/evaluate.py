@@ -139,7 +139,8 @@ def _summary(r: dict[str, Any]) -> str:
         f"{r['psnr_scale_aligned']} scale-aligned (head {r['psnr_masked']} / "
         f"{r['psnr_masked_scale_aligned']}), SSIM {r['ssim']} / {r['ssim_scale_aligned']}, "
         f"LPIPS {r['lpips']} / {r['lpips_scale_aligned']}, pose error "
-        f"{r['rotation_error_deg']:.2f} deg, {r['translation_error']:.3f} head units"
+        f"{r['rotation_error_deg']} deg, {r['translation_error']} head units"
+        + (f"; {r['failed_fits']} fits failed (no face found)" if r.get("failed_fits") else "")
     )
 
 

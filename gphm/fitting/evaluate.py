@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from gphm import metrics
 from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
+from gphm.data.preprocess.detectors import NoFaceError
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import (
     FitConfig,
@@ -201,6 +202,12 @@ def _to_uint8(image: Tensor) -> np.ndarray:  # [H, W, 3] in [0, 1] -> uint8
     return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
+_INPUTS = {
+    "gt": {"landmarks": "ground truth projected", "mask": "ground truth", "K": "ground truth"},
+    "photo": {"landmarks": "detector", "mask": "segmentation", "K": "estimated"},
+}
+
+
 def _fit_view(
     run: TrainedRun,
     item: HeadItem,
@@ -214,9 +221,7 @@ def _fit_view(
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
         result = fit_image(run.model, target_from_item(item), config, str(run.path), rows=rows)
-        record = {"landmarks": "ground truth projected", "mask": "ground truth",
-                  "K": "ground truth"}  # fmt: skip
-        return result, record, {}
+        return result, dict(_INPUTS["gt"]), {}
     from gphm.data.preprocess.single_image import prepare_image
 
     S = item.image.shape[0]
@@ -237,7 +242,7 @@ def _fit_view(
     detected = torch.from_numpy(prepared.map_to_input(prepared.landmarks)).float()
     det_err = (detected - truth_uv).norm(dim=-1)
     mask_kind = "segmentation" if prepared.mask_source == "segmentation" else prepared.mask_source
-    record = {"landmarks": "detector", "mask": mask_kind, "K": "estimated"}
+    record = _INPUTS["photo"] | {"mask": mask_kind}
     extras = {
         "detector_error_px": round(float(det_err[torch.isfinite(det_err)].mean()), 3),
         "focal_ratio": round(float(target.K[0, 0] / K_crop[0, 0]), 4),  # estimated / true
@@ -312,6 +317,7 @@ def evaluate_fit(
     per_subject: list[dict[str, Any]] = []
     tiles: list[Tensor] = []
     record: dict[str, Any] = {}
+    failed: list[dict[str, Any]] = []
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
         rows = np.flatnonzero(ds.subjects == s)
         frames = [int(ds.frames[r]) for r in rows]
@@ -333,7 +339,12 @@ def evaluate_fit(
         else:
             raise ValueError(f"{data_path}: no camera {view!r} in frame {chosen}; has {cams}")
         source = items[i_in]
-        result, record, extras = _fit_view(run, source, inputs, config, detector, segmenter)
+        try:
+            result, record, extras = _fit_view(run, source, inputs, config, detector, segmenter)
+        except NoFaceError as err:  # the photo path failing is part of its score
+            failed.append({"subject": names[s], "frame": chosen, "input_view": source.camera,
+                           "failed": str(err)})  # fmt: skip
+            continue
         av = result.avatar
         net = av.personalised(model)
         others = [it for j, it in enumerate(items) if j != i_in]
@@ -374,10 +385,11 @@ def evaluate_fit(
     masked = scores["psnr_masked"]
     report: dict[str, Any] = {
         "split": "fit",
-        "inputs": record,
+        "inputs": record or _INPUTS[inputs],
         "n": len(scores["psnr"]),
         "n_empty": int(sum(not math.isfinite(v) for v in masked)),
         "subjects": len(subjects),
+        "failed_fits": len(failed),
         "model": type(model).__name__,
         **{k: _mean(v, _digits(k)) for k, v in scores.items()},
     }
@@ -387,11 +399,14 @@ def evaluate_fit(
               "landmark_error_px", "gauge_scale", "detector_error_px"):  # fmt: skip
         if per_subject and k in per_subject[0]:
             report[k] = round(float(np.mean([p[k] for p in per_subject])), 4)
-    report["fit_seconds_mean"] = round(float(np.mean([p["seconds"] for p in per_subject])), 2)
-    report["fit_seconds_max"] = round(float(np.max([p["seconds"] for p in per_subject])), 2)
+        elif k in ("rotation_error_deg", "translation_error"):
+            report[k] = None  # no fit succeeded
+    seconds = [p["seconds"] for p in per_subject]
+    report["fit_seconds_mean"] = round(float(np.mean(seconds)), 2) if seconds else None
+    report["fit_seconds_max"] = round(float(np.max(seconds)), 2) if seconds else None
     if seen:
         report["seen"] = seen  # allowed by fit.allow_seen: these people were trained on
-    report["per_subject"] = per_subject
+    report["per_subject"] = per_subject + failed
     if save_dir is not None and tiles:
         save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
         report["images"] = ["side_by_side.png"]

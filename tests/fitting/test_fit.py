@@ -178,6 +178,22 @@ def test_evaluate_fit_photo_inputs_score_the_user_pipeline_in_the_true_cameras(
     # A metric given is used both ways (stands in for LPIPS, whose weights are offline).
     assert 0 < photo["lpips"] < 1 and 0 < photo["lpips_scale_aligned"] < 1
     assert "lpips_unavailable" not in photo
+    # A photo the detector finds no face in counts as a failed fit, not a crash.
+    blind = evaluate_fit(trained, tiny_head_dataset, inputs="photo", **kwargs,
+                         detector=_BlindDetector())  # fmt: skip
+    assert blind["failed_fits"] == 1 and blind["n"] == 0 and blind["psnr"] is None
+    assert "no face found" in blind["per_subject"][0]["failed"]
+    assert blind["inputs"]["landmarks"] == "detector" and blind["rotation_error_deg"] is None
+    assert "1 fits failed" in _script("evaluate")._summary(blind)
+
+
+class _BlindDetector:
+    name = "blind"
+
+    def detect(self, image, source=None):
+        from gphm.data.preprocess.detectors import NoFaceError
+
+        raise NoFaceError(source, "blind")
 
 
 def _l1_metric(pred, target):  # [B, H, W, 3] x2 -> [B]
