@@ -1,6 +1,7 @@
 """A fitted avatar: what single-image fitting produces and rendering/editing accept.
 
-On disk (one directory, written atomically)::
+On disk (one directory, written atomically; an existing one is replaced only with
+``overwrite=True``, and :meth:`Avatar.load` checks every field)::
 
     avatar.json          {"class": "Avatar", "format_version", "checkpoint", "model_class",
                           "head_scale", "image_size", "report", ...}

@@ -236,13 +236,14 @@ def _fit_view(
     result = fit_image(run.model, target, config, str(run.path), rows=rows)
     R_crop, K_crop = crop_camera(torch.from_numpy(prepared.to_input).float(), item.K)
     av = result.avatar
+    # Crop camera -> input camera (crop_camera). av.K stays the crop's estimated K: from
+    # here on only the pose is used, with the dataset's cameras for the novel views.
     av.head_R, av.head_T = R_crop.T @ av.head_R, R_crop.T @ av.head_T
     # How far the detector is from the truth, in pixels of the input view.
     truth_uv, _ = project_points(item.landmarks_3d, item.viewmat, item.K)
     detected = torch.from_numpy(prepared.map_to_input(prepared.landmarks)).float()
     det_err = (detected - truth_uv).norm(dim=-1)
-    mask_kind = "segmentation" if prepared.mask_source == "segmentation" else prepared.mask_source
-    record = _INPUTS["photo"] | {"mask": mask_kind}
+    record = _INPUTS["photo"] | {"mask": prepared.mask_source}  # or alpha / head_hull
     extras = {
         "detector_error_px": round(float(det_err[torch.isfinite(det_err)].mean()), 3),
         "focal_ratio": round(float(target.K[0, 0] / K_crop[0, 0]), 4),  # estimated / true
