@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
@@ -342,50 +342,47 @@ class StageTrainer:
     def _last_good_text(self) -> str:
         return str(self._last_good) if self._last_good else "none"
 
-    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+    def _raise_diverged(self, what: str, step: int, names: list[str], consequence: str) -> NoReturn:
+        where = ", ".join(names[:5]) or "on another process"
         raise TrainingDiverged(
-            f"non-finite loss at {self.stage} step {step} (terms: "
-            f"{', '.join(bad) or 'on another process'}); the step was not applied. "
-            f"Last good checkpoint: {self._last_good_text()}. Lower the learning rates or "
-            "check the data."
+            f"non-finite {what} at {self.stage} step {step} ({where}); {consequence}. Last "
+            f"good checkpoint: {self._last_good_text()}. Lower the learning rates or check "
+            "the data."
         )
 
+    def _all_finite(self, named: list[tuple[str, torch.Tensor]]) -> list[str] | None:
+        """None when every tensor is finite on every process, else the local bad names."""
+        ok = torch.stack([torch.isfinite(t).all() for _, t in named]) if named else None
+        local = ok.all() if ok is not None else torch.tensor(True, device=self.acc.device)
+        if bool(self.acc.gather(local[None]).all()):
+            return None
+        return [n for (n, _), good in zip(named, ok.tolist()) if not good] if named else []
+
+    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        self._raise_diverged("loss", step, [f"terms: {', '.join(bad)}"] if bad else [],
+                             "the step was not applied")  # fmt: skip
+
     def _check_gradients(self, step: int) -> None:
-        """Raise :class:`TrainingDiverged` before ``optimizer.step()`` when a gradient is
-        NaN/Inf on any process. With fp16 loss scaling, inf gradients are expected now
-        and then and the scaler skips those steps itself, so the check is left to it."""
+        """Before ``optimizer.step()``: stop when a gradient is NaN/Inf on any process.
+        With fp16 loss scaling inf gradients are expected now and then and the scaler
+        skips those steps itself, so the check is left to it."""
         if self.acc.scaler is not None:
             return
         named = [(n, p.grad) for n, p in self.acc.unwrap_model(self.model).named_parameters()
                  if p.grad is not None]  # fmt: skip
-        ok = torch.stack([torch.isfinite(g).all() for _, g in named]) if named else None
-        local = ok.all() if ok is not None else torch.tensor(True, device=self.acc.device)
-        if bool(self.acc.gather(local[None]).all()):
-            return
-        bad = [n for (n, _), good in zip(named, ok.tolist()) if not good] if named else []
-        raise TrainingDiverged(
-            f"non-finite gradient at {self.stage} step {step} (parameters: "
-            f"{', '.join(bad[:5]) or 'on another process'}); the step was not applied. "
-            f"Last good checkpoint: {self._last_good_text()}. Lower the learning rates or "
-            "check the data."
-        )
+        bad = self._all_finite(named)
+        if bad is not None:
+            names = [f"parameters: {', '.join(bad[:5])}"] if bad else []
+            self._raise_diverged("gradient", step, names, "the step was not applied")
 
     def _check_parameters(self, step: int) -> None:
-        """Raise :class:`TrainingDiverged` when a weight is NaN/Inf on any process, so
-        that none is ever written to a checkpoint or model."""
+        """Before a checkpoint or model is written: stop when a weight is NaN/Inf on any
+        process, so that none is ever saved."""
         state = self.acc.unwrap_model(self.model).state_dict()
-        names = [k for k, v in state.items() if v.is_floating_point()]
-        ok = torch.stack([torch.isfinite(state[k]).all() for k in names]).tolist()
-        bad = [k for k, good in zip(names, ok) if not good]
-        local = torch.tensor(not bad, device=self.acc.device)
-        if bool(self.acc.gather(local[None]).all()):
-            return
-        raise TrainingDiverged(
-            f"non-finite weights after {self.stage} step {step} ("
-            f"{', '.join(bad[:5]) or 'on another process'}); not checkpointed. Last good "
-            f"checkpoint: {self._last_good_text()}. Lower the learning rates or check the data."
-        )
+        bad = self._all_finite([(k, v) for k, v in state.items() if v.is_floating_point()])
+        if bad is not None:
+            self._raise_diverged("weights", step, bad, "not checkpointed")
 
     def _checkpoint(self, step: int) -> None:
         self._check_parameters(step)

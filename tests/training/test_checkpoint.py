@@ -112,7 +112,7 @@ def test_nan_weight_is_never_checkpointed(tiny_head_dataset, run):
         return result
 
     trainer.optimizer.step = poisoning_step
-    with pytest.raises(TrainingDiverged, match=rf"non-finite weights after guidance step 3 \("
+    with pytest.raises(TrainingDiverged, match=rf"non-finite weights at guidance step 3 \("
                        rf"{re.escape(name)}\); not checkpointed\. Last good checkpoint: "
                        rf".*step_00000002"):  # fmt: skip
         trainer.train()
