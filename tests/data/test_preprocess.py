@@ -393,3 +393,16 @@ def test_16_bit_photo_is_not_white(tmp_path):
                         landmarks=lmk_in, mask="hull", out_size=128)  # fmt: skip
     np.testing.assert_allclose(p.rgb, ref.rgb, atol=1.5 / 255)
     assert p.rgb.mean() < 0.9
+
+
+def test_16_bit_mask_file_is_not_all_foreground(tmp_path):
+    m = np.full((6, 8), 1000, np.uint16)  # background: 1000 / 65535, nearly black
+    m[:, :3] = 65535
+    m[:, 3] = 32768  # a soft edge
+    Image.fromarray(m).save(tmp_path / "m16.png")
+    out = masks.load_mask(tmp_path / "m16.png", (6, 8))
+    assert out.dtype == np.uint8 and (out[:, :3] == 255).all()
+    assert (out[:, 3] == 128).all() and (out[:, 4:] == 4).all()  # PIL's L clips these to 255
+    (tmp_path / "cut.png").write_bytes((tmp_path / "m16.png").read_bytes()[:40])
+    with pytest.raises(ValueError, match="cut.png: not a readable mask image"):
+        masks.load_mask(tmp_path / "cut.png")

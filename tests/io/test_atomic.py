@@ -87,6 +87,13 @@ def _old_target(tmp_path):
 
 def test_replace_never_removes_the_target(tmp_path, monkeypatch):
     """The target exists at every rename: exchanged in one call, never renamed away."""
+    a, b = tmp_path / "probe_a", tmp_path / "probe_b"
+    a.mkdir(), b.mkdir()
+    try:
+        atomic._exchange(a, b)
+    except OSError as err:  # this kernel/filesystem cannot exchange: the fallback is tested below
+        pytest.skip(f"renameat2(RENAME_EXCHANGE) unavailable here: {err}")
+    a.rmdir(), b.rmdir()
     target = _old_target(tmp_path)
     real_rename = os.rename
 

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gphm.data.preprocess.detectors import (
     BackendUnavailableError,
@@ -35,6 +35,7 @@ from gphm.data.preprocess.detectors import (
     _protobuf_hint,
     check_rgb_image,
 )
+from gphm.io.images import decode_image
 
 __all__ = [
     "MediaPipeSegmenter",
@@ -167,7 +168,9 @@ def refine_mask(
 
 
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A user mask [H, W] uint8 (255 = head) from an image file (any mode, converted to L).
+    """A user mask [H, W] uint8 (255 = head) from an image file: 16-bit and float masks
+    scaled like :func:`gphm.io.images.read_image`, other modes converted to L (alpha
+    ignored), EXIF orientation applied.
 
     With ``size`` = (H, W) the mask must have that size (a ``ValueError`` names the file
     and both sizes otherwise): masks are never stretched silently.
@@ -177,9 +180,16 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
         raise FileNotFoundError(f"{path}: mask not found")
     try:
         with Image.open(path) as im:
-            mask = np.asarray(im.convert("L"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{path}: not a readable mask image ({err})") from None
+            im.load()
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit / float masks
+                gray = decode_image(im).rgb[..., 0]
+                mask = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
+            else:
+                mask = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.uint8)
+            mask = mask.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: not a readable mask image ({reason})") from None
     if size is not None and mask.shape != tuple(size):
         raise ValueError(
             f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW), expected "
