@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gphm.io.jsonfile import read_json_object
 from gphm.models.base import SerializableModule
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
@@ -186,7 +187,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
             f"{path}: no trained model (expected {path / 'model' / 'config.json'}); "
             "train one with scripts/train.py"
         )
-    desc = json.loads((model_dir / "config.json").read_text())
+    desc = read_json_object(model_dir / "config.json", "model config")
     classes: dict[str, type[SerializableModule]] = {c.__name__: c for c in MODEL_CLASSES}
     cls = classes.get(desc.get("class"))
     if cls is None:

@@ -130,3 +130,15 @@ def test_huge_config_is_refused_before_allocating(saved, monkeypatch):
                        r"is 4\.0 GB \(set GPHM_MEMORY_LIMIT") as info:  # fmt: skip
         Tiny.from_pretrained(d)
     assert _one_line(info).startswith(f"{d / CONFIG_NAME}: ")
+
+
+def test_load_run_config_json_that_is_not_an_object(tmp_path):
+    from gphm.models.runs import load_run
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / CONFIG_NAME).write_text("[]")
+    with pytest.raises(ValueError, match=r"model/config.json: expected a JSON object \{...\}"):
+        load_run(tmp_path)
+    (tmp_path / "model" / CONFIG_NAME).write_bytes(b'{"class": "\xff"}')
+    with pytest.raises(ValueError, match=r"model/config.json: not UTF-8 text"):
+        load_run(tmp_path)
