@@ -19,8 +19,9 @@ real cutout. The rules:
   other alpha (all opaque, all transparent, a faint overall fade) is ignored: RGB as
   stored, no alpha.
 
-Unreadable files (not an image, truncated, a decompression bomb) raise ``ValueError``
-with one line naming the file.
+Unreadable files (not an image, truncated, a decompression bomb, or one whose decoded
+float pixels would not fit in the memory budget of :mod:`gphm.io.limits`) raise
+``ValueError`` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from gphm.io.atomic import atomic_write_bytes
+from gphm.io.limits import MemoryBudgetError, check_image_size
 
 __all__ = [
     "DecodedImage",
@@ -100,8 +102,12 @@ def read_image(path: str | Path) -> DecodedImage:
         raise FileNotFoundError(f"{path}: image not found")
     try:
         with Image.open(path) as im:
+            W, H = im.size  # from the header: refuse before decoding what cannot fit
+            check_image_size(f"{path}", H, W, channels=3 + ("A" in im.mode))
             im.load()  # decode now: a truncated file fails here, not later
             return decode_image(im)
+    except MemoryBudgetError:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: not a readable image ({reason})") from None

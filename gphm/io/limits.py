@@ -131,13 +131,14 @@ def model_memory_terms(desc: dict[str, Any]) -> list[tuple[str, float]]:
     ``desc`` is a ``config.json`` (``{"config": ..., "extra": ...}``) or any nested
     dict. Recognised: ``tet_resolution`` (R³ grid cells), ``num_points`` (Gaussians),
     MLPs (``width`` and ``depth``: depth·width² weights), the upsampler (``width`` and
-    ``blocks``: (2·blocks + 2)·9·width² weights), codebook ``dim`` × ``num_*`` counts in
-    ``init_kwargs``, and ``lr_size`` / ``hr_size`` (one 32-channel image).
+    ``blocks``: (2·blocks + 2)·9·width² weights), codebook ``dim`` × the larger of
+    ``num_subjects`` / ``num_frames`` in ``init_kwargs``, and ``lr_size`` / ``hr_size``
+    (one 32-channel image).
     """
     terms: list[tuple[str, float]] = []
     counts = [
         n for k, v in (desc.get("init_kwargs") or {}).items()
-        if k.startswith("num_") and (n := _int(v)) is not None
+        if k in ("num_subjects", "num_frames") and (n := _int(v)) is not None
     ]  # fmt: skip
     for where, node in _walk(desc):
         dot = f"{where}." if where else ""

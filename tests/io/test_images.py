@@ -143,3 +143,12 @@ def test_truncated_and_non_images_are_one_line_errors(tmp_path):
         with pytest.raises(ValueError, match=f"{name}: not a readable image") as info:
             read_image(tmp_path / name)
         assert "\n" not in str(info.value)
+
+
+def test_image_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setenv("GPHM_MEMORY_LIMIT", "1M")  # 300 x 400 x 3 floats = 1.4 MB
+    with pytest.raises(ValueError, match=r"big.png \(1 3-channel 300x400 image\) would need 1.4"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.setenv("GPHM_MEMORY_LIMIT", "2M")
+    assert read_image(tmp_path / "big.png").rgb.shape == (300, 400, 3)
