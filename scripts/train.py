@@ -72,7 +72,7 @@ def main(cfg: TrainRunConfig) -> dict:
     try:
         with exit_on_sigterm():
             try:
-                on_main(acc, lock.acquire, RunLocked)
+                on_main(acc, lock.acquire, RunLocked, OSError)
                 stages = _train(cfg, acc)
             finally:
                 lock.release()

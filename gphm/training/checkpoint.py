@@ -10,7 +10,9 @@ Each checkpoint directory holds
 
 A checkpoint is written into a temporary sibling and renamed when complete, so a crash
 never leaves a half-written ``step_*`` behind; the newest complete one is what
-``latest_checkpoint`` returns.
+``latest_checkpoint`` returns. Resuming (:func:`load_latest`) checks a checkpoint
+completely before applying it and falls back to the previous one, with a warning, when
+the newest is damaged (truncated, edited, written for another model).
 """
 
 from __future__ import annotations

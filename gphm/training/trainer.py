@@ -201,7 +201,7 @@ class StageTrainer:
         """Resume from the newest readable checkpoint, or initialise; returns the first
         step. Refuses (:class:`ResumeMismatch`) to resume with other options or data."""
         acc = self.acc
-        on_main(acc, self._discard_stale, RunDirError)
+        on_main(acc, self._discard_stale, RunDirError, OSError)
         resuming = bool(checkpoint_candidates(self.ckpt_dir))
         on_main(acc, lambda: check_resume(self.run_dir, self.stage, self.options,
                                           self.data_fingerprint, resuming),
