@@ -90,3 +90,32 @@ def test_stage2_checkpoints_of_an_older_stage1_are_moved_aside(tiny_head_dataset
     # resumes nothing and moves nothing
     again = train_script.main(_cfg(tiny_head_dataset, run, *args, "train.guidance_steps=3"))
     assert again["already_trained"] and len(list((run / "checkpoints").glob("gaussian.*"))) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_releases_the_lock(tiny_head_dataset, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import TINY_OVERRIDES
+    from .test_train import _env
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={tiny_head_dataset}",
+           f"run_dir={run}", "stage=guidance", *TINY_OVERRIDES, "train.guidance_steps=100000",
+           "train.checkpoint_every=100000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "logs/metrics.jsonl").is_file() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        assert (run / ".lock").is_file()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not (run / ".lock").exists()
