@@ -1,7 +1,8 @@
 """Image and geometry metrics (evaluation only; no gradients needed).
 
-Conventions: images are ``[B, H, W, C]`` in [0, 1], masks ``[B, H, W, 1]`` (a pixel is in
-the mask when its value is > 0.5). Every metric returns one value per image, ``[B]``.
+Conventions: images are ``[..., H, W, C]`` in [0, 1], masks ``[..., H, W, 1]`` (a pixel is
+in the mask when its value is > 0.5), with any leading batch shape ``...`` (at least one
+dimension). Every image metric returns one value per image, shaped ``[...]``.
 
 Undefined values are NaN, never a made-up number: a masked metric over an empty mask has
 no pixels to average, and the IoU of two empty masks is 0/0. Aggregate per-image values
@@ -34,6 +35,14 @@ __all__ = [
 _MIN_MSE = 1e-12
 
 
+def _images(*xs: Tensor) -> tuple[tuple[int, ...], list[Tensor]]:
+    """The leading batch shape and the tensors reshaped to ``[B, H, W, C]``."""
+    if xs[0].dim() < 4:
+        raise ValueError(f"expected images [..., H, W, C], got shape {list(xs[0].shape)}")
+    lead = tuple(xs[0].shape[:-3])
+    return lead, [x.reshape(-1, *x.shape[-3:]) for x in xs]
+
+
 def finite_mean(values: Tensor | Iterable[float]) -> tuple[float | None, int]:
     """``(mean of the finite entries, number of non-finite entries)`` of a 1-D sequence.
 
@@ -51,31 +60,31 @@ def finite_mean(values: Tensor | Iterable[float]) -> tuple[float | None, int]:
 
 
 @torch.no_grad()
-def psnr(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> [B] dB
+def psnr(pred: Tensor, target: Tensor) -> Tensor:  # [..., H, W, C] x2 -> [...] dB
     """Peak signal-to-noise ratio per image for values in [0, 1] (peak 1).
 
     ``-10 log10(MSE)`` with the MSE over all pixels and channels of each image; identical
     images give 120 dB (MSE clamped to 1e-12).
     """
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
+    mse = ((pred - target) ** 2).flatten(-3).mean(-1)
     return -10 * torch.log10(mse.clamp_min(_MIN_MSE))
 
 
 @torch.no_grad()
-def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:  # -> [B] dB
-    """PSNR over the pixels where ``mask`` [B, H, W, 1] > 0.5 (the head region).
+def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:  # -> [...] dB
+    """PSNR over the pixels where ``mask`` [..., H, W, 1] > 0.5 (the head region).
 
     The MSE averages over the masked pixels and all channels. An empty mask gives NaN.
     """
     m = (mask > 0.5).to(pred.dtype)
-    se = (((pred - target) ** 2) * m).flatten(1).sum(1)
-    n = m.flatten(1).sum(1) * pred.shape[-1]
+    se = (((pred - target) ** 2) * m).flatten(-3).sum(-1)
+    n = m.flatten(-3).sum(-1) * pred.shape[-1]
     mse = (se / n.clamp_min(1)).clamp_min(_MIN_MSE)
     return torch.where(n > 0, -10 * torch.log10(mse), torch.nan)
 
 
 @torch.no_grad()
-def ssim(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> [B]
+def ssim(pred: Tensor, target: Tensor) -> Tensor:  # [..., H, W, C] x2 -> [...]
     """Per-image SSIM, the mean of the SSIM map over its valid region and channels.
 
     Gaussian window 11, σ 1.5, C1 = 0.01², C2 = 0.03² (data range 1), population
@@ -86,28 +95,31 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> [B]
     (a "valid" convolution), so the averaged pixels and their values are the same.
     Images need H, W >= 11.
     """
-    return _ssim(pred, target, reduce=False).flatten(1).mean(1)
+    lead, (p, t) = _images(pred, target)
+    return _ssim(p, t, reduce=False).flatten(1).mean(1).reshape(lead)
 
 
 @torch.no_grad()
 def masked_ssim(pred: Tensor, target: Tensor, mask: Tensor, window: int = 11) -> Tensor:
-    """SSIM averaged over the head region (``mask`` [B, H, W, 1] > 0.5) -> [B].
+    """SSIM averaged over the head region (``mask`` [..., H, W, 1] > 0.5) -> [...].
 
     The SSIM map covers the valid region (``window // 2`` pixels in from each border, as
     in :func:`ssim`), so the mask is cropped the same way: the value is the mean of the
     channel-averaged SSIM map over the masked pixels of that region. NaN when no masked
     pixel lies in it (an empty mask, or one that touches only the border strip).
     """
-    s = _ssim(pred, target, window=window, reduce=False)  # [B, H', W']
+    lead, (p, t, mask) = _images(pred, target, mask)
+    s = _ssim(p, t, window=window, reduce=False)  # [B, H', W']
     r = window // 2
     m = (mask[:, r : mask.shape[1] - r, r : mask.shape[2] - r, 0] > 0.5).to(s.dtype)
     n = m.flatten(1).sum(1)
-    return torch.where(n > 0, (s * m).flatten(1).sum(1) / n.clamp_min(1), torch.nan)
+    out = torch.where(n > 0, (s * m).flatten(1).sum(1) / n.clamp_min(1), torch.nan)
+    return out.reshape(lead)
 
 
 @torch.no_grad()
-def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:  # -> [B]
-    """IoU of binarised masks [B, H, W, 1] (``> threshold``), at their own resolution.
+def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:  # -> [...]
+    """IoU of binarised masks [..., H, W, 1] (``> threshold``), at their own resolution.
 
     Both masks must have the same size; the IoU is measured at that resolution (callers
     say which in their report key, e.g. ``silhouette_iou_lr``). Two empty masks have no
@@ -116,8 +128,8 @@ def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:  #
     if pred.shape != target.shape:
         raise ValueError(f"mask_iou: pred {list(pred.shape)} vs target {list(target.shape)}")
     p, t = pred > threshold, target > threshold
-    inter = (p & t).flatten(1).sum(1).double()
-    union = (p | t).flatten(1).sum(1).double()
+    inter = (p & t).flatten(-3).sum(-1).double()
+    union = (p | t).flatten(-3).sum(-1).double()
     return torch.where(union > 0, inter / union.clamp_min(1), math.nan).float()
 
 

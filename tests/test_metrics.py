@@ -138,3 +138,28 @@ def test_finite_mean():
     assert metrics.finite_mean([float("nan"), float("inf")]) == (None, 2)
     assert metrics.finite_mean([]) == (None, 0)
     assert metrics.finite_mean(torch.tensor([0.5], dtype=torch.float16)) == (0.5, 0)
+
+
+def test_image_metrics_keep_leading_batch_shapes():
+    x, y = _pair(6, 16, 18)
+    mask = _disk(6, 16, 18, 5.0)
+    flat = {
+        "psnr": metrics.psnr(x, y),
+        "masked_psnr": metrics.masked_psnr(x, y, mask),
+        "ssim": metrics.ssim(x, y),
+        "masked_ssim": metrics.masked_ssim(x, y, mask),
+        "mask_iou": metrics.mask_iou(mask, torch.roll(mask, 1, dims=2)),
+    }
+    x, y, mask = (t.reshape(2, 3, *t.shape[1:]) for t in (x, y, mask))
+    nested = {
+        "psnr": metrics.psnr(x, y),
+        "masked_psnr": metrics.masked_psnr(x, y, mask),
+        "ssim": metrics.ssim(x, y),
+        "masked_ssim": metrics.masked_ssim(x, y, mask),
+        "mask_iou": metrics.mask_iou(mask, torch.roll(mask, 1, dims=3)),
+    }
+    for k, v in nested.items():
+        assert v.shape == (2, 3), k
+        assert torch.allclose(v.flatten(), flat[k], rtol=0, atol=1e-12), k
+    with pytest.raises(ValueError, match=r"\[\.\.\., H, W, C\]"):
+        metrics.ssim(x[0, 0], y[0, 0])
