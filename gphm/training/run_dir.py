@@ -179,7 +179,7 @@ class RunLock:
                         f"for it to end or use another run_dir (if none is running, delete "
                         f"{self.path})"
                     ) from None
-                self._take_over(reason)
+                self._take_over(owner, reason)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(record) + "\n")
@@ -189,16 +189,25 @@ class RunLock:
             return self
         raise RunLocked(f"{self.path}: could not take the lock (contended); try again")
 
-    def _take_over(self, reason: str) -> None:
-        # Move the stale lock aside instead of unlinking it, so that of two processes
-        # taking over at once only one removes it; the other's rename fails.
+    def _take_over(self, stale: dict[str, Any] | None, reason: str) -> None:
+        # Move the lock aside and look at what was moved: if another process replaced
+        # the stale lock by its own meanwhile, put that one back (link fails if a third
+        # took the place) instead of deleting a live lock.
         aside = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:
             return
-        print(f"[train] warning: took over the stale lock {self.path} ({reason})",
-              file=sys.stderr)  # fmt: skip
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != stale:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        else:
+            print(f"[train] warning: took over the stale lock {self.path} ({reason})",
+                  file=sys.stderr)  # fmt: skip
         aside.unlink(missing_ok=True)
 
     def release(self) -> None:
