@@ -301,7 +301,7 @@ def evaluate_fit(
         raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
     model = run.model
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
-    seen = seen_by(run, ds.meta)
+    seen = seen_by(run, data_path, ds.meta)
     if seen and not allow_seen:
         raise SeenDatasetError(
             f"data.path={data_path}: {seen}; split=fit scores fits of people the model never "

@@ -199,17 +199,26 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     return TrainedRun(model=model, extra=desc.get("extra", {}), path=model_dir)
 
 
-def dataset_fingerprint(meta: dict[str, Any]) -> str:
-    """A short content hash of a dataset's ``meta.json`` (as loaded): names, frames,
-    cameras, generator parameters (seed included) and split sizes. Training records it in
+def dataset_fingerprint(data_dir: str | Path) -> str:
+    """A short content hash of a dataset's ``meta.json`` as written (names, frames,
+    cameras, generator parameters with the seed, split sizes), independent of its
+    whitespace and key order and of what a loader adds to it. Training records it in
     ``RUN/model/config.json`` (``extra["dataset_fingerprint"]``) so that evaluation can
     tell a dataset the model was trained on."""
-    text = json.dumps(meta, sort_keys=True, default=str)
+    path = Path(data_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; not a gphm dataset") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def seen_by(run: TrainedRun, meta: dict[str, Any]) -> str | None:
-    """Why the dataset with ``meta`` holds people ``run`` was trained on, or None.
+def seen_by(run: TrainedRun, data_dir: str | Path, meta: dict[str, Any]) -> str | None:
+    """Why the dataset at ``data_dir`` (with ``meta``, its meta.json) holds people ``run``
+    was trained on, or None.
 
     * the run records the training dataset's :func:`dataset_fingerprint` and it matches;
     * older runs (no fingerprint): the same subject names and frames as the run's;
@@ -218,7 +227,7 @@ def seen_by(run: TrainedRun, meta: dict[str, Any]) -> str | None:
       for different people, so for them names alone prove nothing.
     """
     recorded = run.extra.get("dataset_fingerprint")
-    if recorded is not None and recorded == dataset_fingerprint(meta):
+    if recorded is not None and recorded == dataset_fingerprint(data_dir):
         return f"it is the dataset the model was trained on (fingerprint {recorded})"
     if (
         recorded is None

@@ -277,7 +277,6 @@ class StageTrainer:
                 self.optimizer.step()
                 done = step + 1
                 last = done == self.total_steps
-                self._last_losses = {k: round(float(v.detach()), 6) for k, v in terms.items()}
                 if done % cfg.train.log_every == 0 or last:
                     scalars = {k: float(v.detach()) for k, v in terms.items()}
                     logger.log(done, scalars, self.stage, lr=self.optimizer.param_groups[0]["lr"])
@@ -286,6 +285,7 @@ class StageTrainer:
                 if acc.is_main_process and (done % cfg.train.preview_every == 0 or last):
                     self._preview(done, out, batch)
                 if done % cfg.train.checkpoint_every == 0 or last:
+                    self._last_losses = _rounded(terms)
                     self._checkpoint(done)
                 if stop_after is not None and done >= stop_after:
                     stopped = True
@@ -421,7 +421,7 @@ class StageTrainer:
             "subjects": meta["subjects"],
             "frames": meta["frames"],
             "train_frames": sorted({int(f) for f in self.dataset.frames}),
-            "dataset_fingerprint": dataset_fingerprint(meta),  # split=fit refuses it
+            "dataset_fingerprint": dataset_fingerprint(self.cfg.data.path),  # split=fit
             "expressions": meta.get("expressions"),
             "landmark_convention": meta.get("landmark_convention"),
             "train_config": asdict(self.cfg.train),
@@ -635,6 +635,10 @@ class GaussianTrainer(StageTrainer):
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
+
+
+def _rounded(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: round(float(v.detach()), 6) for k, v in terms.items()}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

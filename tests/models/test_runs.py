@@ -1,5 +1,6 @@
 """TrainedRun's resolver of trained expression codes, and the dataset fingerprint."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,17 +78,29 @@ def test_older_runs_without_train_frames_take_every_frame_as_trained_with_a_note
     assert "does not record train_frames" in r.note
 
 
-def test_fingerprint_and_seen_datasets():
+def _dataset_dir(tmp_path, name, meta, indent=None):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps(meta, indent=indent))
+    return d
+
+
+def test_fingerprint_and_seen_datasets(tmp_path):
     meta = {"subjects": SUBJECTS, "frames": _run().frames, "generator": {"seed": 0}}
     other = meta | {"generator": {"seed": 1}}
-    assert dataset_fingerprint(meta) == dataset_fingerprint(dict(reversed(meta.items())))
-    assert dataset_fingerprint(meta) != dataset_fingerprint(other)
+    data = _dataset_dir(tmp_path, "data", meta)
+    same = _dataset_dir(tmp_path, "same", dict(reversed(meta.items())), indent=2)
+    unseen = _dataset_dir(tmp_path, "unseen", other)
+    assert dataset_fingerprint(data) == dataset_fingerprint(same)  # layout does not count
+    assert dataset_fingerprint(data) != dataset_fingerprint(unseen)
     run = _run()
-    run.extra["dataset_fingerprint"] = dataset_fingerprint(meta)
-    assert "trained on" in seen_by(run, meta)
-    assert seen_by(run, other) is None  # same synthetic names, other people
+    run.extra["dataset_fingerprint"] = dataset_fingerprint(data)
+    assert "trained on" in seen_by(run, same, meta)
+    assert seen_by(run, unseen, other) is None  # same synthetic names, other people
     older = _run(drop_key=True)  # no fingerprint: same subjects and frames count as seen
-    assert seen_by(older, other) is not None
-    assert seen_by(older, other | {"subjects": ["x", "y", "z"]}) is None
+    assert seen_by(older, unseen, other) is not None
+    assert seen_by(older, unseen, other | {"subjects": ["x", "y", "z"]}) is None
     imported = {"subjects": ["p017", "synth_001"], "generator": {"importer": "nersemble"}}
-    assert "synth_001" in seen_by(run, imported)
+    assert "synth_001" in seen_by(run, unseen, imported)
+    with pytest.raises(FileNotFoundError, match=r"nowhere/meta.json: missing"):
+        dataset_fingerprint(tmp_path / "nowhere")
