@@ -285,6 +285,10 @@ def resolved_options(cfg: Any) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if flat.get(key) is not None:
             flat[key] = str(Path(flat[key]).expanduser().resolve())
+    # stage 2 starts from run_dir itself unless told otherwise: the same, however spelt
+    run_dir = str(Path(flat["run_dir"]).expanduser().resolve()) if flat.get("run_dir") else None
+    if flat.get("guidance_run") in (None, run_dir):
+        flat["guidance_run"] = "<run_dir>"
     return json.loads(json.dumps(flat, default=str))
 
 

@@ -83,6 +83,14 @@ def test_resume_guard_names_changed_options_only(tmp_path):
         check_resume(run, "guidance", same, "other", resuming=True)
 
 
+def test_guidance_run_defaults_to_the_run_itself(tmp_path):
+    assert _options(f"run_dir={tmp_path}")["guidance_run"] == "<run_dir>"
+    assert _options(f"run_dir={tmp_path}", f"guidance_run={tmp_path}/.")["guidance_run"] == (
+        "<run_dir>"
+    )
+    assert _options(f"run_dir={tmp_path}", "guidance_run=/x")["guidance_run"] == "/x"
+
+
 def test_stage2_guard_ignores_stage1_options(tmp_path):
     record_stage(tmp_path, "gaussian", _options("run_dir=r"), "fp")
     check_resume(tmp_path, "gaussian", _options("run_dir=r", "train.lr=1", "loss.rgb_hr=3"), "fp",
