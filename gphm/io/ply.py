@@ -17,8 +17,8 @@ by the nerfstudio / gsplat exporters, and the one opened by common splat viewers
     property float f_dc_1        | degree-0 spherical-harmonic (DC) colour coefficients, R G B
     property float f_dc_2       /
     property float f_rest_0     \\
-    ...                          | optional higher-order SH coefficients (only when given)
-    property float f_rest_{K-1} /
+    ...                          | higher-order SH coefficients, K = 3·((degree+1)² - 1):
+    property float f_rest_{K-1} /   45 at SH degree 3 (the default), none at degree 0
     property float opacity        opacity LOGIT (viewers apply a sigmoid)
     property float scale_0      \\
     property float scale_1       | LOG scales (viewers apply exp), one per local axis
@@ -39,10 +39,19 @@ Conventions:
 * Colour is stored as the SH DC coefficient ``f_dc = (rgb - 0.5) / SH_C0`` with
   ``SH_C0 = 0.28209479177387814`` (the degree-0 real SH constant ``1 / (2 sqrt(pi))``), so
   a viewer reconstructs ``rgb = 0.5 + SH_C0 * f_dc`` (then clamps to [0, 1]).
-* ``f_rest_*`` are written exactly as given in ``sh_rest`` [N, K]. The reference layout is
-  channel-major: with ``M = (degree + 1)**2 - 1`` coefficients per channel, K = 3 M and
-  ``f_rest_{c * M + i}`` is coefficient ``i`` of channel ``c`` (i.e. a [N, 3, M] array
-  flattened; gsplat's ``shN`` [N, M, 3] must be transposed to [N, 3, M] first).
+* ``f_rest_*`` are written exactly as given in ``sh_rest`` [N, K], or as zeros when it is
+  not given. The reference layout is channel-major: with ``M = (degree + 1)**2 - 1``
+  coefficients per channel, K = 3 M and ``f_rest_{c * M + i}`` is coefficient ``i`` of
+  channel ``c`` (all R coefficients, then G, then B: a [N, 3, M] array flattened; gsplat's
+  ``shN`` [N, M, 3] must be transposed to [N, 3, M] first). This is what the reference
+  ``save_ply`` writes (it transposes its [N, M, 3] ``features_rest`` to [N, 3, M] before
+  flattening) and what its ``load_ply`` reads back (it reshapes to [N, 3, M]).
+* SH degree: the reference loader *asserts* ``3·((D+1)² - 1)`` ``f_rest_*`` properties for
+  its configured degree D (3 by default), so a degree-0 file without them is refused by
+  it, and some engine importers also expect them. :func:`save_gaussian_ply` therefore
+  writes degree 3 by default (45 zero ``f_rest_*`` when no ``sh_rest`` is given: they add
+  nothing to the colour, which stays the DC term); ``sh_degree=0`` writes the 17-property
+  file. Degrees above 3 are refused: no common renderer evaluates them.
 
 Writing uses numpy only (header text + a structured array's bytes) and is atomic
 (:func:`gphm.io.atomic.atomic_write_bytes`): an existing file is replaced only once the new
@@ -50,7 +59,9 @@ one is complete, and is left untouched if validation or writing fails.
 
 Reading accepts any binary little-endian PLY whose ``vertex`` element has the required
 properties (in any order, as ``float`` or ``double``); other properties and elements are
-ignored, except ``f_rest_*`` which are collected in index order.
+ignored, except ``f_rest_*`` which are collected in index order (any count: degree-0
+files, degree-3 files and non-standard counts are all read; :attr:`GaussianPly.sh_degree`
+says which degree the count means, None for a non-standard one).
 """
 
 from __future__ import annotations
@@ -66,10 +77,31 @@ from torch import Tensor
 
 from gphm.io.atomic import atomic_write_bytes
 
-__all__ = ["SH_C0", "GaussianPly", "save_gaussian_ply", "load_gaussian_ply"]
+__all__ = [
+    "SH_C0",
+    "DEFAULT_SH_DEGREE",
+    "MAX_SH_DEGREE",
+    "GaussianPly",
+    "save_gaussian_ply",
+    "load_gaussian_ply",
+    "sh_rest_count",
+]
 
 SH_C0 = 0.28209479177387814
 """Degree-0 real spherical-harmonic constant ``1 / (2 sqrt(pi))``."""
+
+DEFAULT_SH_DEGREE = 3
+"""SH degree written when none is asked for: the reference 3DGS loader's default."""
+MAX_SH_DEGREE = 3
+
+
+def sh_rest_count(degree: int) -> int:
+    """Number of ``f_rest_*`` properties at SH ``degree``: ``3·((degree + 1)² - 1)``
+    (0, 9, 24, 45 for degrees 0-3)."""
+    return 3 * ((degree + 1) ** 2 - 1)
+
+
+_DEGREE_OF_COUNT = {sh_rest_count(d): d for d in range(MAX_SH_DEGREE + 1)}
 
 _POSITION = ("x", "y", "z")
 _NORMAL = ("nx", "ny", "nz")
@@ -116,6 +148,13 @@ class GaussianPly:
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int | None:
+        """The SH degree the ``f_rest_*`` count means (0 without any), None for a count
+        that is no degree's ``3·((D+1)² - 1)``."""
+        k = 0 if self.sh_rest is None else int(self.sh_rest.shape[1])
+        return _DEGREE_OF_COUNT.get(k)
 
 
 # --------------------------------------------------------------------------- writing
@@ -174,6 +213,7 @@ def save_gaussian_ply(
     opacity_logits: Tensor | np.ndarray,  # [N] opacity logits
     rgb: Tensor | np.ndarray,  # [N, 3] colour, nominally in [0, 1]
     sh_rest: Tensor | np.ndarray | None = None,  # [N, K] higher-order SH (f_rest_*), or None
+    sh_degree: int | None = None,
 ) -> Path:
     """Write Gaussians to ``path`` in the standard 3DGS binary PLY layout, atomically.
 
@@ -182,8 +222,16 @@ def save_gaussian_ply(
     outside [0, 1] are kept as they are); ``quats`` are normalised; normals are zeros.
     Parent directories are created. Returns the path written.
 
-    Raises ``ValueError`` (naming the argument) for a wrong shape, a non-finite value (also
-    after the float32 cast) or a zero-norm quaternion; nothing is written in that case.
+    ``sh_degree`` (0-3) sets how many ``f_rest_*`` are written, ``K = 3·((D+1)² - 1)``;
+    ``sh_rest`` [N, K] gives their values in the channel-major order of the module
+    docstring, zeros when None. By default the degree is the one ``sh_rest``'s width means,
+    or :data:`DEFAULT_SH_DEGREE` (3) without ``sh_rest``; ``sh_degree=0`` writes no
+    ``f_rest_*`` (the small file the reference loader refuses at its default degree).
+
+    Raises ``ValueError`` (naming the argument) for a wrong shape, an ``sh_rest`` width that
+    is no degree's (or not ``sh_degree``'s), an unsupported ``sh_degree``, a non-finite
+    value (also after the float32 cast) or a zero-norm quaternion; nothing is written in
+    that case.
     """
     path = Path(path)
     m = _to_numpy("means", means)
@@ -198,11 +246,33 @@ def save_gaussian_ply(
     _check_shape("opacity_logits", o, n, None)
     c = _to_numpy("rgb", rgb)
     _check_shape("rgb", c, n, 3)
+    if sh_degree is not None and (
+        isinstance(sh_degree, bool)
+        or not isinstance(sh_degree, (int, np.integer))
+        or not 0 <= sh_degree <= MAX_SH_DEGREE
+    ):
+        raise ValueError(f"sh_degree: expected an integer in 0..{MAX_SH_DEGREE}, got {sh_degree!r}")
     r = None
     if sh_rest is not None:
         r = _to_numpy("sh_rest", sh_rest)
         if r.ndim != 2 or r.shape[0] != n:
             raise ValueError(f"sh_rest: expected [N, K] with N={n}, got {_shape_str(r.shape)}")
+        k = r.shape[1]
+        if sh_degree is None and k not in _DEGREE_OF_COUNT:
+            counts = ", ".join(f"{c} (degree {d})" for c, d in _DEGREE_OF_COUNT.items())
+            raise ValueError(
+                f"sh_rest: expected K = 3·((degree+1)² - 1) columns, one of {counts}; got {k}"
+            )
+        if sh_degree is not None and k != sh_rest_count(sh_degree):
+            raise ValueError(
+                f"sh_rest: expected [N, {sh_rest_count(sh_degree)}] for sh_degree={sh_degree}, "
+                f"got {_shape_str(r.shape)}"
+            )
+        if k == 0:
+            r = None
+    elif sh_degree is None or sh_degree > 0:
+        # Zeros: no view-dependent colour, but the properties the reference loader expects.
+        r = np.zeros((n, sh_rest_count(DEFAULT_SH_DEGREE if sh_degree is None else sh_degree)))
 
     # Validate the float32 values that will actually be stored (overflow -> inf -> error).
     with np.errstate(over="ignore", invalid="ignore"):

@@ -7,12 +7,21 @@ import pytest
 import torch
 import trimesh
 
-from gphm.io.ply import SH_C0, GaussianPly, load_gaussian_ply, save_gaussian_ply
+from gphm.io.ply import (
+    SH_C0,
+    GaussianPly,
+    load_gaussian_ply,
+    save_gaussian_ply,
+    sh_rest_count,
+)
 
 STANDARD = [
     *("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"),
     *("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"),
 ]
+"""The degree-0 layout (``sh_degree=0``)."""
+DEGREE3 = [*STANDARD[:9], *(f"f_rest_{i}" for i in range(45)), *STANDARD[9:]]
+"""The default layout: the INRIA order with 45 higher-order SH coefficients."""
 
 
 def _random(n: int = 100, k: int | None = None, seed: int = 0) -> dict:
@@ -53,7 +62,8 @@ def test_round_trip_random(tmp_path):
     p = save_gaussian_ply(tmp_path / "sub" / "g.ply", **d)
     assert p == tmp_path / "sub" / "g.ply"
     g = load_gaussian_ply(p)
-    assert isinstance(g, GaussianPly) and len(g) == 100 and g.sh_rest is None
+    assert isinstance(g, GaussianPly) and len(g) == 100 and g.sh_degree == 3
+    assert torch.equal(g.sh_rest, torch.zeros(100, 45))  # degree 3 by default, zeros
     for name in ("means", "log_scales", "quats", "opacity_logits", "rgb"):
         assert getattr(g, name).dtype == torch.float32
     assert g.means.shape == (100, 3) and g.quats.shape == (100, 4)
@@ -77,7 +87,7 @@ def test_numpy_and_float64_inputs(tmp_path):
 
 
 def test_header_is_the_standard_layout(tmp_path):
-    p = save_gaussian_ply(tmp_path / "g.ply", **_random(10))
+    p = save_gaussian_ply(tmp_path / "g.ply", **_random(10), sh_degree=0)
     lines, body = _split(p.read_bytes())
     assert lines[:3] == ["ply", "format binary_little_endian 1.0", "element vertex 10"]
     assert lines[3:-1] == [f"property float {name}" for name in STANDARD]
@@ -91,16 +101,87 @@ def test_header_with_f_rest(tmp_path):
     p = save_gaussian_ply(tmp_path / "g.ply", **_random(4, k=45))
     lines, body = _split(p.read_bytes())
     names = [line.split()[-1] for line in lines if line.startswith("property float ")]
-    expected = [*STANDARD[:9], *(f"f_rest_{i}" for i in range(45)), *STANDARD[9:]]
-    assert names == expected
-    assert len(body) == 4 * len(expected) * 4
+    assert names == DEGREE3
+    assert len(body) == 4 * len(DEGREE3) * 4
+
+
+def test_default_is_degree_3_with_zero_f_rest_in_the_inria_order(tmp_path):
+    d = _random(6)
+    p = save_gaussian_ply(tmp_path / "g.ply", **d)
+    lines, body = _split(p.read_bytes())
+    assert lines[3:-1] == [f"property float {name}" for name in DEGREE3]
+    rec = np.frombuffer(body, dtype=[(name, "<f4") for name in DEGREE3])
+    assert all(np.all(rec[f"f_rest_{i}"] == 0) for i in range(45))
+    np.testing.assert_array_equal(rec["opacity"], d["opacity_logits"].numpy())
+    q = (d["quats"] / d["quats"].norm(dim=1, keepdim=True)).numpy()
+    np.testing.assert_allclose(rec["rot_3"], q[:, 3], atol=1e-6)
+    # The degree-0 file holds the same Gaussians in 17 instead of 62 floats per splat.
+    small = save_gaussian_ply(tmp_path / "g0.ply", **d, sh_degree=0)
+    assert small.stat().st_size < p.stat().st_size
+    a, b = load_gaussian_ply(p), load_gaussian_ply(small)
+    assert b.sh_rest is None and b.sh_degree == 0
+    for name in ("means", "log_scales", "quats", "opacity_logits", "rgb"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_sh_degree_sets_the_f_rest_count(tmp_path, degree):
+    assert sh_rest_count(degree) == [0, 9, 24, 45][degree]
+    g = load_gaussian_ply(save_gaussian_ply(tmp_path / "g.ply", **_random(5), sh_degree=degree))
+    assert g.sh_degree == degree
+    assert (0 if g.sh_rest is None else g.sh_rest.shape[1]) == sh_rest_count(degree)
+
+
+def test_f_rest_is_written_channel_major(tmp_path):
+    """``sh_rest`` is a [N, 3, M] array (channel, coefficient) flattened: f_rest_{c*M+i}."""
+    n, m = 4, 15
+    coeffs = torch.arange(n * 3 * m, dtype=torch.float32).reshape(n, 3, m)
+    p = save_gaussian_ply(tmp_path / "g.ply", **_random(n), sh_rest=coeffs.reshape(n, 3 * m))
+    _, body = _split(p.read_bytes())
+    rec = np.frombuffer(body, dtype=[(name, "<f4") for name in DEGREE3])
+    for c in range(3):
+        for i in (0, 7, 14):
+            np.testing.assert_array_equal(rec[f"f_rest_{c * m + i}"], coeffs[:, c, i].numpy())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sh_degree": 4}, r"sh_degree: expected an integer in 0\.\.3, got 4"),
+        ({"sh_degree": -1}, r"sh_degree: expected an integer in 0\.\.3, got -1"),
+        ({"sh_degree": True}, r"sh_degree: expected an integer in 0\.\.3, got True"),
+        ({"sh_degree": 1.0}, r"sh_degree: expected an integer in 0\.\.3, got 1\.0"),
+        ({"sh_rest": torch.zeros(5, 3)},
+         r"sh_rest: expected K = .* one of 0 \(degree 0\), 9 \(degree 1\), 24 \(degree 2\), "
+         r"45 \(degree 3\); got 3"),
+        ({"sh_rest": torch.zeros(5, 9), "sh_degree": 3},
+         r"sh_rest: expected \[N, 45\] for sh_degree=3, got \[5, 9\]"),
+        ({"sh_rest": torch.zeros(5, 45), "sh_degree": 0},
+         r"sh_rest: expected \[N, 0\] for sh_degree=0, got \[5, 45\]"),
+    ],
+)  # fmt: skip
+def test_bad_sh_degree_or_width_raise(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        save_gaussian_ply(tmp_path / "g.ply", **(_random(5) | kwargs))
+    assert not (tmp_path / "g.ply").exists()
+
+
+def test_reader_reads_a_non_standard_f_rest_count(tmp_path):
+    """Files of other writers may hold any count: read, with ``sh_degree`` None."""
+    data = {name: np.ones(2) for name in STANDARD} | {
+        f"f_rest_{i}": np.full(2, i) for i in range(3)
+    }
+    p = tmp_path / "odd.ply"
+    _write_ply(p, [(name, "float") for name in data], data)
+    g = load_gaussian_ply(p)
+    assert g.sh_degree is None and g.sh_rest.tolist() == [[0.0, 1.0, 2.0]] * 2
 
 
 def test_raw_values_follow_conventions(tmp_path):
     d = _random(6)
     d["rgb"][0] = 0.5
     d["rgb"][1] = torch.tensor([0.0, 1.0, 0.25])
-    p = save_gaussian_ply(tmp_path / "g.ply", **d)
+    p = save_gaussian_ply(tmp_path / "g.ply", **d, sh_degree=0)
     _, body = _split(p.read_bytes())
     rec = np.frombuffer(body, dtype=[(name, "<f4") for name in STANDARD])
     f_dc = np.stack([rec[f"f_dc_{i}"] for i in range(3)], axis=1)
@@ -123,7 +204,7 @@ def test_f_rest_round_trip(tmp_path):
 
 
 def test_readable_by_trimesh(tmp_path):
-    d = _random(30, k=3)
+    d = _random(30, k=9)
     p = save_gaussian_ply(tmp_path / "g.ply", **d)
     cloud = trimesh.load(p, process=False)
     assert isinstance(cloud, trimesh.PointCloud)
@@ -131,9 +212,7 @@ def test_readable_by_trimesh(tmp_path):
     vertex = cloud.metadata["_ply_raw"]["vertex"]["data"]
     assert list(vertex.dtype.names) == [
         *STANDARD[:9],
-        "f_rest_0",
-        "f_rest_1",
-        "f_rest_2",
+        *(f"f_rest_{i}" for i in range(9)),
         *STANDARD[9:],
     ]
     np.testing.assert_array_equal(vertex["opacity"].ravel(), d["opacity_logits"].numpy())
@@ -209,7 +288,7 @@ def test_wrong_shapes_raise(tmp_path, name, bad, message):
 )
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e39])  # 1e39 overflows float32
 def test_non_finite_values_raise(tmp_path, name, value):
-    d = _random(10, k=3)
+    d = _random(10, k=9)
     d = {k: v.double() for k, v in d.items()}
     d[name].view(-1)[7] = value
     with pytest.raises(ValueError, match=rf"^{name}: .*non-finite"):
