@@ -16,6 +16,13 @@ stays in training for another identity), ``supersample`` (anti-aliasing factor, 
 2), ``mesh_frequency`` (default 40, 16002 vertices), ``overwrite`` (default false:
 replaces only a gphm dataset or an empty folder, never a folder of other files).
 
+``mode=sequence num_frames=F`` instead writes one shared continuous performance per
+subject (smooth blends between the expressions above plus head motion, F steps, camera
+``cam_00`` frontal = the driving camera), every row ``heldout_combo`` with its
+``sequence_step``; the sequence is in meta.json, with a contact sheet and an MP4 preview
+per subject (gphm.data.synthetic.sequence). It is for ``evaluate.py split=reenact``,
+``track_video.py`` and ``reenact.py``, not for training.
+
 Rows get split ``train``, ``val_view``, ``val_combo``, ``heldout_view`` or
 ``heldout_combo`` (pairs win over cameras, held out over validation). Choose defaults
 and ablations on the ``val_*`` splits; only report ``heldout_*``.
@@ -50,6 +57,13 @@ def main(cfg: MakeSyntheticConfig) -> dict[str, Any]:
 
 def summary(report: dict[str, Any]) -> str:
     splits = ", ".join(f"{k}={v}" for k, v in sorted(report["split_sizes"].items()))
+    if report.get("mode") == "sequence":
+        return (
+            f"wrote {report['num_rows']} rows ({report['num_identities']} identities x "
+            f"{report['num_frames']} sequence steps x {report['num_views']} views, "
+            f"{report['resolution']} px; driving camera {report['driving_camera']}; {splits}) "
+            f"to {report['out']} in {report['seconds']:.1f} s"
+        )
     return (
         f"wrote {report['num_rows']} rows ({report['num_identities']} identities x "
         f"{report['num_expressions']} expressions x {report['num_views']} views, "

@@ -18,6 +18,13 @@ One row per (subject, frame, camera)::
     landmarks_3d  [L, 3]   float32 world landmarks (L fixed per dataset, meta["num_landmarks"])
     split         string   train | val_view | val_combo | heldout_view | heldout_combo
 
+Optional columns (:data:`OPTIONAL_FEATURES`; a dataset has one of them in every row or in
+none, and datasets without them read as before)::
+
+    sequence_step int32    step of a shared performance (``make_synthetic.py
+                           mode=sequence``): rows of different subjects with the same
+                           step show the same expression and head motion
+
 Splits: ``*_view`` rows are training frames seen from cameras never used in training,
 ``*_combo`` rows are (subject, expression) pairs never used in training (all cameras).
 ``val_*`` splits are for choosing defaults and ablations, ``heldout_*`` are only
@@ -64,6 +71,7 @@ __all__ = [
     "FEATURES",
     "FORMAT_VERSION",
     "META_KEYS",
+    "OPTIONAL_FEATURES",
     "NUMERIC_FIELDS",
     "SPLITS",
     "camera_sees_head",
@@ -99,6 +107,9 @@ FEATURES = Features(
         "split": Value("string"),
     }
 )
+
+#: Columns a dataset may add to :data:`FEATURES`, all rows or none (checked by the writer).
+OPTIONAL_FEATURES = {"sequence_step": Value("int32")}
 
 #: Keys every meta.json must have (the writer adds ``num_rows``, ``num_landmarks`` and
 #: ``split_sizes``; any other key is kept as given).
@@ -271,6 +282,7 @@ class _RowChecker:
         self.seen: dict[tuple[int, str], int] = {}
         self.split_sizes = dict.fromkeys(SPLITS, 0)
         self.where = ""  # " (subject ..., camera ...)" once the row's names are checked
+        self.optional: tuple[str, ...] | None = None  # optional columns, set by the first row
 
     def fail(self, i: int, field: str, msg: str) -> ValueError:
         return ValueError(f"row {i}: field '{field}' {msg}{self.where}")
@@ -338,9 +350,18 @@ class _RowChecker:
         if not isinstance(row, Mapping):
             raise ValueError(f"row {i}: must be a dict, got {type(row).__name__}")
         missing = [k for k in FEATURES if k not in row]
-        extra = sorted(str(k) for k in row if k not in FEATURES)
+        extra = sorted(str(k) for k in row if k not in FEATURES and k not in OPTIONAL_FEATURES)
         if missing or extra:
             raise ValueError(f"row {i}: missing fields {missing}, unexpected fields {extra}")
+        optional = tuple(k for k in OPTIONAL_FEATURES if k in row)
+        if self.optional is None:
+            self.optional = optional
+        elif optional != self.optional:
+            raise ValueError(
+                f"row {i}: optional fields {list(optional)}, earlier rows have "
+                f"{list(self.optional)} (an optional column is in every row or in none)"
+            )
+        steps = {k: self._int(i, row, k, 2**31 - 1) for k in optional}
         m = self.meta
         self.where = ""
         subject = self._int(i, row, "subject", len(m["subjects"]))
@@ -425,6 +446,7 @@ class _RowChecker:
             "head_scale": f32(head_scale),
             "landmarks_3d": lmk.astype(f32),
             "split": split,
+            **steps,
         }
 
 
@@ -471,7 +493,7 @@ def camera_sees_head(
 
 
 def _update_hash(h: Any, row: dict[str, Any]) -> None:
-    for key in FEATURES:
+    for key in [*FEATURES, *(k for k in OPTIONAL_FEATURES if k in row)]:
         v = row[key]
         if isinstance(v, dict):
             v = v["bytes"]
@@ -502,7 +524,8 @@ def write_dataset(
             It is built in a temporary sibling and renamed when complete: on any error
             (bad row, failing generator) an existing ``out_dir`` is untouched and nothing
             is left behind.
-        rows: dicts with exactly the :data:`FEATURES` keys, consumed once (a generator is
+        rows: dicts with exactly the :data:`FEATURES` keys (plus, in every row or in
+            none, :data:`OPTIONAL_FEATURES` keys), consumed once (a generator is
             fine: rows are streamed to disk in batches, never all held in memory). Images
             are PIL images (RGB / L or 1) or uint8 arrays ``[H, W, 3]`` / ``[H, W]``
             (``[H, W, 1]`` and bool masks are accepted); matrices are numpy arrays, torch
@@ -526,23 +549,32 @@ def write_dataset(
             scratch = tmp / ".scratch"
             scratch.mkdir()
             num_rows = 0
+            it = iter(enumerate(_progress(rows, num_rows_hint)))
+            first = next(it, None)
+            if first is None:
+                raise ValueError(f"{out_dir}: no rows to write")
+            encoded = check(*first)  # the first row decides the optional columns
+            features = Features(
+                {**FEATURES, **{k: OPTIONAL_FEATURES[k] for k in check.optional or ()}}
+            )
             with ArrowWriter(
-                features=FEATURES,
+                features=features,
                 path=str(scratch / "rows.arrow"),
                 writer_batch_size=_WRITER_BATCH,
             ) as writer:
-                for i, row in enumerate(_progress(rows, num_rows_hint)):
-                    encoded = check(i, row)
+                while True:
                     _update_hash(digest, encoded)
-                    writer.write(FEATURES.encode_example(encoded))
+                    writer.write(features.encode_example(encoded))
                     num_rows += 1
-                if num_rows == 0:
-                    raise ValueError(f"{out_dir}: no rows to write")
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    encoded = check(*nxt)
                 writer.finalize()
             table = MemoryMappedTable.from_file(str(scratch / "rows.arrow"))
             ds = datasets.Dataset(
                 table,
-                info=datasets.DatasetInfo(features=FEATURES),
+                info=datasets.DatasetInfo(features=features),
                 fingerprint=digest.hexdigest()[:16],  # content hash, not a random id
             )
             ds.save_to_disk(str(tmp))

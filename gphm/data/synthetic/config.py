@@ -14,7 +14,9 @@ from omegaconf import MISSING
 from gphm.data.synthetic.params import EXPRESSION_NAMES
 from gphm.data.synthetic.splits import max_heldout_combos
 
-__all__ = ["MakeSyntheticConfig"]
+__all__ = ["MakeSyntheticConfig", "MODES"]
+
+MODES = ("expressions", "sequence")
 
 
 @dataclass
@@ -24,10 +26,18 @@ class MakeSyntheticConfig:
 
     out: str = MISSING
     """Output dataset directory (created atomically; see ``overwrite``)."""
+    mode: str = "expressions"
+    """expressions: one frame per (subject, expression) with training/held-out splits |
+    sequence: every subject performs the same continuous sequence of ``num_frames`` steps
+    (smooth expression blends and head motion; ``cam_00`` frontal, every row
+    ``heldout_combo``: for evaluation and driving, see gphm.data.synthetic.sequence)."""
+    num_frames: int = 24
+    """Steps of the shared sequence (mode=sequence only)."""
     num_identities: int = 8
     """Number of subjects K (each a random identity)."""
     num_expressions: int = 8
-    """Number of expression labels E: the first E of EXPRESSION_NAMES (neutral first)."""
+    """Number of expression labels E: the first E of EXPRESSION_NAMES (neutral first);
+    mode=sequence draws its keyframes from them."""
     num_views: int = 9
     """Number of cameras V (>= 2), spread over ±70° azimuth and ±25° elevation."""
     resolution: int = 128
@@ -54,6 +64,10 @@ class MakeSyntheticConfig:
 
     def __post_init__(self) -> None:
         n_avail = len(EXPRESSION_NAMES)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {self.mode!r}")
+        if not 2 <= self.num_frames <= 10000:
+            raise ValueError(f"num_frames must be in 2..10000, got {self.num_frames}")
         if self.num_identities < 1:
             raise ValueError(f"num_identities must be >= 1, got {self.num_identities}")
         if not 1 <= self.num_expressions <= n_avail:

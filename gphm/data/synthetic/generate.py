@@ -286,6 +286,10 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
     ``cfg.overwrite`` is false, or if it is anything but an empty directory or a gphm
     dataset (``overwrite`` never replaces a folder of user files).
     """
+    if cfg.mode == "sequence":  # a shared performance per subject: see .sequence
+        from gphm.data.synthetic.sequence import generate_sequence
+
+        return generate_sequence(cfg, progress)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     check_replaceable(out, cfg.overwrite)
