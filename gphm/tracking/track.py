@@ -1,0 +1,458 @@
+"""Per-frame expression and head-pose tracking of a face video with a trained model.
+
+The person is fitted once, from the first frame with a face, by single-image fitting
+(:func:`gphm.fitting.fit.fit_image`: identity code, expression code, head pose, then the
+personalised colour MLP and per-Gaussian offsets). Every later frame then optimises only
+its expression code ``z_exp`` and head pose, **warm-started from the previous frame**
+(the parameters and one Adam state carry over), for a few steps of
+
+    rgb·L1 + dssim·D-SSIM + mask·(1 − IoU) + landmark·||uv − uv*||²/S²
+    + code·prior(z_exp) + smooth·||(z_exp − z_prev)/σ||² + pose_smooth·||pose − pose_prev||²
+
+(σ: the trained expression codes' std; the pose is an axis-angle and translation
+increment on the identity frame's pose, radians and canonical units).
+
+Frames without a detectable face (``TrackFrame.landmarks is None``) keep the previous
+frame's codes and pose and are flagged ``carried``; leading frames before the first face
+take the first tracked frame's. Tracking never fails on such a frame.
+
+Conventions: each frame's camera is the world origin (viewmat = I) with intrinsics
+``TrackFrame.K`` at the model's output size ``S``; ``head_R``/``head_T`` map canonical to
+that camera (``x = s·R·x_c + T``, ``s`` the identity fit's head scale). Landmarks are
+pixels of the ``S × S`` frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gphm import losses
+from gphm.data.loaders import box_downsample
+from gphm.fitting.avatar import Avatar
+from gphm.fitting.fit import (
+    FitConfig,
+    FitTarget,
+    Model,
+    TrainedRows,
+    code_prior,
+    fit_image,
+    render_avatar,
+)
+from gphm.geometry.cameras import project_points
+from gphm.geometry.pose import apply_head_pose
+from gphm.geometry.rotations import axis_angle_to_matrix
+from gphm.io.atomic import atomic_directory
+from gphm.models.runs import TrainedRun
+
+__all__ = [
+    "TrackConfig",
+    "TrackFrame",
+    "Tracking",
+    "track_frames",
+    "render_tracking",
+    "landmark_jitter",
+    "is_tracking_dir",
+]
+
+TRACKING_JSON = "tracking.json"
+TRACKING_WEIGHTS = "tracking.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrackConfig:
+    """Per-frame tracking hyper-parameters (``track.*`` on the command line)."""
+
+    steps: int = 8
+    """Optimisation steps per frame after the identity frame."""
+    lr: float = 3e-2
+    """Adam learning rate of z_exp."""
+    pose_lr: float = 3e-3
+    """Adam learning rate of the pose increments (radians / canonical units)."""
+    rgb: float = 1.0
+    dssim: float = 0.0
+    """D-SSIM weight (0: skipped, it costs as much as the rest of a step on a CPU)."""
+    mask: float = 1.0
+    landmark: float = 100.0
+    code: float = 1e-2
+    """Prior of the trained expression codes (as in fitting)."""
+    smooth: float = 0.05
+    """Temporal term on z_exp: squared change from the previous frame in units of the
+    trained codes' std, averaged over dimensions."""
+    pose_smooth: float = 10.0
+    """Temporal term on the pose: squared change of the axis-angle (rad) and translation."""
+    fit_pose: bool = True
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Identity fit of the first frame with a face (fit.phase1_steps=...)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"track.steps must be >= 0, got {self.steps}")
+        for name in ("lr", "pose_lr", "rgb", "dssim", "mask", "landmark", "code", "smooth",
+                     "pose_smooth"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"track.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class TrackFrame:
+    """One input frame, framed like the training data at the model's output size ``S``."""
+
+    image: Tensor  # [S, S, 3] in [0, 1], composited on white with `mask`
+    mask: Tensor  # [S, S, 1] in [0, 1]
+    K: Tensor  # [3, 3] intrinsics in pixels of `image`
+    landmarks: Tensor | None  # [L, 2] pixels of `image`; None: no face detected
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"file": ...}
+
+
+@dataclass
+class Tracking:
+    """Per-frame codes and poses of a tracked video, and the avatar they drive."""
+
+    avatar: Avatar  # identity (z_id, personalised f_col / offsets) of the tracked person
+    z_exp: Tensor  # [T, Dexp]
+    head_R: Tensor  # [T, 3, 3] canonical -> frame camera
+    head_T: Tensor  # [T, 3]
+    K: Tensor  # [T, 3, 3] frame intrinsics at image_size
+    landmarks: Tensor  # [T, L, 2] tracked landmarks projected into each frame
+    input_landmarks: Tensor  # [T, L, 2] the frames' landmarks (NaN where no face)
+    carried: list[bool]  # [T] no face: codes and pose carried over
+    seconds: list[float]  # [T] wall time per frame (the identity frame includes the fit)
+    identity_frame: int  # the frame the identity was fitted on
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.z_exp.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.avatar.image_size)
+
+    def landmark_errors(self) -> list[float | None]:
+        """[T] mean distance (px) between tracked and input landmarks; None where carried."""
+        d = (self.landmarks - self.input_landmarks).norm(dim=-1)  # [T, L]
+        out: list[float | None] = []
+        for t in range(self.num_frames):
+            ok = torch.isfinite(d[t])
+            out.append(None if self.carried[t] or not ok.any() else float(d[t][ok].mean()))
+        return out
+
+    def seconds_per_frame(self) -> float | None:
+        """Mean wall time of the frames after the identity frame (tracking only)."""
+        s = [x for t, x in enumerate(self.seconds) if t != self.identity_frame]
+        return float(np.mean(s)) if s else None
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, directory: str | Path, overwrite: bool = False, extra: Any = None) -> Path:
+        """Write ``tracking.safetensors``, ``tracking.json`` and ``avatar/`` atomically.
+        ``extra(tmp)``: a callback writing more files into the directory being built."""
+        d = Path(directory)
+        tensors = {
+            "z_exp": self.z_exp, "head_R": self.head_R, "head_T": self.head_T, "K": self.K,
+            "landmarks": self.landmarks, "input_landmarks": self.input_landmarks,
+            "carried": torch.tensor(self.carried, dtype=torch.float32),
+        }  # fmt: skip
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        meta = {
+            "class": "Tracking",
+            "format_version": FORMAT_VERSION,
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "identity_frame": self.identity_frame,
+            "avatar": "avatar",
+            "checkpoint": str(Path(self.avatar.checkpoint).resolve()),
+            "carried": [t for t, c in enumerate(self.carried) if c],
+            "seconds": [round(s, 4) for s in self.seconds],
+            "info": self.info,
+            "z_exp": "tracking.safetensors: z_exp [T, Dexp]",
+            "head_pose": "tracking.safetensors: head_R [T, 3, 3], head_T [T, 3] canonical -> "
+            "frame camera (viewmat = I), head_scale = avatar head_scale",
+            "landmarks": "tracking.safetensors: landmarks / input_landmarks [T, L, 2] pixels",
+        }
+        with atomic_directory(
+            d, overwrite=overwrite or (d.is_dir() and not any(d.iterdir()))
+        ) as tmp:
+            save_file(tensors, str(tmp / TRACKING_WEIGHTS))
+            (tmp / TRACKING_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            self.avatar.save(tmp / "avatar", overwrite=True)
+            if extra is not None:
+                extra(tmp)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, model: Model | None = None) -> Tracking:
+        """Read a tracking directory; ``ValueError`` naming the file and field if damaged."""
+        d = Path(directory)
+        jpath, wpath = d / TRACKING_JSON, d / TRACKING_WEIGHTS
+        if not jpath.is_file() or not wpath.is_file():
+            raise FileNotFoundError(
+                f"{d}: not a tracking (expected {TRACKING_JSON} and {TRACKING_WEIGHTS}; "
+                "write one with scripts/track_video.py)"
+            )
+        try:
+            meta = json.loads(jpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{jpath}: invalid JSON ({err})") from None
+        if not isinstance(meta, dict) or meta.get("class") != "Tracking":
+            raise ValueError(f"{jpath}: not a tracking file (class 'Tracking' expected)")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{jpath}: field 'format_version' must be {FORMAT_VERSION}")
+        try:
+            t = load_file(str(wpath))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{wpath}: unreadable safetensors file ({err})") from None
+        n = meta.get("num_frames")
+        shapes = {"z_exp": 2, "head_R": 3, "head_T": 2, "K": 3, "landmarks": 3,
+                  "input_landmarks": 3, "carried": 1}  # fmt: skip
+        for k, dim in shapes.items():
+            if k not in t:
+                raise ValueError(f"{wpath}: missing tensor {k!r}")
+            if t[k].dim() != dim or t[k].shape[0] != n:
+                raise ValueError(
+                    f"{wpath}: field {k!r} has shape {list(t[k].shape)}, expected {dim} dims "
+                    f"with num_frames={n} first"
+                )
+        for k in ("z_exp", "head_R", "head_T", "K", "landmarks"):
+            if not bool(torch.isfinite(t[k]).all()):
+                raise ValueError(f"{wpath}: field {k!r} holds non-finite values")
+        avatar = Avatar.load(d / str(meta.get("avatar", "avatar")), model)
+        if model is not None and t["z_exp"].shape[1] != model.expression_codes.config.dim:
+            raise ValueError(
+                f"{wpath}: field 'z_exp' has {t['z_exp'].shape[1]} dims, the model's "
+                f"expression codes have {model.expression_codes.config.dim}"
+            )
+        return cls(
+            avatar=avatar, z_exp=t["z_exp"], head_R=t["head_R"], head_T=t["head_T"], K=t["K"],
+            landmarks=t["landmarks"], input_landmarks=t["input_landmarks"],
+            carried=[bool(c) for c in t["carried"].tolist()],
+            seconds=[float(s) for s in meta.get("seconds", [0.0] * n)],
+            identity_frame=int(meta.get("identity_frame", 0)), info=meta.get("info", {}),
+        )  # fmt: skip
+
+
+def is_tracking_dir(path: str | Path) -> bool:
+    return (Path(path) / TRACKING_JSON).is_file()
+
+
+def landmark_jitter(landmarks: Tensor) -> float | None:  # [T, L, 2] -> px
+    """Mean frame-to-frame landmark acceleration ``||p[t+1] - 2p[t] + p[t-1]||`` in px over
+    frames and landmarks (finite entries); None for fewer than 3 frames."""
+    if landmarks.shape[0] < 3:
+        return None
+    acc = (landmarks[2:] - 2 * landmarks[1:-1] + landmarks[:-2]).norm(dim=-1)
+    ok = torch.isfinite(acc)
+    return float(acc[ok].mean()) if ok.any() else None
+
+
+def _target(frame: TrackFrame) -> FitTarget:
+    assert frame.landmarks is not None
+    return FitTarget(image=frame.image, mask=frame.mask, K=frame.K, landmarks=frame.landmarks)
+
+
+def track_frames(
+    run: TrainedRun,
+    frames: list[TrackFrame],
+    config: TrackConfig | None = None,
+    progress: bool = False,
+    avatar: Avatar | None = None,
+) -> Tracking:
+    """Track ``frames`` (module docstring) with ``run``'s model (left unchanged).
+
+    ``avatar``: the person's identity when already fitted (skips the identity fit; its
+    ``z_exp`` and pose start the first face frame). Raises ``ValueError`` when no frame
+    has a face or the frames' sizes differ from each other.
+    """
+    cfg = config or TrackConfig()
+    if not frames:
+        raise ValueError("no frames to track")
+    S = frames[0].image.shape[0]
+    for t, f in enumerate(frames):
+        if f.image.shape != (S, S, 3) or f.mask.shape != (S, S, 1):
+            raise ValueError(
+                f"frame {t}: image {list(f.image.shape)} / mask {list(f.mask.shape)}, expected "
+                f"[{S}, {S}, 3] / [{S}, {S}, 1] like frame 0"
+            )
+    faces = [t for t, f in enumerate(frames) if f.landmarks is not None]
+    if not faces:
+        raise ValueError(f"no face found in any of the {len(frames)} frames; nothing to track")
+    model = run.model
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    try:
+        return _track(run, frames, faces, cfg, progress, avatar)
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar | None):
+    model = run.model
+    device = next(model.parameters()).device
+    first = faces[0]
+    t0 = time.perf_counter()
+    if avatar is None:
+        fitted = fit_image(model, _target(frames[first]), cfg.fit, str(run.path),
+                           rows=TrainedRows.of_run(run))  # fmt: skip
+        avatar = fitted.avatar
+    fit_seconds = time.perf_counter() - t0
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    net = avatar.personalised(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    S = frames[0].image.shape[0]
+    factor = net.upsampler.config.factor
+    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
+    z_id = avatar.z_id[None].to(device)
+    rows = TrainedRows.of_run(run)
+    exp_mean = model.expression_codes.mean(rows.expression).detach()
+    exp_std = model.expression_codes.std(rows.expression).detach()
+    R0, T0 = avatar.head_R.to(device)[None], avatar.head_T.to(device)[None]
+    scale = torch.full((1,), float(avatar.head_scale), device=device)
+    eye4 = torch.eye(4, device=device)[None]
+    context = net.render_context()
+
+    z_exp = avatar.z_exp[None].to(device).clone().requires_grad_(True)
+    rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
+    trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
+    groups = [{"params": [z_exp], "lr": cfg.lr}]
+    if cfg.fit_pose:
+        groups.append({"params": [rot, trans], "lr": cfg.pose_lr})
+    opt = torch.optim.Adam(groups)
+
+    def pose() -> tuple[Tensor, Tensor]:
+        return axis_angle_to_matrix(rot) @ R0, T0 + trans
+
+    T = len(frames)
+    out_z = [None] * T
+    out_R: list[Tensor | None] = [None] * T
+    out_T: list[Tensor | None] = [None] * T
+    out_uv: list[Tensor | None] = [None] * T
+    seconds = [0.0] * T
+    carried = [f.landmarks is None for f in frames]
+
+    def record(t: int, K: Tensor) -> None:
+        with torch.no_grad():
+            R, Tr = pose()
+            lmk = model.canonical_landmarks(z_id, z_exp)
+            uv, _ = project_points(apply_head_pose(lmk, R, Tr, scale), eye4, K[None])
+        out_z[t], out_R[t], out_T[t], out_uv[t] = (
+            z_exp[0].detach().clone(),
+            R[0].clone(),
+            Tr[0].clone(),
+            uv[0].clone(),
+        )
+
+    for t in tqdm(range(first, T), desc="track", disable=not progress, leave=False):
+        ts = time.perf_counter()
+        frame = frames[t]
+        K = frame.K.to(device).float()
+        if t == first or frame.landmarks is None:
+            record(t, K)  # the identity fit's codes, or the previous frame's (carried)
+            seconds[t] = time.perf_counter() - ts + (fit_seconds if t == first else 0.0)
+            continue
+        image, mask = frame.image.to(device)[None], frame.mask.to(device)
+        mask_lr = box_downsample(mask, (S // factor, S // factor))[None]
+        lmk2d = frame.landmarks.to(device).float()
+        valid = torch.isfinite(lmk2d).all(-1)
+        lmk2d = torch.nan_to_num(lmk2d)
+        z_prev = z_exp.detach().clone()
+        rot_prev, trans_prev = rot.detach().clone(), trans.detach().clone()
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                R, Tr = pose()
+                out = render_avatar(net, z_id, z_exp, R, Tr, scale, eye4, K[None], S, offsets,
+                                    context)  # fmt: skip
+                uv, _ = project_points(out.landmarks, eye4, K[None])
+                d2 = (((uv[0] - lmk2d) / S) ** 2).sum(-1)
+                total = (
+                    cfg.rgb * losses.l1(out.rgb, image)
+                    + cfg.mask * losses.silhouette_iou(out.mask, mask_lr)
+                    + cfg.landmark * (d2 * valid).sum() / valid.sum().clamp_min(1)
+                    + cfg.code * code_prior(z_exp, exp_mean, exp_std)
+                    + cfg.smooth * (((z_exp - z_prev) / exp_std) ** 2).mean()
+                    + cfg.pose_smooth
+                    * (((rot - rot_prev) ** 2).sum() + ((trans - trans_prev) ** 2).sum())
+                )
+                if cfg.dssim:
+                    total = total + cfg.dssim * losses.dssim(out.rgb, image)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+        record(t, K)
+        seconds[t] = time.perf_counter() - ts
+    for t in range(first):  # before the first face: the first tracked frame's state
+        out_z[t], out_R[t], out_T[t], out_uv[t] = (
+            out_z[first],
+            out_R[first],
+            out_T[first],
+            out_uv[first],
+        )
+    L = out_uv[first].shape[0]
+    nan = torch.full((L, 2), math.nan)
+    inputs = torch.stack(
+        [nan if f.landmarks is None else f.landmarks.float().cpu() for f in frames]
+    )
+    return Tracking(
+        avatar=avatar,
+        z_exp=torch.stack(out_z).cpu(),
+        head_R=torch.stack(out_R).cpu(),
+        head_T=torch.stack(out_T).cpu(),
+        K=torch.stack([f.K.float().cpu() for f in frames]),
+        landmarks=torch.stack(out_uv).cpu(),
+        input_landmarks=inputs,
+        carried=carried,
+        seconds=seconds,
+        identity_frame=first,
+        info={"identity_fit_seconds": round(fit_seconds, 3), "steps_per_frame": cfg.steps},
+    )
+
+
+@torch.no_grad()
+def render_tracking(
+    net: Model,  # the avatar's personalised model (Avatar.personalised)
+    avatar: Avatar,
+    z_exp: Tensor,  # [B, Dexp]
+    head_R: Tensor,  # [B, 3, 3] canonical -> camera c
+    head_T: Tensor,  # [B, 3]
+    head_scale: Tensor | float,  # [B] or a scalar
+    viewmats: Tensor,  # [B, 4, 4] head-pose frame -> camera
+    K: Tensor,  # [B, 3, 3] at `size`
+    size: int,
+    chunk: int = 4,
+) -> Tensor:  # [B, size, size, 3] in [0, 1], CPU
+    """Render ``avatar``'s identity with per-row expression codes, poses and cameras."""
+    device = next(net.parameters()).device
+    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
+    B = z_exp.shape[0]
+    scale = torch.as_tensor(head_scale, dtype=torch.float32)
+    if scale.dim() == 0:
+        scale = scale.expand(B)
+    z_id = avatar.z_id[None].to(device)
+    context = net.render_context()
+    out = []
+    for s in range(0, B, chunk):
+        sl = slice(s, min(B, s + chunk))
+        n = sl.stop - sl.start
+        r = render_avatar(
+            net, z_id.expand(n, -1), z_exp[sl].to(device), head_R[sl].to(device),
+            head_T[sl].to(device), scale[sl].to(device), viewmats[sl].to(device),
+            K[sl].to(device), size, offsets, context,
+        )  # fmt: skip
+        out.append(r.rgb.clamp(0, 1).cpu())
+    return torch.cat(out)
