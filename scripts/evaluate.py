@@ -17,6 +17,12 @@
   user gets in a calibrated rig) and ``*_scale_aligned`` (the fit scaled about the input
   camera to the true head size, which one image cannot tell), plus the head-pose errors
   ``rotation_error_deg`` and ``translation_error`` (canonical-head units) and ``inputs``.
+* ``reenact`` (``driver=SUBJECT``, DIR from ``make_synthetic.py mode=sequence``): tracks
+  the driver from the driving camera (``track.*``) and scores self-reenactment (other
+  cameras) and cross-reenactment (every other subject, fitted on its first step, driven
+  by the tracked codes at its true head motion, all cameras) against ground truth, with a
+  neutral baseline (``*_neutral``), unaligned and ``*_scale_aligned``, plus
+  ``seconds_per_frame`` and ``jitter`` (gphm.tracking.evaluate).
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -44,11 +50,13 @@ from gphm.fitting.evaluate import FIT_INPUTS, evaluate_fit
 from gphm.fitting.fit import FitConfig
 from gphm.models.runs import load_run
 from gphm.perceptual import lpips_available
+from gphm.tracking.evaluate import evaluate_reenact
+from gphm.tracking.track import TrackConfig
 from gphm.training.config import DataConfig
 from gphm.training.evaluate import evaluate_model
 
 # ``train`` is what the model was fitted to: not an evaluation split.
-ALL_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "fit")
+ALL_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact")
 
 
 @dataclass
@@ -83,15 +91,21 @@ class EvaluateConfig:
     """Trained run directory (RUN/model is evaluated)."""
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "heldout_view"
-    """val_view | val_combo | heldout_view | heldout_combo | fit."""
+    """val_view | val_combo | heldout_view | heldout_combo | fit | reenact."""
     batch_size: int = 8
     out: str | None = None
     """Report directory (default RUN/eval)."""
     fit: EvalFitConfig = field(default_factory=EvalFitConfig)
+    driver: str | None = None
+    """split=reenact: the subject (name or index) of the sequence dataset that drives."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """split=reenact: tracking and identity-fit options (track.steps=..., track.fit.*)."""
 
     def __post_init__(self) -> None:
         if self.split not in ALL_SPLITS:
             raise ValueError(f"split must be one of {'|'.join(ALL_SPLITS)}, got {self.split!r}")
+        if self.split == "reenact" and self.driver is None:
+            raise ValueError("split=reenact needs driver=SUBJECT (a subject of data.path)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -101,7 +115,12 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     try:
         run = load_run(cfg.run_dir, device=device)
         out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "eval"
-        if cfg.split == "fit":
+        if cfg.split == "reenact":
+            result = evaluate_reenact(
+                run, cfg.data.path, cfg.driver, cfg.track, save_dir=out / "reenact",
+                progress=sys.stderr.isatty(),
+            )  # fmt: skip
+        elif cfg.split == "fit":
             result = evaluate_fit(
                 run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
                 max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / "fit",
@@ -118,7 +137,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
-    if result.get("lpips") is None and "lpips_unavailable" not in result:
+    if cfg.split != "reenact" and result.get("lpips") is None and "lpips_unavailable" not in result:
         available, reason = lpips_available()
         if not available:
             result["lpips_unavailable"] = reason
@@ -129,6 +148,14 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def _summary(r: dict[str, Any]) -> str:
+    if r["split"] == "reenact":
+        return (
+            f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "
+            f"{r['self_psnr']} dB (neutral {r['self_psnr_neutral']}), cross PSNR "
+            f"{r['cross_psnr']} dB (neutral {r['cross_psnr_neutral']}, gain "
+            f"{r['cross_gain_db']} dB; scale-aligned {r['cross_psnr_scale_aligned']}), "
+            f"{r['seconds_per_frame']} s/frame, jitter {r['jitter']} px"
+        )
     if r["split"] != "fit":
         return (f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head "
                 f"{r['psnr_masked']}), SSIM {r['ssim']} (head {r['ssim_masked']}), "
