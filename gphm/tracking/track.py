@@ -9,7 +9,8 @@ its expression code ``z_exp`` and head pose, **warm-started from the previous fr
     rgb·L1 + dssim·D-SSIM + mask·(1 − IoU) + landmark·||uv − uv*||²/S²
     + code·prior(z_exp) + smooth·||(z_exp − z_prev)/σ||² + pose_smooth·||pose − pose_prev||²
 
-(σ: the trained expression codes' std; the pose is an axis-angle and translation
+(σ: the trained expression codes' std per dimension: the code is optimised as
+``z = μ + σ·u``; the pose is an axis-angle and translation
 increment on the identity frame's pose, radians and canonical units).
 
 Frames without a detectable face (``TrackFrame.landmarks is None``) keep the previous
@@ -46,7 +47,6 @@ from gphm.fitting.fit import (
     FitTarget,
     Model,
     TrainedRows,
-    code_prior,
     fit_image,
     render_avatar,
 )
@@ -77,9 +77,10 @@ class TrackConfig:
 
     steps: int = 8
     """Optimisation steps per frame after the identity frame."""
-    lr: float = 3e-2
-    """Adam learning rate of z_exp."""
-    pose_lr: float = 3e-3
+    lr: float = 0.1
+    """Adam learning rate of z_exp in units of the trained codes' std per dimension (the
+    code is optimised as ``mean + std·u``, so one rate suits any model's code scale)."""
+    pose_lr: float = 5e-3
     """Adam learning rate of the pose increments (radians / canonical units)."""
     rgb: float = 1.0
     dssim: float = 0.0
@@ -327,16 +328,20 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
     eye4 = torch.eye(4, device=device)[None]
     context = net.render_context()
 
-    z_exp = avatar.z_exp[None].to(device).clone().requires_grad_(True)
+    # z_exp = mean + std·u: learning rate, prior and smoothness in units of the codebook.
+    u = ((avatar.z_exp[None].to(device) - exp_mean) / exp_std).clone().requires_grad_(True)
     rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
     trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
-    groups = [{"params": [z_exp], "lr": cfg.lr}]
+    groups = [{"params": [u], "lr": cfg.lr}]
     if cfg.fit_pose:
         groups.append({"params": [rot, trans], "lr": cfg.pose_lr})
     opt = torch.optim.Adam(groups)
 
     def pose() -> tuple[Tensor, Tensor]:
         return axis_angle_to_matrix(rot) @ R0, T0 + trans
+
+    def code() -> Tensor:  # [1, Dexp]
+        return exp_mean + exp_std * u
 
     T = len(frames)
     out_z = [None] * T
@@ -349,6 +354,7 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
     def record(t: int, K: Tensor) -> None:
         with torch.no_grad():
             R, Tr = pose()
+            z_exp = code()
             lmk = model.canonical_landmarks(z_id, z_exp)
             uv, _ = project_points(apply_head_pose(lmk, R, Tr, scale), eye4, K[None])
         out_z[t], out_R[t], out_T[t], out_uv[t] = (
@@ -371,11 +377,12 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
         lmk2d = frame.landmarks.to(device).float()
         valid = torch.isfinite(lmk2d).all(-1)
         lmk2d = torch.nan_to_num(lmk2d)
-        z_prev = z_exp.detach().clone()
+        u_prev = u.detach().clone()
         rot_prev, trans_prev = rot.detach().clone(), trans.detach().clone()
         with torch.enable_grad():
             for _ in range(cfg.steps):
                 R, Tr = pose()
+                z_exp = code()
                 out = render_avatar(net, z_id, z_exp, R, Tr, scale, eye4, K[None], S, offsets,
                                     context)  # fmt: skip
                 uv, _ = project_points(out.landmarks, eye4, K[None])
@@ -384,8 +391,8 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
                     cfg.rgb * losses.l1(out.rgb, image)
                     + cfg.mask * losses.silhouette_iou(out.mask, mask_lr)
                     + cfg.landmark * (d2 * valid).sum() / valid.sum().clamp_min(1)
-                    + cfg.code * code_prior(z_exp, exp_mean, exp_std)
-                    + cfg.smooth * (((z_exp - z_prev) / exp_std) ** 2).mean()
+                    + cfg.code * (u**2).mean()  # = code_prior(z_exp, mean, std)
+                    + cfg.smooth * ((u - u_prev) ** 2).mean()
                     + cfg.pose_smooth
                     * (((rot - rot_prev) ** 2).sum() + ((trans - trans_prev) ** 2).sum())
                 )
