@@ -18,8 +18,18 @@ Stages (``stage=all`` is the default):
 
 Every stage also writes ``RUN/logs/`` (metrics.jsonl, TensorBoard), ``RUN/previews/``,
 ``RUN/eval/<stage>_<split>.json`` for the dataset's validation splits and
-``RUN/train_report.json``. Re-running with the same ``run_dir`` resumes from its
-latest checkpoint.
+``RUN/train_report.json`` (``RUN/eval/<split>.json`` holds the last stage's validation
+figures; held-out splits are only scored by ``scripts/evaluate.py``).
+
+Re-running with the same ``run_dir`` resumes from its newest readable checkpoint (a
+damaged one is skipped with a warning), with the options and dataset it was started with
+(recorded in ``RUN/run_state.json``): a changed option or dataset exits 2 naming it, only
+the schedule (``train.*_steps``, ``checkpoint_every``, ``keep_checkpoints``,
+``log_every``, ``preview_every``) may change. A run already trained to its steps is left
+as it is. Stage-2 checkpoints built from an older stage-1 model (stage 1 trained further)
+are moved to ``RUN/checkpoints/gaussian.stale-<time>/``. One process at a time writes a
+run directory (``RUN/.lock``; a second exits 2 naming the owner, a dead owner's lock is
+taken over).
 
 Presets: the defaults come from ``configs/train.yaml``; ``model=NAME`` picks
 ``configs/model/NAME.yaml`` (tiny: CPU-sized, paper: GPU paper scale). Your own presets:
