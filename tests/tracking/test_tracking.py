@@ -1,0 +1,279 @@
+"""Tracking (gphm.tracking), reenactment and split=reenact on tiny models and sequences."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gphm.data.preprocess.detectors import Detection, NoFaceError
+from gphm.data.synthetic import MakeSyntheticConfig
+from gphm.data.synthetic.sequence import generate_sequence
+from gphm.fitting.avatar import Avatar
+from gphm.fitting.fit import FitConfig, render_avatar
+from gphm.geometry import intrinsics, look_at
+from gphm.geometry.cameras import project_points
+from gphm.geometry.rotations import axis_angle_to_matrix
+from gphm.models.runs import load_run
+from gphm.tracking.evaluate import camera_pose_to_world, evaluate_reenact, moved_pose
+from gphm.tracking.inputs import frames_from_dataset, frames_from_video
+from gphm.tracking.track import (
+    TrackConfig,
+    TrackFrame,
+    Tracking,
+    landmark_jitter,
+    render_tracking,
+    track_frames,
+)
+from gphm.training.trainer import GuidanceTrainer
+from tests.training.test_train import ROOT, _cfg, _env
+
+FAST = TrackConfig(steps=4, fit=FitConfig(phase1_steps=8, phase2_steps=2))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_head_dataset, tmp_path_factory):
+    """A stage-1 tiny model (32 px) trained briefly on the ellipsoid heads."""
+    path = tmp_path_factory.mktemp("track") / "run"
+    cfg = _cfg(tiny_head_dataset, path, "train.guidance_steps=30", "train.batch_size=2",
+               "train.code_lr=2e-2")  # fmt: skip
+    GuidanceTrainer(cfg).train()
+    return load_run(path)
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    out = tmp_path_factory.mktemp("track") / "seq"
+    cfg = MakeSyntheticConfig(out=str(out), mode="sequence", num_identities=2, num_frames=4,
+                              num_views=2, resolution=32, mesh_frequency=8, seed=0)  # fmt: skip
+    generate_sequence(cfg, progress=False)
+    return out
+
+
+def _own_renders(run, num=6):
+    """The model's own renders of subject a turning its head (yaw up to 12°, a small shift)
+    while its expression code moves away from its first frame's, seen by the frontal camera
+    of the tiny rig (the camera is the origin): frames with known truth."""
+    model = run.model
+    K = intrinsics(1.2 * 32, 1.2 * 32, 16.0, 16.0)
+    vm = look_at(torch.tensor([[0.0, 0.0, 3.0]]), torch.zeros(1, 3))[0]
+    z_id = model.identity_codes.codes.weight[0].detach()
+    z_a = model.expression_codes.codes.weight[0].detach()
+    std = model.expression_codes.std().detach()
+    z_b = z_a + 3.0 * std * torch.sign(
+        torch.randn(z_a.shape, generator=torch.Generator().manual_seed(1))
+    )
+    frames, truth, poses = [], [], []
+    with torch.no_grad():
+        for t in range(num):
+            w = t / (num - 1)
+            z = z_a + (z_b - z_a) * w
+            R = vm[:3, :3] @ axis_angle_to_matrix(torch.tensor([0.0, math.radians(12) * w, 0.0]))
+            T = vm[:3, 3] + torch.tensor([0.06 * w, 0.0, 0.0])
+            out = render_avatar(model, z_id[None], z[None], R[None], T[None], torch.ones(1),
+                                torch.eye(4)[None], K[None], 32)  # fmt: skip
+            uv, _ = project_points(out.landmarks, torch.eye(4)[None], K[None])
+            mask = out.mask[0].repeat_interleave(2, 0).repeat_interleave(2, 1)
+            frames.append(TrackFrame(out.rgb[0].clamp(0, 1), mask, K, uv[0]))
+            truth.append(z)
+            poses.append((R, T))
+    R0, T0 = poses[0]
+    avatar = Avatar(checkpoint=str(run.path), model_class="GuidanceModel", z_id=z_id,
+                    z_exp=z_a, head_R=R0, head_T=T0, head_scale=1.0, K=K,
+                    image_size=32)  # fmt: skip
+    return frames, torch.stack(truth), avatar
+
+
+def test_tracking_follows_the_head_and_carries_a_frame_without_a_face(run):
+    frames, _, avatar = _own_renders(run)
+    true_uv = [f.landmarks.clone() for f in frames]
+    frames[3] = TrackFrame(frames[3].image, frames[3].mask, frames[3].K, None)  # no face
+    cfg = TrackConfig(steps=12)
+    tracking = track_frames(run, frames, cfg, avatar=avatar)
+    assert tracking.carried == [False, False, False, True, False, False]
+    assert torch.equal(tracking.z_exp[3], tracking.z_exp[2])
+    assert torch.equal(tracking.head_R[3], tracking.head_R[2])
+    assert math.isnan(float(tracking.input_landmarks[3, 0, 0]))
+    errors = tracking.landmark_errors()
+    assert errors[3] is None and all(e is not None for i, e in enumerate(errors) if i != 3)
+    # The tracked head follows the motion: the last frame's landmarks and image are much
+    # closer to the truth than holding the first frame's state.
+    held = float((tracking.landmarks[0] - true_uv[-1]).norm(dim=-1).mean())
+    tracked = float((tracking.landmarks[-1] - true_uv[-1]).norm(dim=-1).mean())
+    assert tracked < 0.5 * held, (tracked, held)
+    net = tracking.avatar.personalised(run.model)
+    last = render_tracking(net, tracking.avatar, tracking.z_exp[[0, -1]], tracking.head_R[[0, -1]],
+                           tracking.head_T[[0, -1]], 1.0, torch.eye(4).expand(2, 4, 4),
+                           tracking.K[[0, -1]], 32)  # fmt: skip
+    err = (last - frames[-1].image[None]).abs().mean((1, 2, 3))
+    assert err[1] < err[0], err
+    assert tracking.seconds_per_frame() is not None and len(tracking.seconds) == 6
+    # The model is left as it was.
+    assert all(p.requires_grad for p in run.model.parameters())
+
+
+def test_tracking_fits_the_identity_on_the_first_face_frame(run, sequence):
+    frames, items, _ = frames_from_dataset(sequence, "seq_000")
+    assert [f.info["step"] for f in frames] == [0, 1, 2, 3]
+    assert all(it.camera == "cam_00" for it in items)
+    frames[0] = TrackFrame(frames[0].image, frames[0].mask, frames[0].K, None)
+    tracking = track_frames(run, frames, FAST)
+    assert tracking.identity_frame == 1 and tracking.carried[0]
+    assert torch.equal(tracking.z_exp[0], tracking.z_exp[1])  # leading frame: the first face's
+    assert tracking.info["identity_fit_seconds"] > 0
+    blank = [TrackFrame(f.image, f.mask, f.K, None) for f in frames]
+    with pytest.raises(ValueError, match="no face found in any of the 4 frames"):
+        track_frames(run, blank, FAST)
+
+
+def test_tracking_round_trip_and_damaged_files(run, tmp_path):
+    frames, _, avatar = _own_renders(run, num=3)
+    tracking = track_frames(run, frames, TrackConfig(steps=1), avatar=avatar)
+    tracking.save(tmp_path / "t")
+    back = Tracking.load(tmp_path / "t", run.model)
+    assert torch.equal(back.z_exp, tracking.z_exp) and back.carried == tracking.carried
+    assert torch.equal(back.avatar.z_id, avatar.z_id)
+    meta = json.loads((tmp_path / "t/tracking.json").read_text())
+    meta["num_frames"] = 5
+    (tmp_path / "t/tracking.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="tracking.safetensors: field 'z_exp' has shape"):
+        Tracking.load(tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match="not a tracking"):
+        Tracking.load(tmp_path)
+
+
+def test_landmark_jitter_is_the_mean_acceleration():
+    steady = torch.arange(5.0)[:, None, None].expand(5, 2, 2)  # constant velocity
+    assert landmark_jitter(steady) == pytest.approx(0.0)
+    spike = torch.zeros(5, 1, 2)
+    spike[2, 0, 0] = 3.0  # accelerations 3, -6, 3 along x
+    assert landmark_jitter(spike) == pytest.approx(4.0)
+    assert landmark_jitter(torch.zeros(2, 3, 2)) is None
+
+
+class _Detector:
+    """Returns fixed landmarks; raises NoFaceError on blank (white) frames."""
+
+    name = "stub"
+
+    def __init__(self, uv):
+        self.uv = np.asarray(uv, np.float64)
+
+    def detect(self, image, source=None):
+        if image.min() == 255:
+            raise NoFaceError(source)
+        H, W = image.shape[:2]
+        return Detection(self.uv, np.array([0.0, 0.0, W, H]), None, (H, W))
+
+
+def test_video_frames_without_a_face_are_kept_and_flagged(sequence, tmp_path):
+    frames, _, _ = frames_from_dataset(sequence, "seq_001")
+    folder = tmp_path / "video"
+    folder.mkdir()
+    for t, f in enumerate(frames):
+        Image.fromarray((f.image.numpy() * 255).round().astype(np.uint8)).save(folder / f"{t}.png")
+    Image.new("RGB", (32, 32), "white").save(folder / "2.png")  # nobody in frame 2
+    video = frames_from_video(folder, 32, detector=_Detector(frames[0].landmarks.numpy()))
+    assert [f.landmarks is None for f in video] == [False, False, True, False]
+    assert video[2].info["no_face"] and video[0].info["file"] == "0.png"
+    assert video[0].image.shape == (32, 32, 3) and video[0].mask.shape == (32, 32, 1)
+    with pytest.raises(ValueError, match="a folder without"):
+        frames_from_video(tmp_path, 32, detector=_Detector(frames[0].landmarks.numpy()))
+
+
+def _run(args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=_env(), timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow  # six CLI processes (~2 s of imports each)
+def test_track_video_and_reenact_clis(run, sequence, tmp_path):
+    out = tmp_path / "track"
+    opts = ["track.steps=2", "track.fit.phase1_steps=4", "track.fit.phase2_steps=1"]
+    res = _run([ROOT / "scripts/track_video.py", f"checkpoint={run.path}", f"data={sequence}",
+                "subject=seq_001", f"out={out}", *opts])  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("seconds_per_frame", "landmark_error_px", "jitter", "jitter_input"):
+        assert isinstance(rep[key], float), key
+    assert len(rep["landmark_error_px_per_frame"]) == 4 and rep["carried_frames"] == []
+    for name in ("tracking.safetensors", "tracking.json", "overlay.mp4", "avatar/avatar.json",
+                 "frames/00003.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    again = _run([ROOT / "scripts/track_video.py", f"checkpoint={run.path}", f"data={sequence}",
+                  "subject=seq_001", f"out={out}"])  # fmt: skip
+    assert again.returncode == 2 and "overwrite=true" in again.stderr
+
+    re = tmp_path / "re"
+    res = _run([ROOT / "scripts/reenact.py", f"checkpoint={run.path}", f"driver={out}",
+                "target=b", f"out={re}"])  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((re / "report.json").read_text())
+    assert rep["num_frames"] == 4 and rep["side_by_side"] and rep["target"]["kind"] == "subject"
+    assert (re / "reenact.mp4").is_file() and (re / "frames/00003.png").is_file()
+    still = _run([ROOT / "scripts/reenact.py", f"checkpoint={run.path}", f"driver={out}",
+                  f"target={out / 'avatar'}", f"out={tmp_path / 're2'}", "pose=target",
+                  "size=64"])  # fmt: skip
+    assert still.returncode == 0, still.stderr[-3000:]
+    assert Image.open(tmp_path / "re2/frames/00000.png").size == (64, 64)
+    bad = _run([ROOT / "scripts/reenact.py", f"checkpoint={run.path}", f"driver={out}",
+                "target=nobody", f"out={tmp_path / 're3'}"])  # fmt: skip
+    assert bad.returncode == 2 and "neither an avatar directory" in bad.stderr
+    bad = _run([ROOT / "scripts/track_video.py", f"checkpoint={run.path}", f"out={tmp_path / 'x'}",
+                f"video={tmp_path / 'missing.mp4'}"])  # fmt: skip
+    assert bad.returncode == 2 and "no such file or folder" in bad.stderr
+
+
+def test_moved_pose_follows_the_true_head_motion(sequence):
+    _, items, _ = frames_from_dataset(sequence, "seq_000")
+    start, now = items[0], items[3]
+    true0 = (start.head_R, start.head_T, float(start.head_scale))
+    R, T, s = moved_pose(true0, start, now)
+    torch.testing.assert_close(R, now.head_R, atol=1e-5, rtol=0)
+    torch.testing.assert_close(T, now.head_T, atol=1e-5, rtol=0)
+    # A camera-frame pose taken back to world coordinates.
+    vm = start.viewmat
+    Rc, Tc = vm[:3, :3] @ start.head_R, vm[:3, :3] @ start.head_T + vm[:3, 3]
+    Rw, Tw, _ = camera_pose_to_world(Rc, Tc, 1.0, vm)
+    torch.testing.assert_close(Rw, start.head_R, atol=1e-5, rtol=0)
+    torch.testing.assert_close(Tw, start.head_T, atol=1e-5, rtol=0)
+
+
+def test_evaluate_split_reenact_report(run, sequence, tmp_path):
+    report = evaluate_reenact(run, sequence, "seq_000", FAST, save_dir=tmp_path)
+    assert report["split"] == "reenact" and report["targets"] == ["seq_001"]
+    assert report["n_self"] == 4 * 1 and report["n_cross"] == 4 * 2
+    for kind in ("self", "cross"):
+        for variant in ("", "_neutral"):
+            for align in ("", "_scale_aligned"):
+                for metric in ("psnr", "ssim"):
+                    v = report[f"{kind}_{metric}{variant}{align}"]
+                    assert isinstance(v, float) and math.isfinite(v), (kind, variant, align)
+            assert isinstance(report[f"{kind}_gain_db{align}"], float)
+    for key in ("seconds_per_frame", "jitter", "jitter_truth", "landmark_error_px"):
+        assert isinstance(report[key], float), key
+    assert report["per_subject"][0]["subject"] == "seq_001"
+    assert (tmp_path / "side_by_side.png").is_file()
+    # The CLI branch: RUN/eval/reenact.json and the summary line.
+    spec = importlib.util.spec_from_file_location("_h10_evaluate", ROOT / "scripts/evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = evaluate
+    spec.loader.exec_module(evaluate)
+    from gphm.training.config import DataConfig
+
+    cfg = evaluate.EvaluateConfig(run_dir=str(run.path.parent), split="reenact", driver="seq_001",
+                                  data=DataConfig(path=str(sequence)), track=FAST)  # fmt: skip
+    result = evaluate.main(cfg)
+    written = json.loads((run.path.parent / "eval/reenact.json").read_text())
+    assert written["cross_psnr"] == result["cross_psnr"] and written["driver"] == "seq_001"
+    assert "lpips_unavailable" not in written
+    assert "cross PSNR" in evaluate._summary(result)
+    with pytest.raises(ValueError, match="split=reenact needs driver=SUBJECT"):
+        evaluate.EvaluateConfig(run_dir="x", split="reenact")
