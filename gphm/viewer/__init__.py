@@ -1,0 +1,7 @@
+"""The web viewer: a page with identity / expression / camera controls over a trained
+run, served by a small HTTP server that renders the full model output on demand."""
+
+from gphm.viewer.scene import BadRequest, Scene, ViewRequest, find_avatars
+from gphm.viewer.server import RenderGate, ViewerServer
+
+__all__ = ["BadRequest", "RenderGate", "Scene", "ViewRequest", "ViewerServer", "find_avatars"]

@@ -1,0 +1,247 @@
+"""The viewer's HTTP server: a small page of our own on the standard library's
+``ThreadingHTTPServer`` (no dependency, no websocket, works offline and in a headless
+browser; every view is a URL).
+
+Routes (GET only):
+
+* ``/`` — the page (``static/index.html``); its state lives in the query string
+  (``/?identity=a&expression=smile&yaw=30&pitch=0``), so a link reproduces a view.
+* ``/viewer.js``, ``/viewer.css`` — the page's script and style.
+* ``/api/options`` — JSON: subjects, avatars, expression labels, sizes, the default view.
+* ``/render.png?identity=&expression=&identity_b=&identity_mix=&expression_b=&expression_mix=
+  &yaw=&pitch=&zoom=&size=`` — the full model output as a PNG. Unknown names or bad
+  numbers: HTTP 400 with ``{"error": "..."}`` naming the field and the valid values.
+
+Renders run one at a time (one model, one thread pool: parallel renders only slow each
+other down). A request carrying ``stream=ID`` (the page sends one) is dropped with
+HTTP 204 when a newer request of the same stream arrived while it waited, so dragging
+the camera renders the latest position instead of queueing every intermediate one.
+Any exception while serving a request becomes a 500 for that request; the server keeps
+running.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from PIL import Image
+
+from gphm.io.images import to_uint8
+from gphm.viewer.scene import BadRequest, Scene
+
+__all__ = ["RenderGate", "ViewerServer"]
+
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8"),
+    "/viewer.css": ("viewer.css", "text/css; charset=utf-8"),
+}
+MAX_STREAMS = 256
+"""Streams remembered for latest-wins (oldest forgotten first)."""
+MAX_STREAM_ID = 64
+
+
+class RenderGate:
+    """One render at a time; per stream, only the newest waiting request goes through.
+
+    ``ticket = gate.arrive(stream)`` on arrival, then ``with gate.turn(stream, ticket) as
+    go:`` renders only if ``go`` (no newer request of that stream arrived meanwhile).
+    ``stream=None`` (scripts, tests) is never dropped.
+    """
+
+    def __init__(self) -> None:
+        self._render = threading.Lock()
+        self._meta = threading.Lock()
+        self._latest: dict[str, int] = {}
+        self._count = 0
+        self.dropped = 0
+        self.rendered = 0
+
+    def arrive(self, stream: str | None) -> int:
+        with self._meta:
+            self._count += 1
+            if stream is not None:
+                self._latest.pop(stream, None)  # re-insert: most recent streams last
+                self._latest[stream] = self._count
+                while len(self._latest) > MAX_STREAMS:
+                    self._latest.pop(next(iter(self._latest)))
+            return self._count
+
+    def _current(self, stream: str | None, ticket: int) -> bool:
+        with self._meta:
+            return stream is None or self._latest.get(stream, ticket) <= ticket
+
+    def run(self, stream: str | None, ticket: int, fn):
+        """``fn()`` under the render lock, or ``None`` when superseded (before or after
+        waiting for the lock)."""
+        if not self._current(stream, ticket):
+            self.dropped += 1
+            return None
+        with self._render:
+            if not self._current(stream, ticket):
+                self.dropped += 1
+                return None
+            self.rendered += 1
+            return fn()
+
+
+def encode_png(image) -> bytes:  # image: Tensor [H, W, 3] in [0, 1]
+    buf = io.BytesIO()
+    # compress_level 1: a 256² PNG in ~2 ms instead of ~15 ms; the size barely matters
+    # on localhost.
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        if status >= 500 or self.server.verbose:
+            print(f"[viewer] {status} {self.path}: {message}", file=sys.stderr, flush=True)
+        self._json(status, {"error": message})
+
+    def do_GET(self) -> None:
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away (e.g. a superseded image); nothing to answer
+        except Exception as err:  # a bug must cost one request, never the server
+            self._error(500, f"{type(err).__name__}: {err}")
+
+    do_HEAD = do_GET
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        if url.path in STATIC:
+            name, ctype = STATIC[url.path]
+            body = resources.files("gphm.viewer").joinpath("static", name).read_bytes()
+            self._send(200, body, ctype)
+        elif url.path == "/api/options":
+            self._json(200, self.server.scene.options())
+        elif url.path == "/render.png":
+            self._render(url.query)
+        elif url.path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
+        else:
+            self._error(404, f"no such page {url.path!r}; try / or /render.png")
+
+    def _render(self, raw_query: str) -> None:
+        try:
+            parsed = parse_qs(raw_query, keep_blank_values=True, strict_parsing=False,
+                              max_num_fields=32)  # fmt: skip
+        except ValueError as err:
+            return self._error(400, f"bad query string: {err}")
+        repeated = sorted(k for k, v in parsed.items() if len(v) > 1)
+        if repeated:
+            return self._error(400, f"parameter {repeated[0]!r} given more than once")
+        query = {k: v[0] for k, v in parsed.items()}
+        stream = query.pop("stream", None)
+        if stream is not None and len(stream) > MAX_STREAM_ID:
+            return self._error(400, f"stream: at most {MAX_STREAM_ID} characters")
+        try:
+            req = self.server.scene.parse(query)
+        except BadRequest as err:
+            return self._error(400, str(err))
+        gate = self.server.gate
+        ticket = gate.arrive(stream)
+        t0 = time.perf_counter()
+        try:
+            image = gate.run(stream, ticket, lambda: self.server.scene.render(req))
+        except ValueError as err:  # e.g. an expression no subject was trained with
+            return self._error(400, str(err))
+        if image is None:
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/png", X_Superseded="1")
+            return
+        ms = 1000 * (time.perf_counter() - t0)
+        self._send(200, encode_png(image), "image/png", X_Render_Ms=f"{ms:.1f}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A new server may take over a port whose previous server just exited (TIME_WAIT).
+    allow_reuse_address = True
+
+    def __init__(self, address, scene: Scene, verbose: bool):
+        self.scene = scene
+        self.verbose = verbose
+        self.gate = RenderGate()
+        super().__init__(address, _Handler)
+
+
+class ViewerServer:
+    """Serve ``scene`` on ``host:port`` (port 0: any free port; see :attr:`url`).
+
+    ``serve_forever()`` blocks (the CLI); ``start()`` serves from a daemon thread and
+    ``close()`` stops it (tests, notebooks); also a context manager doing both.
+    """
+
+    def __init__(self, scene: Scene, host: str = "127.0.0.1", port: int = 8080,
+                 verbose: bool = False):  # fmt: skip
+        self.httpd = _Server((host, port), scene, verbose)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.httpd.server_address[0]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def gate(self) -> RenderGate:
+        return self.httpd.gate
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> ViewerServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="gphm-viewer",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.httpd.server_close()
+
+    def __enter__(self) -> ViewerServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
