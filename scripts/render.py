@@ -17,6 +17,11 @@
 * ``mode=interpolate``: identity codes morphed from ``subject`` to ``subject_b`` with a
   fixed expression while the camera sweeps: ``interpolation.mp4`` and
   ``interpolation_strip.png``.
+* ``mode=export``: the animatable export of ``subject`` (a training subject or a fitted
+  avatar directory) for 3DGS engines, as ``scripts/export.py`` (:mod:`gphm.export`):
+  ``neutral.ply``, ``expressions/<label>.ply``, ``blendshapes.npz/.json`` with
+  ``num_components`` components, PLYs at ``sh_degree``; the fidelity curve is measured
+  at ``size`` px.
 
 Always writes ``OUT/render_report.json``. A non-empty ``OUT`` is refused (exit status 2)
 unless ``overwrite=true``.
@@ -35,6 +40,7 @@ from omegaconf import MISSING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gphm.cli import UserError, run_cli, write_report
+from gphm.export import FidelityOptions, export_run
 from gphm.fitting.views import lerp_codes, orbit_rig, render_codes
 from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
@@ -45,7 +51,7 @@ from gphm.io.video import save_mp4
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.runs import TrainedRun, load_run
 
-MODES = ("turntable", "grid", "interpolate")
+MODES = ("turntable", "grid", "interpolate", "export")
 
 
 @dataclass
@@ -54,7 +60,7 @@ class RenderConfig:
     """Run directory (or its model/ directory)."""
     out: str = MISSING
     mode: str = "turntable"
-    """turntable | grid | interpolate."""
+    """turntable | grid | interpolate | export."""
     subject: str = "0"
     """Subject name or index (interpolate: the start identity)."""
     subject_b: str = "1"
@@ -79,6 +85,10 @@ class RenderConfig:
     """grid / interpolate: camera azimuth range ±sway degrees."""
     overwrite: bool = False
     """Write into a non-empty ``out`` (files with the same names are replaced)."""
+    num_components: int = 8
+    """export: expression components stored in blendshapes.npz."""
+    sh_degree: int = 3
+    """export: SH degree of the PLYs (3: 45 zero f_rest_*, 0: the small file)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -193,15 +203,23 @@ def interpolate(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]
     }
 
 
+def export(cfg: RenderConfig, run: TrainedRun, out: Path) -> dict[str, Any]:
+    rep = export_run(run, cfg.subject, out, num_components=cfg.num_components,
+                     sh_degree=cfg.sh_degree, overwrite=cfg.overwrite,
+                     fidelity=FidelityOptions(size=cfg.size))  # fmt: skip
+    return {"subject": rep.metadata["identity"]["name"], "export": rep.to_dict(),
+            "outputs": ["neutral.ply", *rep.files["expressions"].values(), "blendshapes.npz",
+                        "blendshapes.json", "export_report.json"]}  # fmt: skip
+
+
 @torch.no_grad()
 def main(cfg: RenderConfig) -> dict:
     out = Path(cfg.out)
     try:
         check_output_dir(out, cfg.overwrite)
         run = load_run(cfg.checkpoint)
-        report = {"turntable": turntable, "grid": grid, "interpolate": interpolate}[cfg.mode](
-            cfg, run, out
-        )
+        modes = {"turntable": turntable, "grid": grid, "interpolate": interpolate, "export": export}
+        report = modes[cfg.mode](cfg, run, out)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         raise UserError(str(err)) from None
     report = {"mode": cfg.mode, "model": type(run.model).__name__} | report
