@@ -6,7 +6,17 @@ On disk (one directory, written atomically; an existing one is replaced only wit
     avatar.json          {"class": "Avatar", "format_version", "checkpoint", "model_class",
                           "head_scale", "image_size", "report", ...}
     avatar.safetensors   z_id [Did], z_exp [Dexp], head_R [3, 3], head_T [3], K [3, 3],
-                         optional point_offsets [N, 3] and f_col.* (fine-tuned colour MLP)
+                         optional (phase 2 of the fit, Gaussian heads):
+                         point_offsets [N, 3]    per-Gaussian X_can offsets
+                         color_offsets [N, C]    per-Gaussian colour-feature offsets
+                         opacity_offsets [N]     per-Gaussian opacity-logit offsets
+                         f_col.*                 the fine-tuned colour MLP
+                         upsampler.*             fine-tuned Ψ weights (a subset of Ψ's)
+                         expressions.NAME [Dexp] named expression codes (a fit from
+                                                 several images: image_0, image_1, ...)
+
+A field that is absent (an avatar written before it existed) means "no change": zero
+offsets, the run's own f_col and Ψ, no named expressions.
 
 The avatar refers to the trained run by path (``checkpoint``); the model itself is not
 copied. ``head_R``/``head_T`` place the head in the input camera's frame (the camera is
@@ -16,6 +26,7 @@ the world origin, looking down +z) and ``K`` is that camera at ``image_size`` pi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,7 +42,7 @@ from gphm.io.atomic import atomic_directory
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["Avatar", "AvatarExistsError", "is_avatar_dir"]
+__all__ = ["Avatar", "AvatarExistsError", "PersonalisedGaussianHead", "is_avatar_dir"]
 
 FORMAT_VERSION = 1
 JSON_NAME = "avatar.json"
@@ -40,6 +51,48 @@ WEIGHTS_NAME = "avatar.safetensors"
 
 def is_avatar_dir(path: str | Path) -> bool:
     return (Path(path) / JSON_NAME).is_file()
+
+
+class PersonalisedGaussianHead(GaussianHead):
+    """A :class:`GaussianHead` with per-Gaussian colour-feature and opacity-logit offsets
+    added to every render (``C = sigmoid(f_col(H, z_exp)) + color_offsets``,
+    ``A = A0 + f_att(...) + opacity_offsets``): what a fitted avatar adds to the run's
+    model. Built by :meth:`wrap` (or :meth:`Avatar.personalised`), never trained or saved
+    as a run; ``point_offsets`` stay a render argument, as for the plain model."""
+
+    color_offsets: Tensor  # [N, C]
+    opacity_offsets: Tensor  # [N]
+
+    @classmethod
+    def wrap(
+        cls,
+        model: GaussianHead,
+        color_offsets: Tensor | None = None,  # [N, C]
+        opacity_offsets: Tensor | None = None,  # [N]
+    ) -> PersonalisedGaussianHead:
+        """A deep copy of ``model`` carrying the offsets as (frozen) parameters; zeros when
+        None. ``model`` is unchanged."""
+        out = copy.deepcopy(model)
+        out.__class__ = cls
+        N, C = model.num_points, model.color_channels
+        device = model.points.device
+        for name, value, shape in (("color_offsets", color_offsets, (N, C)),
+                                   ("opacity_offsets", opacity_offsets, (N,))):  # fmt: skip
+            value = torch.zeros(shape) if value is None else value.detach()
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must be {list(shape)}, got {list(value.shape)}")
+            out.register_parameter(
+                name, torch.nn.Parameter(value.float().to(device).clone(), requires_grad=False)
+            )
+        return out
+
+    def attributes(self, z_id, z_exp, point_offsets=None):
+        att = super().attributes(z_id, z_exp, point_offsets)
+        return dataclasses.replace(
+            att,
+            colors=att.colors + self.color_offsets,
+            opacity_logits=att.opacity_logits + self.opacity_offsets,
+        )
 
 
 @dataclass
@@ -57,24 +110,55 @@ class Avatar:
     point_offsets: Tensor | None = None  # [N, 3] per-Gaussian X_can offsets (phase 2)
     f_col: dict[str, Tensor] | None = None  # fine-tuned f_col state (phase 2)
     report: dict[str, Any] = field(default_factory=dict)
+    color_offsets: Tensor | None = None  # [N, C] per-Gaussian colour-feature offsets
+    opacity_offsets: Tensor | None = None  # [N] per-Gaussian opacity-logit offsets
+    upsampler: dict[str, Tensor] | None = None  # fine-tuned Ψ entries (subset of its state)
+    expressions: dict[str, Tensor] = field(default_factory=dict)
+    """Named expression codes [Dexp] (a fit from several images: ``image_0``, ...;
+    ``z_exp`` is ``image_0``'s)."""
 
     # ------------------------------------------------------------------ model
     def personalised(self, model: GuidanceModel | GaussianHead) -> GuidanceModel | GaussianHead:
-        """A copy of ``model`` with this avatar's fine-tuned f_col (``model`` unchanged)."""
+        """A copy of ``model`` with everything this avatar fine-tuned: f_col, Ψ entries
+        and, for a Gaussian head, the per-Gaussian colour and opacity offsets
+        (:class:`PersonalisedGaussianHead`). ``point_offsets`` are passed to ``render``
+        separately. ``model`` is unchanged; without any of these it is returned as is."""
         if type(model).__name__ != self.model_class:
             raise ValueError(
                 f"the avatar was fitted with a {self.model_class}, got a {type(model).__name__}"
             )
-        if self.point_offsets is not None and self.point_offsets.shape[0] != model.num_points:
-            raise ValueError(
-                f"the avatar has offsets for {self.point_offsets.shape[0]} Gaussians, the "
-                f"model has {model.num_points}: it was fitted with another checkpoint"
-            )
-        if self.f_col is None:
+        for name in ("point_offsets", "color_offsets", "opacity_offsets"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != getattr(model, "num_points", -1):
+                raise ValueError(
+                    f"the avatar has {name} for {value.shape[0]} Gaussians, the model has "
+                    f"{getattr(model, 'num_points', 'none')}: it was fitted with another "
+                    "checkpoint"
+                )
+        per_gaussian = self.color_offsets is not None or self.opacity_offsets is not None
+        if self.f_col is None and self.upsampler is None and not per_gaussian:
             return model
-        out = copy.deepcopy(model)
-        out.f_col.load_state_dict(self.f_col)
+        if per_gaussian:
+            out = PersonalisedGaussianHead.wrap(model, self.color_offsets, self.opacity_offsets)
+        else:
+            out = copy.deepcopy(model)
+        if self.f_col is not None:
+            out.f_col.load_state_dict(self.f_col)
+        if self.upsampler is not None:
+            state = out.upsampler.state_dict()
+            state.update({k: v.to(state[k].device) for k, v in self.upsampler.items()})
+            out.upsampler.load_state_dict(state)
         return out
+
+    def expression(self, name: str | None = None) -> Tensor:  # [Dexp]
+        """``z_exp`` (None) or the named expression; ``KeyError`` lists the names."""
+        if name is None:
+            return self.z_exp
+        if name not in self.expressions:
+            raise KeyError(
+                f"the avatar has no expression {name!r}; it has {sorted(self.expressions)}"
+            )
+        return self.expressions[name]
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
@@ -90,8 +174,13 @@ class Avatar:
                    "head_T": self.head_T, "K": self.K}  # fmt: skip
         if self.point_offsets is not None:
             tensors["point_offsets"] = self.point_offsets
-        for k, v in (self.f_col or {}).items():
-            tensors[f"f_col.{k}"] = v
+        for name in ("color_offsets", "opacity_offsets"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        for prefix, entries in (("f_col", self.f_col), ("upsampler", self.upsampler),
+                                ("expressions", self.expressions)):  # fmt: skip
+            for k, v in (entries or {}).items():
+                tensors[f"{prefix}.{k}"] = v
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         meta = {
             "class": "Avatar",
@@ -137,14 +226,23 @@ class Avatar:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{wpath}: unreadable safetensors file ({err})") from None
         _check_tensors(wpath, t, model, meta["model_class"])
-        f_col = {k[len("f_col.") :]: v for k, v in t.items() if k.startswith("f_col.")}
+        f_col, upsampler, expressions = (_prefixed(t, p) for p in _PREFIXES)
         return cls(
             checkpoint=meta["checkpoint"], model_class=meta["model_class"], z_id=t["z_id"],
             z_exp=t["z_exp"], head_R=t["head_R"], head_T=t["head_T"],
             head_scale=float(meta["head_scale"]), K=t["K"], image_size=int(meta["image_size"]),
             point_offsets=t.get("point_offsets"), f_col=f_col or None,
-            report=meta.get("report", {}),
+            report=meta.get("report", {}), color_offsets=t.get("color_offsets"),
+            opacity_offsets=t.get("opacity_offsets"), upsampler=upsampler or None,
+            expressions=expressions,
         )  # fmt: skip
+
+
+_PREFIXES = ("f_col", "upsampler", "expressions")
+
+
+def _prefixed(t: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in t.items() if k.startswith(prefix + ".")}
 
 
 class AvatarExistsError(FileExistsError, ValueError):
@@ -177,8 +275,16 @@ def _check_tensors(
         raise ValueError(f"{wpath}: missing tensors {missing}")
     expected: dict[str, tuple[int | None, ...]] = {
         "z_id": (None,), "z_exp": (None,), "head_R": (3, 3), "head_T": (3,), "K": (3, 3),
-        "point_offsets": (None, 3),
+        "point_offsets": (None, 3), "color_offsets": (None, None), "opacity_offsets": (None,),
     }  # fmt: skip
+    dim_exp = t["z_exp"].shape[0] if t["z_exp"].dim() == 1 else None
+    for k in t:
+        if k.startswith("expressions."):
+            expected[k] = (dim_exp,)
+    per_gaussian = ("point_offsets", "color_offsets", "opacity_offsets")
+    counts = {t[k].shape[0] for k in per_gaussian if k in t and t[k].dim() >= 1}
+    if len(counts) > 1:
+        raise ValueError(f"{wpath}: the per-Gaussian fields disagree on the Gaussian count")
     if model is not None:
         if type(model).__name__ != model_class:
             raise ValueError(
@@ -186,24 +292,33 @@ def _check_tensors(
                 f"checkpoint holds a {type(model).__name__}"
             )
         expected["z_id"] = (model.identity_codes.config.dim,)
-        expected["z_exp"] = (model.expression_codes.config.dim,)
+        for k in expected:
+            if k == "z_exp" or k.startswith("expressions."):
+                expected[k] = (model.expression_codes.config.dim,)
         if isinstance(model, GaussianHead):
-            expected["point_offsets"] = (model.num_points, 3)
-        elif "point_offsets" in t:
-            raise ValueError(f"{wpath}: field 'point_offsets' given for a {model_class}")
-        f_col = model.f_col.state_dict()
-        for k, v in f_col.items():
-            expected[f"f_col.{k}"] = tuple(v.shape)
-        stored = {k[len("f_col.") :] for k in t if k.startswith("f_col.")}
-        if stored and stored != set(f_col):
-            extra, lacking = sorted(stored - set(f_col)), sorted(set(f_col) - stored)
-            raise ValueError(
-                f"{wpath}: f_col weights do not match the model's (unexpected {extra[:3]}, "
-                f"missing {lacking[:3]})"
-            )
+            N = model.num_points
+            expected["point_offsets"] = (N, 3)
+            expected["color_offsets"] = (N, model.color_channels)
+            expected["opacity_offsets"] = (N,)
+        else:
+            for k in per_gaussian:
+                if k in t:
+                    raise ValueError(f"{wpath}: field {k!r} given for a {model_class}")
+        for prefix, module, strict in (("f_col", model.f_col, True),
+                                       ("upsampler", model.upsampler, False)):  # fmt: skip
+            state = module.state_dict()
+            for k, v in state.items():
+                expected[f"{prefix}.{k}"] = tuple(v.shape)
+            stored = set(_prefixed(t, prefix))
+            extra, lacking = sorted(stored - set(state)), sorted(set(state) - stored)
+            if stored and (extra or (strict and lacking)):
+                raise ValueError(
+                    f"{wpath}: {prefix} weights do not match the model's (unexpected "
+                    f"{extra[:3]}, missing {lacking[:3] if strict else []})"
+                )
     for k, v in t.items():
         want = expected.get(k)
-        if want is None and not k.startswith("f_col."):
+        if want is None and not k.startswith(("f_col.", "upsampler.")):
             raise ValueError(f"{wpath}: unexpected tensor {k!r}")
         if want is not None and (
             v.dim() != len(want) or any(w is not None and w != n for w, n in zip(want, v.shape))

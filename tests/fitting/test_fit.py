@@ -434,8 +434,13 @@ def test_avatar_load_names_the_file_and_field_of_a_damaged_avatar(
     with pytest.raises(ValueError, match=r"avatar.safetensors: field 'z_id' holds non-finite"):
         Avatar.load(path)
     tampered(point_offsets=tensors["point_offsets"][:-5])
+    with pytest.raises(ValueError, match=r"per-Gaussian fields disagree on the Gaussian count"):
+        Avatar.load(path)  # colour/opacity offsets still have every Gaussian
+    per_gaussian = ("point_offsets", "color_offsets", "opacity_offsets")
+    tampered(**{k: tensors[k][:-5] for k in per_gaussian})
     Avatar.load(path)  # a consistent file on its own ...
-    with pytest.raises(ValueError, match=r"field 'point_offsets' has shape \[\d+, 3\], expected"):
+    shape = r"field '(point|color)_offsets' has shape \[\d+, \d+\], expected"
+    with pytest.raises(ValueError, match=shape):
         Avatar.load(path, trained.model)  # ... but not for this model
     tampered(z_exp=torch.zeros(3))
     with pytest.raises(ValueError, match=r"field 'z_exp' has shape \[3\], expected \[\d+\]"):
