@@ -53,7 +53,7 @@ def fit_photo(
     size = int(run.extra.get("hr_size") or 0)
     if size <= 0:
         raise ValueError(f"{run.path}: the model does not record its output size (hr_size)")
-    prepared = prepare_image(image, detector=None if landmarks else detector,
+    prepared = prepare_image(image, detector=None if landmarks is not None else detector,
                              landmarks=landmarks, out_size=size)  # fmt: skip
     target = FitTarget(
         image=torch.from_numpy(prepared.image).float(),
