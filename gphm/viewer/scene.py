@@ -258,9 +258,11 @@ class Scene:
 
     def codes(self, req: ViewRequest) -> tuple[Tensor, Tensor, Tensor | None]:
         """``z_id`` [1, Did], ``z_exp`` [1, Dexp], offsets [N, 3] | None of a request.
-        Blends are linear in code space (and in an avatar's per-Gaussian offsets)."""
+        Blends are linear in code space (and in an avatar's per-Gaussian offsets); a
+        trained label's code is that of the identity's own frame with it (another
+        subject's when it has none, see :meth:`_expression`)."""
         z_id, off = self._identity(req.identity)
-        z_exp = self._expression(req.expression, req.identity)
+        z_exp = self._label_code(req, req.expression)
         if req.identity_mix and req.identity_b is not None:
             t = req.identity_mix
             z_b, off_b = self._identity(req.identity_b)
@@ -269,8 +271,17 @@ class Scene:
                 off = (1 - t) * _or_zero(off, off_b) + t * _or_zero(off_b, off)
         if req.expression_mix and req.expression_b is not None:
             t = req.expression_mix
-            z_exp = (1 - t) * z_exp + t * self._expression(req.expression_b, req.identity)
+            z_exp = (1 - t) * z_exp + t * self._label_code(req, req.expression_b)
         return z_id[None], z_exp[None], off
+
+    def _label_code(self, req: ViewRequest, expression: str) -> Tensor:  # [Dexp]
+        """An expression's code for the request's identity; while blending identities, the
+        blend of each identity's own code for it (so mix 1 is identity B exactly)."""
+        z = self._expression(expression, req.identity)
+        if req.identity_mix and req.identity_b is not None:
+            t = req.identity_mix
+            z = (1 - t) * z + t * self._expression(expression, req.identity_b)
+        return z
 
     def colour_identity(self, req: ViewRequest) -> str:
         """Whose fine-tuned colour MLP a blend uses: the nearer identity's (networks do not
