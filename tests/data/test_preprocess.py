@@ -406,3 +406,95 @@ def test_16_bit_mask_file_is_not_all_foreground(tmp_path):
     (tmp_path / "cut.png").write_bytes((tmp_path / "m16.png").read_bytes()[:40])
     with pytest.raises(ValueError, match="cut.png: not a readable mask image"):
         masks.load_mask(tmp_path / "cut.png")
+
+
+# --------------------------------------------------------------- photo handling (issue 18)
+
+
+def _eyes(p):  # outer eye corners in input pixels
+    return p.map_to_input(p.landmarks)[[36, 45]]
+
+
+@pytest.fixture(scope="module")
+def astronaut_prepared(astronaut):
+    return prepare_image(astronaut, out_size=64)
+
+
+@needs_mediapipe
+def test_small_large_and_grayscale_photos_find_the_same_face(astronaut, astronaut_prepared):
+    import cv2
+
+    ref = _eyes(astronaut_prepared)
+    iod = float(np.linalg.norm(ref[1] - ref[0]))  # ~60 px
+    # 150x225 px portrait (the face ~20 px between the outer eye corners), 2048 px
+    # (detected on a downscaled copy, meshed on a full-resolution crop), grayscale.
+    crop = astronaut[0:300, 100:300]
+    small = cv2.resize(crop, (150, 225), interpolation=cv2.INTER_AREA)
+    s = 150 / 200
+    big = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    gray = np.repeat(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    for img, to_ref in ((small, lambda e: e / s + [100, 0]), (big, lambda e: e / 4.0),
+                        (gray, lambda e: e)):  # fmt: skip
+        p = prepare_image(img, out_size=64)
+        assert p.faces_found == 1 and p.face == 0
+        err = np.linalg.norm(to_ref(_eyes(p)) - ref, axis=-1).max()
+        assert err < 0.08 * iod, (img.shape, err)
+
+
+@needs_mediapipe
+def test_several_faces_largest_first_and_face_index(astronaut, astronaut_prepared):
+    import cv2
+
+    canvas = np.full((512, 900, 3), 255, np.uint8)
+    canvas[:, :512] = astronaut  # the large face
+    canvas[128:384, 600:856] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    ref = _eyes(astronaut_prepared)
+    big = prepare_image(canvas, out_size=64)
+    assert big.faces_found == 2 and big.face == 0
+    assert np.abs(_eyes(big) - ref).max() < 4.0
+    small = prepare_image(canvas, out_size=64, face=1)
+    assert small.faces_found == 2 and small.face == 1
+    assert np.abs(_eyes(small) - (ref / 2 + [600, 128])).max() < 3.0
+    with pytest.raises(ValueError, match=r"face=2: 2 face\(s\) found .* from 0 \(the largest\)"):
+        prepare_image(canvas, out_size=64, face=2)
+
+
+@needs_mediapipe
+def test_rgba_and_exif_rotated_files_are_prepared_upright(astronaut, astronaut_prepared, tmp_path):
+    ref = _eyes(astronaut_prepared)
+    rgba = np.concatenate([astronaut, np.full((512, 512, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    # Stored rotated by 90° with EXIF orientation 6 ("rotate 90° CW to display").
+    rotated = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut, 1)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / "exif.jpg", exif=exif, quality=95)
+    for name in ("rgba.png", "exif.jpg"):
+        p = prepare_image(tmp_path / name, out_size=64)
+        assert p.input_size == (512, 512) and p.faces_found == 1
+        assert np.abs(_eyes(p) - ref).max() < 4.0, name
+
+
+def test_a_detector_without_detect_all_still_works(astronaut):
+    from gphm.data.preprocess.detectors import Detection, NoFaceError, detect_faces
+
+    class One:
+        name = "one"
+
+        def detect(self, image, source=None):
+            if image.mean() > 250:
+                raise NoFaceError(source, "one")
+            lmk = np.array(skdata_landmarks())
+            return Detection(lmk, np.array([0, 0, 1, 1.0]), None, image.shape[:2])
+
+    assert len(detect_faces(One(), astronaut)) == 1
+    assert detect_faces(One(), np.full((32, 32, 3), 255, np.uint8)) == []
+    p = prepare_image(astronaut, detector=One(), mask="hull", out_size=64)
+    assert p.faces_found == 1
+
+
+def skdata_landmarks():
+    """68 plausible landmarks: the framing's own at 512 px (any face-shaped layout)."""
+    from gphm.data.preprocess.single_image import Framing
+
+    return Framing().landmarks(512)

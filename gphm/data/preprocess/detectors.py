@@ -1,6 +1,7 @@
 """2D facial landmark detection behind a small interface.
 
-Every backend returns a :class:`Detection` for the most prominent face of an RGB image:
+Every backend returns a :class:`Detection` for the largest face of an RGB image (and,
+with ``detect_all``, every face found, largest first: :func:`detect_faces`):
 68 landmarks in the iBUG order (DESIGN.md §3: jaw 0–16 from the subject's right, i.e.
 the image left of a frontal face, brows 17–26, nose 27–35, eyes 36–47 with the subject's
 right eye first, mouth 48–67), in **pixels with pixel centres at (i + 0.5, j + 0.5)**,
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ __all__ = [
     "MediaPipeDetector",
     "NoFaceError",
     "check_rgb_image",
+    "detect_faces",
     "detector_names",
     "get_detector",
     "mediapipe_to_ibug68",
@@ -209,17 +212,35 @@ def _protobuf_hint() -> str:
 
 
 class MediaPipeDetector:
-    """MediaPipe face mesh (478 refined points) → 68 iBUG landmarks.
+    """MediaPipe face detection + face mesh (478 refined points) → 68 iBUG landmarks.
 
-    The graph is built once and kept warm for repeated :meth:`detect` calls (it is not
-    thread-safe: use one detector per thread). ``box`` is the bounding box of the mesh;
-    MediaPipe's face mesh reports no confidence, so ``score`` is None.
+    The graphs are built once and kept warm for repeated calls (not thread-safe: use one
+    detector per thread). ``box`` is the bounding box of the mesh; MediaPipe's face mesh
+    reports no confidence, so ``score`` is the face detector's (None when only the mesh
+    found the face).
+
+    :meth:`detect_all` finds every face, largest first: MediaPipe's *full-range* face
+    detector (faces down to ~5 % of the image) runs on the image and on overlapping
+    square tiles of its short side (a wide group photo or a small face beside a large
+    one is found on its tile), on copies area-downscaled to at most ``max_side`` pixels
+    (the detector sees 192 px anyway; a 4K photo costs nothing more than a small one).
+    Each face is then meshed on a square crop of the **full-resolution** image around its
+    box (twice its size), so its landmarks keep the photo's precision. When the detector
+    finds nothing, the face mesh's own detector is tried on the whole image.
     """
 
     name = "mediapipe"
 
-    def __init__(self, min_detection_confidence: float = 0.5):
+    def __init__(
+        self,
+        min_detection_confidence: float = 0.5,
+        max_side: int = 1280,
+    ):
+        if max_side < 64:
+            raise ValueError(f"max_side must be >= 64, got {max_side}")
         mp = _import_mediapipe()
+        self.max_side = max_side
+        self.min_detection_confidence = min_detection_confidence
         try:
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True,
@@ -227,33 +248,130 @@ class MediaPipeDetector:
                 refine_landmarks=True,
                 min_detection_confidence=min_detection_confidence,
             )
+            self._faces = mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=min_detection_confidence
+            )
         except (AttributeError, TypeError) as err:  # protobuf API drift
             raise BackendUnavailableError(
                 f"mediapipe face mesh failed to start ({type(err).__name__}: {err})"
                 f"{_protobuf_hint()}"
             ) from None
 
-    def detect(self, image: np.ndarray, source: str | None = None) -> Detection:
-        """Landmarks of the most prominent face of ``image`` uint8 [H, W, 3] RGB."""
+    def _mesh_of(self, image: np.ndarray) -> np.ndarray | None:  # [478, 3] pixels
+        H, W = image.shape[:2]
+        faces = self._mesh.process(np.ascontiguousarray(image)).multi_face_landmarks
+        if not faces:
+            return None
+        return np.array([(p.x * W, p.y * H, p.z * W) for p in faces[0].landmark])
+
+    def _boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """Face boxes (u0, v0, u1, v1) in pixels of ``image`` with their scores, from the
+        whole image and its square tiles, duplicates (a centre inside a kept, higher-
+        scoring box) dropped."""
+        import cv2
+
+        H, W = image.shape[:2]
+        side = min(H, W)
+        windows = [(0, 0, W, H)]
+        if max(H, W) > 1.25 * side:  # tiles of the short side, half overlapping
+            for y in _starts(H, side):
+                for x in _starts(W, side):
+                    windows.append((x, y, x + side, y + side))
+        found: list[tuple[np.ndarray, float]] = []
+        for x0, y0, x1, y1 in windows:
+            view = image[y0:y1, x0:x1]
+            scale = min(1.0, self.max_side / max(view.shape[:2]))
+            if scale < 1.0:
+                size = (max(2, round(view.shape[1] * scale)), max(2, round(view.shape[0] * scale)))
+                view = cv2.resize(view, size, interpolation=cv2.INTER_AREA)
+            h, w = view.shape[:2]
+            for d in self._faces.process(np.ascontiguousarray(view)).detections or []:
+                r = d.location_data.relative_bounding_box
+                box = np.array([r.xmin * w, r.ymin * h, (r.xmin + r.width) * w,
+                                (r.ymin + r.height) * h]) / scale  # fmt: skip
+                found.append((box + [x0, y0, x0, y0], float(d.score[0])))
+        kept: list[tuple[np.ndarray, float]] = []
+        for box, score in sorted(found, key=lambda f: -f[1]):
+            c = (box[:2] + box[2:]) / 2
+            if not any((k[:2] <= c).all() and (c <= k[2:]).all() for k, _ in kept):
+                kept.append((box, score))
+        return kept
+
+    def detect_all(self, image: np.ndarray, source: str | None = None) -> list[Detection]:
+        """Every face found in ``image`` uint8 [H, W, 3] RGB, largest (mesh box area)
+        first; an empty list when there is none."""
+        import cv2
+
         image = check_rgb_image(image, source)
         H, W = image.shape[:2]
-        result = self._mesh.process(image)
-        faces = result.multi_face_landmarks
+        meshes: list[tuple[np.ndarray, float | None]] = []
+        for box, score in self._boxes(image):
+            centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]).max()
+            x0, y0 = np.floor(np.maximum(centre - half, 0)).astype(int)
+            x1, y1 = np.ceil(np.minimum(centre + half, [W, H])).astype(int)
+            if x1 - x0 < 8 or y1 - y0 < 8:
+                continue
+            crop = image[y0:y1, x0:x1]
+            scale = min(1.0, self.max_side / max(crop.shape[:2]))
+            if scale < 1.0:
+                size = (max(2, round(crop.shape[1] * scale)), max(2, round(crop.shape[0] * scale)))
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            pts = self._mesh_of(crop)
+            if pts is not None:
+                sx, sy = (x1 - x0) / crop.shape[1], (y1 - y0) / crop.shape[0]
+                meshes.append((pts * [sx, sy, sx] + [x0, y0, 0.0], score))
+        if not meshes:  # the mesh's own (short-range) detector, on the whole image
+            scale = min(1.0, self.max_side / max(H, W))
+            view = image
+            if scale < 1.0:
+                view = cv2.resize(image, (max(2, round(W * scale)), max(2, round(H * scale))),
+                                  interpolation=cv2.INTER_AREA)  # fmt: skip
+            pts = self._mesh_of(view)
+            if pts is not None:
+                sx, sy = W / view.shape[1], H / view.shape[0]
+                meshes.append((pts * [sx, sy, sx], None))
+        dets = []
+        for pts, score in meshes:
+            box = np.concatenate([pts[:, :2].min(0), pts[:, :2].max(0)])
+            dets.append(Detection(mediapipe_to_ibug68(pts)[:, :2], box, score, (H, W),
+                                  dense=pts[:, :2].copy()))  # fmt: skip
+        return sorted(dets, key=lambda d: -float(np.prod(d.box[2:] - d.box[:2])))
+
+    def detect(self, image: np.ndarray, source: str | None = None) -> Detection:
+        """Landmarks of the largest face of ``image`` uint8 [H, W, 3] RGB."""
+        faces = self.detect_all(image, source)
         if not faces:
             raise NoFaceError(source, "mediapipe face mesh")
-        pts = np.array([(p.x * W, p.y * H, p.z * W) for p in faces[0].landmark])  # [478, 3]
-        lmk = mediapipe_to_ibug68(pts)[:, :2]
-        box = np.concatenate([pts[:, :2].min(0), pts[:, :2].max(0)])
-        return Detection(lmk, box, None, (H, W), dense=pts[:, :2].copy())
+        return faces[0]
 
     def close(self) -> None:
         self._mesh.close()
+        self._faces.close()
 
     def __enter__(self) -> MediaPipeDetector:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _starts(length: int, side: int) -> list[int]:
+    """Offsets of windows of ``side`` pixels covering ``length``, half overlapping."""
+    n = max(1, math.ceil((length - side) / (side / 2)) + 1)
+    return sorted({round(i * (length - side) / max(1, n - 1)) for i in range(n)})
+
+
+def detect_faces(
+    detector: LandmarkDetector, image: np.ndarray, source: str | None = None
+) -> list[Detection]:
+    """Every face ``detector`` finds, largest first: its ``detect_all`` when it has one,
+    else its single :meth:`~LandmarkDetector.detect` (an empty list for no face)."""
+    if hasattr(detector, "detect_all"):
+        return list(detector.detect_all(image, source=source))
+    try:
+        return [detector.detect(image, source=source)]
+    except NoFaceError:
+        return []
 
 
 def _torch_hub_checkpoints() -> Path:
@@ -292,24 +410,30 @@ class FaceAlignmentDetector:
         kind = getattr(fa.LandmarksType, "TWO_D", None) or fa.LandmarksType._2D
         self._fa = fa.FaceAlignment(kind, device=device, flip_input=False)
 
-    def detect(self, image: np.ndarray, source: str | None = None) -> Detection:
+    def detect_all(self, image: np.ndarray, source: str | None = None) -> list[Detection]:
+        """Every face found, largest (landmark extent) first."""
         image = check_rgb_image(image, source)
         H, W = image.shape[:2]
         out = self._fa.get_landmarks_from_image(
             image, return_bboxes=True, return_landmark_score=True
         )
         preds, scores, boxes = out if isinstance(out, tuple) else (out, None, None)
-        if not preds:
+        dets = []
+        for k, p in enumerate(preds or []):
+            lmk = np.asarray(p, dtype=np.float64)[:, :2] + 0.5
+            score = float(np.mean(scores[k])) if scores is not None else None
+            if boxes is not None:
+                box = np.asarray(boxes[k][:4], dtype=np.float64) + 0.5
+            else:
+                box = np.concatenate([lmk.min(0), lmk.max(0)])
+            dets.append(Detection(lmk, box, score, (H, W)))
+        return sorted(dets, key=lambda d: -float(np.ptp(d.landmarks68, 0).prod()))
+
+    def detect(self, image: np.ndarray, source: str | None = None) -> Detection:
+        faces = self.detect_all(image, source)
+        if not faces:
             raise NoFaceError(source, "face_alignment")
-        sizes = [np.ptp(p[:, 0]) * np.ptp(p[:, 1]) for p in preds]
-        k = int(np.argmax(sizes))  # the largest face
-        lmk = np.asarray(preds[k], dtype=np.float64)[:, :2] + 0.5
-        score = float(np.mean(scores[k])) if scores is not None else None
-        if boxes is not None:
-            box = np.asarray(boxes[k][:4], dtype=np.float64) + 0.5
-        else:
-            box = np.concatenate([lmk.min(0), lmk.max(0)])
-        return Detection(lmk, box, score, (H, W))
+        return faces[0]
 
     def close(self) -> None:
         pass

@@ -36,7 +36,9 @@ from gphm.data.preprocess.detectors import (
     BackendUnavailableError,
     Detection,
     LandmarkDetector,
+    NoFaceError,
     check_rgb_image,
+    detect_faces,
     get_detector,
 )
 from gphm.data.preprocess.masks import (
@@ -261,6 +263,10 @@ class PreparedImage:
     detection: Detection | None = field(default=None, repr=False)  # None with given landmarks
     mask_source: str = "segmentation"
     """How ``mask`` was made: segmentation | alpha | head_hull | hull | user."""
+    faces_found: int | None = None
+    """Faces the detector found (None: landmarks were given, nothing was detected)."""
+    face: int = 0
+    """Which of them was prepared (0 = the largest; sorted by size, largest first)."""
 
     @property
     def from_input(self) -> np.ndarray:  # [2, 3]: input pixels -> prepared pixels
@@ -309,6 +315,8 @@ def prepare_image(
     out_size: int = 512,
     framing: Framing | None = None,
     neck: float | None = 0.3,
+    *,
+    face: int = 0,
 ) -> PreparedImage:
     """Align a photo to the training framing (module docstring) and mask it.
 
@@ -326,9 +334,13 @@ def prepare_image(
     height) below the chin, along the face's vertical axis, as the training heads' necks
     do (0.28 on the synthetic set, median over views); a person segmentation would
     otherwise include shoulders and clothes the head model cannot render. ``None`` keeps
-    the whole segmentation. Raises :class:`NoFaceError` (naming the file when given a path),
-    :class:`BackendUnavailableError`, ``FileNotFoundError`` / ``ValueError`` naming the
-    bad file or argument.
+    the whole segmentation. ``face``: which detected face to prepare when the photo shows
+    several, by size (0 = the largest, 1 = the next, ...; ``faces_found`` says how many
+    there were); the face's landmarks also restrict the segmentation to its own person
+    (:func:`~gphm.data.preprocess.masks.refine_mask`). Raises :class:`NoFaceError`
+    (naming the file when given a path), :class:`BackendUnavailableError`,
+    ``FileNotFoundError`` / ``ValueError`` naming the bad file or argument (a ``face``
+    beyond the faces found among them).
     """
     if out_size < 16:
         raise ValueError(f"out_size must be >= 16, got {out_size}")
@@ -348,7 +360,16 @@ def prepare_image(
     else:
         if detector is None or isinstance(detector, str):
             detector = get_detector(detector or "mediapipe")
-        detection = detector.detect(rgb_in, source=source)
+        faces = detect_faces(detector, rgb_in, source=source)
+        if not faces:
+            raise NoFaceError(source, getattr(detector, "name", ""))
+        if not 0 <= face < len(faces):
+            where = source or "the image"
+            raise ValueError(
+                f"face={face}: {len(faces)} face(s) found in {where}; face=INDEX counts "
+                f"them by size from 0 (the largest) to {len(faces) - 1}"
+            )
+        detection = faces[face]
         lmk_in = detection.landmarks68
 
     if isinstance(mask, str) and mask == "hull":
@@ -401,4 +422,6 @@ def prepare_image(
         source=source,
         detection=detection,
         mask_source=mask_source,
+        faces_found=None if landmarks is not None else len(faces),
+        face=face,
     )
