@@ -160,7 +160,8 @@ def _arrays(basis: ExpressionBasis) -> dict[str, np.ndarray]:
 def _describe(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     info: dict[str, dict[str, Any]] = {}
     for key, a in arrays.items():
-        entry: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype.name)}
+        dtype = a.dtype.name if a.dtype.kind == "f" else a.dtype.str  # float32 | <U12
+        entry: dict[str, Any] = {"shape": list(a.shape), "dtype": dtype}
         kind, _, name = key.partition("_")
         if kind in ("neutral", "basis") and name in _UNITS:
             entry["units"] = _UNITS[name]
@@ -226,8 +227,9 @@ def _basis_json(
         "normalisation": {
             "method": "uncentred PCA: SVD of the stacked deltas from neutral [E, N*14], each "
             "attribute's columns divided by its RMS delta over all labels and Gaussians "
-            "(attribute_scales); components multiplied back into attribute units; "
-            "weights = U*S",
+            "(attribute_scales, at least 1e-3 of the attribute's RMS value); components "
+            "multiplied back into attribute units; weights = U*S, then each component "
+            "scaled so that its largest-|weight| label has weight +1",
             "attribute_scales": dict(basis.attribute_scales),
         },
         "singular_values": basis.singular_values.tolist(),

@@ -15,11 +15,16 @@ opacity logits (``alpha = sigmoid``).
 The basis is a PCA without centring: the SVD of the stacked deltas ``D`` [E, N·14] of
 the E expressions (the neutral one's row is zero), after dividing each attribute's columns
 by that attribute's RMS delta (``attribute_scales``), so that positions, colours, scales,
-rotations and opacities count alike whatever their units. The stored components are
+rotations and opacities count alike whatever their units (the divisor is at least 1e-3
+of the attribute's RMS value, so an attribute that does not move is not magnified from
+rounding noise; singular values under the float32 noise level count as zero). The
+stored components are
 multiplied back into each attribute's own units; ``weights`` [E, K] are ``U·S`` and
-reproduce each expression exactly when K is the rank of ``D`` (at most E - 1). All
-weights zero is the neutral expression. Truncation keeps the K largest singular values
-(nested: the K-component basis is the first K of any larger one).
+reproduce each expression exactly when K is the rank of ``D`` (at most E - 1), each
+component scaled and signed so that the label with the largest |weight| on it has
+weight +1 (sliders in about [-1, 1]). All weights zero is the neutral expression.
+Truncation keeps the K largest singular values (nested: the K-component basis is the
+first K of any larger one).
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class ExpressionBasis:
 
     neutral: SplatAttributes
     components: Tensor  # [K, N, 14] deltas in each attribute's units, ATTRIBUTES order
-    weights: Tensor  # [E, K] weights that reproduce each label (row order of `labels`)
+    weights: Tensor  # [E, K] weights that reproduce each label (row order of `labels`), |w| <= 1
     labels: tuple[str, ...]
     singular_values: Tensor  # [R] all non-zero singular values of the normalised deltas
     attribute_scales: dict[str, float]
@@ -169,12 +174,14 @@ class ExpressionBasis:
 
     def project(self, attributes: SplatAttributes) -> Tensor:  # [K]
         """Weights of the least-squares fit of another expression, in the normalised
-        space the basis is orthonormal in."""
-        # component_k = v_k * scale with orthonormal v_k, so <delta / scale, v_k> is
-        # <delta, component_k / scale²>.
+        space the components are orthogonal in."""
+        # component_k = c_k · v_k · scale with orthonormal v_k, so the weight
+        # <delta / scale, v_k> / c_k is <delta, component_k / scale²> / c_k², and
+        # c_k² = |component_k / scale|².
         scale = _column_scales(self.attribute_scales, self.components)
         delta = (attributes.stacked() - self.neutral.stacked()).to(self.components)
-        return torch.einsum("nc,knc->k", delta, self.components / scale**2)
+        c2 = (self.components / scale).square().sum((1, 2))
+        return torch.einsum("nc,knc->k", delta, self.components / scale**2) / c2
 
 
 def _column_scales(scales: dict[str, float], like: Tensor) -> Tensor:  # [14]
@@ -226,9 +233,13 @@ def fit_expression_basis(
     tol = max(_RANK_RTOL * float(s[0]) if s.numel() else 0.0, noise)
     rank = int((s > tol).sum()) if s.numel() and s[0] > 0 else 0
     k = rank if num_components is None else min(num_components, rank)
-    components = vt[:k].reshape(k, n, _WIDTH) * col
-    weights = u[:, :k] * s[:k]
+    weights = u[:, :k] * s[:k]  # [E, K]
     weights[deltas.flatten(1).abs().amax(1) == 0] = 0  # the neutral: exactly, not ~1e-15
+    # Slider-friendly units: each component scaled (and signed) so that the label with the
+    # largest |weight| has weight +1; the product weight x component is unchanged.
+    peak = weights.gather(0, weights.abs().argmax(0, keepdim=True))[0] if k else weights[0]
+    weights = weights / peak
+    components = vt[:k].reshape(k, n, _WIDTH) * col * peak[:, None, None]
     return ExpressionBasis(
         neutral=neutral.to("cpu", torch.float32),
         components=components.float(),

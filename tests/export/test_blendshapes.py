@@ -43,6 +43,9 @@ def test_all_components_reproduce_every_expression_and_zero_weights_are_neutral(
     for label, e in exprs.items():
         _close(basis.expression(label), e)
     assert torch.equal(basis.weights[0], torch.zeros(4))
+    # Slider units: on each component the strongest label has weight exactly +1.
+    torch.testing.assert_close(basis.weights.max(0).values, torch.ones(4))
+    assert basis.weights.abs().max() <= 1 + 1e-6
     _close(basis.blend(torch.zeros(4)), base, atol=1e-6)
     # Projection of a trained expression gives back its weights.
     w2 = basis.weights[basis.labels.index("e2")]

@@ -271,3 +271,23 @@ def test_export_cli_and_render_mode_export(tiny_export_run, tmp_path):
     rep = json.loads((tmp_path / "render/render_report.json").read_text())
     assert rep["mode"] == "export" and "neutral.ply" in rep["outputs"]
     assert load_gaussian_ply(tmp_path / "render/neutral.ply").sh_degree == 0
+
+
+def test_load_expression_basis_refuses_other_files(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an animatable export"):
+        load_expression_basis(tmp_path)
+    out = tmp_path / "exp"
+    export_run(run, "a", out, fidelity=False)
+    meta = json.loads((out / "blendshapes.json").read_text())
+    (out / "blendshapes.json").write_text(json.dumps(meta | {"format_version": 9}))
+    with pytest.raises(ValueError, match="format_version 9, expected 1"):
+        load_expression_basis(out)
+    (out / "blendshapes.json").write_text("{")
+    with pytest.raises(ValueError, match=r"blendshapes.json: invalid JSON"):
+        load_expression_basis(out)
+    (out / "blendshapes.json").write_text(json.dumps(meta))
+    with np.load(out / "blendshapes.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "basis_quats"}
+    np.savez(out / "blendshapes.npz", **arrays)
+    with pytest.raises(ValueError, match=r"missing arrays \['basis_quats'\]"):
+        load_expression_basis(out)
