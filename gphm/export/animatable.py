@@ -8,6 +8,8 @@
     DIR/blendshapes.json            names, shapes, units, conventions, weights per label,
                                     singular values and the fidelity curve
     DIR/export_report.json          what was exported from what (ExportReport)
+    DIR/fidelity.png                when fidelity is measured: one row per expression,
+                                    model render | its PLY splat | the K-component blend
 
 All PLYs are in the standard 3DGS layout (:mod:`gphm.io.ply`) in the model's canonical
 head space (+x the head's left, +y up, +z out of the face; the head spans about ±0.9),
@@ -46,6 +48,7 @@ from gphm.export.blendshapes import (
 )
 from gphm.export.fidelity import FidelityOptions, FidelityReport, measure_fidelity, set_target
 from gphm.io.atomic import atomic_directory
+from gphm.io.images import image_grid, save_png
 from gphm.io.ply import MAX_SH_DEGREE, SH_C0, save_gaussian_ply
 from gphm.models.gaussian_head import GaussianHead
 
@@ -91,8 +94,8 @@ class ExportReport:
     labels: list[str]
     """Every exported expression label (the neutral one included)."""
     files: dict[str, Any]
-    """``{"neutral": "neutral.ply", "expressions": {label: "expressions/<label>.ply"}}``,
-    relative to ``out_dir``."""
+    """``{"neutral": "neutral.ply", "expressions": {label: "expressions/<label>.ply"}}``
+    (and ``"fidelity_preview": "fidelity.png"`` when measured), relative to ``out_dir``."""
     num_components: int
     """Components stored in ``blendshapes.npz``: min(requested, rank)."""
     requested_components: int
@@ -311,17 +314,20 @@ def export_animatable(
     full = fit_expression_basis(per_label[neutral], per_label)
     stored = full.truncated(min(num_components, full.rank))
 
-    report_fidelity = None
+    report_fidelity, previews = None, []
     if fidelity is not None:
         opts = FidelityOptions(**{**asdict(fidelity), "components": tuple(
             sorted({*fidelity.components, stored.num_components}))})  # fmt: skip
-        report_fidelity = measure_fidelity(model, z_id, codes, full, per_label, neutral, opts,
-                                           point_offsets)  # fmt: skip
+        report_fidelity, previews = measure_fidelity(
+            model, z_id, codes, full, per_label, neutral, opts, point_offsets,
+            preview_components=stored.num_components,
+        )  # fmt: skip
         set_target(report_fidelity, stored.num_components)
 
     report = ExportReport(
         out_dir=str(out), num_gaussians=len(base), sh_degree=sh_degree, neutral=neutral,
-        labels=labels, files={"neutral": "neutral.ply", "expressions": files},
+        labels=labels, files={"neutral": "neutral.ply", "expressions": files}
+        | ({"fidelity_preview": "fidelity.png"} if previews else {}),
         num_components=stored.num_components, requested_components=num_components,
         rank=full.rank, fidelity=report_fidelity, metadata=dict(metadata or {}),
     )  # fmt: skip
@@ -334,6 +340,8 @@ def export_animatable(
         with open(tmp / "blendshapes.npz", "wb") as f:
             np.savez(f, **arrays)
         (tmp / MARKER).write_text(_json(meta))
+        if previews:
+            save_png(tmp / "fidelity.png", image_grid(previews, ncols=3))
         (tmp / "export_report.json").write_text(_json(report.to_dict()))
     return report
 

@@ -27,7 +27,14 @@ from gphm.metrics import psnr
 from gphm.models.gaussian_head import GaussianHead
 from gphm.render import rasterize_gaussians
 
-__all__ = ["FidelityOptions", "CurvePoint", "FidelityReport", "splat_rgb", "measure_fidelity"]
+__all__ = [
+    "FidelityOptions",
+    "CurvePoint",
+    "FidelityReport",
+    "splat_rgb",
+    "measure_fidelity",
+    "set_target",
+]
 
 ENGINE_EPS2D = 0.3
 """Screen-space blur (pixels²) of the reference 3DGS rasterizer and most engines."""
@@ -128,9 +135,14 @@ def measure_fidelity(
     neutral: str,
     options: FidelityOptions,
     point_offsets: Tensor | None = None,  # [N, 3]
-) -> FidelityReport:
+    preview_components: int | None = None,
+) -> tuple[FidelityReport, list[Tensor]]:
     """The curve of the module docstring for ``basis`` (of full rank: it is truncated to
-    each K) against the model with identity ``z_id`` (and ``point_offsets``)."""
+    each K) against the model with identity ``z_id`` (and ``point_offsets``).
+
+    Also returns previews from the view nearest the front: per scored label the model's
+    render, the label splat and the blend with ``preview_components`` (each [H, W, 3];
+    none when ``preview_components`` is None)."""
     factor = model.upsampler.config.factor
     device = z_id.device
     scored = [lbl for lbl in basis.labels if lbl != neutral]
@@ -148,8 +160,10 @@ def measure_fidelity(
         f"({'gsplat' if viewmats.is_cuda else 'torch'} backend), white background"
     )
     report = FidelityReport(options.size, az, renderer, scored, {}, [])
+    previews: list[Tensor] = []
+    front = min(range(len(az)), key=lambda i: abs(az[i]))
     if not scored:
-        return report
+        return report, previews
     z_exp = torch.stack([codes[lbl] for lbl in scored]).to(device)
     own = render_codes(model, z_id[None].expand(len(scored), -1).to(device), z_exp, rig,
                        point_offsets=point_offsets)  # fmt: skip  # [E, V, H, W, 3] cpu
@@ -165,6 +179,8 @@ def measure_fidelity(
             img = splat_rgb(blend, viewmats, Ks, options.size, options.eps2d).cpu()
             row["blend_vs_label_splat"].append(_mean_psnr(img, exact))
             row["blend_vs_model"].append(_mean_psnr(img, own[i]))
+            if k == preview_components:
+                previews += [own[i, front], exact[front], img[front]]
         table[lbl] = row
     report.per_label = table
     for j, k in enumerate(ks):
@@ -175,7 +191,7 @@ def measure_fidelity(
             k, sum(vs_exact) / len(vs_exact), min(vs_exact), sum(vs_model) / len(vs_model),
             min(vs_model), max(drops),
         ))  # fmt: skip
-    return report
+    return report, previews
 
 
 def set_target(report: FidelityReport, components: int, threshold_db: float = 1.0) -> None:

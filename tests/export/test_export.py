@@ -18,6 +18,7 @@ from gphm.export import (
     resolve_identity,
 )
 from gphm.fitting.avatar import Avatar
+from gphm.io.images import load_image
 from gphm.io.ply import load_gaussian_ply
 from gphm.models.guidance import GuidanceModel
 from gphm.models.runs import TrainedRun, load_run
@@ -47,7 +48,10 @@ def test_export_writes_plys_basis_and_reports(run, tmp_path):
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == ["blendshapes.json", "blendshapes.npz", "export_report.json",
                      "expressions/neutral.ply", "expressions/open.ply", "expressions/smile.ply",
-                     "neutral.ply"]  # fmt: skip
+                     "fidelity.png", "neutral.ply"]  # fmt: skip
+    assert rep.files["fidelity_preview"] == "fidelity.png"
+    # 2 scored labels x (model | label splat | blend), 16 px each with 2 px padding.
+    assert load_image(out / "fidelity.png").shape == (2 * 18 + 2, 3 * 18 + 2, 3)
     # neutral.ply is the model's Gaussians for (a, a's neutral frame 0), canonical space.
     z_id = model.identity_codes.codes.weight[0]
     weight = model.expression_codes.codes.weight
