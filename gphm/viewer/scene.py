@@ -7,8 +7,9 @@ fitted expression), optionally blended towards a second one, and a camera on an 
 around the canonical head (``yaw``/``pitch`` in degrees, ``zoom`` a focal-length
 factor). Camera convention (``gphm.geometry.orbit_cameras``): distance 3 from the
 origin, yaw 0 in front of the face (+z), positive yaw towards +x (the head's left),
-positive pitch from above; at zoom 1 the ±1 canonical cube fills ~70 % of the image, as
-in ``scripts/render.py``.
+positive pitch from above; at zoom 1 the ±1 canonical cube fills ~70 % of the image:
+``gphm.rendering.orbit_view``, so a view at zoom 1 is exactly ``head.render(identity,
+expression, yaw, pitch, size)`` of the Python API (``gphm.load``).
 
 The networks depend only on the codes, so orbiting and zooming reuse the cached
 canonical Gaussians and only re-splat and run the upsampler Ψ (the full model output).
@@ -28,16 +29,12 @@ import torch
 from torch import Tensor
 
 from gphm.fitting.avatar import Avatar, is_avatar_dir
-from gphm.geometry.cameras import intrinsics, orbit_cameras
 from gphm.models.gaussian_head import GaussianAttributes, GaussianHead
 from gphm.models.runs import TrainedRun, load_run
+from gphm.rendering import DEFAULT_DISTANCE, lr_intrinsics, orbit_view
 
 __all__ = ["BadRequest", "Scene", "ViewRequest", "find_avatars"]
 
-DISTANCE = 3.0
-"""Camera distance from the canonical origin (as ``scripts/render.py``)."""
-FOCAL_PER_PIXEL = 0.35 * DISTANCE
-"""Focal length at zoom 1 in units of the image size (the ±1 cube fills ~70 %)."""
 MAX_SIZE = 2048
 ZOOM_RANGE = (0.25, 8.0)
 PITCH_LIMIT = 89.0
@@ -186,11 +183,14 @@ class Scene:
             "pitch_limit": PITCH_LIMIT,
             "model": type(self.model).__name__,
             "default": self.default_request().query() | {
-                "identity": self.identities[0], "expression": self.expressions[0]},
+                "identity": self.default_request().identity,
+                "expression": self.default_request().expression},
         }  # fmt: skip
 
     def default_request(self) -> ViewRequest:
-        return ViewRequest(identity=self.identities[0], expression=self.expressions[0])
+        """The first identity with ``neutral`` when trained (as ``gphm.load``'s heads)."""
+        expression = "neutral" if "neutral" in self.labels else self.expressions[0]
+        return ViewRequest(identity=self.identities[0], expression=expression)
 
     def parse(self, query: Mapping[str, str]) -> ViewRequest:
         """A checked :class:`ViewRequest` from URL query values; :class:`BadRequest` names
@@ -253,7 +253,8 @@ class Scene:
         if identity not in self.avatars:
             return self.model
         if identity not in self._personalised:
-            self._personalised[identity] = self.avatars[identity].personalised(self.model)
+            model = self.avatars[identity].personalised(self.model)
+            self._personalised[identity] = model.to(self.device).eval()
         return self._personalised[identity]
 
     def codes(self, req: ViewRequest) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -284,8 +285,9 @@ class Scene:
         return z
 
     def colour_identity(self, req: ViewRequest) -> str:
-        """Whose fine-tuned colour MLP a blend uses: the nearer identity's (networks do not
-        blend linearly; a training subject has none)."""
+        """Whose fine-tuned networks and per-Gaussian colour/opacity offsets (a fitted
+        avatar's) a blend uses: the nearer identity's (networks do not blend linearly; a
+        training subject has none)."""
         if req.identity_b is not None and req.identity_mix > 0.5:
             return req.identity_b
         return req.identity
@@ -308,11 +310,14 @@ class Scene:
 
     # ------------------------------------------------------------------ rendering
     def camera(self, req: ViewRequest) -> tuple[Tensor, Tensor, int]:
-        """``viewmat`` [1, 4, 4], ``K`` [1, 3, 3] of the low-resolution render, lr size."""
-        lr = (req.size or self.size) // self.factor
-        viewmat = orbit_cameras(1, DISTANCE, req.pitch, (req.yaw, req.yaw), endpoint=True)
-        f = FOCAL_PER_PIXEL * lr * req.zoom
-        return viewmat.to(self.device), intrinsics(f, f, lr / 2, lr / 2)[None].to(self.device), lr
+        """``viewmat`` [1, 4, 4], ``K`` [1, 3, 3] of the low-resolution render, lr size:
+        ``gphm.rendering.orbit_view`` (what ``head.render(yaw=, pitch=)`` uses) with its
+        focal length times ``zoom``."""
+        size = req.size or self.size
+        viewmat, K = orbit_view(req.yaw, req.pitch, size, self.factor, DEFAULT_DISTANCE)
+        K_lr = lr_intrinsics(K, self.factor)
+        K_lr[:2, :2] *= req.zoom  # the principal point stays at the centre
+        return viewmat[None].to(self.device), K_lr[None].to(self.device), size // self.factor
 
     @torch.inference_mode()
     def render(self, req: ViewRequest) -> Tensor:  # [S, S, 3] float in [0, 1], CPU
@@ -320,13 +325,14 @@ class Scene:
         viewmat, K, lr = self.camera(req)
         eye = torch.eye(3, device=self.device)[None]
         zero, one = torch.zeros(1, 3, device=self.device), torch.ones(1, device=self.device)
+        # an avatar's personalised copy: it may carry fine-tuned Ψ entries too
+        model = self._model_for(self.colour_identity(req))
         if isinstance(self.model, GaussianHead):
             att = self.conditioned(req)
-            features, _ = self.model.splat(att, eye, zero, one, viewmat, K, lr, lr)
-            rgb = self.model.upsampler(features)
+            features, _ = model.splat(att, eye, zero, one, viewmat, K, lr, lr)
+            rgb = model.upsampler(features)
         else:  # stage-1 run: the mesh path has no per-code state worth caching
             z_id, z_exp, _ = self.codes(req)
-            model = self._model_for(self.colour_identity(req))
             rgb = model.render(z_id, z_exp, eye, zero, one, viewmat, K, lr, lr,
                                **model.render_context()).rgb  # fmt: skip
         return rgb[0].clamp(0, 1).float().cpu()

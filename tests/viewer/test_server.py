@@ -52,6 +52,24 @@ def test_render_png_is_the_model_output_at_the_orbit_camera(server, scene, viewe
     assert (image.min(-1) < 0.8).mean() > 0.05
 
 
+def test_views_are_the_python_api_renders(viewer_run, tmp_path):
+    import gphm
+
+    head = gphm.load(viewer_run, device="cpu")
+    scene = Scene(load_run(viewer_run), {"me": _avatar(head.model, tmp_path / "me", 3)})
+    for q, identity, expression in [
+        ({"identity": "b", "expression": "open", "yaw": "-40", "pitch": "20"}, "b", "open"),
+        # an identity blend blends each identity's own code of the label (exact endpoints)
+        ({"identity": "a", "identity_b": "b", "identity_mix": "0.25"}, {"a": 0.75, "b": 0.25},
+         0.75 * head.expression_code("neutral", "a") + 0.25 * head.expression_code("neutral", "b")),
+        ({"identity": "me", "expression": "me", "yaw": "15"}, gphm.load_avatar(tmp_path / "me",
+                                                                              head), None),
+    ]:  # fmt: skip
+        req = scene.parse(q | {"size": "64"})
+        ref = head.render(identity, expression, yaw=req.yaw, pitch=req.pitch, size=64)
+        assert (scene.render(req) - ref).abs().max() < 1e-5, q
+
+
 def test_identity_expression_and_camera_change_the_picture(server):
     def img(q):
         status, body, _ = get(server.url + "render.png?size=32&" + q)
