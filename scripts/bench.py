@@ -5,6 +5,7 @@
     python scripts/bench.py geometry    # tet grid, marching tetrahedra, mesh ops
     python scripts/bench.py preprocess  # landmark detection on a 512² photo
     python scripts/bench.py stage2      # Gaussian head: create_from, train step, fitting
+    python scripts/bench.py viewer      # web viewer: renders/s at 256², first picture
     python scripts/bench.py all
     python scripts/bench.py render --quick --out bench_results/render.json
 
@@ -33,6 +34,7 @@ SUITES = {
     "geometry": ["benchmarks.geometry"],
     "preprocess": ["benchmarks.preprocess"],
     "stage2": ["benchmarks.stage2"],
+    "viewer": ["benchmarks.viewer"],
 }
 
 
