@@ -62,7 +62,7 @@ def render_codes(
     if point_offsets is not None:
         if not isinstance(model, GaussianHead):
             raise ValueError(f"point_offsets are per-Gaussian; got a {type(model).__name__}")
-        kwargs["point_offsets"] = point_offsets
+        kwargs["point_offsets"] = point_offsets.to(device)  # avatars keep theirs on the CPU
     out = []
     for s in range(0, B * C, chunk):
         i, c = ids[s : s + chunk], cams[s : s + chunk]

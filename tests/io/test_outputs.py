@@ -1,8 +1,7 @@
 """The rendering/fitting CLIs refuse to write into a non-empty ``out`` unless
 ``overwrite=true``, and refuse sizes that cannot fit in memory, before any work."""
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_h6_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The command module behind scripts/<name>.py (monkeypatched below, so not the shim)."""
+    commands = {"render": "render", "fit_image": "fit", "edit_expression": "edit"}
+    return importlib.import_module(f"gphm.cli.{commands[name]}")
 
 
 @pytest.fixture
@@ -39,8 +36,8 @@ def _configs(out):
 
 def test_non_empty_out_is_refused_unless_overwrite(used_out, monkeypatch, capsys):
     for module, cfg in _configs(used_out):
-        if module.__name__.endswith("edit_expression"):  # resolves its sources first
-            monkeypatch.setattr(module, "load_run", lambda path: None)
+        if module.__name__ == "gphm.cli.edit":  # resolves its sources first
+            monkeypatch.setattr(module, "load_run", lambda path, **kw: None)
             monkeypatch.setattr(module, "resolve_source", lambda *a, **k: None)
             monkeypatch.setattr(module, "_drive_codes", lambda *a, **k: ([], [], None))
         with pytest.raises(UserError) as info:
@@ -50,7 +47,7 @@ def test_non_empty_out_is_refused_unless_overwrite(used_out, monkeypatch, capsys
             "(files with the same names are replaced)"
         ), module.__name__
         cfg.overwrite = True  # now the checkpoint is what fails
-        if not module.__name__.endswith("edit_expression"):
+        if module.__name__ != "gphm.cli.edit":
             with pytest.raises(UserError, match="no-such-run"):
                 module.main(cfg)
     assert (used_out / "mine.txt").read_text() == "user data"

@@ -1,4 +1,13 @@
-"""Shared command-line plumbing for ``scripts/*.py`` (DESIGN.md §5).
+"""The command-line tools (DESIGN.md §5) and their shared plumbing.
+
+One module per installed command, each with a ``cli()`` entry point (pyproject.toml's
+``[project.scripts]``) and runnable as ``python -m gphm.cli.NAME`` or
+``accelerate launch -m gphm.cli.train``: ``train`` (``gphm-train``), ``evaluate``,
+``fit``, ``edit``, ``render``, ``synth``, ``preprocess``, ``import_capture``
+(``gphm-import``). ``scripts/*.py`` are shims over them, so ``python scripts/train.py``
+keeps working. Importing this package sets the offline variables (:mod:`gphm.cli._env`)
+before any command imports ``datasets``; :func:`cli_device` is every command's
+``device=auto|cpu|cuda`` choice.
 
 Every CLI takes hydra overrides (``key=value``, ``group=option``) against a dataclass
 schema registered in hydra's ConfigStore, so a typo fails at start with the list of valid
@@ -45,12 +54,16 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from gphm.cli import _env  # noqa: F401  (first: the offline variables, before `datasets`)
 from gphm.errors import os_error_message, override_syntax_hint, split_argument_hint
 from gphm.io.atomic import atomic_write_text
 
 __all__ = [
     "UserError",
     "CONFIG_PATH_ENV",
+    "DEVICE_CHOICES",
+    "cli_device",
+    "check_device_option",
     "compose_config",
     "config_dirs",
     "parse_config",
@@ -63,12 +76,37 @@ T = TypeVar("T")
 
 CONFIG_PATH_ENV = "GPHM_CONFIG_PATH"
 """Environment variable: extra config folders (``os.pathsep`` separated), searched first."""
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 """The presets shipped with the package (the repository's top-level ``configs`` links here)."""
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+"""Values of every command's ``device`` option (``cuda:N`` picks a GPU)."""
+
+
+def cli_device(device: str) -> Any:  # torch.device
+    """The ``device=`` option of a command as a ``torch.device``: ``auto`` = CUDA when
+    available, else the CPU; ``cpu``; ``cuda`` or ``cuda:N``. :class:`UserError` for
+    anything else, or for CUDA where there is none."""
+    from gphm.api import resolve_device  # torch: only once a command runs
+
+    try:
+        return resolve_device(device)
+    except ValueError as err:
+        raise UserError(f"device: {err}") from None
+
+
+def check_device_option(device: str) -> None:
+    """``ValueError`` unless ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a
+    schema's ``__post_init__``: checked at start, before any work)."""
+    d = str(device).strip().lower()
+    if d in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", d):
+        return
+    raise ValueError(f"device must be one of auto|cpu|cuda|cuda:N, got {device!r}")
 
 
 def register_config(name: str, schema: type, group: str | None = None) -> None:

@@ -1,0 +1,182 @@
+"""Evaluate a trained run on a dataset split (DESIGN.md §5, §6).
+
+    python scripts/evaluate.py run_dir=RUN data.path=DIR \
+        split=val_view|val_combo|heldout_view|heldout_combo|fit
+
+* ``val_view`` / ``heldout_view``: training frames from cameras never used in training.
+* ``val_combo`` / ``heldout_combo``: (subject, expression) pairs never trained, rendered by
+  expression code swapping from another subject's training frame with the same label.
+  (``val_*`` are the splits defaults are tuned on; ``heldout_*`` are only reported.)
+* ``fit``: every subject of DIR (a dataset the model never saw; one it was trained on is
+  refused unless ``fit.allow_seen=true``) is fitted from one camera view (``fit.view``)
+  and scored on the other views of that frame. ``fit.inputs=gt`` gives the fit the
+  view's true landmarks (projected), mask and K; ``fit.inputs=photo`` prepares the view
+  like a user's photo (detector landmarks, segmentation mask, estimated K). Every metric
+  comes unaligned (``psnr``, ``ssim``, ``psnr_masked``, ``ssim_masked``, ``lpips``: what a
+  user gets in a calibrated rig) and ``*_scale_aligned`` (the fit scaled about the input
+  camera to the true head size, which one image cannot tell), plus the head-pose errors
+  ``rotation_error_deg`` and ``translation_error`` (canonical-head units) and ``inputs``.
+* ``reenact`` (``driver=SUBJECT``, DIR from ``make_synthetic.py mode=sequence``): tracks
+  the driver from the driving camera (``track.*``) and scores self-reenactment (other
+  cameras) and cross-reenactment (every other subject, fitted on its first step, driven
+  by the tracked codes at its true head motion, all cameras) against ground truth, with a
+  neutral baseline (``*_neutral``), unaligned and ``*_scale_aligned``, plus
+  ``seconds_per_frame`` and ``jitter`` (gphm.tracking.evaluate).
+
+Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
+``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
+``RUN/eval/<split>/side_by_side.png`` (prediction | ground truth).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
+from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
+from gphm.fitting.evaluate import FIT_INPUTS, evaluate_fit
+from gphm.fitting.fit import FitConfig
+from gphm.models.runs import load_run
+from gphm.perceptual import lpips_available
+from gphm.tracking.evaluate import evaluate_reenact
+from gphm.tracking.track import TrackConfig
+from gphm.training.config import DataConfig
+from gphm.training.evaluate import evaluate_model
+
+# ``train`` is what the model was fitted to: not an evaluation split.
+ALL_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact")
+
+
+@dataclass
+class EvalFitConfig:
+    view: str | None = None
+    """Camera the single input image comes from (default: the most frontal one)."""
+    frame: str | None = None
+    """Expression label of the frame fitted per subject (default: the subject's first)."""
+    max_subjects: int = 0
+    """Fit at most this many subjects (0 = all)."""
+    inputs: str = "gt"
+    """gt: the view's true projected landmarks, mask and K | photo: the view prepared like
+    a user's photo (detector landmarks, segmentation mask, K estimated from the framing)."""
+    detector: str = "mediapipe"
+    """Landmark detector of fit.inputs=photo."""
+    allow_seen: bool = False
+    """Fit a dataset the model was trained on anyway (its figures then say nothing about
+    unseen people; the report records why it counts as seen)."""
+    config: FitConfig = field(default_factory=FitConfig)
+    """The fitting hyper-parameters (fit.config.phase1_steps=...)."""
+    views: int = 1
+    """Fit each subject from this many views of the frame together (one identity, an
+    expression and a pose per view): the most frontal ones (fit.view first)."""
+    score: str = "others"
+    """others: score every view that is not an input | heldout: score only the frame's
+    heldout_view rows, never inputs, so fit.views=1, 2, 3 are scored on the same views."""
+
+    def __post_init__(self) -> None:
+        if self.inputs not in FIT_INPUTS:
+            raise ValueError(
+                f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {self.inputs!r}"
+            )
+
+
+@dataclass
+class EvaluateConfig:
+    run_dir: str = MISSING
+    """Trained run directory (RUN/model is evaluated)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = "heldout_view"
+    """val_view | val_combo | heldout_view | heldout_combo | fit | reenact."""
+    batch_size: int = 8
+    out: str | None = None
+    """Report directory (default RUN/eval)."""
+    fit: EvalFitConfig = field(default_factory=EvalFitConfig)
+    driver: str | None = None
+    """split=reenact: the subject (name or index) of the sequence dataset that drives."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """split=reenact: tracking and identity-fit options (track.steps=..., track.fit.*)."""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+
+    def __post_init__(self) -> None:
+        check_device_option(self.device)
+        if self.split not in ALL_SPLITS:
+            raise ValueError(f"split must be one of {'|'.join(ALL_SPLITS)}, got {self.split!r}")
+        if self.split == "reenact" and self.driver is None:
+            raise ValueError("split=reenact needs driver=SUBJECT (a subject of data.path)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def main(cfg: EvaluateConfig) -> dict[str, Any]:
+    device = cli_device(cfg.device)
+    try:
+        run = load_run(cfg.run_dir, device=device)
+        out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "eval"
+        if cfg.split == "reenact":
+            result = evaluate_reenact(
+                run, cfg.data.path, cfg.driver, cfg.track, save_dir=out / "reenact",
+                progress=sys.stderr.isatty(),
+            )  # fmt: skip
+        elif cfg.split == "fit":
+            result = evaluate_fit(
+                run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
+                max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / "fit",
+                progress=sys.stderr.isatty(), inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
+                detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
+            )  # fmt: skip
+        else:
+            result = evaluate_model(
+                run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
+                batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
+                progress=sys.stderr.isatty(), train_frames=run.extra.get("train_frames"),
+            )  # fmt: skip
+    except NoFaceError as err:
+        raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
+    except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
+        raise UserError(str(err)) from None
+    if cfg.split != "reenact" and result.get("lpips") is None and "lpips_unavailable" not in result:
+        available, reason = lpips_available()
+        if not available:
+            result["lpips_unavailable"] = reason
+    result["run_dir"] = str(cfg.run_dir)
+    result["data"] = str(cfg.data.path)
+    write_report(out / f"{cfg.split}.json", result)
+    return result
+
+
+def _summary(r: dict[str, Any]) -> str:
+    if r["split"] == "reenact":
+        return (
+            f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "
+            f"{r['self_psnr']} dB (neutral {r['self_psnr_neutral']}), cross PSNR "
+            f"{r['cross_psnr']} dB (neutral {r['cross_psnr_neutral']}, gain "
+            f"{r['cross_gain_db']} dB; scale-aligned {r['cross_psnr_scale_aligned']}), "
+            f"{r['seconds_per_frame']} s/frame, jitter {r['jitter']} px"
+        )
+    if r["split"] != "fit":
+        return (f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head "
+                f"{r['psnr_masked']}), SSIM {r['ssim']} (head {r['ssim_masked']}), "
+                f"LPIPS {r['lpips']}")  # fmt: skip
+    return (
+        f"evaluate fit ({r['subjects']} subjects; landmarks {r['inputs'].get('landmarks')}, "
+        f"K {r['inputs'].get('K')}): n={r['n']} PSNR {r['psnr']} dB unaligned / "
+        f"{r['psnr_scale_aligned']} scale-aligned (head {r['psnr_masked']} / "
+        f"{r['psnr_masked_scale_aligned']}), SSIM {r['ssim']} / {r['ssim_scale_aligned']}, "
+        f"LPIPS {r['lpips']} / {r['lpips_scale_aligned']}, pose error "
+        f"{r['rotation_error_deg']} deg, {r['translation_error']} head units"
+        + (f"; {r['failed_fits']} fits failed (no face found)" if r.get("failed_fits") else "")
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``evaluate`` command: parse ``argv`` (default: the process's), run, summarise."""
+    return run_cli(EvaluateConfig, main, argv, summary=_summary)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,247 @@
+"""Render a trained model: turntables, identity × expression grids, identity morphs.
+
+    python scripts/render.py checkpoint=RUN out=OUT [mode=turntable|grid|interpolate]
+        [subject=NAME|INDEX] [expression=LABEL | frame=INDEX] [frames=48] [size=256]
+        [overwrite=true]
+
+* ``mode=turntable`` (default): one (subject, expression) orbiting 360°:
+  ``turntable.mp4``, ``turntable_strip.png`` and the geometry — ``gaussians.ply`` (3D
+  Gaussian Splatting layout, canonical space) for a Gaussian head, ``mesh.ply`` /
+  ``mesh.obj`` (vertex colours) for a stage-1 model.
+* ``mode=grid``: rows = ``subjects`` (default all, up to 8), columns = ``expressions``
+  (labels, default all, up to 8), each cell with the subject's identity code and the
+  expression code of a training frame with that label (the subject's own when it was
+  trained, else another subject's: expression transfer). ``grid.png`` (front view) and
+  ``grid.mp4`` (the grid swaying ±``sway`` degrees over ``frames`` frames).
+* ``mode=interpolate``: identity codes morphed from ``subject`` to ``subject_b`` with a
+  fixed expression while the camera sweeps: ``interpolation.mp4`` and
+  ``interpolation_strip.png``.
+* ``mode=export``: the animatable export of ``subject`` (a training subject or a fitted
+  avatar directory) for 3DGS engines, as ``scripts/export.py`` (:mod:`gphm.export`):
+  ``neutral.ply``, ``expressions/<label>.ply``, ``blendshapes.npz/.json`` with
+  ``num_components`` components, PLYs at ``sh_degree``; the fidelity curve is measured
+  at ``size`` px.
+
+Always writes ``OUT/render_report.json``. A non-empty ``OUT`` is refused (exit status 2)
+unless ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor
+
+from gphm.api import Head
+from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
+from gphm.export import FidelityOptions, export_run
+from gphm.fitting.views import lerp_codes
+from gphm.io.atomic import check_output_dir
+from gphm.io.images import image_grid, save_png
+from gphm.io.limits import check_render_size
+from gphm.io.mesh import save_mesh
+from gphm.io.video import save_mp4
+from gphm.models.gaussian_head import GaussianHead
+from gphm.models.runs import TrainedRun, load_run
+
+MODES = ("turntable", "grid", "interpolate", "export")
+
+
+@dataclass
+class RenderConfig:
+    checkpoint: str = MISSING
+    """Run directory (or its model/ directory)."""
+    out: str = MISSING
+    mode: str = "turntable"
+    """turntable | grid | interpolate | export."""
+    subject: str = "0"
+    """Subject name or index (interpolate: the start identity)."""
+    subject_b: str = "1"
+    """interpolate: the end identity."""
+    expression: str | None = None
+    """Expression label: the subject's own trained frame with it, else another subject's
+    (the report and summary say whose); default: the subject's first trained frame."""
+    frame: int | None = None
+    """Global frame index (expression code) of a trained frame; overrides `expression`."""
+    subjects: list[str] = field(default_factory=list)
+    """grid rows (default: all subjects, up to 8)."""
+    expressions: list[str] = field(default_factory=list)
+    """grid columns (default: all trained expression labels, up to 8)."""
+    frames: int = 48
+    """Video length (turntable / interpolate / grid)."""
+    size: int = 256
+    """Output height/width in pixels of one view (a multiple of the upsampling factor)."""
+    fps: int = 24
+    distance: float = 3.0
+    elevation: float = 10.0
+    sway: float = 30.0
+    """grid / interpolate: camera azimuth range ±sway degrees."""
+    overwrite: bool = False
+    """Write into a non-empty ``out`` (files with the same names are replaced)."""
+    num_components: int = 8
+    """export: expression components stored in blendshapes.npz."""
+    sh_degree: int = 3
+    """export: SH degree of the PLYs (3: 45 zero f_rest_*, 0: the small file)."""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+
+    def __post_init__(self) -> None:
+        check_device_option(self.device)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {self.mode!r}")
+        if self.frames < 2 or self.size < 16 or self.fps < 1:
+            raise ValueError("frames must be >= 2, fps >= 1 and size >= 16")
+        check_render_size(self.size, self.frames)
+
+
+def _yaws(cfg: RenderConfig, num: int, sway: bool = False) -> list[float]:
+    """``num`` orbit azimuths: a full circle (no repeat), or ±``cfg.sway`` inclusive."""
+    if sway:
+        return torch.linspace(-cfg.sway, cfg.sway, num).tolist()
+    return torch.linspace(0.0, 360.0, num + 1)[:num].tolist()
+
+
+def _views(cfg: RenderConfig, head: Head, z_id: Tensor, z_exp: Tensor, yaws: list[float]):
+    """[len(z_id) * len(yaws), S, S, 3]: every code pair (rows of ``z_id``/``z_exp``) from
+    every yaw, at ``cfg.elevation`` and ``cfg.distance``, code-pair-major."""
+    ids = [z for z in z_id for _ in yaws]
+    exps = [z for z in z_exp for _ in yaws]
+    return head.render_batch(ids, exps, yaws * len(z_id), cfg.elevation, cfg.size,
+                             distance=cfg.distance)  # fmt: skip
+
+
+def _export_geometry(head: Head, z_id: Tensor, z_exp: Tensor, out: Path) -> list[str]:
+    model = head.model
+    if isinstance(model, GaussianHead):
+        head.export_ply(out / "gaussians.ply", z_id, z_exp, overwrite=True)
+        return ["gaussians.ply"]
+    mm = model.mean_mesh()
+    d = model.deform(mm.verts, mm.features, z_id[None], z_exp[None])
+    for ext in ("ply", "obj"):
+        save_mesh(out / f"mesh.{ext}", d.points[0], mm.faces, vertex_colors=d.colors[0, :, :3])
+    return ["mesh.ply", "mesh.obj"]
+
+
+def _frame_report(run: TrainedRun, subject: int, cfg: RenderConfig) -> tuple[int, dict]:
+    """The trained frame ``cfg.frame``/``cfg.expression`` names for ``subject``
+    (:meth:`TrainedRun.resolve_frame`) and what the report says of it."""
+    r = run.resolve_frame(subject, cfg.frame, cfg.expression)
+    info: dict[str, Any] = {"frame": r.frame, "expression": r.label}
+    if r.borrowed:
+        info["expression_from"] = r.describe()
+    if r.note:
+        info["note"] = r.note
+    return r.frame, info
+
+
+def _codes(head: Head, subjects: list[int], frames: list[int]) -> tuple[Tensor, Tensor]:
+    """Identity and expression codes [B, D] of (subject, frame) rows."""
+    model = head.model
+    return (model.identity_codes.codes.weight[subjects].detach(),
+            model.expression_codes.codes.weight[frames].detach())  # fmt: skip
+
+
+def turntable(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
+    run = head.run
+    subject = run.subject_index(cfg.subject)
+    frame, frame_info = _frame_report(run, subject, cfg)
+    z_id, z_exp = _codes(head, [subject], [frame])
+    outputs = _export_geometry(head, z_id[0], z_exp[0], out)
+    images = list(_views(cfg, head, z_id, z_exp, _yaws(cfg, cfg.frames)))
+    save_mp4(out / "turntable.mp4", images, fps=cfg.fps)
+    save_png(out / "turntable_strip.png", image_grid(images[:: max(1, len(images) // 8)][:8], 8))
+    return {
+        "subject": run.subjects[subject],
+        **frame_info,
+        "outputs": outputs + ["turntable.mp4", "turntable_strip.png"],
+    }
+
+
+def grid(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
+    run = head.run
+    subjects = [run.subject_index(s) for s in cfg.subjects] or list(range(len(run.subjects)))[:8]
+    labels = list(cfg.expressions) or run.trained_labels()[:8]
+    resolved = [(s, run.trained_frame(s, e)) for s in subjects for e in labels]
+    z_id, z_exp = _codes(head, [s for s, _ in resolved], [r.frame for _, r in resolved])
+    front = _views(cfg, head, z_id, z_exp, [0.0])
+    save_png(out / "grid.png", image_grid(list(front), ncols=len(labels)))
+    views = _views(cfg, head, z_id, z_exp, _yaws(cfg, cfg.frames, sway=True))
+    views = views.reshape(len(resolved), cfg.frames, *views.shape[1:])
+    # Sway forth and back so the video loops.
+    order = list(range(cfg.frames)) + list(range(cfg.frames - 2, 0, -1))
+    video = [image_grid(list(views[:, t]), ncols=len(labels)) for t in order]
+    save_mp4(out / "grid.mp4", video, fps=cfg.fps)
+    return {
+        "subjects": [run.subjects[s] for s in subjects],
+        "expressions": labels,
+        "cells": [
+            {"subject": run.subjects[s], "frame": r.frame}
+            | ({"expression_from": r.describe()} if r.borrowed else {})
+            for s, r in resolved
+        ],
+        "outputs": ["grid.png", "grid.mp4"],
+    }
+
+
+def interpolate(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
+    run = head.run
+    a, b = run.subject_index(cfg.subject), run.subject_index(cfg.subject_b)
+    frame, frame_info = _frame_report(run, a, cfg)
+    codes, z_exp = _codes(head, [a, b], [frame])
+    # Morph while the camera sweeps once: frame t has the t-th code and the t-th yaw.
+    z_id = lerp_codes(codes[0], codes[1], cfg.frames)
+    images = head.render_batch(list(z_id), z_exp[0], _yaws(cfg, cfg.frames, sway=True),
+                               cfg.elevation, cfg.size, distance=cfg.distance)  # fmt: skip
+    save_mp4(out / "interpolation.mp4", list(images), fps=cfg.fps)
+    steps = lerp_codes(codes[0], codes[1], 8)
+    strip = head.render_batch(list(steps), z_exp[0], 0.0, cfg.elevation, cfg.size,
+                              distance=cfg.distance)  # fmt: skip
+    save_png(out / "interpolation_strip.png", image_grid(list(strip), ncols=8))
+    return {
+        "from": run.subjects[a],
+        "to": run.subjects[b],
+        **frame_info,
+        "outputs": ["interpolation.mp4", "interpolation_strip.png"],
+    }
+
+
+def export(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
+    rep = export_run(head.run, cfg.subject, out, num_components=cfg.num_components,
+                     sh_degree=cfg.sh_degree, overwrite=cfg.overwrite,
+                     fidelity=FidelityOptions(size=cfg.size))  # fmt: skip
+    return {"subject": rep.metadata["identity"]["name"], "export": rep.to_dict(),
+            "outputs": ["neutral.ply", *rep.files["expressions"].values(), "blendshapes.npz",
+                        "blendshapes.json", "export_report.json"]}  # fmt: skip
+
+
+@torch.no_grad()
+def main(cfg: RenderConfig) -> dict:
+    out = Path(cfg.out)
+    try:
+        check_output_dir(out, cfg.overwrite)
+        head = Head(load_run(cfg.checkpoint), cli_device(cfg.device))
+        modes = {"turntable": turntable, "grid": grid, "interpolate": interpolate, "export": export}
+        report = modes[cfg.mode](cfg, head, out)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+        raise UserError(str(err)) from None
+    report = {"mode": cfg.mode, "model": type(head.model).__name__} | report
+    write_report(out / "render_report.json", report)
+    return report
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``render`` command: parse ``argv`` (default: the process's), run, summarise."""
+    return run_cli(RenderConfig, main, argv, summary=lambda r: (
+        f"render {r['mode']} ({r['model']}): "
+        + (f"{r['expression_from']}; " if "expression_from" in r else "")
+        + f"wrote {', '.join(r['outputs'])}"
+    ))  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
