@@ -6,7 +6,7 @@ Routes (GET only):
 
 * ``/`` — the page (``static/index.html``); its state lives in the query string
   (``/?identity=a&expression=smile&yaw=30&pitch=0``), so a link reproduces a view.
-* ``/viewer.js``, ``/viewer.css`` — the page's script and style.
+* ``/viewer.js``, ``/viewer.css`` — the page's script and style (files of ``static/``).
 * ``/api/options`` — JSON: subjects, avatars, expression labels, sizes, the default view.
 * ``/render.png?identity=&expression=&identity_b=&identity_mix=&expression_b=&expression_mix=
   &yaw=&pitch=&zoom=&size=`` — the full model output as a PNG. Unknown names or bad
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,12 +42,15 @@ from gphm.viewer.scene import BadRequest, Scene
 
 __all__ = ["RenderGate", "ViewerServer"]
 
-STATIC = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8"),
-    "/viewer.css": ("viewer.css", "text/css; charset=utf-8"),
+STATIC_DIR = Path(str(resources.files("gphm.viewer").joinpath("static")))
+"""The page's files (package data)."""
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
 }
+# One path segment, no dot first: nothing outside the static folder can be named.
+STATIC_PATH = re.compile(r"^/([A-Za-z0-9_-][A-Za-z0-9_.-]*\.(?:html|js|css))$")
 MAX_STREAMS = 256
 """Streams remembered for latest-wins (oldest forgotten first)."""
 MAX_STREAM_ID = 64
@@ -142,10 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         url = urlsplit(self.path)
-        if url.path in STATIC:
-            name, ctype = STATIC[url.path]
-            body = resources.files("gphm.viewer").joinpath("static", name).read_bytes()
-            self._send(200, body, ctype)
+        static = STATIC_PATH.match("/index.html" if url.path == "/" else url.path)
+        if static and (self.server.static_dir / static.group(1)).is_file():
+            name = static.group(1)
+            body = (self.server.static_dir / name).read_bytes()
+            self._send(200, body, CONTENT_TYPES[Path(name).suffix])
         elif url.path == "/api/options":
             self._json(200, self.server.scene.options())
         elif url.path == "/render.png":
@@ -191,9 +197,10 @@ class _Server(ThreadingHTTPServer):
     # A new server may take over a port whose previous server just exited (TIME_WAIT).
     allow_reuse_address = True
 
-    def __init__(self, address, scene: Scene, verbose: bool):
+    def __init__(self, address, scene: Scene, verbose: bool, static_dir: Path):
         self.scene = scene
         self.verbose = verbose
+        self.static_dir = static_dir
         self.gate = RenderGate()
         super().__init__(address, _Handler)
 
@@ -203,11 +210,13 @@ class ViewerServer:
 
     ``serve_forever()`` blocks (the CLI); ``start()`` serves from a daemon thread and
     ``close()`` stops it (tests, notebooks); also a context manager doing both.
+    ``static_dir``: serve the page's files from another folder (a customised page).
     """
 
     def __init__(self, scene: Scene, host: str = "127.0.0.1", port: int = 8080,
-                 verbose: bool = False):  # fmt: skip
-        self.httpd = _Server((host, port), scene, verbose)
+                 verbose: bool = False, static_dir: str | Path | None = None):  # fmt: skip
+        static = STATIC_DIR if static_dir is None else Path(static_dir)
+        self.httpd = _Server((host, port), scene, verbose, static)
         self._thread: threading.Thread | None = None
 
     @property

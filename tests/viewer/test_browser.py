@@ -94,3 +94,55 @@ def test_page_state_follows_the_url_and_reports_bad_names(server, tmp_path):
     assert "identity: unknown name 'nobody'; valid: ['a', 'b']" in dom.replace("&#39;", "'")
     # the server still serves after the page's bad request
     assert Image.open(io.BytesIO(get(server.url + "render.png?size=32")[1])).size == (32, 32)
+
+
+# Appended to a copy of the page: once the first picture is shown, drag the camera 40 px
+# to the right and 20 px down in small steps, then release.
+DRAG_SCRIPT = """
+<script>
+(function drag() {
+  if (document.body.dataset.state !== "ready") return setTimeout(drag, 20);
+  const stage = document.getElementById("stage");
+  const ev = (type, x, y) => stage.dispatchEvent(new PointerEvent(type,
+    { pointerId: 1, clientX: x, clientY: y, bubbles: true, isPrimary: true }));
+  stage.setPointerCapture = () => {};  // synthetic pointers cannot be captured
+  ev("pointerdown", 200, 200);
+  let i = 0;
+  const step = () => {
+    i += 1;
+    ev("pointermove", 200 + 4 * i, 200 + 2 * i);
+    if (i < 10) return setTimeout(step, 30);
+    ev("pointerup", 240, 220);
+  };
+  step();
+})();
+</script>
+"""
+
+
+def test_dragging_orbits_at_half_size_then_renders_the_full_size(scene, tmp_path):
+    from gphm.viewer import ViewerServer
+    from gphm.viewer.server import STATIC_DIR
+
+    static = tmp_path / "static"
+    shutil.copytree(STATIC_DIR, static)
+    page = (static / "index.html").read_text()
+    (static / "drag.html").write_text(page.replace("</body>", DRAG_SCRIPT + "</body>"))
+    sizes = []
+
+    class Recording:  # the scene, noting the size of every render
+        def __getattr__(self, name):
+            return getattr(scene, name)
+
+        def render(self, req):
+            sizes.append(req.size)
+            return scene.render(req)
+
+    with ViewerServer(Recording(), "127.0.0.1", 0, static_dir=static) as server:
+        attrs = body_attributes(tmp_path, server.url + "drag.html?identity=a&size=64")
+    assert attrs["data-state"] == "ready"
+    # 40 px right and 20 px down at half a degree per pixel: yaw -20, pitch 10
+    query = "identity=a&amp;expression=neutral&amp;yaw=-20&amp;pitch=10&amp;size=64"
+    assert attrs["data-query"] == query
+    assert sizes[0] == 64 and sizes[-1] == 64 and 32 in sizes[1:-1]
+    assert len(sizes) <= 12  # one first picture, at most one per move, one after release

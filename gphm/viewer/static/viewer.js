@@ -8,6 +8,10 @@
 // For tests and benchmarks the page records on <body>: data-state (loading | ready |
 // error), data-renders (pictures shown), data-first-picture-ms (time from navigation
 // start to the first picture) and data-query (the query of the picture shown).
+//
+// While the camera is dragged the page asks for half the output size (still the full
+// model output, splat + upsampler, at a quarter of the pixels) and for the full size
+// when the drag ends.
 "use strict";
 
 const KEYS = ["identity", "identity_b", "identity_mix", "expression", "expression_b",
@@ -20,6 +24,7 @@ let inFlight = false;
 let pending = false;
 let shownUrl = null;
 let renders = 0;
+let dragging = false;
 
 function option(select, value, text, group) {
   const o = document.createElement("option");
@@ -55,17 +60,25 @@ function clamp(v, lo, hi) {
   return Math.min(hi, Math.max(lo, v));
 }
 
-// The query of the current state, defaults left out (short links).
-function query() {
+// Half the output size, a multiple of the upsampling factor, not below the minimum.
+function previewSize(size) {
+  const f = options.factor;
+  return Math.max(8 * f, Math.round(size / 2 / f) * f);
+}
+
+// The query of the current state, defaults left out (short links); `preview`: the
+// reduced size used while dragging.
+function query(preview) {
   const q = new URLSearchParams();
   for (const k of KEYS) {
-    const v = state[k];
+    let v = state[k];
+    if (k === "size" && preview) v = previewSize(Number(v));
     if (v === undefined || v === null || v === "") continue;
     if (k.endsWith("_mix") && Number(v) === 0) continue;
     if (k.endsWith("_b") && !Number(state[k.replace("_b", "_mix")])) continue;
     if ((k === "yaw" || k === "pitch") && Number(v) === 0) continue;
     if (k === "zoom" && Number(v) === 1) continue;
-    if (k === "size" && Number(v) === options.size) continue;
+    if (k === "size" && Number(v) === options.size && !preview) continue;
     q.set(k, typeof v === "number" ? String(Math.round(v * 1000) / 1000) : v);
   }
   return q.toString();
@@ -106,13 +119,14 @@ async function render() {
     return;
   }
   inFlight = true;
-  const q = query();
+  const q = query(false);
+  const sent = dragging ? query(true) : q;
   history.replaceState(null, "", q ? "?" + q : location.pathname);
   $("png").href = "/render.png" + (q ? "?" + q : "");
   $("busy").hidden = false;
   try {
     const t0 = performance.now();
-    const resp = await fetch("/render.png?" + q + (q ? "&" : "") + "stream=" + stream);
+    const resp = await fetch("/render.png?" + sent + (sent ? "&" : "") + "stream=" + stream);
     if (resp.status === 200) {
       const blob = await resp.blob();
       const url = URL.createObjectURL(blob);
@@ -127,7 +141,7 @@ async function render() {
       const b = document.body.dataset;
       if (!b.firstPictureMs) b.firstPictureMs = String(Math.round(performance.now()));
       b.renders = String(renders);
-      b.query = q;
+      b.query = sent;
       b.state = "ready";
       $("timing").textContent = `${Math.round(performance.now() - t0)} ms ` +
         `(render ${resp.headers.get("X-Render-Ms") || "?"} ms)`;
@@ -164,6 +178,7 @@ function setupCamera() {
   let drag = null;
   stage.addEventListener("pointerdown", (e) => {
     drag = { x: e.clientX, y: e.clientY, yaw: state.yaw, pitch: state.pitch };
+    dragging = true;
     stage.setPointerCapture(e.pointerId);
     stage.classList.add("dragging");
   });
@@ -177,8 +192,11 @@ function setupCamera() {
     render();
   });
   const end = () => {
+    if (!drag) return;
     drag = null;
+    dragging = false;
     stage.classList.remove("dragging");
+    render();  // the full size at the final position
   };
   stage.addEventListener("pointerup", end);
   stage.addEventListener("pointercancel", end);
