@@ -4,7 +4,7 @@
 #   bash scripts/demo.sh            # everything lands in outputs/demo/ (open index.md)
 #
 # 1. set-up (.venv, torch 2.13.0 pinned, gphm installed)
-# 2. the default synthetic multi-identity set (8 identities x 8 expressions x 8 views,
+# 2. the default synthetic multi-identity set (8 identities x 8 expressions x 9 views,
 #    128 px) into data/synthetic, and a small set of unseen identities (2 x 2 x 4) for
 #    single-image fitting into data/synthetic_unseen (both reused when present)
 # 3. a showcase of the renderers and DMTet
@@ -101,9 +101,9 @@ Image.fromarray(data.astronaut()).save(sys.argv[1])' "$OUT/astronaut.png"
 python scripts/fit_image.py checkpoint="$RUN" image="$OUT/astronaut.png" \
     out="$OUT/fit_astronaut" size=128 frames=24 overwrite=true
 
-step edit "expression transfer: astronaut <- synth_001:jaw_open, synth_000 <- synth_003:smile_l"
+step edit "expression transfer: astronaut <- synth_004:jaw_open, synth_000 <- synth_003:smile_l"
 python scripts/edit_expression.py checkpoint="$RUN" source="$OUT/fit_astronaut/avatar" \
-    target=synth_001:jaw_open out="$OUT/edit_astronaut" size=128 overwrite=true
+    target=synth_004:jaw_open out="$OUT/edit_astronaut" size=128 overwrite=true
 python scripts/edit_expression.py checkpoint="$RUN" source=synth_000:neutral \
     target=synth_003:smile_l out="$OUT/edit_synth" size=128 overwrite=true
 

@@ -9,4 +9,16 @@ workers="${GPHM_TEST_WORKERS:-2}"
 # OpenMP threads: spinning threads of one worker stall the other by seconds.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# PlayCanvas splat-transform (npm) is the independent 3DGS PLY reader of
+# tests/io/test_ply_external.py; installed once next to the venv, skipped without npm.
+tools="$VENV/npm-tools"
+if [ -z "${GPHM_SPLAT_TRANSFORM:-}" ] && command -v npm >/dev/null; then
+    if [ ! -x "$tools/node_modules/.bin/splat-transform" ]; then
+        echo "[gphm] installing @playcanvas/splat-transform (npm) for the PLY reader tests"
+        npm install --silent --no-audit --no-fund --prefix "$tools" @playcanvas/splat-transform \
+            >/dev/null 2>&1 || echo "[gphm] splat-transform unavailable; its tests will skip"
+    fi
+    [ -x "$tools/node_modules/.bin/splat-transform" ] \
+        && export GPHM_SPLAT_TRANSFORM="$tools/node_modules/.bin/splat-transform"
+fi
 exec python -m pytest -n "$workers" --dist loadfile "$@"
