@@ -78,8 +78,7 @@ def test_installed_and_module_forms_run():
 
 
 # Scripts other engineers were still editing when the commands moved (to move next).
-NOT_MOVED_YET = {"export", "reenact", "track_video", "view", "render_samples", "demo_report",
-                 "bench"}  # fmt: skip
+NOT_MOVED_YET = {"export", "reenact", "track_video", "view", "bench"}
 
 
 def test_scripts_are_shims_without_sys_path_edits():

@@ -1,0 +1,377 @@
+"""Assemble ``OUT/index.md`` for scripts/demo.sh from what the demo wrote.
+
+python scripts/demo_report.py out=outputs/demo run=outputs/demo/run [seconds=1234]
+
+Every section is optional: a picture or metric whose file is missing (or unreadable) is
+left out, so this works on a partial or older demo too. Outputs older than the run's
+model are flagged as such. Image paths are relative to ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from gphm.io.atomic import atomic_write_text
+
+SPLITS = {
+    "heldout_view": "held-out views",
+    "heldout_combo": "held-out (identity, expression) pairs",
+    "fit": "single-image fit, unseen identities",
+}
+_SUP = "¹²³⁴⁵⁶⁷⁸⁹"  # footnote marks
+
+
+@dataclass
+class DemoReportConfig:
+    out: str = MISSING
+    run: str = MISSING
+    seconds: float = 0.0
+    """Wall time of the whole demo, for the header."""
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _gauges(fit: dict[str, Any]) -> str:
+    """The per-subject gauge scales of a split=fit report, e.g. "1.021, 0.948"."""
+    scales = [p.get("gauge_scale") for p in fit.get("per_subject", [])]
+    return ", ".join(_num(k, ".3f") for k in scales) or "n/a"
+
+
+def _num(value: Any, fmt: str = ".2f", scale: float = 1.0) -> str:
+    """A number formatted with ``fmt`` (times ``scale``), "n/a" when missing or null."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    return format(value * scale, fmt)
+
+
+class _Page:
+    def __init__(self, out: Path, run: Path) -> None:
+        self.out, self.run = out, run
+        self.lines: list[str] = []
+        model = run / "model" / "model.safetensors"
+        self.model_mtime = model.stat().st_mtime if model.is_file() else None
+
+    def rel(self, path: Path) -> str:
+        return Path(os.path.relpath(path.resolve(), self.out.resolve())).as_posix()
+
+    def add(self, *lines: str) -> None:
+        self.lines += [*lines, ""]
+
+    def image(self, caption: str | None, path: Path, alt: str) -> bool:
+        if not path.is_file():
+            return False
+        if caption:
+            self.add(caption)
+        self.add(f"![{alt}]({self.rel(path)})")
+        return True
+
+    def link(self, path: Path) -> str | None:
+        if not path.exists():
+            return None
+        target = self.rel(path) + ("/" if path.is_dir() else "")
+        return f"[{target}]({target})"
+
+    def links(self, *items: tuple[str, Path]) -> None:
+        parts = [f"{label}: {lk}" for label, p in items if (lk := self.link(p))]
+        if parts:
+            self.add(", ".join(parts) + ".")
+
+    def stale(self, path: Path) -> None:
+        """Flag ``path`` (a report) when it predates the run's current model."""
+        if self.model_mtime and path.is_file() and path.stat().st_mtime < self.model_mtime:
+            self.add("_Made with an earlier model than the current run: re-run the demo._")
+
+
+def _header(page: _Page, seconds: float) -> None:
+    page.add("# gphm demo")
+    if seconds:
+        page.add(f"Whole demo: {seconds / 60:.1f} min.")
+    timings = page.out / "timings.tsv"
+    rows = []
+    if timings.is_file():
+        for line in timings.read_text().splitlines():
+            name, _, secs = line.partition("\t")
+            if name and secs.strip().isdigit():
+                rows.append(f"| {name} | {int(secs)} |")
+    if rows:
+        page.add("| step | seconds |", "|---|---|", *rows)
+
+
+def _data(page: _Page) -> None:
+    out = page.out
+    if not any((out / n).is_file() for n in ("contact_sheet.png", "unseen_contact_sheet.png")):
+        return
+    page.add("## Synthetic data")
+    page.image(
+        "Training set: identities × expressions (red boxes: held-out pairs).",
+        out / "contact_sheet.png",
+        "contact sheet",
+    )
+    page.image(
+        "Unseen identities (never trained; `evaluate.py split=fit` fits them from one view):",
+        out / "unseen_contact_sheet.png",
+        "unseen identities",
+    )
+
+
+def _training(page: _Page, train: dict[str, Any]) -> None:
+    if not train:
+        return
+    # Older single-stage reports have no "stages": the report is the stage.
+    stages = _dict(train.get("stages")) or {train.get("stage", "guidance"): train}
+    page.add("## Training")
+    total = f"{train.get('steps') or '?'} steps in {_num(train.get('seconds'), '.0f')} s"
+    n = train.get("processes")
+    if isinstance(n, int):
+        total += f" ({n} process{'es' if n != 1 else ''})"
+    page.add(f"Stage `{train.get('stage', '?')}`: {total}.")
+    rows = []
+    for name, s in stages.items():
+        if not isinstance(s, dict):
+            continue
+        resumed = s.get("resumed_from")
+        note = f"resumed from step {resumed}" if resumed else ""
+        rows.append(
+            f"| {name} | {s.get('steps', '?')} | {_num(s.get('seconds'), '.0f')} | {note} |"
+        )
+    if rows:
+        page.add("| stage | steps | seconds | note |", "|---|---|---|---|", *rows)
+
+
+def _last_preview(page: _Page, stage: str) -> None:
+    previews = sorted((page.run / "previews").glob(f"{stage}_*.png"))
+    if previews:
+        page.image(
+            f"Last training preview, `{previews[-1].name}` (prediction | ground truth):",
+            previews[-1],
+            f"{stage} preview",
+        )
+
+
+def _stage1(page: _Page, ev: dict[str, Any]) -> None:
+    previews = list((page.run / "previews").glob("guidance_*.png"))
+    if not ev and not previews:
+        return
+    page.add("## Stage 1: guiding mesh model")
+    if ev:
+        # Older reports call these "silhouette_iou" / "landmark_error_relative".
+        iou = ev.get("silhouette_iou_lr", ev.get("silhouette_iou"))
+        lmk = ev.get("landmark_error_training_frames_relative", ev.get("landmark_error_relative"))
+        page.add(f"Held-out views ({ev.get('n', '?')} images of cameras never used in training):")
+        page.add(
+            "| silhouette IoU (lr) | landmark error of the training frames (% of face size) "
+            "| PSNR full (dB) | PSNR head (dB) | SSIM | SSIM head |",
+            "|---|---|---|---|---|---|",
+            f"| {_num(iou, '.3f')} | {_num(lmk, '.2f', 100)} "
+            f"| {_num(ev.get('psnr'))} | {_num(ev.get('psnr_masked'))} "
+            f"| {_num(ev.get('ssim'), '.3f')} | {_num(ev.get('ssim_masked'), '.3f')} |",
+        )
+        m = ev.get("mean_mesh")
+        if isinstance(m, dict):
+            page.add(
+                f"Mean mesh: {m.get('vertices')} vertices, {m.get('faces')} faces, watertight "
+                f"{m.get('watertight')}, Euler characteristic "
+                f"{m.get('euler_characteristic')}, {m.get('components')} component(s)."
+            )
+    _last_preview(page, "guidance")
+
+
+def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    evdir = page.run / "eval"
+    results: dict[str, dict[str, Any]] = {}
+    sources: dict[str, Path] = {}
+    for split in SPLITS:
+        path = evdir / f"{split}.json"
+        if not path.is_file() and split == "heldout_view":
+            path = evdir / "gaussian_heldout_view.json"  # training's own end-of-stage eval
+        if r := _json(path):
+            results[split], sources[split] = r, path
+    gaussian_previews = list((page.run / "previews").glob("gaussian_*.png"))
+    if not results and not gaussian_previews:
+        return results
+    models = {r.get("model") for r in results.values()} - {None}
+    stage2 = "gaussian" in _dict(train.get("stages")) or "GaussianHead" in models
+    page.add("## Stage 2: Gaussian head" if stage2 else "## Evaluation of the final model")
+    if results:
+        reasons: list[str] = []
+        rows = []
+        for split, r in results.items():
+            lpips = _num(r.get("lpips"), ".3f")
+            reason = r.get("lpips_unavailable")
+            if lpips == "n/a" and reason:
+                if reason not in reasons:
+                    reasons.append(reason)
+                lpips += _SUP[reasons.index(reason) % len(_SUP)]
+            rows.append(
+                f"| {SPLITS[split]} | {r.get('n', '?')} | {_num(r.get('psnr'))} "
+                f"| {_num(r.get('psnr_masked'))} | {_num(r.get('ssim'), '.3f')} "
+                f"| {_num(r.get('ssim_masked'), '.3f')} | {lpips} |"
+            )
+        page.add(
+            "| split | n | PSNR full (dB) | PSNR head (dB) | SSIM | SSIM head | LPIPS |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        )
+        for i, reason in enumerate(reasons):
+            page.add(f"{_SUP[i % len(_SUP)]} LPIPS unavailable: {reason}")
+        if sources.get("heldout_view", evdir).name == "gaussian_heldout_view.json":
+            page.add("(held-out views: training's end-of-stage evaluation.)")
+        fit = results.get("fit")
+        if fit:
+            page.add(
+                f"Single-image fitting of {fit.get('subjects', '?')} unseen identities, each "
+                f"from one view and scored on {fit.get('n', '?')} images of its other views: "
+                f"fit time {_num(fit.get('fit_seconds_mean'), '.1f')} s on average (max "
+                f"{_num(fit.get('fit_seconds_max'), '.1f')} s), landmark error "
+                f"{_num(fit.get('landmark_error_px'))} px. Its table row is unaligned (the fit "
+                f"as it comes out); scaled about the input camera to the true head size, "
+                f"which one image cannot tell (gauge scale {_gauges(fit)}): "
+                f"{_num(fit.get('psnr_scale_aligned'))} dB."
+            )
+    for split, label in SPLITS.items():
+        if split == "fit":
+            cols = results.get("fit", {}).get("columns")
+            if not isinstance(cols, list) or not cols:
+                cols = ["input", "fit", "novel view", "ground truth"]
+            caption = f"Single-image fit ({' | '.join(cols)}):"
+        else:
+            caption = f"{label.capitalize()} (prediction | ground truth, two pairs a row):"
+        page.image(caption, evdir / split / "side_by_side.png", f"{split} side by side")
+    _last_preview(page, "gaussian")
+    return results
+
+
+def _astronaut(page: _Page) -> dict[str, Any]:
+    d = page.out / "fit_astronaut"
+    report = _json(d / "report.json")
+    if not report and not (d / "overlay.png").is_file():
+        return report
+    page.add("## A real photo: scikit-image's astronaut")
+    page.stale(d / "report.json")
+    if report:
+        page.add(
+            f"Fitted in {_num(report.get('seconds'), '.1f')} s; landmark error "
+            f"{_num(report.get('landmark_error_px'))} px, PSNR on the input "
+            f"{_num(report.get('psnr_input'))} dB."
+        )
+    page.image(
+        "Aligned input | fit | blend (detected landmarks green, fitted red):",
+        d / "overlay.png",
+        "astronaut overlay",
+    )
+    page.image("Novel views of the fitted avatar:", d / "novel_views.png", "novel views")
+    page.links(("Orbit", d / "orbit.mp4"), ("avatar", d / "avatar"))
+    return report
+
+
+def _spec_label(page: _Page, side: Any) -> str:
+    """An edit's source/target: the label, or for a fitted avatar its directory."""
+    side = side if isinstance(side, dict) else {}
+    spec = str(side.get("spec", "?"))
+    if side.get("kind") == "avatar" and Path(spec).is_dir():
+        return f"`{page.rel(Path(spec))}`"
+    return str(side.get("label") or spec)
+
+
+def _edits(page: _Page) -> None:
+    reports = sorted(page.out.glob("edit_*/edit_report.json"))
+    if not reports:
+        return
+    page.add("## Expression transfer")
+    for path in reports:
+        r, d = _json(path), path.parent
+        src, tgt = (_spec_label(page, r.get(k)) for k in ("source", "target"))
+        page.add(f"### {src} with the expression of {tgt}" if r else f"### {d.name}")
+        page.stale(path)
+        page.image("Source | target | source with the target's expression:",
+                   d / "transfer.png", "transfer")  # fmt: skip
+        page.image("The result from four views:", d / "transfer_views.png", "transfer views")
+        video = page.link(d / "drive.mp4")
+        if video:
+            drive = r.get("drive")
+            through = ""
+            if isinstance(drive, list) and drive:
+                through = f" (driven through {', '.join(map(str, drive))})"
+            page.add(f"Video: {video}{through}.")
+
+
+def _renders(page: _Page) -> None:
+    by_mode: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    for path in sorted(page.out.glob("*/render_report.json")):
+        r = _json(path)
+        by_mode.setdefault(str(r.get("mode", "turntable")), []).append((path, r))
+    turntables = [
+        (path, r)
+        for path, r in by_mode.get("turntable", [])
+        if any((path.parent / f).is_file() for f in ("turntable_strip.png", "turntable.mp4"))
+    ]
+    if turntables:
+        page.add("## Turntables")
+    for path, r in turntables:
+        d = path.parent
+        page.add(f"### {r.get('subject', d.name)} / {r.get('expression', '?')}")
+        page.stale(path)
+        page.image(None, d / "turntable_strip.png", "turntable")
+        geometry = ("Gaussians (3DGS .ply)", d / "gaussians.ply")
+        if not geometry[1].is_file():
+            geometry = ("mesh", d / "mesh.ply")
+        page.links(("Turntable", d / "turntable.mp4"), geometry)
+    for path, r in by_mode.get("grid", []):
+        d = path.parent
+        page.add("## Identities × expressions")
+        page.stale(path)
+        exps = r.get("expressions")
+        exps = ", ".join(map(str, exps)) if isinstance(exps, list) and exps else "expressions"
+        caption = f"Rows: subjects; columns: {exps}."
+        page.image(caption, d / "grid.png", "grid")
+        page.links(("Video", d / "grid.mp4"))
+    for path, r in by_mode.get("interpolate", []):
+        d = path.parent
+        page.add(f"## Identity morph: {r.get('from', '?')} → {r.get('to', '?')}")
+        page.stale(path)
+        page.image(None, d / "interpolation_strip.png", "interpolation")
+        page.links(("Video", d / "interpolation.mp4"))
+
+
+def demo_report(cfg: DemoReportConfig) -> dict:
+    out, run = Path(cfg.out), Path(cfg.run)
+    page = _Page(out, run)
+    _header(page, cfg.seconds)
+    _data(page)
+    train = _json(run / "train_report.json")
+    _training(page, train)
+    ev = _json(run / "eval" / "guidance_heldout_view.json")
+    if not ev:  # the same numbers as recorded by training
+        stages = _dict(train.get("stages")) or {train.get("stage", "guidance"): train}
+        ev = _dict(_dict(stages.get("guidance")).get("eval"))
+    _stage1(page, ev)
+    results = _evaluation(page, train)
+    astronaut = _astronaut(page)
+    _edits(page)
+    _renders(page)
+    if (out / "showcase" / "samples.md").is_file():
+        page.add("## Renderers and DMTet")
+        page.add("See [showcase/samples.md](showcase/samples.md).")
+    atomic_write_text(out / "index.md", "\n".join(page.lines))
+    return {
+        "index": str(out / "index.md"),
+        "heldout_view": ev,
+        "evaluation": results,
+        "astronaut": astronaut,
+    }
