@@ -181,7 +181,8 @@ class Avatar:
                                 ("expressions", self.expressions)):  # fmt: skip
             for k, v in (entries or {}).items():
                 tensors[f"{prefix}.{k}"] = v
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        # clone: a named expression may be z_exp itself (safetensors refuses shared memory)
+        tensors = {k: v.detach().float().cpu().clone().contiguous() for k, v in tensors.items()}
         meta = {
             "class": "Avatar",
             "format_version": FORMAT_VERSION,

@@ -1,8 +1,16 @@
-"""``scripts/evaluate.py split=fit``: single-image fitting scored on novel views.
+"""``scripts/evaluate.py split=fit``: fitting from one or a few views, scored on novel views.
 
-Every subject of a dataset the model never saw is fitted from one camera view of one
-frame, and the fit is rendered into the frame's other cameras — placed relative to the
-input camera by the dataset's calibration — and compared with their images.
+Every subject of a dataset the model never saw is fitted from ``views`` = K camera views
+of one frame (:func:`~gphm.fitting.fit.fit_images`: one identity, an expression and a
+pose per view; K = 1 is single-image fitting), and the fit is rendered into the frame's
+other cameras — placed relative to the first input camera by the dataset's calibration —
+and compared with their images.
+
+Which views: the inputs are the most frontal views (:func:`frontal_row`, then the next
+most frontal, ...; ``view`` names the first). ``score="others"`` scores every view that
+is not an input; ``score="heldout"`` scores only the frame's ``heldout_view`` rows and
+never takes them as inputs, so K = 1, 2, 3 are scored on the *same* views and can be
+compared (a dataset made with ``heldout_views=1`` and 4 views allows K <= 3).
 
 What the fit is given (``inputs``, recorded in the report):
 
@@ -46,7 +54,7 @@ from gphm.fitting.fit import (
     FitTarget,
     Model,
     TrainedRows,
-    fit_image,
+    fit_images,
     render_avatar,
 )
 from gphm.geometry.cameras import (
@@ -61,11 +69,12 @@ from gphm.models.runs import TrainedRun, seen_by
 from gphm.perceptual import LPIPS_MIN_SIZE, load_lpips
 
 __all__ = [
-    "FIT_INPUTS", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
+    "FIT_INPUTS", "FIT_SCORES", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
     "frontal_row", "gauge_scale", "pose_errors", "render_fit_view", "target_from_item",
 ]  # fmt: skip
 
 FIT_INPUTS = ("gt", "photo")
+FIT_SCORES = ("others", "heldout")
 
 # The unaligned metrics; each also gets a ``<name>_scale_aligned`` twin.
 _METRICS = ("psnr", "ssim", "psnr_masked", "ssim_masked", "lpips")
@@ -83,13 +92,7 @@ def target_from_item(item: HeadItem) -> FitTarget:
 
 def frontal_row(items: list[HeadItem]) -> int:
     """Index of the most frontal view: camera centre closest to the face's +z axis."""
-    scores = []
-    for it in items:
-        c = camera_centers(it.viewmat[None])[0]
-        forward = it.head_R @ torch.tensor([0.0, 0.0, 1.0])
-        d = c - it.head_T
-        scores.append(float(d @ forward / d.norm().clamp_min(1e-9)))
-    return int(np.argmax(scores))
+    return int(np.argmax([_frontality(it) for it in items]))
 
 
 def gauge_scale(
@@ -210,45 +213,84 @@ _INPUTS = {
 
 def _fit_view(
     run: TrainedRun,
-    item: HeadItem,
+    items: list[HeadItem],
     inputs: str,
     config: FitConfig | None,
     detector: Any,
     segmenter: Any,
 ) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
-    """Fit one input view; the avatar's pose is in the input camera's (true) frame.
-    Returns the result, the ``inputs`` record and per-subject extras."""
+    """Fit the input views ``items`` together; the avatar's pose is in the first input
+    camera's (true) frame. Returns the result, the ``inputs`` record and per-subject
+    extras."""
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
-        result = fit_image(run.model, target_from_item(item), config, str(run.path), rows=rows)
+        targets = [target_from_item(it) for it in items]
+        result = fit_images(run.model, targets, config, str(run.path), rows=rows)
         return result, dict(_INPUTS["gt"]), {}
     from gphm.data.preprocess.single_image import prepare_image
 
-    S = item.image.shape[0]
-    prepared = prepare_image(_to_uint8(item.image), detector=detector, segmenter=segmenter,
-                             out_size=S)  # fmt: skip
-    target = FitTarget(
-        image=torch.from_numpy(prepared.image).float(),
-        mask=torch.from_numpy(prepared.mask).float(),
-        K=torch.from_numpy(prepared.K).float(),
-        landmarks=torch.from_numpy(prepared.landmarks).float(),
-    )
-    result = fit_image(run.model, target, config, str(run.path), rows=rows)
-    R_crop, K_crop = crop_camera(torch.from_numpy(prepared.to_input).float(), item.K)
+    S = items[0].image.shape[0]
+    prepared = [prepare_image(_to_uint8(it.image), detector=detector, segmenter=segmenter,
+                              out_size=S) for it in items]  # fmt: skip
+    targets = [
+        FitTarget(
+            image=torch.from_numpy(p.image).float(),
+            mask=torch.from_numpy(p.mask).float(),
+            K=torch.from_numpy(p.K).float(),
+            landmarks=torch.from_numpy(p.landmarks).float(),
+        )
+        for p in prepared
+    ]
+    result = fit_images(run.model, targets, config, str(run.path), rows=rows)
+    R_crop, K_crop = crop_camera(torch.from_numpy(prepared[0].to_input).float(), items[0].K)
     av = result.avatar
     # Crop camera -> input camera (crop_camera). av.K stays the crop's estimated K: from
     # here on only the pose is used, with the dataset's cameras for the novel views.
     av.head_R, av.head_T = R_crop.T @ av.head_R, R_crop.T @ av.head_T
-    # How far the detector is from the truth, in pixels of the input view.
-    truth_uv, _ = project_points(item.landmarks_3d, item.viewmat, item.K)
-    detected = torch.from_numpy(prepared.map_to_input(prepared.landmarks)).float()
-    det_err = (detected - truth_uv).norm(dim=-1)
-    record = _INPUTS["photo"] | {"mask": prepared.mask_source}  # or alpha / head_hull
+    # How far the detector is from the truth, in pixels of the input views.
+    errors = []
+    for it, p in zip(items, prepared):
+        truth_uv, _ = project_points(it.landmarks_3d, it.viewmat, it.K)
+        detected = torch.from_numpy(p.map_to_input(p.landmarks)).float()
+        det_err = (detected - truth_uv).norm(dim=-1)
+        errors.append(float(det_err[torch.isfinite(det_err)].mean()))
+    record = _INPUTS["photo"] | {"mask": prepared[0].mask_source}  # or alpha / head_hull
     extras = {
-        "detector_error_px": round(float(det_err[torch.isfinite(det_err)].mean()), 3),
-        "focal_ratio": round(float(target.K[0, 0] / K_crop[0, 0]), 4),  # estimated / true
+        "detector_error_px": round(float(np.mean(errors)), 3),
+        "focal_ratio": round(float(targets[0].K[0, 0] / K_crop[0, 0]), 4),  # estimated / true
     }
     return result, record, extras
+
+
+def _input_views(
+    items: list[HeadItem], candidates: list[int], view: str | None, k: int,
+    data_path: Any, frame: int,
+) -> list[int]:  # fmt: skip
+    """Indices of the ``k`` input views among ``candidates``: ``view`` (or the most
+    frontal) first, then the remaining candidates from the most frontal on."""
+    cams = [it.camera for it in items]
+    if view is not None and view not in cams:
+        raise ValueError(f"{data_path}: no camera {view!r} in frame {frame}; has {cams}")
+    if view is not None and cams.index(view) not in candidates:
+        raise ValueError(f"{data_path}: camera {view!r} is held out (fit.score=heldout)")
+    if k > len(candidates):
+        raise ValueError(
+            f"{data_path}: frame {frame} has {len(candidates)} views to fit from, "
+            f"fit.views={k} asks for more"
+        )
+    order = sorted(candidates, key=lambda j: -_frontality(items[j]))
+    if view is not None:
+        order.remove(cams.index(view))
+        order.insert(0, cams.index(view))
+    return order[:k]
+
+
+def _frontality(item: HeadItem) -> float:
+    """Cosine between the face's +z axis and the direction to the camera."""
+    c = camera_centers(item.viewmat[None])[0]
+    forward = item.head_R @ torch.tensor([0.0, 0.0, 1.0])
+    d = c - item.head_T
+    return float(d @ forward / d.norm().clamp_min(1e-9))
 
 
 def _lpips_metric(lpips: Any, size: tuple[int, int], device: torch.device):
@@ -285,10 +327,13 @@ def evaluate_fit(
     detector: Any = "mediapipe",
     segmenter: Any = None,
     lpips: bool | Callable[[Tensor, Tensor], Tensor] = True,
+    views: int = 1,
+    score: str = "others",
 ) -> dict[str, Any]:
-    """Fit each subject of ``data_path`` from camera ``view`` (default: the most
-    frontal) of its first frame (or the one labelled ``frame``); score the other views
-    (module docstring: ``inputs``, unaligned and scale-aligned metrics).
+    """Fit each subject of ``data_path`` from ``views`` camera views (the first: ``view``,
+    default the most frontal) of its first frame (or the one labelled ``frame``); score
+    the other views, or with ``score="heldout"`` the held-out ones (module docstring:
+    which views, ``inputs``, unaligned and scale-aligned metrics).
 
     A dataset the model was trained on (:func:`~gphm.models.runs.seen_by`) raises
     :class:`SeenDatasetError` unless ``allow_seen``. ``detector``/``segmenter``
@@ -299,8 +344,13 @@ def evaluate_fit(
     """
     if inputs not in FIT_INPUTS:
         raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
+    if views < 1:
+        raise ValueError(f"fit.views must be >= 1, got {views}")
+    if score not in FIT_SCORES:
+        raise ValueError(f"fit.score must be one of {'|'.join(FIT_SCORES)}, got {score!r}")
     model = run.model
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
+    row_split = ds.ds.data.column("split").to_pylist()
     seen = seen_by(run, data_path, ds.meta)
     if seen and not allow_seen:
         raise SeenDatasetError(
@@ -329,26 +379,33 @@ def evaluate_fit(
             chosen = labelled[0]
         else:
             chosen = min(frames)
-        items = [ds[int(r)] for r in rows if ds.frames[r] == chosen]
-        if len(items) < 2:
-            raise ValueError(f"{data_path}: frame {chosen} has fewer than 2 views to score")
-        cams = [it.camera for it in items]
-        if view is None:
-            i_in = frontal_row(items)
-        elif view in cams:
-            i_in = cams.index(view)
-        else:
-            raise ValueError(f"{data_path}: no camera {view!r} in frame {chosen}; has {cams}")
-        source = items[i_in]
+        frame_rows = [int(r) for r in rows if ds.frames[r] == chosen]
+        items = [ds[r] for r in frame_rows]
+        held = [row_split[int(ds.indices[r])] == "heldout_view" for r in frame_rows]
+        if score == "heldout" and not any(held):
+            raise ValueError(f"{data_path}: frame {chosen} has no heldout_view rows to score "
+                             "(fit.score=heldout)")  # fmt: skip
+        candidates = [j for j in range(len(items)) if not (score == "heldout" and held[j])]
+        chosen_views = _input_views(items, candidates, view, views, data_path, chosen)
+        scored = [j for j in range(len(items)) if j not in chosen_views
+                  and (score == "others" or held[j])]  # fmt: skip
+        if not scored:
+            raise ValueError(
+                f"{data_path}: frame {chosen} has {len(items)} views; fitting from "
+                f"{views} leaves none to score"
+            )
+        source = items[chosen_views[0]]
+        input_items = [items[j] for j in chosen_views]
         try:
-            result, record, extras = _fit_view(run, source, inputs, config, detector, segmenter)
+            result, record, extras = _fit_view(run, input_items, inputs, config, detector,
+                                               segmenter)  # fmt: skip
         except NoFaceError as err:  # the photo path failing is part of its score
             failed.append({"subject": names[s], "frame": chosen, "input_view": source.camera,
                            "failed": str(err)})  # fmt: skip
             continue
         av = result.avatar
         net = av.personalised(model)
-        others = [it for j, it in enumerate(items) if j != i_in]
+        others = [items[j] for j in scored]
         to_input = invert_viewmat(source.viewmat[None])[0]
         truth = world_to_camera(source.viewmat, source.landmarks_3d)  # input camera frame
         gauge = gauge_scale(fit_landmarks(model, av), truth)
@@ -375,6 +432,7 @@ def evaluate_fit(
         pose = pose_errors(av.head_R, av.head_T, source, gauge)
         per_subject.append({
             "subject": names[s], "frame": chosen, "input_view": source.camera,
+            "input_views": [it.camera for it in input_items],
             "novel_views": len(others), "seconds": round(result.seconds, 2),
             "landmark_error_px": round(result.landmark_error_px, 3),
             "psnr_input": round(result.psnr, 3),
@@ -391,6 +449,8 @@ def evaluate_fit(
         "n_empty": int(sum(not math.isfinite(v) for v in masked)),
         "subjects": len(subjects),
         "failed_fits": len(failed),
+        "views": views,
+        "score": score,
         "model": type(model).__name__,
         **{k: _mean(v, _digits(k)) for k, v in scores.items()},
     }

@@ -2,7 +2,8 @@
 
 Used by ``scripts/fit_image.py`` and ``scripts/edit_expression.py``. A *spec* string is
 
-* a fitted avatar directory (``avatar.json`` inside),
+* a fitted avatar directory (``avatar.json`` inside), or ``AVATAR_DIR:NAME`` for one of
+  its named expressions (an avatar fitted from several images: ``image_0``, ...),
 * an image file (``.png/.jpg/.jpeg``): it is fitted first,
 * ``SUBJECT`` or ``SUBJECT:EXPRESSION`` (name or index, expression label) or
   ``SUBJECT@FRAME`` (global frame index) of the trained model, resolved by
@@ -21,10 +22,10 @@ from torch import Tensor
 
 from gphm.data.preprocess.single_image import PreparedImage, prepare_image
 from gphm.fitting.avatar import Avatar, is_avatar_dir
-from gphm.fitting.fit import FitConfig, FitResult, FitTarget, TrainedRows, fit_image
+from gphm.fitting.fit import FitConfig, FitResult, FitTarget, TrainedRows, fit_images
 from gphm.models.runs import TrainedRun
 
-__all__ = ["Source", "resolve_source", "fit_photo", "IMAGE_SUFFIXES"]
+__all__ = ["Source", "resolve_source", "fit_photo", "fit_photos", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -48,21 +49,54 @@ def fit_photo(
     landmarks: str | Path | None = None,
     config: FitConfig | None = None,
     progress: bool = False,
+    *,
+    face: int = 0,
 ) -> tuple[PreparedImage, FitResult]:
-    """Align a photo to the training framing at the model's output size and fit it."""
+    """Align a photo to the training framing at the model's output size and fit it.
+    ``face``: which face of a photo with several (0 = the largest; see ``prepare_image``)."""
+    prepared, result = fit_photos(run, [image], detector, None if landmarks is None
+                                  else [landmarks], config, progress, face=face)  # fmt: skip
+    return prepared[0], result
+
+
+def fit_photos(
+    run: TrainedRun,
+    images: list[str | Path],
+    detector: str = "mediapipe",
+    landmarks: list[str | Path | None] | None = None,
+    config: FitConfig | None = None,
+    progress: bool = False,
+    *,
+    face: int = 0,
+) -> tuple[list[PreparedImage], FitResult]:
+    """Several photos of one person, each aligned like :func:`fit_photo`, fitted together
+    (:func:`~gphm.fitting.fit.fit_images`: one identity, an expression and a pose per
+    photo). ``landmarks``: one ``.pts`` file (or None: detect) per photo."""
     size = int(run.extra.get("hr_size") or 0)
     if size <= 0:
         raise ValueError(f"{run.path}: the model does not record its output size (hr_size)")
-    prepared = prepare_image(image, detector=None if landmarks is not None else detector,
-                             landmarks=landmarks, out_size=size)  # fmt: skip
-    target = FitTarget(
-        image=torch.from_numpy(prepared.image).float(),
-        mask=torch.from_numpy(prepared.mask).float(),
-        K=torch.from_numpy(prepared.K).float(),
-        landmarks=torch.from_numpy(prepared.landmarks).float(),
-    )
-    result = fit_image(run.model, target, config, str(run.path), progress=progress,
-                       rows=TrainedRows.of_run(run))  # fmt: skip
+    if not images:
+        raise ValueError("no image given")
+    landmarks = list(landmarks) if landmarks is not None else [None] * len(images)
+    if len(landmarks) != len(images):
+        raise ValueError(f"{len(images)} images but {len(landmarks)} landmark files")
+    prepared = [
+        prepare_image(
+            image, detector=None if lmk else detector, landmarks=lmk, out_size=size, face=face
+        )  # fmt: skip
+        for image, lmk in zip(images, landmarks)
+    ]
+    targets = [
+        FitTarget(
+            image=torch.from_numpy(p.image).float(),
+            mask=torch.from_numpy(p.mask).float(),
+            K=torch.from_numpy(p.K).float(),
+            landmarks=torch.from_numpy(p.landmarks).float(),
+        )
+        for p in prepared
+    ]
+    result = fit_images(run.model, targets, config, str(run.path), progress=progress,
+                        rows=TrainedRows.of_run(run))  # fmt: skip
     return prepared, result
 
 
@@ -82,6 +116,16 @@ def resolve_source(
 ) -> Source:
     """Resolve a spec (module docstring) against ``run``."""
     path = Path(spec)
+    head, sep, named = spec.rpartition(":")
+    if sep and not path.exists() and is_avatar_dir(head):  # AVATAR_DIR:EXPRESSION
+        avatar = Avatar.load(head, run.model)
+        try:
+            z_exp = avatar.expression(named)
+        except KeyError as err:
+            raise ValueError(f"{spec!r}: {err.args[0]}") from None
+        src = _from_avatar(run, avatar, f"{Path(head).name}:{named}", "avatar")
+        src.z_exp = z_exp
+        return src
     if path.is_dir():
         if not is_avatar_dir(path):
             raise FileNotFoundError(f"{path}: a directory but not a fitted avatar (no avatar.json)")

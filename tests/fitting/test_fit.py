@@ -299,13 +299,23 @@ def test_fit_image_cli_with_pts_and_edit_cli(trained, tiny_head_dataset, tmp_pat
     out = tmp_path / "fit"
     fit = _run([ROOT / "scripts/fit_image.py", f"checkpoint={trained.path}", f"image={photo}",
                 f"out={out}", f"landmarks={pts}", "fit.phase1_steps=5", "fit.phase2_steps=2",
-                "frames=3", "views=2", "size=32"])  # fmt: skip
+                f"landmarks_gt={pts}", "frames=3", "views=2", "size=32"])  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
     for k in ("landmark_error_px", "psnr_input", "seconds"):
         assert isinstance(rep[k], float), k
     assert np.array(rep["detected_landmarks"]).shape == (68, 2)
     assert rep["landmark_source"] == "file"
+    # Issue 18: the fit's landmarks in input pixels, head-masked PSNR/SSIM, phase losses.
+    fitted = np.array(rep["fitted_landmarks"])
+    assert fitted.shape == (68, 2) and np.isfinite(fitted).all()
+    err = np.linalg.norm(fitted - np.array(rep["detected_landmarks"]), axis=-1).mean()
+    assert err == pytest.approx(rep["landmark_error_px"], abs=0.01)
+    assert isinstance(rep["psnr_input_masked"], float) and 0 < rep["ssim_input"] <= 1
+    assert rep["faces_found"] is None  # landmarks were given: nothing was detected
+    assert set(rep["phase_losses"]) == {"phase1", "phase2"}
+    assert {"rgb", "mask", "landmark", "smooth", "symmetry"} <= set(rep["phase_losses"]["phase2"])
+    assert rep["nme_detected"] == 0.0 and rep["nme_fitted"] > 0  # landmarks_gt = the input
     for name in ("overlay.png", "novel_views.png", "orbit.mp4", "avatar/avatar.json"):
         assert (out / name).is_file(), name
 
@@ -548,3 +558,99 @@ def test_photo_path_crop_camera_agrees_with_mediapipe_on_a_synthetic_head(tmp_pa
     uv = (x @ K_crop.T)[:, :2] / x[:, 2:]
     err = (uv - torch.from_numpy(prepared.landmarks).float()).norm(dim=-1)
     assert float(err.mean()) < 4.0, float(err.mean())  # px of the 128 px crop
+
+
+# ------------------------------------------------------------------ issue 18
+
+
+def test_fit_images_shares_the_identity_and_names_every_expression(
+    trained, tiny_head_dataset, tmp_path
+):
+    from gphm.fitting.fit import fit_images
+
+    ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
+    items = _frame_items(ds, subject=1, frame=2)
+    targets = [target_from_item(it) for it in items[:2]]
+    cfg = FitConfig(phase1_steps=20, phase2_steps=10)
+    result = fit_images(trained.model, targets, cfg, str(trained.path))
+    av = result.avatar
+    assert len(result.images) == 2 and sorted(av.expressions) == ["image_0", "image_1"]
+    assert torch.equal(av.expression("image_1"), result.images[1].z_exp)
+    assert torch.equal(av.z_exp, av.expression("image_0"))
+    with pytest.raises(KeyError, match=r"no expression 'image_7'; it has \['image_0'"):
+        av.expression("image_7")
+    # Each image got its own pose: the two cameras differ.
+    assert (result.images[0].head_R - result.images[1].head_R).abs().max() > 0.05
+    for im in result.images:
+        assert im.landmark_error_px < 2.0 and np.isfinite(im.psnr_masked)
+    loaded = Avatar.load(av.save(tmp_path / "av"), trained.model)
+    assert sorted(loaded.expressions) == ["image_0", "image_1"]
+    for name in ("color_offsets", "opacity_offsets", "point_offsets"):
+        assert torch.equal(getattr(loaded, name), getattr(av, name)), name
+    assert set(loaded.upsampler) == {"tail.weight", "tail.bias"}
+    # An avatar's name:expression spec is a source of the edit/render tools.
+    from gphm.fitting.sources import resolve_source
+
+    src = resolve_source(f"{tmp_path / 'av'}:image_1", trained)
+    assert torch.equal(src.z_exp, loaded.expression("image_1"))
+    with pytest.raises(ValueError, match="no expression 'nope'"):
+        resolve_source(f"{tmp_path / 'av'}:nope", trained)
+    # Two targets of different sizes are refused.
+    small = target_from_item(items[0])
+    small.image = small.image[:16, :16]
+    with pytest.raises(ValueError, match="target 1: .* same size as the first"):
+        fit_images(trained.model, [targets[0], small], cfg)
+
+
+def test_phase2_reproduces_the_input_view_better_and_the_avatar_applies_it(
+    trained, tiny_head_dataset
+):
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    target = target_from_item(ds[0])
+    result = fit_image(trained.model, target, FitConfig(phase1_steps=30, phase2_steps=40))
+    assert result.psnr_masked > result.phase1_psnr_masked + 0.3, (
+        result.psnr_masked, result.phase1_psnr_masked)  # fmt: skip
+    av = result.avatar
+    assert av.color_offsets.abs().max() > 0 and av.opacity_offsets.abs().max() > 0
+    net = av.personalised(trained.model)
+    assert net is not trained.model and torch.equal(net.color_offsets, av.color_offsets)
+    with torch.no_grad():
+        out = render_avatar(net, av.z_id[None], av.z_exp[None], av.head_R[None],
+                            av.head_T[None], torch.ones(1), torch.eye(4)[None], av.K[None], 32,
+                            av.point_offsets)  # fmt: skip
+    # Rendering the avatar through the personalised model reproduces the fit's render.
+    assert torch.allclose(out.rgb[0].clamp(0, 1), result.render, atol=1e-4)
+    # Without phase 2's new knobs (the pre-issue-18 phase 2) nothing per-Gaussian is kept.
+    old = fit_image(trained.model, target, FitConfig(phase1_steps=2, phase2_steps=2,
+                    color_lr=0, opacity_lr=0, upsampler_lr=0))  # fmt: skip
+    assert old.avatar.color_offsets is None and old.avatar.upsampler is None
+
+
+def test_avatar_written_before_the_new_fields_still_loads(trained, tiny_head_dataset, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, avatar = _avatar(trained, tiny_head_dataset, tmp_path)
+    weights = path / "avatar.safetensors"
+    old = {k: v for k, v in load_file(str(weights)).items()
+           if k.split(".")[0] not in ("color_offsets", "opacity_offsets", "upsampler")}  # fmt: skip
+    save_file(old, str(weights))
+    loaded = Avatar.load(path, trained.model)
+    assert loaded.color_offsets is None and loaded.upsampler is None and loaded.expressions == {}
+    net = loaded.personalised(trained.model)  # f_col only: a plain copy of the model
+    assert type(net).__name__ == "GaussianHead"
+
+
+def test_evaluate_fit_from_several_views_scores_the_held_out_view(trained, tiny_head_dataset):
+    cfg = FitConfig(phase1_steps=10, phase2_steps=0)
+    kwargs = dict(max_subjects=1, config=cfg, allow_seen=True, lpips=False, score="heldout")
+    one = evaluate_fit(trained, tiny_head_dataset, views=1, **kwargs)
+    two = evaluate_fit(trained, tiny_head_dataset, views=2, **kwargs)
+    for rep, k in ((one, 1), (two, 2)):
+        sub = rep["per_subject"][0]
+        assert rep["views"] == k and rep["score"] == "heldout"
+        assert len(sub["input_views"]) == k and "c2" not in sub["input_views"]
+        assert sub["novel_views"] == 1 and rep["n"] == 1  # c2, the heldout_view camera
+    with pytest.raises(ValueError, match="fit.views=3 asks for more"):
+        evaluate_fit(trained, tiny_head_dataset, views=3, **kwargs)
+    with pytest.raises(ValueError, match="fit.score must be one of"):
+        evaluate_fit(trained, tiny_head_dataset, score="all", max_subjects=1, allow_seen=True)
