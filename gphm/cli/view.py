@@ -1,7 +1,7 @@
 """``gphm-view`` (``scripts/view.py``): serve the web viewer of a trained run.
 
     python scripts/view.py checkpoint=RUN [port=8080] [host=127.0.0.1]
-        [avatars=[DIR,...]] [device=cpu|cuda] [threads=0] [verbose=false]
+        [avatars=[DIR,...]] [device=auto|cpu|cuda[:N]] [threads=0] [verbose=false]
 
 Open the printed URL (the page: :mod:`gphm.viewer`);
 ``GET /render.png?identity=…&expression=…&yaw=…&pitch=…&size=…`` returns one picture
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import MISSING
 
-from gphm.cli import UserError, run_cli
+from gphm.cli import UserError, check_device_option, cli_device, run_cli
 from gphm.viewer.scene import Scene
 from gphm.viewer.server import ViewerServer
 
@@ -39,8 +39,9 @@ class ViewConfig:
     (no authentication): give it explicitly if that is what you want."""
     avatars: list[str] = field(default_factory=list)
     """Folders searched for fitted avatars (directories holding avatar.json)."""
-    device: str = "cpu"
-    """cpu, cuda or cuda:N (renders with gsplat on CUDA, the torch rasterizer on CPU)."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N (renders with gsplat on CUDA, the
+    torch rasterizer on the CPU)."""
     threads: int = 0
     """torch CPU threads for rendering; 0 keeps torch's default."""
     verbose: bool = False
@@ -51,13 +52,13 @@ class ViewConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        check_device_option(self.device)
 
 
 def _scene(cfg: ViewConfig) -> Scene:
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={cfg.device}: no CUDA device here; use device=cpu")
+    device = cli_device(cfg.device)
     try:
-        return Scene.open(cfg.checkpoint, cfg.avatars, device=cfg.device)
+        return Scene.open(cfg.checkpoint, cfg.avatars, device=device)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
         raise UserError(str(err)) from None
 

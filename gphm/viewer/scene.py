@@ -156,8 +156,9 @@ class Scene:
 
     @classmethod
     def open(
-        cls, checkpoint: str | Path, avatar_dirs: Iterable[str | Path] = (), device: str = "cpu"
-    ) -> Scene:
+        cls, checkpoint: str | Path, avatar_dirs: Iterable[str | Path] = (),
+        device: str | torch.device = "cpu",
+    ) -> Scene:  # fmt: skip
         return cls(load_run(checkpoint, device=device), find_avatars(avatar_dirs))
 
     # ------------------------------------------------------------------ names
