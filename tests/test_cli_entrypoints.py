@@ -136,3 +136,26 @@ def test_device_option():
         assert parse_config(cls, [*extra, "device=cpu"]).device == "cpu"
         with pytest.raises(UserError, match="device must be one of"):
             parse_config(cls, [*extra, "device=tpu"])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_module_form(tmp_path):
+    """``accelerate launch -m gphm.cli.train`` runs the command in every process (a
+    locked run directory makes both end at once with the owner's name, before any data)."""
+    import json
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}
+    (run / ".lock").write_text(json.dumps(owner))
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29527", "-m", "gphm.cli.train",
+    ]  # fmt: skip
+    env = _env() | {"ACCELERATE_USE_CPU": "true"}
+    res = subprocess.run([*launch, f"data.path={tmp_path / 'data'}", f"run_dir={run}"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert res.returncode != 0
+    assert res.stderr.count(f"another training run is writing here (pid {os.getpid()}") == 2
