@@ -228,3 +228,22 @@ def test_view_cli_refuses_a_missing_checkpoint_and_a_busy_port(scene, tmp_path):
     with ViewerServer(scene, "127.0.0.1", 0) as busy:
         r = view(f"checkpoint={scene.run.path}", f"port={busy.port}")
     assert r.returncode == 2 and f"port={busy.port}: already in use" in r.stderr
+
+
+def test_concurrent_and_malformed_requests_leave_the_server_serving(server):
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["size=32", "identity=b&size=32&yaw=10", "identity=zz", "yaw=x", "size=32&zoom=2"]
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(lambda q: get(server.url + "render.png?" + q)[0], queries * 4))
+    assert statuses == [200, 200, 400, 400, 200] * 4
+    for junk in (b"\x00\xffGARBAGE\r\n\r\n", b"GET /render.png?" + b"a" * 70000 + b" HTTP/1.1\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(junk)
+            reply = s.recv(4096)  # an error answer (400 / 414), not a hang
+            assert b"400" in reply or b"414" in reply, reply[:200]
+    req = urllib.request.Request(server.url + "render.png?size=32", method="HEAD")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200 and r.read() == b""
+    assert get(server.url + "render.png?size=32")[0] == 200
