@@ -485,37 +485,60 @@ def _as_image(image: Any) -> np.ndarray | str:
     return np.ascontiguousarray(arr)
 
 
+def _as_landmarks(landmarks: Any) -> Any:
+    """None, a ``.pts`` path, or a float ``[68, 2]`` array."""
+    if landmarks is None or isinstance(landmarks, (str, Path)):
+        return landmarks
+    if isinstance(landmarks, Tensor):
+        landmarks = landmarks.detach().cpu().numpy()
+    return np.asarray(landmarks, dtype=np.float64)
+
+
 def fit(
     head: Head,
     image: Any,
     landmarks: Any = None,
     *,
     detector: str = "mediapipe",
+    face: int = 0,
     progress: bool = False,
     **fit_options: Any,
 ) -> Avatar:
-    """Fit a person from a photo: a path, a PIL image or an ``[H, W, 3]`` array (uint8,
-    or float in [0, 1]). ``landmarks``: 68 iBUG points ``[68, 2]`` in input pixels or a
-    ``.pts`` file (no detector runs), else ``detector`` finds them. ``fit_options`` are
-    :class:`gphm.fitting.fit.FitConfig` fields (``phase1_steps=``, ...). A list holds one
-    image: fitting several photos of one person at once is not available yet."""
-    from gphm.fitting.fit import FitConfig
-    from gphm.fitting.sources import fit_photo
+    """Fit a person from a photo, or from a list of photos of the same person (one
+    identity, an expression and a pose per photo; :func:`gphm.fitting.sources.fit_photos`).
 
-    if isinstance(image, (list, tuple)):
-        if len(image) != 1:
-            raise ValueError(
-                f"fit got {len(image)} images; fitting several photos at once is not "
-                "available yet: pass one image"
-            )
-        image = image[0]
+    A photo is a path, a PIL image or an ``[H, W, 3]`` array (uint8, or float in [0, 1]).
+    ``landmarks`` (a list of them for a list of photos; None entries are detected): 68
+    iBUG points ``[68, 2]`` in input pixels or a ``.pts`` file, else ``detector`` finds
+    them; ``face`` picks a face of a photo with several (0 = the largest). ``fit_options``
+    are :class:`gphm.fitting.fit.FitConfig` fields (``phase1_steps=``, ...). The avatar's
+    own expression and pose are the first photo's."""
+    from gphm.fitting.fit import FitConfig
+    from gphm.fitting.sources import fit_photos
+
     valid = {f.name for f in dataclasses.fields(FitConfig)}
     unknown = sorted(set(fit_options) - valid)
     if unknown:
         raise ValueError(f"unknown fit option(s) {unknown}; FitConfig fields: {sorted(valid)}")
     config = FitConfig(**fit_options)
-    if landmarks is not None and not isinstance(landmarks, (str, Path)):
-        landmarks = np.asarray(landmarks, dtype=np.float64)
-    prepared, result = fit_photo(head.run, _as_image(image), detector=detector,
-                                 landmarks=landmarks, config=config, progress=progress)  # fmt: skip
-    return Avatar(head, result.avatar, result, prepared)
+    several = isinstance(image, (list, tuple))
+    images = list(image) if several else [image]
+    if not images:
+        raise ValueError("fit got an empty list of images")
+    if landmarks is None:
+        marks = [None] * len(images)
+    elif several:
+        if not isinstance(landmarks, (list, tuple)) or len(landmarks) != len(images):
+            raise ValueError(
+                f"fit got {len(images)} images: landmarks must be a list of as many entries "
+                "(arrays, .pts files or None)"
+            )
+        marks = list(landmarks)
+    else:
+        marks = [landmarks]
+    prepared, result = fit_photos(
+        head.run, [_as_image(i) for i in images], detector=detector,
+        landmarks=[_as_landmarks(m) for m in marks], config=config, progress=progress,
+        face=face,
+    )  # fmt: skip
+    return Avatar(head, result.avatar, result, prepared if several else prepared[0])

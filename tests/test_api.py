@@ -203,8 +203,16 @@ def test_fit_a_rendered_image_and_round_trip_the_avatar(head, tmp_path):
         avatar.save(tmp_path / "av")
     with pytest.raises(ValueError, match="unknown fit option"):
         gphm.fit(head, image, landmarks=uv.numpy(), phase_steps=3)
-    with pytest.raises(ValueError, match="several photos at once is not available yet"):
+    with pytest.raises(ValueError, match="landmarks must be a list of as many entries"):
         gphm.fit(head, [image, image], landmarks=uv.numpy())
+    # Two photos of one person (two views): one identity, the first photo's expression.
+    vm2, K2 = head.camera(yaw=30.0, size=32)
+    uv2, _ = project_points(lmk, vm2, K2)
+    image2 = head.render("b", "open", yaw=30.0).numpy()
+    both = gphm.fit(head, [image, image2], landmarks=[uv.numpy(), uv2], phase1_steps=3,
+                    phase2_steps=1)  # fmt: skip
+    assert len(both.result.images) == 2 and len(both.prepared) == 2
+    assert both.render().shape == (32, 32, 3)
 
 
 def test_device_resolution():

@@ -82,7 +82,11 @@ def fit_photos(
         raise ValueError(f"{len(images)} images but {len(landmarks)} landmark files")
     prepared = [
         prepare_image(
-            image, detector=None if lmk else detector, landmarks=lmk, out_size=size, face=face
+            image,
+            detector=None if lmk is not None else detector,
+            landmarks=lmk,
+            out_size=size,
+            face=face,
         )  # fmt: skip
         for image, lmk in zip(images, landmarks)
     ]
