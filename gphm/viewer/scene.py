@@ -146,8 +146,10 @@ class Scene:
         self.labels = run.trained_labels()
         self.avatars: dict[str, Avatar] = {}
         for name, path in (avatars or {}).items():
-            if name in run.subjects:
-                raise ValueError(f"avatars: {path} is named {name!r} like a training subject")
+            if name in run.subjects or name in self.labels:
+                what = "training subject" if name in run.subjects else "trained expression"
+                raise ValueError(f"avatars: {path} is named {name!r} like a {what}; rename "
+                                 "its folder")  # fmt: skip
             self.avatars[name] = Avatar.load(path, self.model)
         self._personalised: dict[str, Any] = {}
         self._cache: OrderedDict[tuple, Any] = OrderedDict()

@@ -203,6 +203,9 @@ def test_fitted_avatars_are_found_listed_and_rendered(viewer_run, tmp_path):
                                     "expression": "you", "size": "32"}))  # fmt: skip
     assert me.shape == own.shape == mix.shape == (32, 32, 3)
     assert (me - own).abs().mean() > 1e-4
+    _avatar(run.model, tmp_path / "clash" / "open", 2)
+    with pytest.raises(ValueError, match=r"clash/open is named 'open' like a trained expr"):
+        Scene(run, find_avatars([tmp_path / "clash"]))
     with pytest.raises(FileNotFoundError, match="avatars: .*missing is not a directory"):
         find_avatars([tmp_path / "missing"])
 
