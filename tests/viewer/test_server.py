@@ -250,3 +250,14 @@ def test_concurrent_and_malformed_requests_leave_the_server_serving(server):
     with urllib.request.urlopen(req, timeout=30) as r:
         assert r.status == 200 and r.read() == b""
     assert get(server.url + "render.png?size=32")[0] == 200
+
+
+def test_a_stage_1_run_is_viewed_through_its_mesh_renderer(viewer_run):
+    import gphm
+
+    stage1 = viewer_run / "guidance_model"
+    scene = Scene(load_run(stage1))
+    assert type(scene.model).__name__ == "GuidanceModel"
+    req = scene.parse({"identity": "b", "expression": "open", "yaw": "20", "size": "32"})
+    ref = gphm.load(stage1, device="cpu").render("b", "open", yaw=20.0, size=32)
+    assert (scene.render(req) - ref).abs().max() < 1e-5
