@@ -97,7 +97,7 @@ def test_page_state_follows_the_url_and_reports_bad_names(server, tmp_path):
 
 
 # Appended to a copy of the page: once the first picture is shown, drag the camera 40 px
-# to the right and 20 px down in small steps, then release.
+# to the right and 20 px down in small steps, release, then press the left arrow twice.
 DRAG_SCRIPT = """
 <script>
 (function drag() {
@@ -113,6 +113,10 @@ DRAG_SCRIPT = """
     ev("pointermove", 200 + 4 * i, 200 + 2 * i);
     if (i < 10) return setTimeout(step, 30);
     ev("pointerup", 240, 220);
+    // then two arrow-key presses: 5° of yaw each, back towards the front
+    for (const k of ["ArrowLeft", "ArrowLeft"]) {
+      stage.dispatchEvent(new KeyboardEvent("keydown", { key: k, bubbles: true }));
+    }
   };
   step();
 })();
@@ -120,7 +124,7 @@ DRAG_SCRIPT = """
 """
 
 
-def test_dragging_orbits_at_half_size_then_renders_the_full_size(scene, tmp_path):
+def test_dragging_and_arrow_keys_orbit_at_half_size_then_full_size(scene, tmp_path):
     from gphm.viewer import ViewerServer
     from gphm.viewer.server import STATIC_DIR
 
@@ -141,8 +145,9 @@ def test_dragging_orbits_at_half_size_then_renders_the_full_size(scene, tmp_path
     with ViewerServer(Recording(), "127.0.0.1", 0, static_dir=static) as server:
         attrs = body_attributes(tmp_path, server.url + "drag.html?identity=a&size=64")
     assert attrs["data-state"] == "ready"
-    # 40 px right and 20 px down at half a degree per pixel: yaw -20, pitch 10
-    query = "identity=a&amp;expression=neutral&amp;yaw=-20&amp;pitch=10&amp;size=64"
+    # 40 px right and 20 px down at half a degree per pixel: yaw -20, pitch 10; two
+    # arrow-key presses: yaw -10
+    query = "identity=a&amp;expression=neutral&amp;yaw=-10&amp;pitch=10&amp;size=64"
     assert attrs["data-query"] == query
     assert sizes[0] == 64 and sizes[-1] == 64 and 32 in sizes[1:-1]
-    assert len(sizes) <= 12  # one first picture, at most one per move, one after release
+    assert len(sizes) <= 14  # the first picture, at most one per move, release and key

@@ -213,6 +213,27 @@ function setupCamera() {
     render();
   };
   stage.addEventListener("dblclick", reset);
+  // Keyboard, with the stage focused: arrows orbit 5°, +/- zoom, 0 resets.
+  stage.tabIndex = 0;
+  stage.addEventListener("keydown", (e) => {
+    const [lo, hi] = options.zoom_range;
+    const lim = options.pitch_limit;
+    const moves = {
+      ArrowLeft: () => { state.yaw = wrapYaw(state.yaw + 5); },
+      ArrowRight: () => { state.yaw = wrapYaw(state.yaw - 5); },
+      ArrowUp: () => { state.pitch = clamp(state.pitch - 5, -lim, lim); },
+      ArrowDown: () => { state.pitch = clamp(state.pitch + 5, -lim, lim); },
+      "+": () => { state.zoom = clamp(state.zoom * 1.1, lo, hi); },
+      "=": () => { state.zoom = clamp(state.zoom * 1.1, lo, hi); },
+      "-": () => { state.zoom = clamp(state.zoom / 1.1, lo, hi); },
+      0: () => Object.assign(state, { yaw: 0, pitch: 0, zoom: 1 }),
+    };
+    if (!(e.key in moves)) return;
+    e.preventDefault();
+    moves[e.key]();
+    toControls();
+    render();
+  });
   $("reset").addEventListener("click", reset);
 }
 
