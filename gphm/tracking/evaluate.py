@@ -243,6 +243,8 @@ def evaluate_reenact(
         "gauge_scale": round(gauge_drv, 4),
         "track": {
             "steps": cfg.steps,
+            "landmark_steps": cfg.landmark_steps,
+            "render_size": cfg.render_size,
             "smooth": cfg.smooth,
             "pose_smooth": cfg.pose_smooth,
             "fit_phase1_steps": cfg.fit.phase1_steps,

@@ -13,6 +13,11 @@ its expression code ``z_exp`` and head pose, **warm-started from the previous fr
 ``z = μ + σ·u``; the pose is an axis-angle and translation
 increment on the identity frame's pose, radians and canonical units).
 
+Per frame: ``landmark_steps`` cheap steps on the landmark, prior and temporal terms
+(no rendering), then ``steps`` steps of everything, rendered at ``render_size`` (the
+frame box-downsampled to it). On 2 CPU cores a render step of ``model=tiny`` costs
+~0.3-0.5 s at 64 px and ~3x that at 128 px, a landmark step ~1 ms.
+
 Frames without a detectable face (``TrackFrame.landmarks is None``) keep the previous
 frame's codes and pose and are flagged ``carried``; leading frames before the first face
 take the first tracked frame's. Tracking never fails on such a frame.
@@ -50,7 +55,7 @@ from gphm.fitting.fit import (
     fit_image,
     render_avatar,
 )
-from gphm.geometry.cameras import project_points
+from gphm.geometry.cameras import project_points, rescale_K
 from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.io.atomic import atomic_directory
@@ -75,9 +80,16 @@ FORMAT_VERSION = 1
 class TrackConfig:
     """Per-frame tracking hyper-parameters (``track.*`` on the command line)."""
 
-    steps: int = 8
-    """Optimisation steps per frame after the identity frame."""
-    lr: float = 0.1
+    landmark_steps: int = 30
+    """Cheap steps per frame on the landmark, prior and temporal terms only (no
+    rendering: 68 points through the deformation MLPs, ~1 ms each)."""
+    steps: int = 2
+    """Then photometric steps per frame (every term; each renders the head)."""
+    render_size: int = 64
+    """Size the photometric steps render at (the frame is box-downsampled to it; rounded
+    down to a multiple of the upsampling factor, at most the frame size; 0 = the frame
+    size). Rendering cost grows with the pixels: 64 px is ~3x cheaper than 128 px."""
+    lr: float = 0.05
     """Adam learning rate of z_exp in units of the trained codes' std per dimension (the
     code is optimised as ``mean + std·u``, so one rate suits any model's code scale)."""
     pose_lr: float = 5e-3
@@ -92,15 +104,16 @@ class TrackConfig:
     smooth: float = 0.05
     """Temporal term on z_exp: squared change from the previous frame in units of the
     trained codes' std, averaged over dimensions."""
-    pose_smooth: float = 10.0
+    pose_smooth: float = 1.0
     """Temporal term on the pose: squared change of the axis-angle (rad) and translation."""
     fit_pose: bool = True
     fit: FitConfig = field(default_factory=FitConfig)
     """Identity fit of the first frame with a face (fit.phase1_steps=...)."""
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"track.steps must be >= 0, got {self.steps}")
+        for name in ("steps", "landmark_steps", "render_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"track.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "pose_lr", "rgb", "dssim", "mask", "landmark", "code", "smooth",
                      "pose_smooth"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -318,6 +331,9 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
         p.requires_grad_(False)
     S = frames[0].image.shape[0]
     factor = net.upsampler.config.factor
+    size = min(S, cfg.render_size or S) // factor * factor
+    if size < factor:
+        raise ValueError(f"track.render_size={cfg.render_size} is below the upsampling factor")
     offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
     z_id = avatar.z_id[None].to(device)
     rows = TrainedRows.of_run(run)
@@ -342,6 +358,20 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
 
     def code() -> Tensor:  # [1, Dexp]
         return exp_mean + exp_std * u
+
+    def priors(u_prev: Tensor, rot_prev: Tensor, trans_prev: Tensor) -> Tensor:
+        """Code prior and temporal smoothness against the previous frame's state."""
+        return (
+            cfg.code * (u**2).mean()  # = code_prior(z_exp, mean, std)
+            + cfg.smooth * ((u - u_prev) ** 2).mean()
+            + cfg.pose_smooth * (((rot - rot_prev) ** 2).sum() + ((trans - trans_prev) ** 2).sum())
+        )
+
+    def landmark_term(world: Tensor, target: Tensor, valid: Tensor, K: Tensor) -> Tensor:
+        """Squared reprojection error of world landmarks [1, L, 3] in units of the frame."""
+        uv, _ = project_points(world, eye4, K[None])
+        d2 = (((uv[0] - target) / S) ** 2).sum(-1)
+        return cfg.landmark * (d2 * valid).sum() / valid.sum().clamp_min(1)
 
     T = len(frames)
     out_z = [None] * T
@@ -372,29 +402,30 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
             record(t, K)  # the identity fit's codes, or the previous frame's (carried)
             seconds[t] = time.perf_counter() - ts + (fit_seconds if t == first else 0.0)
             continue
-        image, mask = frame.image.to(device)[None], frame.mask.to(device)
-        mask_lr = box_downsample(mask, (S // factor, S // factor))[None]
+        image = box_downsample(frame.image.to(device), (size, size))[None]
+        mask_lr = box_downsample(frame.mask.to(device), (size // factor, size // factor))[None]
+        K_r = rescale_K(K, size / S)[None]
         lmk2d = frame.landmarks.to(device).float()
         valid = torch.isfinite(lmk2d).all(-1)
         lmk2d = torch.nan_to_num(lmk2d)
-        u_prev = u.detach().clone()
-        rot_prev, trans_prev = rot.detach().clone(), trans.detach().clone()
+        prev = (u.detach().clone(), rot.detach().clone(), trans.detach().clone())
         with torch.enable_grad():
+            for _ in range(cfg.landmark_steps):
+                R, Tr = pose()
+                lmk = apply_head_pose(model.canonical_landmarks(z_id, code()), R, Tr, scale)
+                total = landmark_term(lmk, lmk2d, valid, K) + priors(*prev)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
             for _ in range(cfg.steps):
                 R, Tr = pose()
-                z_exp = code()
-                out = render_avatar(net, z_id, z_exp, R, Tr, scale, eye4, K[None], S, offsets,
+                out = render_avatar(net, z_id, code(), R, Tr, scale, eye4, K_r, size, offsets,
                                     context)  # fmt: skip
-                uv, _ = project_points(out.landmarks, eye4, K[None])
-                d2 = (((uv[0] - lmk2d) / S) ** 2).sum(-1)
                 total = (
                     cfg.rgb * losses.l1(out.rgb, image)
                     + cfg.mask * losses.silhouette_iou(out.mask, mask_lr)
-                    + cfg.landmark * (d2 * valid).sum() / valid.sum().clamp_min(1)
-                    + cfg.code * (u**2).mean()  # = code_prior(z_exp, mean, std)
-                    + cfg.smooth * ((u - u_prev) ** 2).mean()
-                    + cfg.pose_smooth
-                    * (((rot - rot_prev) ** 2).sum() + ((trans - trans_prev) ** 2).sum())
+                    + landmark_term(out.landmarks, lmk2d, valid, K)
+                    + priors(*prev)
                 )
                 if cfg.dssim:
                     total = total + cfg.dssim * losses.dssim(out.rgb, image)
@@ -426,7 +457,12 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
         carried=carried,
         seconds=seconds,
         identity_frame=first,
-        info={"identity_fit_seconds": round(fit_seconds, 3), "steps_per_frame": cfg.steps},
+        info={
+            "identity_fit_seconds": round(fit_seconds, 3),
+            "steps_per_frame": cfg.steps,
+            "landmark_steps_per_frame": cfg.landmark_steps,
+            "render_size": size,
+        },
     )
 
 

@@ -95,8 +95,7 @@ def test_tracking_follows_the_head_and_carries_a_frame_without_a_face(run):
     frames, _, avatar = _own_renders(run)
     true_uv = [f.landmarks.clone() for f in frames]
     frames[3] = TrackFrame(frames[3].image, frames[3].mask, frames[3].K, None)  # no face
-    cfg = TrackConfig(steps=12)
-    tracking = track_frames(run, frames, cfg, avatar=avatar)
+    tracking = track_frames(run, frames, TrackConfig(), avatar=avatar)  # the defaults
     assert tracking.carried == [False, False, False, True, False, False]
     assert torch.equal(tracking.z_exp[3], tracking.z_exp[2])
     assert torch.equal(tracking.head_R[3], tracking.head_R[2])
@@ -107,7 +106,7 @@ def test_tracking_follows_the_head_and_carries_a_frame_without_a_face(run):
     # closer to the truth than holding the first frame's state.
     held = float((tracking.landmarks[0] - true_uv[-1]).norm(dim=-1).mean())
     tracked = float((tracking.landmarks[-1] - true_uv[-1]).norm(dim=-1).mean())
-    assert tracked < 0.5 * held, (tracked, held)
+    assert tracked < 0.3 * held, (tracked, held)
     net = tracking.avatar.personalised(run.model)
     last = render_tracking(net, tracking.avatar, tracking.z_exp[[0, -1]], tracking.head_R[[0, -1]],
                            tracking.head_T[[0, -1]], 1.0, torch.eye(4).expand(2, 4, 4),
