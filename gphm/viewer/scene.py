@@ -141,7 +141,9 @@ class Scene:
         self.run = run
         self.model = run.model
         self.factor = int(self.model.upsampler.config.factor)
-        self.size = int(run.extra.get("hr_size") or 64 * self.factor)
+        # the training (hr) resolution, as gphm.load's Head.size
+        self.size = int(run.extra.get("hr_size") or int(run.extra.get("lr_size") or 64)
+                        * self.factor)  # fmt: skip
         self.subjects = [run.subjects[s] for s in run.trained_subjects] or list(run.subjects)
         self.labels = run.trained_labels()
         self.avatars: dict[str, Avatar] = {}
