@@ -28,14 +28,15 @@ from omegaconf import MISSING
 
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
+from gphm.fitting.edit import blend_keyframes, drive_keyframes, render_source
 from gphm.fitting.fit import FitConfig
-from gphm.fitting.sources import Source, resolve_source
-from gphm.fitting.views import lerp_codes, orbit_rig, render_codes
+from gphm.fitting.sources import resolve_source
+from gphm.fitting.views import orbit_rig
 from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
 from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
-from gphm.models.runs import TrainedRun, load_run
+from gphm.models.runs import load_run
 
 
 @dataclass
@@ -67,36 +68,6 @@ class EditConfig:
         check_render_size(self.size)
 
 
-def _render(src: Source, z_exp: torch.Tensor, rig) -> torch.Tensor:  # [B, C, H, W, 3]
-    z_id = src.z_id[None].expand(z_exp.shape[0], -1)
-    return render_codes(src.model, z_id, z_exp, rig, point_offsets=src.point_offsets)
-
-
-def _drive_codes(
-    cfg: EditConfig, run: TrainedRun, target: Source
-) -> tuple[list[str], list[torch.Tensor], list[str]]:
-    """Keyframe labels, their expression codes and where each code comes from. Every
-    label is resolved by :meth:`TrainedRun.trained_frame` (the target subject's own
-    trained frame, else another subject's, said in the report); a label no subject was
-    trained with is an error, never a silent stand-in."""
-    name = (target.info or {}).get("subject")
-    subject = run.subject_index(name) if name is not None else None
-    labels = list(cfg.drive)
-    if not labels:
-        own = run.trained_labels(subject) if subject is not None else []
-        labels = (own or run.trained_labels())[:8]
-    model = run.model
-    codes, sources = [], []
-    for label in labels:
-        try:
-            r = run.trained_frame(subject, label)
-        except ValueError as err:
-            raise ValueError(f"drive: {err}") from None
-        codes.append(model.expression_codes.codes.weight[r.frame].detach())
-        sources.append(r.describe())
-    return labels + ["target"], codes + [target.z_exp], sources + [target.label]
-
-
 @torch.no_grad()
 def main(cfg: EditConfig) -> dict[str, Any]:
     out = Path(cfg.out)
@@ -104,7 +75,7 @@ def main(cfg: EditConfig) -> dict[str, Any]:
         run = load_run(cfg.checkpoint, device=cli_device(cfg.device))
         source = resolve_source(cfg.source, run, cfg.fit, cfg.detector)
         target = resolve_source(cfg.target, run, cfg.fit, cfg.detector)
-        labels, keys, drive_from = _drive_codes(cfg, run, target)
+        labels, keys, drive_from = drive_keyframes(run, target, cfg.drive)
     except NoFaceError as err:
         raise UserError(f"{err} — an image source/target needs one visible face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
@@ -116,24 +87,22 @@ def main(cfg: EditConfig) -> dict[str, Any]:
     model = run.model
     factor = model.upsampler.config.factor
     front = orbit_rig(1, cfg.size, factor)
-    src_img = _render(source, source.z_exp[None], front)[0, 0]
-    tgt_img = render_codes(target.model, target.z_id[None], target.z_exp[None], front,
-                           point_offsets=target.point_offsets)[0, 0]  # fmt: skip
-    result = _render(source, target.z_exp[None], front)[0, 0]
+    src_img = render_source(source, source.z_exp[None], front)[0, 0]
+    tgt_img = render_source(target, target.z_exp[None], front)[0, 0]
+    result = render_source(source, target.z_exp[None], front)[0, 0]
     save_png(out / "transfer.png", image_grid([src_img, tgt_img, result], ncols=3))
     four = orbit_rig(4, cfg.size, factor, azimuth_range=(-60, 60), endpoint=True)
-    save_png(out / "transfer_views.png",
-             image_grid(list(_render(source, target.z_exp[None], four)[0]), ncols=4))  # fmt: skip
+    views = render_source(source, target.z_exp[None], four)[0]
+    save_png(out / "transfer_views.png", image_grid(list(views), ncols=4))
 
     # Drive: source expression -> each keyframe in turn, codes blended linearly.
     stops = [source.z_exp] + keys
-    seq = torch.cat([lerp_codes(a, b, cfg.steps_between + 1)[:-1]
-                     for a, b in zip(stops[:-1], stops[1:])] + [stops[-1][None]])  # fmt: skip
+    seq = blend_keyframes(stops, cfg.steps_between)
     try:
         check_render_size(cfg.size, len(seq))
     except ValueError as err:
         raise UserError(f"{err}; fewer drive labels or steps_between help") from None
-    frames = _render(source, seq, front)[:, 0]
+    frames = render_source(source, seq, front)[:, 0]
     save_mp4(out / "drive.mp4", list(frames), fps=cfg.fps)
     report = {
         "source": {"spec": cfg.source, "kind": source.kind, "label": source.label},

@@ -39,7 +39,7 @@ def test_non_empty_out_is_refused_unless_overwrite(used_out, monkeypatch, capsys
         if module.__name__ == "gphm.cli.edit":  # resolves its sources first
             monkeypatch.setattr(module, "load_run", lambda path, **kw: None)
             monkeypatch.setattr(module, "resolve_source", lambda *a, **k: None)
-            monkeypatch.setattr(module, "_drive_codes", lambda *a, **k: ([], [], None))
+            monkeypatch.setattr(module, "drive_keyframes", lambda *a, **k: ([], [], None))
         with pytest.raises(UserError) as info:
             module.main(cfg)
         assert str(info.value) == (
