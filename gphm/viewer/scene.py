@@ -144,8 +144,11 @@ class Scene:
         # the training (hr) resolution, as gphm.load's Head.size
         self.size = int(run.extra.get("hr_size") or int(run.extra.get("lr_size") or 64)
                         * self.factor)  # fmt: skip
-        self.subjects = [run.subjects[s] for s in run.trained_subjects] or list(run.subjects)
+        # only trained subjects and labels: other codes were never optimised
+        self.subjects = [run.subjects[s] for s in run.trained_subjects]
         self.labels = run.trained_labels()
+        if not self.subjects or not self.labels:
+            raise ValueError(f"{run.path}: the run records no trained frames; nothing to view")
         self.avatars: dict[str, Avatar] = {}
         for name, path in (avatars or {}).items():
             if name in run.subjects or name in self.labels:
@@ -177,6 +180,7 @@ class Scene:
 
     def options(self) -> dict[str, Any]:
         """What the page offers (``GET /api/options``)."""
+        default = self.default_request()
         return {
             "subjects": self.subjects,
             "avatars": list(self.avatars),
@@ -187,10 +191,8 @@ class Scene:
             "zoom_range": list(ZOOM_RANGE),
             "pitch_limit": PITCH_LIMIT,
             "model": type(self.model).__name__,
-            "default": self.default_request().query() | {
-                "identity": self.default_request().identity,
-                "expression": self.default_request().expression},
-        }  # fmt: skip
+            "default": {"identity": default.identity, "expression": default.expression},
+        }
 
     def default_request(self) -> ViewRequest:
         """The first identity with ``neutral`` when trained (as ``gphm.load``'s heads)."""
