@@ -92,8 +92,9 @@ QUERY_KEYS = tuple(f.name for f in fields(ViewRequest))
 
 def find_avatars(roots: Iterable[str | Path]) -> dict[str, Path]:
     """Fitted avatar directories (holding ``avatar.json``) under ``roots`` (a root may be an
-    avatar itself), named by their folder; a clash gets the parent folder's name in front
-    (``photo_a/avatar``). ``FileNotFoundError`` for a missing root."""
+    avatar itself), named by their folder, or by the folder above for the ``OUT/avatar``
+    that ``gphm-fit`` writes; a clash gets the folder above in front (``photos/me``).
+    ``FileNotFoundError`` for a missing root."""
     found: list[Path] = []
     for root in roots:
         root = Path(root).expanduser()
@@ -113,7 +114,8 @@ def find_avatars(roots: Iterable[str | Path]) -> dict[str, Path]:
                 continue
     names: dict[str, Path] = {}
     for d in dict.fromkeys(p.resolve() for p in found):
-        name = d.name if d.name not in names else f"{d.parent.name}/{d.name}"
+        own = d.parent if d.name == "avatar" else d
+        name = own.name if own.name not in names else f"{own.parent.name}/{own.name}"
         if name in names:
             raise ValueError(f"avatars: two avatars are both named {name!r} ({names[name]}, {d})")
         names[name] = d

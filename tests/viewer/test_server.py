@@ -191,14 +191,16 @@ def test_fitted_avatars_are_found_listed_and_rendered(viewer_run, tmp_path):
     run = load_run(viewer_run)
     _avatar(run.model, tmp_path / "photos" / "me" / "avatar", 0)
     _avatar(run.model, tmp_path / "photos" / "you", 1)
+    _avatar(run.model, tmp_path / "more" / "you", 4)
     (tmp_path / "photos" / "notes").mkdir()
-    found = find_avatars([tmp_path / "photos"])
-    assert list(found) == ["avatar", "you"]
+    found = find_avatars([tmp_path / "photos", tmp_path / "more"])
+    # gphm-fit's OUT/avatar is named by OUT; a clash gets the folder above in front
+    assert list(found) == ["me", "you", "more/you"]
     scene = Scene(run, found)
-    assert scene.identities == ["a", "b", "avatar", "you"]
-    assert scene.expressions == ["neutral", "open", "avatar", "you"]
-    me = scene.render(scene.parse({"identity": "avatar", "expression": "open", "size": "32"}))
-    own = scene.render(scene.parse({"identity": "avatar", "expression": "avatar", "size": "32"}))
+    assert scene.identities == ["a", "b", "me", "you", "more/you"]
+    assert scene.expressions == ["neutral", "open", "me", "you", "more/you"]
+    me = scene.render(scene.parse({"identity": "me", "expression": "open", "size": "32"}))
+    own = scene.render(scene.parse({"identity": "me", "expression": "me", "size": "32"}))
     mix = scene.render(scene.parse({"identity": "a", "identity_b": "you", "identity_mix": "0.5",
                                     "expression": "you", "size": "32"}))  # fmt: skip
     assert me.shape == own.shape == mix.shape == (32, 32, 3)
