@@ -23,7 +23,9 @@ Every image metric comes unaligned and ``*_scale_aligned`` as in ``split=fit``
 input view, applied about the driving camera's centre). Also: ``seconds_per_frame``
 (tracking, after the identity frame), ``jitter`` (mean landmark acceleration of the
 tracked landmarks, px) next to ``jitter_truth`` (the same of the true landmarks: the
-sequence's own motion), ``landmark_error_px`` (tracked vs true, px).
+sequence's own motion), ``landmark_error_px`` (tracked vs true, px). With a ``save_dir``
+the driver's tracking is written to ``save_dir/tracking`` (a ``track_video.py`` output:
+``reenact.py driver=RUN/eval/reenact/tracking`` uses it) with ``side_by_side.png``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from gphm.geometry.cameras import world_to_camera
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun
 from gphm.tracking.inputs import frames_from_dataset, sequence_steps, subject_rows
+from gphm.tracking.outputs import write_tracking
 from gphm.tracking.track import TrackConfig, landmark_jitter, track_frames
 
 __all__ = ["evaluate_reenact", "camera_pose_to_world", "moved_pose"]
@@ -262,6 +265,12 @@ def evaluate_reenact(
             full, base = report[f"{kind}_psnr{a}"], report[f"{kind}_psnr_neutral{a}"]
             gain = None if full is None or base is None else round(full - base, 3)
             report[f"{kind}_gain_db{a}"] = gain
+    if save_dir is not None:  # the driver's tracking: reenact.py driver=SAVE_DIR/tracking
+        source = {"kind": "dataset", "data": str(data_path), "subject": names[s_drv],
+                  "camera": drive_cam, "landmarks": "ground truth projected"}  # fmt: skip
+        write_tracking(Path(save_dir) / "tracking", model, tracking, frames, source,
+                       overwrite=True)  # fmt: skip
+        report["tracking"] = "tracking/"
     if save_dir is not None and tiles:
         save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
         report["images"] = ["side_by_side.png"]

@@ -135,7 +135,10 @@ def frames_from_video(
             p = prepare_image(rgb, detector=detector, segmenter=segmenter, out_size=size)
         except NoFaceError:
             # Keep the frame for the overlay (resized, unaligned); no landmarks: carried.
-            img = torch.from_numpy(rgb.astype(np.float32) / 255.0)
+            H, W = rgb.shape[:2]
+            side = min(H, W)  # the centred square, so the overlay is not stretched
+            y0, x0 = (H - side) // 2, (W - side) // 2
+            img = torch.from_numpy(rgb[y0 : y0 + side, x0 : x0 + side].astype(np.float32) / 255)
             img = box_downsample(img, (size, size))
             info = {"file": name, "no_face": True}
             out.append(TrackFrame(img, torch.zeros(size, size, 1), K, None, info))

@@ -13,7 +13,13 @@ from gphm.io.video import save_mp4
 from gphm.models.runs import TrainedRun
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
 from gphm.tracking.outputs import driver_frames, even_frame, reenact, write_tracking
-from gphm.tracking.track import TrackConfig, Tracking, is_tracking_dir, track_frames
+from gphm.tracking.track import (
+    TRACKING_JSON,
+    TrackConfig,
+    Tracking,
+    is_tracking_dir,
+    track_frames,
+)
 
 __all__ = ["track_video", "reenact_to_dir", "load_frames"]
 
@@ -102,6 +108,11 @@ def reenact_to_dir(
     if is_tracking_dir(driver):
         tracking = Tracking.load(driver, run.model)
         driver_dir = Path(driver)
+    elif not Path(driver).exists():
+        raise FileNotFoundError(
+            f"driver={driver}: neither a track_video.py output directory ({TRACKING_JSON}) "
+            "nor a video file or frame folder"
+        )
     else:
         driver_dir = out / "driver"
         track_video(run, driver_dir, video=driver, config=config, detector=detector, fps=fps,

@@ -24,6 +24,7 @@ from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.runs import load_run
 from gphm.tracking.evaluate import camera_pose_to_world, evaluate_reenact, moved_pose
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
+from gphm.tracking.pipeline import reenact_to_dir
 from gphm.tracking.track import (
     TrackConfig,
     TrackFrame,
@@ -260,6 +261,12 @@ def test_evaluate_split_reenact_report(run, sequence, tmp_path):
         assert isinstance(report[key], float), key
     assert report["per_subject"][0]["subject"] == "seq_001"
     assert (tmp_path / "side_by_side.png").is_file()
+    # The driver's tracking is kept and drives reenact (the library call under reenact.py).
+    assert report["tracking"] == "tracking/"
+    driven = reenact_to_dir(run, str(tmp_path / "tracking"), "b", tmp_path / "re")
+    assert driven["num_frames"] == 4 and (tmp_path / "re/reenact.mp4").is_file()
+    with pytest.raises(FileNotFoundError, match="neither a track_video.py output directory"):
+        reenact_to_dir(run, str(tmp_path / "nope"), "b", tmp_path / "re2")
     # The CLI branch: RUN/eval/reenact.json and the summary line.
     spec = importlib.util.spec_from_file_location("_h10_evaluate", ROOT / "scripts/evaluate.py")
     evaluate = importlib.util.module_from_spec(spec)
