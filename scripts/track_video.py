@@ -1,99 +1,12 @@
 #!/usr/bin/env python
-"""Track a face video: per-frame expression code and head pose (issue 19).
+"""Shim: ``python scripts/track_video.py ARGS`` runs ``gphm-track ARGS`` (gphm/cli/track.py)."""
 
-    python scripts/track_video.py checkpoint=RUN video=PATH out=OUT [track.steps=8]
-    python scripts/track_video.py checkpoint=RUN data=SEQ subject=NAME [camera=cam_00] out=OUT
-
-``video``: an ``.mp4`` (or .mov/.avi/.mkv/.webm) or a folder of ``.png/.jpg`` frames; every
-frame is prepared like a photo (MediaPipe landmarks and segmentation, aligned to the
-training framing). ``data``/``subject``/``camera``: a dataset subject's frames from one
-camera (default: a sequence's driving camera ``cam_00``), with ground-truth landmarks and
-masks (no detector). The person is fitted once from the first frame with a face
-(``track.fit.*``), then every frame's expression code and head pose are tracked, warm-
-started from the previous frame with a temporal smoothness term (``track.steps`` steps,
-``track.smooth``, ``track.pose_smooth``). Frames without a detectable face are carried
-over from the previous frame and listed in ``carried_frames``.
-
-Writes ``OUT/tracking.safetensors`` + ``OUT/tracking.json`` (per-frame ``z_exp``, head
-pose, landmarks; the identity in ``OUT/avatar/``), ``OUT/frames/``, ``OUT/overlay.mp4``
-(input | tracked render | landmarks: input green, tracked red) and ``OUT/report.json``
-(``seconds_per_frame``, per-frame ``landmark_error_px``, ``jitter``: mean landmark
-acceleration in px). A non-empty ``OUT`` is refused unless ``overwrite=true``.
-"""
-
-from __future__ import annotations
-
-import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from gphm.cli import track as _command
 
-import torch
-from omegaconf import MISSING
-
-from gphm.cli import UserError, run_cli, write_report
-from gphm.data.preprocess.detectors import BackendUnavailableError
-from gphm.models.runs import load_run
-from gphm.tracking.pipeline import track_video
-from gphm.tracking.track import TrackConfig
-
-
-@dataclass
-class TrackVideoConfig:
-    checkpoint: str = MISSING
-    """Trained run directory (RUN/model is used)."""
-    out: str = MISSING
-    video: str | None = None
-    """An .mp4 file or a folder of frames."""
-    data: str | None = None
-    """A gphm dataset (e.g. make_synthetic.py mode=sequence) instead of a video."""
-    subject: str | None = None
-    """With data=: the subject (name or index) to track."""
-    camera: str | None = None
-    """With data=: the camera (default: the sequence's driving camera)."""
-    detector: str = "mediapipe"
-    """Landmark detector of video frames."""
-    max_frames: int = 0
-    """Track at most this many frames (0 = all)."""
-    fps: int = 24
-    track: TrackConfig = field(default_factory=TrackConfig)
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_frames < 0 or self.fps < 1:
-            raise ValueError("max_frames >= 0 and fps >= 1 are required")
-
-
-def main(cfg: TrackVideoConfig) -> dict[str, Any]:
-    try:
-        run = load_run(cfg.checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
-        report = track_video(
-            run, cfg.out, video=cfg.video, data=cfg.data, subject=cfg.subject,
-            camera=cfg.camera, config=cfg.track, detector=cfg.detector,
-            max_frames=cfg.max_frames, fps=cfg.fps, overwrite=cfg.overwrite,
-            progress=sys.stderr.isatty(),
-        )  # fmt: skip
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-            BackendUnavailableError) as err:  # fmt: skip
-        raise UserError(str(err)) from None
-    write_report(Path(cfg.out) / "report.json", report)
-    return report
-
-
-def summary(r: dict[str, Any]) -> str:
-    carried = r["carried_frames"]
-    return (
-        f"track_video: {r['num_frames']} frames -> {r['out']}; {r['seconds_per_frame']} s per "
-        f"frame (identity fit {r['identity_fit_seconds']} s), landmark error "
-        f"{r['landmark_error_px']} px, jitter {r['jitter']} px"
-        + (f"; {len(carried)} frame(s) without a face carried over" if carried else "")
-    )
-
+# The command's names, for code that loads this file as a module (older tests, notebooks).
+globals().update({k: v for k, v in vars(_command).items() if not k.startswith("__")})
 
 if __name__ == "__main__":
-    sys.exit(run_cli(TrackVideoConfig, main, summary=summary))
+    sys.exit(_command.cli())

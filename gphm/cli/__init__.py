@@ -4,10 +4,10 @@ One module per installed command, each with a ``cli()`` entry point (pyproject.t
 ``[project.scripts]``) and runnable as ``python -m gphm.cli.NAME`` or
 ``accelerate launch -m gphm.cli.train``: ``train`` (``gphm-train``), ``evaluate``,
 ``fit``, ``edit``, ``render``, ``synth``, ``preprocess``, ``import_capture``
-(``gphm-import``). ``scripts/*.py`` are shims over them, so ``python scripts/train.py``
-keeps working. Importing this package sets the offline variables (:mod:`gphm.cli._env`)
-before any command imports ``datasets``; :func:`cli_device` is every command's
-``device=auto|cpu|cuda`` choice.
+(``gphm-import``), ``track``, ``reenact``, ``export``, ``view``. ``scripts/*.py`` are
+shims over them, so ``python scripts/train.py`` keeps working. Importing this package
+sets the offline variables (:mod:`gphm.cli._env`) before any command imports
+``datasets``; :func:`cli_device` is every command's ``device=auto|cpu|cuda`` choice.
 
 Every CLI takes hydra overrides (``key=value``, ``group=option``) against a dataclass
 schema registered in hydra's ConfigStore, so a typo fails at start with the list of valid
