@@ -436,6 +436,8 @@ def evaluate_fit(
             "novel_views": len(others), "seconds": round(result.seconds, 2),
             "landmark_error_px": round(result.landmark_error_px, 3),
             "psnr_input": round(result.psnr, 3),
+            "psnr_input_masked": _mean([result.psnr_masked], 3),
+            "psnr_input_masked_phase1": _mean([result.phase1_psnr_masked], 3),
             **{k: _mean(view_scores[k], _digits(k)) for k in keys if k.startswith("psnr")},
             "gauge_scale": round(gauge, 4),
             **{k: round(v, 4) for k, v in pose.items()},
@@ -457,9 +459,10 @@ def evaluate_fit(
     if lpips is None:
         report["lpips_unavailable"] = lpips_reason
     for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
-              "landmark_error_px", "gauge_scale", "detector_error_px"):  # fmt: skip
+              "landmark_error_px", "gauge_scale", "detector_error_px", "psnr_input",
+              "psnr_input_masked", "psnr_input_masked_phase1"):  # fmt: skip
         if per_subject and k in per_subject[0]:
-            report[k] = round(float(np.mean([p[k] for p in per_subject])), 4)
+            report[k] = _mean([p[k] for p in per_subject if p[k] is not None], 4)
         elif k in ("rotation_error_deg", "translation_error"):
             report[k] = None  # no fit succeeded
     seconds = [p["seconds"] for p in per_subject]

@@ -654,3 +654,16 @@ def test_evaluate_fit_from_several_views_scores_the_held_out_view(trained, tiny_
         evaluate_fit(trained, tiny_head_dataset, views=3, **kwargs)
     with pytest.raises(ValueError, match="fit.score must be one of"):
         evaluate_fit(trained, tiny_head_dataset, score="all", max_subjects=1, allow_seen=True)
+
+
+def test_fit_photos_takes_arrays_and_landmark_arrays(trained, tiny_head_dataset):
+    from gphm.fitting.sources import fit_photos
+
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    item = ds[3]
+    photo = (item.image.numpy() * 255).round().astype(np.uint8)
+    uv = target_from_item(item).landmarks.double().numpy()  # [68, 2] array, not a file
+    cfg = FitConfig(phase1_steps=2, phase2_steps=1)
+    prepared, result = fit_photos(trained, [photo, photo], landmarks=[uv, uv], config=cfg)
+    assert len(prepared) == 2 and prepared[0].faces_found is None
+    assert sorted(result.avatar.expressions) == ["image_0", "image_1"]
