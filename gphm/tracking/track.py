@@ -92,7 +92,7 @@ class TrackConfig:
     lr: float = 0.05
     """Adam learning rate of z_exp in units of the trained codes' std per dimension (the
     code is optimised as ``mean + std·u``, so one rate suits any model's code scale)."""
-    pose_lr: float = 5e-3
+    pose_lr: float = 2e-3
     """Adam learning rate of the pose increments (radians / canonical units)."""
     rgb: float = 1.0
     dssim: float = 0.0
