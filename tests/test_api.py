@@ -252,3 +252,14 @@ def test_the_readme_example_runs_on_a_tiny_run(head, run_dir, tmp_path, monkeypa
     for name in ("front.png", "left.png", "morph.png", "head.ply", "avatar.png",
                  "my_avatar/avatar.json"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
+
+
+def test_a_stage_1_model_renders_and_has_no_gaussians(run_dir):
+    head = gphm.load(run_dir / "guidance_model")
+    assert type(head.model).__name__ == "GuidanceModel"
+    img = head.render("a", "open", yaw=45.0)
+    assert img.shape == (32, 32, 3) and float(img.min()) < 0.99  # the head is in view
+    batch = head.render_batch(["a", "b"], "open", [45.0, 0.0])
+    assert torch.allclose(batch[0], img, atol=1e-6)
+    with pytest.raises(ValueError, match=r"GuidanceModel \(stage 1\) has no Gaussians"):
+        head.gaussians("a")
