@@ -193,6 +193,8 @@ class Scene:
             "zoom_range": list(ZOOM_RANGE),
             "pitch_limit": PITCH_LIMIT,
             "model": type(self.model).__name__,
+            "gaussians": isinstance(self.model, GaussianHead),
+            "distance": DEFAULT_DISTANCE,
             "default": {"identity": default.identity, "expression": default.expression},
         }
 
@@ -316,6 +318,26 @@ class Scene:
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return att
+
+    @torch.inference_mode()
+    def preview_gaussians(self, req: ViewRequest) -> Tensor:  # [N, 14] float32, CPU
+        """The request's Gaussians for the page's client-side splat preview, one row each:
+        canonical = world mean (3), unit quaternion wxyz (4), linear scales (3), opacity
+        in [0, 1] (1) and RGB (3): the first three of the splatted feature channels, which
+        Ψ turns into the final image (so the preview's colours are approximate).
+        ``BadRequest`` for a stage-1 (mesh) run."""
+        if not isinstance(self.model, GaussianHead):
+            raise BadRequest(f"a {type(self.model).__name__} (stage 1) has no Gaussians")
+        att = self.conditioned(req)
+        quats = att.quats[0] / att.quats[0].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        rows = [
+            att.means[0],
+            quats,
+            att.log_scales[0].exp(),
+            torch.sigmoid(att.opacity_logits[0])[:, None],
+            att.colors[0, :, :3].clamp(0, 1),
+        ]
+        return torch.cat(rows, dim=-1).float().cpu().contiguous()  # fmt: skip
 
     # ------------------------------------------------------------------ rendering
     def camera(self, req: ViewRequest) -> tuple[Tensor, Tensor, int]:

@@ -8,6 +8,8 @@ Routes (GET only):
   (``/?identity=a&expression=smile&yaw=30&pitch=0``), so a link reproduces a view.
 * ``/viewer.js``, ``/viewer.css`` — the page's script and style (files of ``static/``).
 * ``/api/options`` — JSON: subjects, avatars, expression labels, sizes, the default view.
+* ``/gaussians.bin?identity=&expression=&…`` — the view's Gaussians for the page's
+  client-side splat preview (float32 rows, see ``Scene.preview_gaussians``).
 * ``/render.png?identity=&expression=&identity_b=&identity_mix=&expression_b=&expression_mix=
   &yaw=&pitch=&zoom=&size=`` — the full model output as a PNG. Unknown names or bad
   numbers: HTTP 400 with ``{"error": "..."}`` naming the field and the valid values.
@@ -81,6 +83,10 @@ class RenderGate:
                 while len(self._latest) > MAX_STREAMS:
                     self._latest.pop(next(iter(self._latest)))
             return self._count
+
+    def exclusive(self):
+        """The render lock itself, for other work that must not run beside a render."""
+        return self._render
 
     def _current(self, stream: str | None, ticket: int) -> bool:
         with self._meta:
@@ -156,12 +162,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, self.server.scene.options())
         elif url.path == "/render.png":
             self._render(url.query)
+        elif url.path == "/gaussians.bin":
+            self._gaussians(url.query)
         elif url.path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         else:
             self._error(404, f"no such page {url.path!r}; try / or /render.png")
 
-    def _render(self, raw_query: str) -> None:
+    def _query(self, raw_query: str):
+        """(request, stream) of a query string, or None after answering 400."""
         try:
             parsed = parse_qs(raw_query, keep_blank_values=True, strict_parsing=False,
                               max_num_fields=32)  # fmt: skip
@@ -175,9 +184,31 @@ class _Handler(BaseHTTPRequestHandler):
         if stream is not None and len(stream) > MAX_STREAM_ID:
             return self._error(400, f"stream: at most {MAX_STREAM_ID} characters")
         try:
-            req = self.server.scene.parse(query)
+            return self.server.scene.parse(query), stream
         except BadRequest as err:
             return self._error(400, str(err))
+
+    def _gaussians(self, raw_query: str) -> None:
+        """The view's Gaussians for the client-side preview: little-endian float32 rows
+        of 14 (``Scene.preview_gaussians``); the camera fields of the query are ignored."""
+        parsed = self._query(raw_query)
+        if parsed is None:
+            return
+        req, _ = parsed
+        try:
+            with self.server.gate.exclusive():  # the networks: not beside a render
+                rows = self.server.scene.preview_gaussians(req)
+        except ValueError as err:
+            return self._error(400, str(err))
+        body = rows.numpy().astype("<f4", copy=False).tobytes()
+        self._send(200, body, "application/octet-stream", X_Gaussians=str(rows.shape[0]),
+                   X_Gaussian_Floats=str(rows.shape[1]))  # fmt: skip
+
+    def _render(self, raw_query: str) -> None:
+        parsed = self._query(raw_query)
+        if parsed is None:
+            return
+        req, stream = parsed
         gate = self.server.gate
         ticket = gate.arrive(stream)
         t0 = time.perf_counter()

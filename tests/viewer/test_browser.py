@@ -106,6 +106,7 @@ DRAG_SCRIPT = """
   const ev = (type, x, y) => stage.dispatchEvent(new PointerEvent(type,
     { pointerId: 1, clientX: x, clientY: y, bubbles: true, isPrimary: true }));
   stage.setPointerCapture = () => {};  // synthetic pointers cannot be captured
+  document.getElementById("splat").checked = false;  // server pictures while dragging
   ev("pointerdown", 200, 200);
   let i = 0;
   const step = () => {
@@ -151,3 +152,47 @@ def test_dragging_and_arrow_keys_orbit_at_half_size_then_full_size(scene, tmp_pa
     assert attrs["data-query"] == query
     assert sizes[0] == 64 and sizes[-1] == 64 and 32 in sizes[1:-1]
     assert len(sizes) <= 14  # the first picture, at most one per move, release and key
+
+
+# Appended to a copy of the page: once the Gaussians are loaded, press and drag 60 px to
+# the right without releasing (the preview stays on screen).
+PREVIEW_SCRIPT = """
+<script>
+(function drag() {
+  if (document.body.dataset.preview !== "ready") return setTimeout(drag, 20);
+  const stage = document.getElementById("stage");
+  const ev = (type, x) => stage.dispatchEvent(new PointerEvent(type,
+    { pointerId: 1, clientX: x, clientY: 200, bubbles: true, isPrimary: true }));
+  stage.setPointerCapture = () => {};
+  ev("pointerdown", 200);
+  for (let x = 210; x <= 260; x += 10) ev("pointermove", x);
+})();
+</script>
+"""
+
+
+def test_splat_preview_draws_the_gaussians_while_dragging(server, tmp_path):
+    from gphm.viewer.server import STATIC_DIR
+
+    static = tmp_path / "static"
+    shutil.copytree(STATIC_DIR, static)
+    page = (static / "index.html").read_text()
+    (static / "preview.html").write_text(page.replace("</body>", PREVIEW_SCRIPT + "</body>"))
+    from gphm.viewer import ViewerServer
+
+    with ViewerServer(server.httpd.scene, "127.0.0.1", 0, static_dir=static) as s:
+        stage = screenshot_stage(tmp_path, s.url + "preview.html?identity=b&size=512")
+        # 60 px to the right at half a degree per pixel: the camera is at yaw -30
+        truth = png(get(s.url + "render.png?identity=b&yaw=-30&size=512")[1])
+        before = png(get(s.url + "render.png?identity=b&size=512")[1])
+
+    def head(img):  # silhouette: clearly not the white background
+        return img.min(-1) < 0.9
+
+    def iou(a, b):
+        return (a & b).sum() / max(1, (a | b).sum())
+
+    assert head(stage).mean() > 0.05  # the preview drew something
+    # ... where the model's own picture at the dragged camera is (colours differ: no Ψ)
+    assert iou(head(stage), head(truth)) > 0.6
+    assert not np.array_equal(stage, before)  # it is not the first (server) picture

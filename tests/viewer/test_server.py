@@ -263,3 +263,17 @@ def test_a_stage_1_run_is_viewed_through_its_mesh_renderer(viewer_run):
     req = scene.parse({"identity": "b", "expression": "open", "yaw": "20", "size": "32"})
     ref = gphm.load(stage1, device="cpu").render("b", "open", yaw=20.0, size=32)
     assert (scene.render(req) - ref).abs().max() < 1e-5
+
+
+def test_gaussians_bin_holds_the_views_conditioned_gaussians(server, scene):
+    status, body, headers = get(server.url + "gaussians.bin?identity=b&expression=open&yaw=40")
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    n = int(headers["X-Gaussians"])
+    rows = np.frombuffer(body, dtype="<f4").reshape(n, 14)
+    att = scene.conditioned(ViewRequest("b", "open"))
+    assert n == att.means.shape[1]
+    assert np.allclose(rows[:, :3], att.means[0].numpy(), atol=1e-6)
+    assert np.allclose(np.linalg.norm(rows[:, 3:7], axis=1), 1, atol=1e-5)
+    assert np.allclose(rows[:, 7:10], att.log_scales[0].exp().numpy(), rtol=1e-5)
+    assert ((rows[:, 10:] >= 0) & (rows[:, 10:] <= 1)).all()
+    assert get(server.url + "gaussians.bin?identity=zz")[0] == 400

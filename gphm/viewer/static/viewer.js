@@ -9,9 +9,11 @@
 // error), data-renders (pictures shown), data-first-picture-ms (time from navigation
 // start to the first picture) and data-query (the query of the picture shown).
 //
-// While the camera is dragged the page asks for half the output size (still the full
-// model output, splat + upsampler, at a quarter of the pixels) and for the full size
-// when the drag ends.
+// While the camera is dragged the page draws the Gaussians itself (splat.js, WebGL2;
+// "splat preview" on, the default where WebGL2 works) or, without the preview, asks for
+// half the output size (still the full model output, splat + upsampler, at a quarter of
+// the pixels); the full-size picture follows when the drag ends. data-preview on <body>:
+// off | loading | ready | unavailable; data-preview-draws counts preview frames.
 "use strict";
 
 const KEYS = ["identity", "identity_b", "identity_mix", "expression", "expression_b",
@@ -25,6 +27,12 @@ let pending = false;
 let shownUrl = null;
 let renders = 0;
 let dragging = false;
+let preview = null;  // SplatPreview, when WebGL2 works and the model has Gaussians
+let previewKey = null;  // codes query of the Gaussians loaded into it
+let previewWanted = null;  // codes query last asked for
+let previewDraws = 0;
+const CODE_KEYS = ["identity", "identity_b", "identity_mix", "expression", "expression_b",
+                   "expression_mix"];
 
 function option(select, value, text, group) {
   const o = document.createElement("option");
@@ -84,6 +92,48 @@ function query(preview) {
   return q.toString();
 }
 
+// The part of the query the Gaussians depend on (not the camera or the size).
+function codesQuery() {
+  const q = new URLSearchParams(query(false));
+  for (const k of [...q.keys()]) if (!CODE_KEYS.includes(k)) q.delete(k);
+  return q.toString();
+}
+
+function previewOn() {
+  return preview !== null && $("splat").checked;
+}
+
+async function loadGaussians() {
+  const key = codesQuery();
+  if (!previewOn() || key === previewKey || key === previewWanted) return;
+  previewWanted = key;
+  document.body.dataset.preview = "loading";
+  try {
+    const resp = await fetch("/gaussians.bin?" + key);
+    if (resp.status !== 200) throw new Error(`HTTP ${resp.status}`);
+    const rows = new Float32Array(await resp.arrayBuffer());
+    if (previewWanted !== key) return;  // the codes changed meanwhile: a newer load runs
+    preview.setGaussians(rows, Number(resp.headers.get("X-Gaussians")));
+    previewKey = key;
+    document.body.dataset.preview = "ready";
+  } catch (err) {
+    previewWanted = null;
+    document.body.dataset.preview = "off";
+    showStatus(`splat preview: ${err}`);
+  }
+}
+
+function drawPreview() {
+  if (!previewOn() || previewKey !== codesQuery()) return false;
+  const c = $("preview");
+  preview.draw(window.gphmSplat.orbitCamera(state.yaw, state.pitch, state.zoom, c.width,
+                                            options.distance));
+  c.hidden = false;
+  previewDraws += 1;
+  document.body.dataset.previewDraws = String(previewDraws);
+  return true;
+}
+
 function toControls() {
   for (const k of KEYS) {
     const el = $(k);
@@ -114,6 +164,7 @@ function showStatus(text) {
 }
 
 async function render() {
+  if (dragging && drawPreview()) return;  // the server's picture follows the drag
   if (inFlight) {
     pending = true;
     return;
@@ -143,6 +194,8 @@ async function render() {
       b.renders = String(renders);
       b.query = sent;
       b.state = "ready";
+      if (!dragging) $("preview").hidden = true;
+      loadGaussians();
       $("timing").textContent = `${Math.round(performance.now() - t0)} ms ` +
         `(render ${resp.headers.get("X-Render-Ms") || "?"} ms)`;
       showStatus("");
@@ -276,6 +329,22 @@ async function main() {
     if (el) el.addEventListener(el.type === "range" ? "input" : "change", changed);
   }
   setupCamera();
+  try {
+    if (options.gaussians && window.gphmSplat) {
+      preview = new window.gphmSplat.SplatPreview($("preview"));
+      $("splat").checked = true;
+    }
+  } catch (err) {
+    preview = null;
+  }
+  $("splat").disabled = preview === null;
+  if (preview === null) $("splat").parentElement.title = "unavailable (no WebGL2 or no Gaussians)";
+  document.body.dataset.preview = preview === null ? "unavailable" : "off";
+  $("splat").addEventListener("change", () => {
+    if (!previewOn()) document.body.dataset.preview = "off";
+    else if (previewKey === codesQuery()) document.body.dataset.preview = "ready";
+    else loadGaussians();
+  });
   render();
 }
 
