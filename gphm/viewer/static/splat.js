@@ -144,16 +144,32 @@ class SplatPreview {
     const { width, height } = this.canvas;
     const V = cam.viewmat;
     const n = this.count;
-    // Back to front by camera depth (premultiplied "over" onto the white background).
+    // Back to front by camera depth (premultiplied "over" onto the white background):
+    // a counting sort on depth quantised to 16 bits, O(n) per frame (as antimatter15's
+    // splat viewer), so 100k Gaussians still sort within a frame.
     const depth = new Float32Array(n);
+    let lo = Infinity;
+    let hi = -Infinity;
     for (let i = 0; i < n; i++) {
       const o = 16 * i;
-      depth[i] = V[2][0] * this.data[o] + V[2][1] * this.data[o + 1] + V[2][2] * this.data[o + 2];
+      const d = V[2][0] * this.data[o] + V[2][1] * this.data[o + 1] + V[2][2] * this.data[o + 2];
+      depth[i] = d;
+      lo = Math.min(lo, d);
+      hi = Math.max(hi, d);
     }
-    const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => depth[b] - depth[a]);
-    order.forEach((src, dst) => {
-      this.sorted.set(this.data.subarray(16 * src, 16 * src + 16), 16 * dst);
-    });
+    const BINS = 65536;
+    const scale = (BINS - 1) / Math.max(hi - lo, 1e-9);
+    const bin = new Uint32Array(n);
+    const counts = new Uint32Array(BINS);
+    for (let i = 0; i < n; i++) {
+      bin[i] = (BINS - 1) - Math.floor((depth[i] - lo) * scale);  // far first
+      counts[bin[i]] += 1;
+    }
+    for (let k = 1; k < BINS; k++) counts[k] += counts[k - 1];
+    for (let i = n - 1; i >= 0; i--) {
+      const dst = --counts[bin[i]];
+      this.sorted.set(this.data.subarray(16 * i, 16 * i + 16), 16 * dst);
+    }
     gl.viewport(0, 0, width, height);
     gl.clearColor(1, 1, 1, 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
