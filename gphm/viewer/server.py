@@ -6,7 +6,8 @@ Routes (GET only):
 
 * ``/`` — the page (``static/index.html``); its state lives in the query string
   (``/?identity=a&expression=smile&yaw=30&pitch=0``), so a link reproduces a view.
-* ``/viewer.js``, ``/viewer.css`` — the page's script and style (files of ``static/``).
+* ``/viewer.js``, ``/splat.js``, ``/viewer.css`` — the page's scripts (controls; the
+  WebGL2 splat preview) and style: any ``.html``/``.js``/``.css`` file of ``static/``.
 * ``/api/options`` — JSON: subjects, avatars, expression labels, sizes, the default view.
 * ``/gaussians.bin?identity=&expression=&…`` — the view's Gaussians for the page's
   client-side splat preview (float32 rows, see ``Scene.preview_gaussians``).
