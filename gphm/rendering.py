@@ -29,7 +29,8 @@ from gphm.geometry.cameras import orbit_cameras, rescale_K
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["ViewBatch", "orbit_view", "check_size", "lr_intrinsics", "render_views"]
+__all__ = ["ViewBatch", "orbit_view", "orbit_yaws", "check_size", "lr_intrinsics",
+           "render_views"]  # fmt: skip
 
 Model = GuidanceModel | GaussianHead
 
@@ -69,6 +70,16 @@ def orbit_view(
         1, float(distance), float(pitch), (float(yaw), float(yaw)), endpoint=True
     )
     return viewmat[0], rescale_K(rig.K_lr, factor)
+
+
+def orbit_yaws(num: int, sway: float | None = None) -> list[float]:
+    """``num`` yaws (degrees) of a video: a full turn from the front without repeating it
+    (``sway=None``: a turntable that loops), or ``-sway..+sway`` with both ends."""
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if sway is not None:
+        return torch.linspace(-sway, sway, num).tolist()
+    return torch.linspace(0.0, 360.0, num + 1)[:num].tolist()
 
 
 def lr_intrinsics(K: Tensor, factor: int) -> Tensor:  # [..., 3, 3] -> [..., 3, 3]

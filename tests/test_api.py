@@ -13,7 +13,7 @@ import gphm
 from gphm.fitting.views import orbit_rig, render_codes
 from gphm.geometry.cameras import camera_centers, project_points
 from gphm.render import rasterize_gaussians
-from gphm.rendering import orbit_view
+from gphm.rendering import orbit_view, orbit_yaws
 from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
 from tests.training.conftest import tiny_head_dataset  # noqa: F401
 from tests.training.test_train import ROOT, _cfg
@@ -263,3 +263,10 @@ def test_a_stage_1_model_renders_and_has_no_gaussians(run_dir):
     assert torch.allclose(batch[0], img, atol=1e-6)
     with pytest.raises(ValueError, match=r"GuidanceModel \(stage 1\) has no Gaussians"):
         head.gaussians("a")
+
+
+def test_orbit_yaws():
+    assert orbit_yaws(4) == [0.0, 90.0, 180.0, 270.0]  # a loop: 360 is not repeated
+    assert orbit_yaws(3, sway=30.0) == [-30.0, 0.0, 30.0]
+    with pytest.raises(ValueError, match="num must be >= 1"):
+        orbit_yaws(0)

@@ -48,6 +48,7 @@ from gphm.io.mesh import save_mesh
 from gphm.io.video import save_mp4
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.runs import TrainedRun, load_run
+from gphm.rendering import orbit_yaws
 
 MODES = ("turntable", "grid", "interpolate", "export")
 
@@ -100,10 +101,7 @@ class RenderConfig:
 
 
 def _yaws(cfg: RenderConfig, num: int, sway: bool = False) -> list[float]:
-    """``num`` orbit azimuths: a full circle (no repeat), or ±``cfg.sway`` inclusive."""
-    if sway:
-        return torch.linspace(-cfg.sway, cfg.sway, num).tolist()
-    return torch.linspace(0.0, 360.0, num + 1)[:num].tolist()
+    return orbit_yaws(num, cfg.sway if sway else None)
 
 
 def _views(cfg: RenderConfig, head: Head, z_id: Tensor, z_exp: Tensor, yaws: list[float]):
