@@ -75,8 +75,14 @@ def track_video(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Track a video (or a dataset subject's camera) and write ``out`` (see
-    :mod:`gphm.tracking.outputs`); returns the report."""
+    :mod:`gphm.tracking.outputs`); returns the report. ``overwrite`` replaces an earlier
+    tracking directory as a whole, never a folder of other files."""
     check_output_dir(out, overwrite)
+    if Path(out).is_dir() and any(Path(out).iterdir()) and not is_tracking_dir(out):
+        raise FileExistsError(
+            f"out={out} is a non-empty folder that is not a tracking ({TRACKING_JSON}); not "
+            "replacing it even with overwrite=true: choose another out"
+        )
     frames, source = load_frames(run, video, data, subject, camera, detector, max_frames)
     tracking = track_frames(run, frames, config, progress=progress)
     report = write_tracking(out, run.model, tracking, frames, source, fps=fps,

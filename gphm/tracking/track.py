@@ -172,8 +172,18 @@ class Tracking:
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | Path, overwrite: bool = False, extra: Any = None) -> Path:
         """Write ``tracking.safetensors``, ``tracking.json`` and ``avatar/`` atomically.
-        ``extra(tmp)``: a callback writing more files into the directory being built."""
+        ``extra(tmp)``: a callback writing more files into the directory being built. The
+        directory is replaced as a whole, so only an empty one or an earlier tracking
+        (``overwrite``) is, never a folder of other files (``FileExistsError``)."""
         d = Path(directory)
+        if d.is_dir() and any(d.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{d} is not empty; pass overwrite=true to replace it")
+            if not is_tracking_dir(d):  # never swap away a folder of someone's files
+                raise FileExistsError(
+                    f"{d} is a non-empty folder that is not a tracking ({TRACKING_JSON}); not "
+                    "replacing it even with overwrite=true: choose another out"
+                )
         tensors = {
             "z_exp": self.z_exp, "head_R": self.head_R, "head_T": self.head_T, "K": self.K,
             "landmarks": self.landmarks, "input_landmarks": self.input_landmarks,

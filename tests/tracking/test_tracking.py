@@ -24,7 +24,7 @@ from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.runs import load_run
 from gphm.tracking.evaluate import camera_pose_to_world, evaluate_reenact, moved_pose
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
-from gphm.tracking.pipeline import reenact_to_dir
+from gphm.tracking.pipeline import reenact_to_dir, track_video
 from gphm.tracking.track import (
     TrackConfig,
     TrackFrame,
@@ -267,6 +267,16 @@ def test_evaluate_split_reenact_report(run, sequence, tmp_path):
     assert driven["num_frames"] == 4 and (tmp_path / "re/reenact.mp4").is_file()
     with pytest.raises(FileNotFoundError, match="neither a track_video.py output directory"):
         reenact_to_dir(run, str(tmp_path / "nope"), "b", tmp_path / "re2")
+    # overwrite=true replaces an earlier tracking, never a folder of someone's files.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a tracking"):
+        track_video(run, tmp_path / "mine", data=str(sequence), subject="seq_000", config=FAST,
+                    overwrite=True)  # fmt: skip
+    assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
+    again = track_video(run, tmp_path / "tracking", data=str(sequence), subject="seq_001",
+                        config=FAST, overwrite=True)  # fmt: skip
+    assert again["source"]["subject"] == "seq_001"
     # The CLI branch: RUN/eval/reenact.json and the summary line.
     spec = importlib.util.spec_from_file_location("_h10_evaluate", ROOT / "scripts/evaluate.py")
     evaluate = importlib.util.module_from_spec(spec)
