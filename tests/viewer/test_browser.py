@@ -97,7 +97,8 @@ def test_page_state_follows_the_url_and_reports_bad_names(server, tmp_path):
 
 
 # Appended to a copy of the page: once the first picture is shown, drag the camera 40 px
-# to the right and 20 px down in small steps, release, then press the left arrow twice.
+# to the right and 20 px down in small steps, release, press the left arrow twice, then
+# choose identity b.
 DRAG_SCRIPT = """
 <script>
 (function drag() {
@@ -118,6 +119,10 @@ DRAG_SCRIPT = """
     for (const k of ["ArrowLeft", "ArrowLeft"]) {
       stage.dispatchEvent(new KeyboardEvent("keydown", { key: k, bubbles: true }));
     }
+    // and pick identity b in its list (the controls are read back into the view)
+    const pick = document.getElementById("identity");
+    pick.value = "b";
+    pick.dispatchEvent(new Event("change"));
   };
   step();
 })();
@@ -146,12 +151,13 @@ def test_dragging_and_arrow_keys_orbit_at_half_size_then_full_size(scene, tmp_pa
     with ViewerServer(Recording(), "127.0.0.1", 0, static_dir=static) as server:
         attrs = body_attributes(tmp_path, server.url + "drag.html?identity=a&size=64")
     assert attrs["data-state"] == "ready"
+    # (size 64 is not in the page's list of sizes: the URL's size joins it and stays)
     # 40 px right and 20 px down at half a degree per pixel: yaw -20, pitch 10; two
     # arrow-key presses: yaw -10
-    query = "identity=a&amp;expression=neutral&amp;yaw=-10&amp;pitch=10&amp;size=64"
+    query = "identity=b&amp;expression=neutral&amp;yaw=-10&amp;pitch=10&amp;size=64"
     assert attrs["data-query"] == query
     assert sizes[0] == 64 and sizes[-1] == 64 and 32 in sizes[1:-1]
-    assert len(sizes) <= 14  # the first picture, at most one per move, release and key
+    assert len(sizes) <= 15  # the first picture, one per move at most, release, keys, pick
 
 
 # Appended to a copy of the page: once the Gaussians are loaded, press and drag 60 px to

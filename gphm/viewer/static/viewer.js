@@ -323,6 +323,12 @@ async function main() {
       : Number(v);
     if (Number.isNaN(state[k])) state[k] = v;  // sent as typed; the server names the field
   }
+  // a size from the URL that the list lacks (any valid multiple of the factor) joins it
+  const sizeSelect = $("size");
+  const listed = [...sizeSelect.options].some((o) => Number(o.value) === state.size);
+  if (Number.isInteger(state.size) && !listed) {
+    option(sizeSelect, state.size, `${state.size}²`);
+  }
   toControls();
   for (const k of KEYS) {
     const el = $(k);
