@@ -328,25 +328,29 @@ class Head:
         background: Sequence[float] = WHITE,
         chunk: int = 8,
     ) -> Tensor:  # [B, S, S, 3] float in [0, 1], CPU
-        """:meth:`render` for B rows; a scalar ``expressions``/``yaws``/``pitches`` is
-        shared by every row. Rows with the run's own model render in chunks of ``chunk``."""
+        """:meth:`render` for B rows (``identities``: a list of specs, or codes ``[B, Did]``).
+        One ``expressions`` spec (a code ``[Dexp]``), yaw or pitch (a number or a 0-d
+        tensor), viewmat ``[4, 4]`` or K ``[3, 3]`` is shared by every row; a list, or a
+        tensor with a leading ``B``, gives one per row. Rows with the run's own model
+        render in chunks of ``chunk``."""
+        if isinstance(identities, Tensor) and identities.ndim == 2:
+            identities = list(identities)  # [B, Did] codes
         if isinstance(identities, (str, Tensor, Mapping, Avatar, AvatarData)):
             raise ValueError("identities must be a list (one spec per row); use render()")
         B = len(identities)
 
-        def rows(v, name):
-            if isinstance(v, (str, Tensor, Mapping, int, float)) or v is None:
+        def rows(v, name, item_ndim):
+            """One entry per row; a single spec (a tensor of ``item_ndim`` dims) is shared."""
+            shared = isinstance(v, (str, Mapping, int, float)) or v is None
+            if shared or (isinstance(v, Tensor) and v.ndim == item_ndim):
                 return [v] * B
             if len(v) != B:
                 raise ValueError(f"{name}: expected {B} entries (one per identity), got {len(v)}")
-            return list(v)
+            return [float(x) if isinstance(x, Tensor) and x.ndim == 0 else x for x in v]
 
-        exprs, yaw, pitch = (
-            rows(expressions, "expressions"),
-            rows(yaws, "yaws"),
-            rows(pitches, "pitches"),
-        )
-        vms, Kss = rows(viewmats, "viewmats"), rows(Ks, "Ks")
+        exprs = rows(expressions, "expressions", 1)
+        yaw, pitch = rows(yaws, "yaws", 0), rows(pitches, "pitches", 0)
+        vms, Kss = rows(viewmats, "viewmats", 2), rows(Ks, "Ks", 2)
         size = self.size if size is None else size
         lr = check_size(size, self.factor)
         bg = torch.as_tensor(background, dtype=torch.float32).flatten()

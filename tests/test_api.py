@@ -138,6 +138,11 @@ def test_render_batch_matches_single_renders(head):
     assert batch.shape == (3, 32, 32, 3)
     for i, (ident, yaw) in enumerate((("a", 0.0), ("b", 45.0), ({"a": 0.5, "b": 0.5}, -30.0))):
         assert torch.allclose(batch[i], head.render(ident, "open", yaw=yaw), atol=1e-6)
+    codes = torch.stack([head.identity_code("a"), head.identity_code("b")])  # [B, Did]
+    neutral_a = head.expression_code("neutral", "a")
+    by_tensors = head.render_batch(codes, neutral_a, torch.tensor([0.0, 45.0]))
+    assert torch.allclose(by_tensors[1], head.render("b", neutral_a, yaw=45.0), atol=1e-6)
+    assert torch.allclose(by_tensors[0], head.render("a", neutral_a), atol=1e-6)
     with pytest.raises(ValueError, match="yaws: expected 3 entries"):
         head.render_batch(["a", "b", "a"], "open", [0.0, 1.0])
 
