@@ -167,3 +167,15 @@ def test_accelerate_launch_module_form(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert res.returncode != 0
     assert res.stderr.count(f"another training run is writing here (pid {os.getpid()}") == 2
+
+
+def test_train_maps_the_device_option_onto_accelerate():
+    from gphm.cli.train import device_overrides
+
+    assert device_overrides(["a=1", "device=cpu"]) == ["a=1", "train.cpu=true"]
+    assert device_overrides(["device=auto", "b=2"]) == ["b=2"]
+    with pytest.raises(UserError, match="device must be one of auto|cpu|cuda for training"):
+        device_overrides(["device=tpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            device_overrides(["device=cuda"])

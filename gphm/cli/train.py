@@ -35,6 +35,10 @@ Presets: the defaults come from ``configs/train.yaml``; ``model=NAME`` picks
 put ``model/NAME.yaml`` in a folder and pass ``config_dir=DIR`` (or list folders in
 ``$GPHM_CONFIG_PATH``); its files add to and override the shipped ones. Every key of a
 YAML is checked against the schema (gphm/training/config.py) at start.
+
+Installed as ``gphm-train`` (``accelerate launch -m gphm.cli.train`` for several
+processes). ``device=cpu`` (= ``train.cpu=true``) forces the CPU, ``device=cuda`` insists
+on CUDA; by default accelerate places the model (CUDA when available).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from gphm.cli import UserError, run_cli, write_report
+from gphm.cli import UserError, cli_device, run_cli, write_report
 from gphm.training.config import TrainRunConfig
 from gphm.training.run_dir import RunDirError, RunLock, RunLocked, exit_on_sigterm, on_main
 from gphm.training.trainer import (
@@ -123,8 +127,34 @@ def _summary(r: dict) -> str:
     )
 
 
+def device_overrides(argv: list[str]) -> list[str]:
+    """The commands' shared ``device=auto|cpu|cuda`` option, for training: accelerate
+    places the model (one process per GPU under ``accelerate launch``), so ``device=cpu``
+    is ``train.cpu=true``, ``device=cuda`` checks that CUDA is there and ``auto`` (the
+    default) leaves accelerate's choice. Other arguments pass through."""
+    out = []
+    for arg in argv:
+        if not arg.startswith("device="):
+            out.append(arg)
+            continue
+        value = arg.split("=", 1)[1].strip().lower()
+        if value not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device must be one of auto|cpu|cuda for training, got {value!r}")
+        if value == "cpu":
+            out.append("train.cpu=true")
+        elif value == "cuda":
+            cli_device("cuda")  # UserError where there is no CUDA
+    return out
+
+
 def cli(argv: list[str] | None = None) -> int:
     """The ``train`` command: parse ``argv`` (default: the process's), run, summarise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = device_overrides(argv)
+    except UserError as err:
+        print(f"{Path(sys.argv[0]).name or 'gphm-train'}: error: {err}", file=sys.stderr)
+        return 2
     return run_cli(TrainRunConfig, main, argv, summary=_summary)
 
 
