@@ -238,6 +238,11 @@ def test_segmentation_mask_stops_below_the_chin():
     assert below_neck_cut(tilted, (100, 100), 0.25).all()  # x <= 100 everywhere
     sideways = below_neck_cut(tilted, (100, 100), 0.0)
     assert sideways[:, :90].all() and not sideways[:, 90:].any()  # columns past the chin
+    # neck_width: below the chin only a band as wide as the jaw at the mouth (4-12).
+    lmk[4], lmk[12] = [35.0, 50.0], [65.0, 50.0]  # 30 px wide
+    neck = below_neck_cut(lmk, (100, 100), 0.25, neck_width=1.0)
+    assert neck[65, 50] == 1 and neck[65, 64] == 1 and neck[65, 66] == 0  # beside the neck
+    assert neck[55, 5] == 1  # above the chin nothing changes
 
     class Everyone:  # a person segmentation covering the whole photo
         name = "everyone"

@@ -292,9 +292,17 @@ def _landmarks_of(landmarks: np.ndarray | str | Path, size: tuple[int, int]) -> 
     return pts
 
 
-def below_neck_cut(landmarks: np.ndarray, size: tuple[int, int], neck: float) -> np.ndarray:
+def below_neck_cut(
+    landmarks: np.ndarray,
+    size: tuple[int, int],
+    neck: float,
+    neck_width: float | None = None,
+) -> np.ndarray:
     """[H, W] float32: 1 where a pixel centre lies at most ``neck`` × (chin − brow) below
-    the chin (iBUG 68 landmark 8) along the brow → chin axis, else 0."""
+    the chin (iBUG 68 landmark 8) along the brow → chin axis, else 0. With ``neck_width``,
+    below the chin only a band about the face's vertical axis is kept, ``neck_width`` ×
+    the jaw's width at the mouth (landmarks 4–12) wide: the neck, not the shoulders or
+    a collar beside it, which the head model cannot render."""
     chin = landmarks[8]
     axis = chin - landmarks[17:27].mean(axis=0)  # brow midpoint -> chin
     length = float(np.linalg.norm(axis))
@@ -303,7 +311,12 @@ def below_neck_cut(landmarks: np.ndarray, size: tuple[int, int], neck: float) ->
     H, W = size
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float64) + 0.5
     t = ((xs - chin[0]) * axis[0] + (ys - chin[1]) * axis[1]) / (length * length)
-    return (t <= neck).astype(np.float32)
+    keep = t <= neck
+    if neck_width is not None:
+        lateral = np.abs((xs - chin[0]) * axis[1] - (ys - chin[1]) * axis[0]) / length  # px
+        half = 0.5 * neck_width * float(np.linalg.norm(landmarks[12] - landmarks[4]))
+        keep &= (t <= 0) | (lateral <= half)
+    return keep.astype(np.float32)
 
 
 def prepare_image(
@@ -317,6 +330,7 @@ def prepare_image(
     neck: float | None = 0.3,
     *,
     face: int = 0,
+    neck_width: float | None = 1.0,
 ) -> PreparedImage:
     """Align a photo to the training framing (module docstring) and mask it.
 
@@ -334,9 +348,11 @@ def prepare_image(
     height) below the chin, along the face's vertical axis, as the training heads' necks
     do (0.28 on the synthetic set, median over views); a person segmentation would
     otherwise include shoulders and clothes the head model cannot render. ``None`` keeps
-    the whole segmentation. ``face``: which detected face to prepare when the photo shows
-    several, by size (0 = the largest, 1 = the next, ...; ``faces_found`` says how many
-    there were); the face's landmarks also restrict the segmentation to its own person
+    the whole segmentation. ``neck_width``: below the chin only the neck is kept, a band
+    ``neck_width`` × the jaw's width (:func:`below_neck_cut`; None: the whole width).
+    ``face``: which detected face to prepare when the photo shows several, by size (0 =
+    the largest, 1 = the next, ...; ``faces_found`` says how many there were); the
+    face's landmarks also restrict the segmentation to its own person
     (:func:`~gphm.data.preprocess.masks.refine_mask`). Raises :class:`NoFaceError`
     (naming the file when given a path), :class:`BackendUnavailableError`,
     ``FileNotFoundError`` / ``ValueError`` naming the bad file or argument (a ``face``
@@ -409,7 +425,7 @@ def prepare_image(
     m = np.clip(m, 0.0, 1.0)
     lmk_out = _apply(M, lmk_in)
     if mask is None and neck is not None:
-        m = m * below_neck_cut(lmk_out, size, neck)
+        m = m * below_neck_cut(lmk_out, size, neck, neck_width)
     m = m[..., None]
     return PreparedImage(
         image=composite_on_white(rgb, m),
