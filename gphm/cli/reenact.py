@@ -25,7 +25,7 @@ from omegaconf import MISSING
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
 from gphm.models.runs import load_run
-from gphm.tracking.outputs import REENACT_POSES
+from gphm.tracking.outputs import REENACT_POSES, TRANSFERS
 from gphm.tracking.pipeline import reenact_to_dir
 from gphm.tracking.track import TrackConfig
 
@@ -43,6 +43,9 @@ class ReenactConfig:
     """driver: the driver's head motion | target: the target still, canonical pose."""
     size: int | None = None
     """Output height/width (default: the driver's frame size)."""
+    transfer: str = "absolute"
+    """absolute: the driver's expression codes | relative: the target's own code plus the
+    driver's change since its first frame (less of the driver's identity)."""
     detector: str = "mediapipe"
     fps: int = 24
     track: TrackConfig = field(default_factory=TrackConfig)
@@ -59,6 +62,10 @@ class ReenactConfig:
             raise ValueError(f"size must be in 16..2048, got {self.size}")
         if self.fps < 1:
             raise ValueError(f"fps must be >= 1, got {self.fps}")
+        if self.transfer not in TRANSFERS:
+            raise ValueError(
+                f"transfer must be one of {'|'.join(TRANSFERS)}, got {self.transfer!r}"
+            )
 
 
 def main(cfg: ReenactConfig) -> dict[str, Any]:
@@ -66,8 +73,8 @@ def main(cfg: ReenactConfig) -> dict[str, Any]:
         run = load_run(cfg.checkpoint, device=cli_device(cfg.device))
         report = reenact_to_dir(
             run, cfg.driver, cfg.target, cfg.out, pose=cfg.pose, size=cfg.size,
-            config=cfg.track, detector=cfg.detector, fps=cfg.fps, overwrite=cfg.overwrite,
-            progress=sys.stderr.isatty(),
+            transfer=cfg.transfer, config=cfg.track, detector=cfg.detector, fps=cfg.fps,
+            overwrite=cfg.overwrite, progress=sys.stderr.isatty(),
         )  # fmt: skip
     except NoFaceError as err:
         raise UserError(f"{err} — a photo target needs one visible face") from None

@@ -14,6 +14,9 @@ same sequence, so the true image of subject B making the driver's expression of 
    ground-truth head motion, vs its images of that step from *all* cameras. The fitted
    head is moved by the true motion relative to step 0 (``G_t ∘ G_0⁻¹``), so the fit's own
    pose estimate of step 0 is kept;
+   ``cross_*_relative``: the same with the driver's code *change* instead of its code,
+   ``z_B + (z_A(t) - z_A(0))`` (``z_B``: B's fitted step-0 code), which carries less of
+   the driver's identity in its expression codes;
 4. a **neutral baseline** of both (``*_neutral``): the same renders with the fitted
    first-step expression held throughout, so the gain from tracking is
    ``cross_gain_db = cross_psnr - cross_psnr_neutral``.
@@ -158,6 +161,9 @@ def evaluate_reenact(
     avatar = tracking.avatar
     scores = {f"{k}_{m}{v}{a}": [] for k in _KINDS for m in ("psnr", "ssim") for v in _VARIANTS
               for a in _ALIGN}  # fmt: skip
+    for m in ("psnr", "ssim"):  # cross only: for the driver itself relative = absolute
+        for a in _ALIGN:
+            scores[f"cross_{m}_relative{a}"] = []
     tiles: list[Tensor] = []
 
     def score(kind: str, variant: str, align: str, pred: Tensor, gt: Tensor) -> None:
@@ -189,6 +195,7 @@ def evaluate_reenact(
         targets = targets[:max_subjects]
     per_subject = []
     rows = TrainedRows.of_run(run)
+    z_drv0 = tracking.z_exp[tracking.identity_frame]  # the driver's own first-step code
     for b in targets:
         start = item(b, 0, drive_cam)
         t0 = time.perf_counter()
@@ -205,7 +212,10 @@ def evaluate_reenact(
                 R, T, s = _scale_pose(av.head_R, av.head_T, float(av.head_scale), k)
                 world0 = camera_pose_to_world(R, T, s, start.viewmat)
                 poses = [moved_pose(world0, start, g) for g in gts]
-                for variant, z in (("", tracking.z_exp[t]), ("_neutral", av.z_exp)):
+                drive = tracking.z_exp[t]
+                variants = (("", drive), ("_relative", av.z_exp + drive - z_drv0),
+                            ("_neutral", av.z_exp))  # fmt: skip
+                for variant, z in variants:
                     pred = _render(net_b, av, z, poses, gts, S)
                     before = len(scores[f"cross_psnr{variant}{align}"])
                     score("cross", variant, align, pred, gt)
@@ -215,7 +225,7 @@ def evaluate_reenact(
                     if align == "" and len(tiles) < 64 and t in (num_steps // 2, num_steps - 1):
                         if variant == "":
                             tiles += [driver_items[t].image, gts[0].image, pred[0]]
-                        else:
+                        elif variant == "_neutral":
                             tiles.append(pred[0])
         per_subject.append({
             "subject": names[b], "fit_seconds": round(fit_seconds, 2),
@@ -265,6 +275,10 @@ def evaluate_reenact(
             full, base = report[f"{kind}_psnr{a}"], report[f"{kind}_psnr_neutral{a}"]
             gain = None if full is None or base is None else round(full - base, 3)
             report[f"{kind}_gain_db{a}"] = gain
+    for a in _ALIGN:
+        rel, base = report[f"cross_psnr_relative{a}"], report[f"cross_psnr_neutral{a}"]
+        report[f"cross_gain_db_relative{a}"] = None if rel is None or base is None else round(
+            rel - base, 3)  # fmt: skip
     if save_dir is not None:  # the driver's tracking: reenact.py driver=SAVE_DIR/tracking
         source = {"kind": "dataset", "data": str(data_path), "subject": names[s_drv],
                   "camera": drive_cam, "landmarks": "ground truth projected"}  # fmt: skip

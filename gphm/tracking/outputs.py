@@ -32,6 +32,7 @@ from gphm.io.video import save_mp4
 from gphm.tracking.track import TrackFrame, Tracking, landmark_jitter, render_tracking
 
 __all__ = [
+    "TRANSFERS",
     "write_tracking",
     "tracking_report",
     "reenact",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 REENACT_POSES = ("driver", "target")
+TRANSFERS = ("absolute", "relative")
 
 
 def even_frame(image: Tensor) -> Tensor:  # [H, W, 3] -> even H and W (H.264)
@@ -129,11 +131,19 @@ def reenact(
     driver: Tracking,
     pose: str = "driver",
     size: int | None = None,
+    transfer: str = "absolute",
 ) -> tuple[list[Tensor], float]:
     """Render ``target`` with ``driver``'s per-frame expression codes (module docstring).
-    Returns the frames ([size, size, 3] each) and the mean seconds per frame."""
+    ``transfer="relative"`` gives the target its own code plus the driver's change from
+    its identity frame, ``z_target + z_driver(t) - z_driver(t0)``, instead of the driver's
+    code itself. Returns the frames ([size, size, 3] each) and the mean seconds per frame."""
     if pose not in REENACT_POSES:
         raise ValueError(f"pose must be one of {'|'.join(REENACT_POSES)}, got {pose!r}")
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {'|'.join(TRANSFERS)}, got {transfer!r}")
+    codes = driver.z_exp
+    if transfer == "relative":
+        codes = target.z_exp[None] + codes - codes[driver.identity_frame]
     from gphm.data.preprocess.single_image import Framing
     from gphm.fitting.fit import render_avatar
 
@@ -161,7 +171,7 @@ def reenact(
     frames, t0 = [], time.perf_counter()
     with torch.no_grad():
         for t in range(T):
-            r = render_avatar(net, z_id, driver.z_exp[t : t + 1].to(device),
+            r = render_avatar(net, z_id, codes[t : t + 1].to(device),
                               R[t : t + 1].to(device), Tr[t : t + 1].to(device),
                               scale[t : t + 1].to(device), viewmats[t : t + 1].to(device),
                               K[t : t + 1].to(device), S, offsets, context)  # fmt: skip

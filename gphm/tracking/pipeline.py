@@ -99,6 +99,7 @@ def reenact_to_dir(
     out: str | Path,
     pose: str = "driver",
     size: int | None = None,
+    transfer: str = "absolute",
     config: TrackConfig | None = None,
     detector: str = "mediapipe",
     fps: int = 24,
@@ -125,7 +126,7 @@ def reenact_to_dir(
                     overwrite=True, progress=progress)  # fmt: skip
         tracking = Tracking.load(driver_dir, run.model)
     src = resolve_source(target, run, detector=detector)
-    frames, spf = reenact(src, tracking, pose=pose, size=size)
+    frames, spf = reenact(src, tracking, pose=pose, size=size, transfer=transfer)
     S = frames[0].shape[0]
     inputs = driver_frames(driver_dir, tracking.num_frames)
     sides = []
@@ -140,6 +141,7 @@ def reenact_to_dir(
         "driver": str(driver),
         "target": {"spec": target, "label": src.label, "kind": src.kind, **(src.info or {})},
         "pose": pose,
+        "transfer": transfer,
         "num_frames": len(frames),
         "size": S,
         "carried_frames": [t for t, c in enumerate(tracking.carried) if c],

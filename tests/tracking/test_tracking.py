@@ -18,12 +18,14 @@ from gphm.data.synthetic import MakeSyntheticConfig
 from gphm.data.synthetic.sequence import generate_sequence
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, render_avatar
+from gphm.fitting.sources import resolve_source
 from gphm.geometry import intrinsics, look_at
 from gphm.geometry.cameras import project_points
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.runs import load_run
 from gphm.tracking.evaluate import camera_pose_to_world, evaluate_reenact, moved_pose
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
+from gphm.tracking.outputs import reenact
 from gphm.tracking.pipeline import reenact_to_dir, track_video
 from gphm.tracking.track import (
     TrackConfig,
@@ -265,6 +267,20 @@ def test_evaluate_split_reenact_report(run, sequence, tmp_path):
     assert report["tracking"] == "tracking/"
     driven = reenact_to_dir(run, str(tmp_path / "tracking"), "b", tmp_path / "re")
     assert driven["num_frames"] == 4 and (tmp_path / "re/reenact.mp4").is_file()
+    rel = reenact_to_dir(run, str(tmp_path / "tracking"), "b", tmp_path / "rel",
+                         transfer="relative")  # fmt: skip
+    assert rel["transfer"] == "relative"
+    first = torch.from_numpy(np.array(Image.open(tmp_path / "rel/frames/00000.png")))
+    # Relative transfer at the driver's first frame is the target's own code.
+    tracking = Tracking.load(tmp_path / "tracking")
+    target = resolve_source("b", run)
+    own, _ = reenact(target, Tracking(tracking.avatar, target.z_exp[None].expand(4, -1),
+                                      tracking.head_R, tracking.head_T, tracking.K,
+                                      tracking.landmarks, tracking.input_landmarks,
+                                      tracking.carried, tracking.seconds, 0))  # fmt: skip
+    assert (first.float() / 255 - own[0]).abs().max() < 1.5 / 255
+    assert isinstance(report["cross_psnr_relative"], float)
+    assert isinstance(report["cross_gain_db_relative_scale_aligned"], float)
     with pytest.raises(FileNotFoundError, match="neither a track_video.py output directory"):
         reenact_to_dir(run, str(tmp_path / "nope"), "b", tmp_path / "re2")
     # overwrite=true replaces an earlier tracking, never a folder of someone's files.
