@@ -25,7 +25,9 @@
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
-``RUN/eval/<split>/side_by_side.png`` (prediction | ground truth).
+``RUN/eval/<split>/side_by_side.png`` (prediction | ground truth); ``split=fit
+fit.inputs=photo`` writes ``RUN/eval/fit_photo.json`` and ``RUN/eval/fit_photo/`` so both
+input modes' reports sit side by side.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     try:
         run = load_run(cfg.run_dir, device=device)
         out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "eval"
+        # One report per split; split=fit's two input modes are two reports.
+        name = "fit_photo" if cfg.split == "fit" and cfg.fit.inputs == "photo" else cfg.split
         if cfg.split == "reenact":
             result = evaluate_reenact(
                 run, cfg.data.path, cfg.driver, cfg.track, save_dir=out / "reenact",
@@ -125,7 +129,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         elif cfg.split == "fit":
             result = evaluate_fit(
                 run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
-                max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / "fit",
+                max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / name,
                 progress=sys.stderr.isatty(), inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
                 detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
             )  # fmt: skip
@@ -145,7 +149,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             result["lpips_unavailable"] = reason
     result["run_dir"] = str(cfg.run_dir)
     result["data"] = str(cfg.data.path)
-    write_report(out / f"{cfg.split}.json", result)
+    write_report(out / f"{name}.json", result)
     return result
 
 
