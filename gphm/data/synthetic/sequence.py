@@ -9,8 +9,9 @@ of step ``t``.
 
 * **Expression** (:func:`plan_sequence`): keyframes at evenly spaced steps (about one
   every ``STEPS_PER_KEYFRAME`` steps, the last at step F - 1), the first
-  one ``neutral``, the others drawn (seeded, never the same label twice in a row) from
-  the first ``num_expressions`` labels of :data:`~gphm.data.synthetic.params.EXPRESSIONS`;
+  one ``neutral``, the others walking seeded permutations (every label before any
+  repeat, never the same label twice in a row) of the non-neutral labels among the first
+  ``num_expressions`` of :data:`~gphm.data.synthetic.params.EXPRESSIONS`;
   between keyframes every :class:`ExpressionParams` field is blended with a smoothstep
   (C¹: no velocity jumps at keyframes). A row's ``expression`` label is the keyframe that
   dominates the blend at that step.
@@ -247,10 +248,16 @@ def plan_sequence(cfg: MakeSyntheticConfig) -> SequencePlan:
     rng = np.random.default_rng([cfg.seed, _STREAM_KEYFRAMES])
     num_keys = max(2, round((F - 1) / STEPS_PER_KEYFRAME) + 1)
     steps = sorted({round(float(x)) for x in np.linspace(0, F - 1, num_keys)})
+    # Walk seeded permutations of the non-neutral labels: every label comes up before any
+    # repeats, so even a short sequence shows as many different expressions as it can.
+    others = [n for n in labels if n != "neutral"] or labels
     names = ["neutral"]
-    for _ in steps[1:]:
-        choices = [n for n in labels if n != names[-1]] or labels
-        names.append(choices[int(rng.integers(len(choices)))])
+    while len(names) < len(steps):
+        order = [others[i] for i in rng.permutation(len(others))]
+        if len(order) > 1 and order[0] == names[-1]:
+            order[0], order[-1] = order[-1], order[0]  # never the same label twice in a row
+        names.extend(order)
+    names = names[: len(steps)]
     keyframes = list(zip(steps, names))
     expressions, dominant = [], []
     for t in range(F):
