@@ -20,10 +20,15 @@ from omegaconf import MISSING
 from gphm.io.atomic import atomic_write_text
 
 SPLITS = {
+    "val_view": "validation views",
+    "val_combo": "validation (identity, expression) pairs",
     "heldout_view": "held-out views",
     "heldout_combo": "held-out (identity, expression) pairs",
-    "fit": "single-image fit, unseen identities",
+    "fit": "single-image fit, unseen identities (true landmarks, mask and K)",
+    "fit_photo": "single-image fit, unseen identities (photo pipeline: detector, segmentation)",
 }
+"""Report files of ``RUN/eval`` in table order. Defaults and ablations are decided on the
+``val_*`` rows; the ``heldout_*`` rows are only reported."""
 _SUP = "¹²³⁴⁵⁶⁷⁸⁹"  # footnote marks
 
 
@@ -173,7 +178,10 @@ def _stage1(page: _Page, ev: dict[str, Any]) -> None:
         # Older reports call these "silhouette_iou" / "landmark_error_relative".
         iou = ev.get("silhouette_iou_lr", ev.get("silhouette_iou"))
         lmk = ev.get("landmark_error_training_frames_relative", ev.get("landmark_error_relative"))
-        page.add(f"Held-out views ({ev.get('n', '?')} images of cameras never used in training):")
+        page.add(
+            f"Validation views at the end of stage 1 ({ev.get('n', '?')} images of cameras "
+            "never used in training):"
+        )
         page.add(
             "| silhouette IoU (lr) | landmark error of the training frames (% of face size) "
             "| PSNR full (dB) | PSNR head (dB) | SSIM | SSIM head |",
@@ -195,13 +203,10 @@ def _stage1(page: _Page, ev: dict[str, Any]) -> None:
 def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]:
     evdir = page.run / "eval"
     results: dict[str, dict[str, Any]] = {}
-    sources: dict[str, Path] = {}
     for split in SPLITS:
         path = evdir / f"{split}.json"
-        if not path.is_file() and split == "heldout_view":
-            path = evdir / "gaussian_heldout_view.json"  # training's own end-of-stage eval
         if r := _json(path):
-            results[split], sources[split] = r, path
+            results[split] = r
     gaussian_previews = list((page.run / "previews").glob("gaussian_*.png"))
     if not results and not gaussian_previews:
         return results
@@ -230,26 +235,33 @@ def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]
         )
         for i, reason in enumerate(reasons):
             page.add(f"{_SUP[i % len(_SUP)]} LPIPS unavailable: {reason}")
-        if sources.get("heldout_view", evdir).name == "gaussian_heldout_view.json":
-            page.add("(held-out views: training's end-of-stage evaluation.)")
-        fit = results.get("fit")
-        if fit:
+        page.add(
+            "Validation rows (`val_*`) are what defaults and ablations are decided on; "
+            "held-out rows (`heldout_*`) are only reported."
+        )
+        for key in ("fit", "fit_photo"):
+            fit = results.get(key)
+            if not fit:
+                continue
             page.add(
-                f"Single-image fitting of {fit.get('subjects', '?')} unseen identities, each "
-                f"from one view and scored on {fit.get('n', '?')} images of its other views: "
-                f"fit time {_num(fit.get('fit_seconds_mean'), '.1f')} s on average (max "
+                f"{SPLITS[key].capitalize()}: {fit.get('subjects', '?')} identities, each "
+                f"fitted from one view and scored on {fit.get('n', '?')} images of its other "
+                f"views; fit time {_num(fit.get('fit_seconds_mean'), '.1f')} s on average (max "
                 f"{_num(fit.get('fit_seconds_max'), '.1f')} s), landmark error "
-                f"{_num(fit.get('landmark_error_px'))} px. Its table row is unaligned (the fit "
-                f"as it comes out); scaled about the input camera to the true head size, "
-                f"which one image cannot tell (gauge scale {_gauges(fit)}): "
-                f"{_num(fit.get('psnr_scale_aligned'))} dB."
+                f"{_num(fit.get('landmark_error_px'))} px, head-pose error "
+                f"{_num(fit.get('rotation_error_deg'))}° / "
+                f"{_num(fit.get('translation_error'), '.3f')} head units. The table row is "
+                f"unaligned (the fit as it comes out); scaled about the input camera to the "
+                f"true head size, which one image cannot tell (gauge scale {_gauges(fit)}): "
+                f"PSNR {_num(fit.get('psnr_scale_aligned'))} dB, SSIM "
+                f"{_num(fit.get('ssim_scale_aligned'), '.3f')}."
             )
     for split, label in SPLITS.items():
-        if split == "fit":
-            cols = results.get("fit", {}).get("columns")
+        if split in ("fit", "fit_photo"):
+            cols = results.get(split, {}).get("columns")
             if not isinstance(cols, list) or not cols:
                 cols = ["input", "fit", "novel view", "ground truth"]
-            caption = f"Single-image fit ({' | '.join(cols)}):"
+            caption = f"{label.capitalize()} ({' | '.join(cols)}):"
         else:
             caption = f"{label.capitalize()} (prediction | ground truth, two pairs a row):"
         page.image(caption, evdir / split / "side_by_side.png", f"{split} side by side")
@@ -356,10 +368,7 @@ def demo_report(cfg: DemoReportConfig) -> dict:
     _data(page)
     train = _json(run / "train_report.json")
     _training(page, train)
-    ev = _json(run / "eval" / "guidance_heldout_view.json")
-    if not ev:  # the same numbers as recorded by training
-        stages = _dict(train.get("stages")) or {train.get("stage", "guidance"): train}
-        ev = _dict(_dict(stages.get("guidance")).get("eval"))
+    ev = _json(run / "eval" / "guidance_val_view.json")  # training's end-of-stage validation
     _stage1(page, ev)
     results = _evaluation(page, train)
     astronaut = _astronaut(page)
@@ -371,7 +380,7 @@ def demo_report(cfg: DemoReportConfig) -> dict:
     atomic_write_text(out / "index.md", "\n".join(page.lines))
     return {
         "index": str(out / "index.md"),
-        "heldout_view": ev,
+        "stage1_val_view": ev,
         "evaluation": results,
         "astronaut": astronaut,
     }
