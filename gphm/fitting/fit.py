@@ -56,20 +56,22 @@ class FitConfig:
     """Adam learning rate of the codes in phase 1."""
     pose_lr: float = 2e-3
     """Adam learning rate of the pose increments (radians / canonical units)."""
-    phase2_steps: int = 60
+    phase2_steps: int = 120
     """Fine-tune what the prior lacks (below) with the codes and poses frozen."""
     phase2_lr: float = 1e-3
     """Adam learning rate of f_col in phase 2 (0: f_col is not fine-tuned)."""
     offset_lr: float = 1e-3
     """Adam learning rate of the per-Gaussian canonical position offsets (0: none)."""
-    color_lr: float = 1e-2
+    color_lr: float = 3e-2
     """Adam learning rate of the per-Gaussian colour-feature offsets, added to
     ``sigmoid(f_col)`` (0: none). Gaussian heads only."""
     opacity_lr: float = 2e-2
     """Adam learning rate of the per-Gaussian opacity-logit offsets (0: none): lets the
     silhouette grow where the prior's Gaussians are faint (hair, ears)."""
-    upsampler_lr: float = 1e-3
-    """Adam learning rate of Ψ's last convolution (0: Ψ is not fine-tuned)."""
+    upsampler_lr: float = 3e-3
+    """Adam learning rate of Ψ's fine-tuned layers (0: Ψ is not fine-tuned)."""
+    upsampler_layers: str = "tail"
+    """Which of Ψ's layers phase 2 fine-tunes: ``tail`` (its last convolution) | ``all``."""
     rgb: float = 1.0
     dssim: float = 0.2
     mask: float = 1.0
@@ -114,6 +116,8 @@ class FitConfig:
                 raise ValueError(f"fit.{name} must be a finite number >= 0, got {value}")
         if self.smooth_k < 1:
             raise ValueError(f"fit.smooth_k must be >= 1, got {self.smooth_k}")
+        if self.upsampler_layers not in ("tail", "all"):
+            raise ValueError(f"fit.upsampler_layers: tail|all, got {self.upsampler_layers!r}")
         if not 0 < self.prior_yaw < 180:
             raise ValueError(f"fit.prior_yaw must be in (0, 180) degrees, got {self.prior_yaw}")
 
@@ -491,7 +495,8 @@ def _fit(
         z_exp=z_exp[0].detach().cpu(), head_R=R[0].cpu(), head_T=T[0].cpu(), head_scale=1.0,
         K=K[0].cpu(), image_size=S, point_offsets=opt_cpu("points"),
         f_col=state(net.f_col) if "f_col" in tuned else None,
-        upsampler=state(net.upsampler, ("tail",)) if "upsampler" in tuned else None,
+        upsampler=state(net.upsampler, None if cfg.upsampler_layers == "all" else ("tail",))
+        if "upsampler" in tuned else None,
         color_offsets=opt_cpu("colors"), opacity_offsets=opt_cpu("opacity"),
         expressions={n: im.z_exp for n, im in zip(names, images)} if B > 1 else {},
     )  # fmt: skip
@@ -536,9 +541,10 @@ def _phase2_model(
         groups.append({"params": list(net.f_col.parameters()), "lr": cfg.phase2_lr})
         tuned.append("f_col")
     if cfg.upsampler_lr > 0:
-        for p in net.upsampler.tail.parameters():
+        psi = net.upsampler.tail if cfg.upsampler_layers == "tail" else net.upsampler
+        for p in psi.parameters():
             p.requires_grad_(True)
-        groups.append({"params": list(net.upsampler.tail.parameters()), "lr": cfg.upsampler_lr})
+        groups.append({"params": list(psi.parameters()), "lr": cfg.upsampler_lr})
         tuned.append("upsampler")
     reg["tuned"] = tuple(tuned)
     return net, groups
