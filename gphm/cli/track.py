@@ -1,6 +1,6 @@
 """Track a face video: per-frame expression code and head pose (issue 19).
 
-    python scripts/track_video.py checkpoint=RUN video=PATH out=OUT [track.steps=8]
+    python scripts/track_video.py checkpoint=RUN video=PATH out=OUT [track.steps=2]
     python scripts/track_video.py checkpoint=RUN data=SEQ subject=NAME [camera=cam_00] out=OUT
 
 ``video``: an ``.mp4`` (or .mov/.avi/.mkv/.webm) or a folder of ``.png/.jpg`` frames; every
@@ -9,7 +9,8 @@ training framing). ``data``/``subject``/``camera``: a dataset subject's frames f
 camera (default: a sequence's driving camera ``cam_00``), with ground-truth landmarks and
 masks (no detector). The person is fitted once from the first frame with a face
 (``track.fit.*``), then every frame's expression code and head pose are tracked, warm-
-started from the previous frame with a temporal smoothness term (``track.steps`` steps,
+started from the previous frame with a temporal smoothness term (``track.landmark_steps``
+cheap landmark steps, then ``track.steps`` rendered steps at ``track.render_size``,
 ``track.smooth``, ``track.pose_smooth``). Frames without a detectable face are carried
 over from the previous frame and listed in ``carried_frames``.
 
