@@ -361,6 +361,83 @@ def _renders(page: _Page) -> None:
         page.links(("Video", d / "interpolation.mp4"))
 
 
+def _reenactment(page: _Page) -> dict[str, Any]:
+    """``split=reenact`` (RUN/eval/reenact.json) and the demo's reenactment video."""
+    r = _json(page.run / "eval" / "reenact.json")
+    video = page.out / "reenact" / "reenact.mp4"
+    if not r and not video.is_file():
+        return r
+    page.add("## Video: tracking and reenactment")
+    page.image(
+        "Every subject of the sequence performs the same steps (rows: subjects; the driver "
+        "is the first):",
+        page.out / "sequence_contact_sheet.png",
+        "sequence contact sheet",
+    )
+    if r:
+        page.add(
+            f"`split=reenact`, driver {r.get('driver', '?')} tracked from its driving camera "
+            f"({_num(r.get('seconds_per_frame'))} s per frame, jitter "
+            f"{_num(r.get('jitter'), '.3f')} px against the sequence's own "
+            f"{_num(r.get('jitter_truth'), '.3f')} px). PSNR against ground truth "
+            "(unaligned | scale-aligned):",
+            "| | tracked codes | neutral baseline | gain |",
+            "|---|---|---|---|",
+            f"| self (driver, other cameras) | {_num(r.get('self_psnr'))} "
+            f"| {_num(r.get('self_psnr_neutral'))} | {_num(r.get('self_gain_db'))} |",
+            f"| cross (other subjects, all cameras) | {_num(r.get('cross_psnr'))} "
+            f"| {_num(r.get('cross_psnr_neutral'))} | {_num(r.get('cross_gain_db'))} |",
+            f"| cross, scale-aligned | {_num(r.get('cross_psnr_scale_aligned'))} "
+            f"| {_num(r.get('cross_psnr_neutral_scale_aligned'))} | |",
+            f"| cross, relative transfer | {_num(r.get('cross_psnr_relative'))} | | |",
+        )
+    page.image(
+        "Driver | target's truth | target driven | neutral baseline:",
+        page.run / "eval" / "reenact" / "side_by_side.png",
+        "reenactment side by side",
+    )
+    page.links(
+        ("Reenactment video (driver | target driven)", video),
+        ("tracking overlay", page.run / "eval" / "reenact" / "tracking" / "overlay.mp4"),
+    )
+    return r
+
+
+def _export(page: _Page) -> dict[str, Any]:
+    """The animatable export (OUT/export): PLYs, blendshapes and their fidelity."""
+    d = page.out / "export"
+    r = _json(d / "export_report.json")
+    if not r:
+        return r
+    page.add("## Animatable export")
+    page.stale(d / "export_report.json")
+    page.add(
+        f"{len(r.get('labels') or [])} expressions of one identity as standard 3DGS PLYs "
+        f"({r.get('num_gaussians', '?')} Gaussians, SH degree {r.get('sh_degree', '?')}) "
+        f"and a {r.get('num_components', '?')}-component blendshape basis (rank "
+        f"{r.get('rank', '?')})."
+    )
+    fid = _dict(r.get("fidelity"))
+    curve = fid.get("curve")
+    if isinstance(curve, list) and curve:
+        rows = [
+            f"| {c.get('components')} | {_num(c.get('psnr_vs_label_splat_min'))} "
+            f"| {_num(c.get('psnr_vs_model_mean'))} | {_num(c.get('max_drop_db'))} |"
+            for c in curve
+            if isinstance(c, dict)
+        ]
+        page.add(
+            "| components | blend vs exact PLY splat, worst label (dB) | blend vs the model's "
+            "render, mean (dB) | worst drop vs the exact PLY's own (dB) |",
+            "|---|---|---|---|",
+            *rows,
+        )
+    page.image("Per expression: model render | its PLY splat | the blend:",
+               d / "fidelity.png", "export fidelity")  # fmt: skip
+    page.links(("neutral.ply", d / "neutral.ply"), ("blendshapes.json", d / "blendshapes.json"))
+    return r
+
+
 def demo_report(cfg: DemoReportConfig) -> dict:
     out, run = Path(cfg.out), Path(cfg.run)
     page = _Page(out, run)
@@ -371,9 +448,11 @@ def demo_report(cfg: DemoReportConfig) -> dict:
     ev = _json(run / "eval" / "guidance_val_view.json")  # training's end-of-stage validation
     _stage1(page, ev)
     results = _evaluation(page, train)
+    reenact = _reenactment(page)
     astronaut = _astronaut(page)
     _edits(page)
     _renders(page)
+    export = _export(page)
     if (out / "showcase" / "samples.md").is_file():
         page.add("## Renderers and DMTet")
         page.add("See [showcase/samples.md](showcase/samples.md).")
@@ -383,4 +462,6 @@ def demo_report(cfg: DemoReportConfig) -> dict:
         "stage1_val_view": ev,
         "evaluation": results,
         "astronaut": astronaut,
+        "reenact": reenact,
+        "export": export,
     }

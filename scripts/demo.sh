@@ -9,13 +9,18 @@
 #    single-image fitting into data/synthetic_unseen (both reused when present)
 # 3. a showcase of the renderers and DMTet
 # 4. training, model=tiny: stage 1 (guiding mesh model), then stage 2 (Gaussian head);
+#    each stage ends with its validation (RUN/eval/val_view.json, val_combo.json);
 #    re-running resumes from the latest checkpoint
-# 5. evaluation: held-out views, held-out (identity, expression) pairs, and fitting the
-#    unseen identities from one view, scored on their other views
-# 6. a real photo (scikit-image's astronaut) fitted: overlay, novel views, orbit video
-# 7. expression transfer onto the fitted astronaut and between two training subjects
-# 8. a turntable (+ gaussians.ply), an identity x expression grid, an identity morph
-# 9. outputs/demo/index.md (every picture and metric) and the per-step timings
+# 5. evaluation (reported, never tuned on): held-out views, held-out (identity,
+#    expression) pairs, and fitting the unseen identities from one view, scored on their
+#    other views, with the true landmarks/mask/K and through the photo pipeline
+# 6. video: a shared-expression sequence of 3 new people (data/synthetic_sequence),
+#    tracking, self/cross-reenactment against ground truth, a reenactment video
+# 7. a real photo (scikit-image's astronaut) fitted: overlay, novel views, orbit video
+# 8. expression transfer onto the fitted astronaut and between two training subjects
+# 9. a turntable (+ gaussians.ply), an identity x expression grid, an identity morph,
+#    the animatable export (PLY per expression + blendshapes) of synth_000
+# 10. outputs/demo/index.md (every picture and metric) and the per-step timings
 # The [demo] lines show the time since the start and how long the previous step took;
 # OUT/timings.tsv keeps them (index.md shows them too).
 #
@@ -23,6 +28,8 @@
 #   GPHM_DEMO_OUT              output directory (default outputs/demo)
 #   GPHM_DEMO_DATA             training dataset (default data/synthetic)
 #   GPHM_DEMO_UNSEEN           unseen identities for split=fit (default data/synthetic_unseen)
+#   GPHM_DEMO_SEQ              shared-expression sequence for split=reenact
+#                              (default data/synthetic_sequence)
 #   GPHM_DEMO_GUIDANCE_STEPS   stage-1 steps (default 300; GPHM_DEMO_STEPS is an alias)
 #   GPHM_DEMO_GAUSSIAN_STEPS   stage-2 steps (default 1300)
 #   GPHM_DEMO_TRAIN_ARGS       extra train.py overrides, word-split, e.g.
@@ -37,6 +44,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 OUT="${GPHM_DEMO_OUT:-outputs/demo}"
 DATA="${GPHM_DEMO_DATA:-data/synthetic}"
 UNSEEN="${GPHM_DEMO_UNSEEN:-data/synthetic_unseen}"
+SEQ="${GPHM_DEMO_SEQ:-data/synthetic_sequence}"
 G="${GPHM_DEMO_GUIDANCE_STEPS:-${GPHM_DEMO_STEPS:-300}}"
 S="${GPHM_DEMO_GAUSSIAN_STEPS:-1300}"
 TRAIN_EXTRA="${GPHM_DEMO_TRAIN_ARGS:-}"
@@ -94,6 +102,23 @@ step eval_heldout_combo "evaluating on held-out (identity, expression) pairs"
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=heldout_combo
 step eval_fit "fitting the unseen identities from one view, scored on the others"
 python scripts/evaluate.py run_dir="$RUN" data.path="$UNSEEN" split=fit
+step eval_fit_photo "the same fits through the photo pipeline (detector landmarks, segmentation, estimated K)"
+python scripts/evaluate.py run_dir="$RUN" data.path="$UNSEEN" split=fit fit.inputs=photo
+
+if [ -f "$SEQ/meta.json" ]; then
+    step sequence_data "using existing sequence $SEQ"
+else
+    step sequence_data "a shared 24-step sequence, 3 new subjects x 3 cameras, into $SEQ"
+    python scripts/make_synthetic.py mode=sequence out="$SEQ" num_identities=3 num_frames=24 \
+        num_views=3 resolution=128 seed=6
+fi
+cp -f "$SEQ/contact_sheet.png" "$OUT/sequence_contact_sheet.png"
+step eval_reenact "tracking seq_000 from cam_00; self/cross-reenactment vs ground truth"
+python scripts/evaluate.py run_dir="$RUN" data.path="$SEQ" split=reenact driver=seq_000 \
+    track.fit.phase1_steps=100 track.fit.phase2_steps=30
+step reenact "synth_000 driven by the tracked sequence"
+python scripts/reenact.py checkpoint="$RUN" driver="$RUN/eval/reenact/tracking" \
+    target=synth_000 out="$OUT/reenact" overwrite=true
 
 step fit_astronaut "fitting a photo (scikit-image's astronaut)"
 python -c 'import sys; from PIL import Image; from skimage import data
@@ -114,6 +139,9 @@ python scripts/render.py checkpoint="$RUN" out="$OUT/grid" mode=grid size=96 fra
     overwrite=true
 python scripts/render.py checkpoint="$RUN" out="$OUT/interpolation" mode=interpolate \
     subject=synth_000 subject_b=synth_005 size=128 frames=36 overwrite=true
+
+step export "animatable export of synth_000 (PLY per expression + blendshape basis)"
+python scripts/export.py checkpoint="$RUN" subject=synth_000 out="$OUT/export" overwrite=true
 
 step report "writing $OUT/index.md"
 python scripts/demo_report.py out="$OUT" run="$RUN" seconds="$(( $(date +%s) - start ))"
