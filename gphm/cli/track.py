@@ -9,10 +9,10 @@ training framing). ``data``/``subject``/``camera``: a dataset subject's frames f
 camera (default: a sequence's driving camera ``cam_00``), with ground-truth landmarks and
 masks (no detector). The person is fitted once from the first frame with a face
 (``track.fit.*``), then every frame's expression code and head pose are tracked, warm-
-started from the previous frame with a temporal smoothness term (``track.landmark_steps``
-cheap landmark steps, then ``track.steps`` rendered steps at ``track.render_size``,
-``track.smooth``, ``track.pose_smooth``). Frames without a detectable face are carried
-over from the previous frame and listed in ``carried_frames``.
+started from the previous frame (``track.landmark_steps`` cheap landmark steps, then
+``track.steps`` rendered steps at ``track.render_size``; temporal terms ``track.smooth`` on
+the code, off by default, and ``track.pose_smooth`` on the pose). Frames without a
+detectable face are carried over from the previous frame and listed in ``carried_frames``.
 
 Writes ``OUT/tracking.safetensors`` + ``OUT/tracking.json`` (per-frame ``z_exp``, head
 pose, landmarks; the identity in ``OUT/avatar/``), ``OUT/frames/``, ``OUT/overlay.mp4``

@@ -258,6 +258,8 @@ def evaluate_reenact(
             "steps": cfg.steps,
             "landmark_steps": cfg.landmark_steps,
             "render_size": cfg.render_size,
+            "lr": cfg.lr,
+            "code": cfg.code,
             "smooth": cfg.smooth,
             "pose_smooth": cfg.pose_smooth,
             "fit_phase1_steps": cfg.fit.phase1_steps,

@@ -15,8 +15,18 @@ increment on the identity frame's pose, radians and canonical units).
 
 Per frame: ``landmark_steps`` cheap steps on the landmark, prior and temporal terms
 (no rendering), then ``steps`` steps of everything, rendered at ``render_size`` (the
-frame box-downsampled to it). On 2 CPU cores a render step of ``model=tiny`` costs
-~0.3-0.5 s at 64 px and ~3x that at 128 px, a landmark step ~1 ms.
+frame box-downsampled to it). On 2 CPU cores (``model=tiny``, 8266 Gaussians, measured
+under contention) a render step (forward and backward) costs ~0.15 s at 64 px and
+~0.25 s at 128 px, a landmark step ~0.5-1 ms; the defaults track at ~0.3-0.6 s/frame.
+The identity path ``H = f_inj(Γ0, z_id)`` is not cached across frames: it is ~2 ms of
+a render step's forward (the rasteriser and Ψ dominate), so caching it would not pay.
+
+The defaults were chosen on a validation sequence (``make_synthetic.py mode=sequence
+seed=16``, ``model=tiny``): the landmark steps carry the expression (the photometric
+steps mostly refine the pose: more of them, or at 128 px, did not raise the
+cross-reenactment gain), and a weak code prior without temporal smoothing of ``z_exp``
+doubled the gain over the neutral baseline of the earlier ``code=1e-2, smooth=0.05,
+landmark_steps=30`` while the landmark jitter stayed at the sequence's own.
 
 Frames without a detectable face (``TrackFrame.landmarks is None``) keep the previous
 frame's codes and pose and are flagged ``carried``; leading frames before the first face
@@ -80,16 +90,19 @@ FORMAT_VERSION = 1
 class TrackConfig:
     """Per-frame tracking hyper-parameters (``track.*`` on the command line)."""
 
-    landmark_steps: int = 30
+    landmark_steps: int = 80
     """Cheap steps per frame on the landmark, prior and temporal terms only (no
-    rendering: 68 points through the deformation MLPs, ~1 ms each)."""
+    rendering: 68 points through the deformation MLPs, ~0.5-1 ms each). They carry the
+    expression: on the validation sequence 50-80 of them doubled the cross-reenactment
+    gain of 30."""
     steps: int = 2
     """Then photometric steps per frame (every term; each renders the head)."""
     render_size: int = 64
     """Size the photometric steps render at (the frame is box-downsampled to it; rounded
     down to a multiple of the upsampling factor, at most the frame size; 0 = the frame
-    size). Rendering cost grows with the pixels: 64 px is ~3x cheaper than 128 px."""
-    lr: float = 0.05
+    size). Rendering cost grows with the pixels; at ``model=tiny`` 64 px is ~1.7x
+    cheaper than 128 px, and 128 px (with 6 steps) did not track better."""
+    lr: float = 0.1
     """Adam learning rate of z_exp in units of the trained codes' std per dimension (the
     code is optimised as ``mean + std·u``, so one rate suits any model's code scale)."""
     pose_lr: float = 2e-3
@@ -99,11 +112,15 @@ class TrackConfig:
     """D-SSIM weight (0: skipped, it costs as much as the rest of a step on a CPU)."""
     mask: float = 1.0
     landmark: float = 100.0
-    code: float = 1e-2
-    """Prior of the trained expression codes (as in fitting)."""
-    smooth: float = 0.05
+    code: float = 1e-3
+    """Prior of the trained expression codes (as in fitting, ``mean(u²)``). Weak: the
+    earlier 1e-2 held the codes near the codebook mean and halved the expression
+    transferred."""
+    smooth: float = 0.0
     """Temporal term on z_exp: squared change from the previous frame in units of the
-    trained codes' std, averaged over dimensions."""
+    trained codes' std, averaged over dimensions. Off by default: the warm start
+    already keeps consecutive codes close (jitter at the sequence's own), and 0.05
+    lagged behind fast expression changes."""
     pose_smooth: float = 1.0
     """Temporal term on the pose: squared change of the axis-angle (rad) and translation."""
     fit_pose: bool = True

@@ -252,6 +252,9 @@ def test_evaluate_split_reenact_report(run, sequence, tmp_path):
     report = evaluate_reenact(run, sequence, "seq_000", FAST, save_dir=tmp_path)
     assert report["split"] == "reenact" and report["targets"] == ["seq_001"]
     assert report["n_self"] == 4 * 1 and report["n_cross"] == 4 * 2
+    # Every option that changes the tracked codes is recorded (the figures are reproducible).
+    for key in ("steps", "landmark_steps", "render_size", "lr", "code", "smooth", "pose_smooth"):
+        assert report["track"][key] == getattr(FAST, key), key
     for kind in ("self", "cross"):
         for variant in ("", "_neutral"):
             for align in ("", "_scale_aligned"):
