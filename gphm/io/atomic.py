@@ -110,7 +110,8 @@ def _marked(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (ours always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -146,7 +147,7 @@ def recover(path: str | Path) -> list[Path]:
     with os.scandir(parent) as it:
         for entry in it:
             m = _MARK.match(entry.name)
-            if m and m["name"] == path.name and not _alive(int(m["pid"])):
+            if m and m["name"] == path.name and not pid_alive(int(m["pid"])):
                 (olds if m["kind"] == "old" else tmps).append(Path(entry.path))
     acted = []
     if olds and not os.path.lexists(path):

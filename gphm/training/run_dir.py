@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import OmegaConf
 
-from gphm.io.atomic import atomic_write_text
+from gphm.io.atomic import atomic_write_text, pid_alive
 
 __all__ = [
     "RunDirError",
@@ -95,16 +95,6 @@ def _now() -> str:
 
 
 # ----------------------------------------------------------------------------- lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _process_start(pid: int) -> float | None:
     """Start time (Unix seconds) of process ``pid`` from /proc, None where unknown."""
     try:
@@ -148,7 +138,7 @@ class RunLock:
         if owner.get("host") != socket.gethostname():
             return None  # cannot look at another machine's processes
         pid = owner["pid"]
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return f"process {pid} is not running"
         start = _process_start(pid)
         created = owner.get("created")

@@ -36,6 +36,7 @@ from gphm.geometry import (
 from gphm.render.mesh import render_mesh
 
 __all__ = [
+    "rig_from_angles",
     "CameraRig",
     "HeadPose",
     "LightRig",
@@ -84,6 +85,13 @@ def camera_rig(num_views: int, resolution: int) -> CameraRig:
         azimuth = np.linspace(-MAX_AZIMUTH, MAX_AZIMUTH, num_views)
     golden = (np.arange(num_views) * 0.6180339887498949 + 0.6) % 1.0
     elevation = MAX_ELEVATION * (2.0 * golden - 1.0)
+    return rig_from_angles(azimuth, elevation, resolution)
+
+
+def rig_from_angles(azimuth: np.ndarray, elevation: np.ndarray, resolution: int) -> CameraRig:
+    """Cameras at ``azimuth`` / ``elevation`` [C] degrees on the rig's sphere about the head,
+    looking at it, with the framing's intrinsics at ``resolution``."""
+    num_views = len(azimuth)
     az, el = np.radians(azimuth), np.radians(elevation)
     target = np.asarray(LOOK_AT)
     eye = target + CAMERA_DISTANCE * np.stack(

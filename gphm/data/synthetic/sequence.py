@@ -68,16 +68,13 @@ from gphm.data.synthetic.params import (
     sample_identity,
 )
 from gphm.data.synthetic.render import (
-    CAMERA_DISTANCE,
-    FRAMING,
-    HEAD_EXTENT,
-    LOOK_AT,
     CameraRig,
     HeadPose,
     LightRig,
     render_views,
+    rig_from_angles,
 )
-from gphm.geometry import axis_angle_to_matrix, intrinsics, look_at
+from gphm.geometry import axis_angle_to_matrix
 from gphm.io.atomic import atomic_directory, atomic_write_text
 
 __all__ = [
@@ -201,19 +198,7 @@ def sequence_rig(num_views: int, resolution: int) -> CameraRig:
     side = [(-1.0) ** (j + 1) * MAX_SIDE_AZIMUTH * (j // 2 + 1) / pairs for j in range(n)]
     azimuth = np.asarray([0.0, *side])
     elevation = np.asarray([0.0, *[(-8.0, 6.0, 12.0)[j % 3] for j in range(n)]])
-    az, el = np.radians(azimuth), np.radians(elevation)
-    target = np.asarray(LOOK_AT)
-    eye = target + CAMERA_DISTANCE * np.stack(
-        [np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)], axis=-1
-    )
-    viewmats = look_at(
-        torch.from_numpy(eye), torch.from_numpy(np.broadcast_to(target, eye.shape).copy())
-    ).numpy()
-    focal = FRAMING * resolution * CAMERA_DISTANCE / HEAD_EXTENT
-    K = intrinsics(focal, focal, resolution / 2.0, resolution / 2.0, dtype=torch.float64)
-    Ks = np.broadcast_to(K.numpy(), (num_views, 3, 3)).copy()
-    names = [f"cam_{i:02d}" for i in range(num_views)]
-    return CameraRig(names, azimuth, elevation, viewmats, Ks, resolution)
+    return rig_from_angles(azimuth, elevation, resolution)
 
 
 def _motion(num_steps: int, rng: np.random.Generator) -> list[HeadPose]:
