@@ -232,15 +232,7 @@ def _fit_view(
     S = items[0].image.shape[0]
     prepared = [prepare_image(_to_uint8(it.image), detector=detector, segmenter=segmenter,
                               out_size=S) for it in items]  # fmt: skip
-    targets = [
-        FitTarget(
-            image=torch.from_numpy(p.image).float(),
-            mask=torch.from_numpy(p.mask).float(),
-            K=torch.from_numpy(p.K).float(),
-            landmarks=torch.from_numpy(p.landmarks).float(),
-        )
-        for p in prepared
-    ]
+    targets = [FitTarget.from_prepared(p) for p in prepared]
     result = fit_images(run.model, targets, config, str(run.path), rows=rows)
     R_crop, K_crop = crop_camera(torch.from_numpy(prepared[0].to_input).float(), items[0].K)
     av = result.avatar

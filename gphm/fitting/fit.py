@@ -135,6 +135,17 @@ class FitTarget:
     K: Tensor  # [3, 3] intrinsics in pixels of `image`
     landmarks: Tensor  # [L, 2] pixels of `image` (rows with NaN are ignored)
 
+    @classmethod
+    def from_prepared(cls, prepared: Any) -> FitTarget:
+        """The target of a :class:`gphm.data.preprocess.single_image.PreparedImage`
+        (numpy image, mask, K and landmarks of the aligned crop)."""
+        return cls(
+            image=torch.from_numpy(prepared.image).float(),
+            mask=torch.from_numpy(prepared.mask).float(),
+            K=torch.from_numpy(prepared.K).float(),
+            landmarks=torch.from_numpy(prepared.landmarks).float(),
+        )
+
 
 @dataclass(frozen=True)
 class TrainedRows:

@@ -90,15 +90,7 @@ def fit_photos(
         )  # fmt: skip
         for image, lmk in zip(images, landmarks)
     ]
-    targets = [
-        FitTarget(
-            image=torch.from_numpy(p.image).float(),
-            mask=torch.from_numpy(p.mask).float(),
-            K=torch.from_numpy(p.K).float(),
-            landmarks=torch.from_numpy(p.landmarks).float(),
-        )
-        for p in prepared
-    ]
+    targets = [FitTarget.from_prepared(p) for p in prepared]
     result = fit_images(run.model, targets, config, str(run.path), progress=progress,
                         rows=TrainedRows.of_run(run))  # fmt: skip
     return prepared, result
