@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from gphm.losses import dssim
 
 __all__ = [
+    "resolve_lpips",
     "VGG16Features",
     "load_vgg16_weights",
     "PerceptualLoss",
@@ -622,3 +623,20 @@ def lpips_metric(
     if metric is None:
         log.warning("LPIPS unavailable: %s", reason)
     return metric
+
+
+def resolve_lpips(
+    lpips: Any, size: tuple[int, int], device: torch.device | str | None = None
+) -> tuple[Any, str | None]:
+    """What an evaluation's ``lpips`` argument means: a metric (any callable
+    ``(pred, target) -> [B]``) is used as given; ``False`` disables LPIPS; ``True`` loads
+    AlexNet LPIPS (:func:`load_lpips`) unless the images (``size`` = H, W) are smaller
+    than AlexNet takes. Returns ``(metric, None)`` or ``(None, reason)``."""
+    if callable(lpips):
+        return lpips, None
+    if not lpips:
+        return None, "disabled by the caller (lpips=False)"
+    if min(size) < LPIPS_MIN_SIZE:
+        return None, f"images of {size[0]}x{size[1]} px are smaller than AlexNet's " \
+            f"{LPIPS_MIN_SIZE} px"  # fmt: skip
+    return load_lpips("alex", device=device)

@@ -66,7 +66,7 @@ from gphm.geometry.cameras import (
 from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun, seen_by
-from gphm.perceptual import LPIPS_MIN_SIZE, load_lpips
+from gphm.perceptual import resolve_lpips
 
 __all__ = [
     "FIT_INPUTS", "FIT_SCORES", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
@@ -285,17 +285,6 @@ def _frontality(item: HeadItem) -> float:
     return float(d @ forward / d.norm().clamp_min(1e-9))
 
 
-def _lpips_metric(lpips: Any, size: tuple[int, int], device: torch.device):
-    if callable(lpips):
-        return lpips, None
-    if not lpips:
-        return None, "disabled by the caller (lpips=False)"
-    if min(size) < LPIPS_MIN_SIZE:
-        return None, f"images of {size[0]}x{size[1]} px are smaller than AlexNet's " \
-            f"{LPIPS_MIN_SIZE} px"  # fmt: skip
-    return load_lpips("alex", device=device)
-
-
 def _mean(values: list[float], digits: int) -> float | None:
     mean, _ = metrics.finite_mean(values)
     return None if mean is None else round(mean, digits)
@@ -354,7 +343,7 @@ def evaluate_fit(
         subjects = subjects[:max_subjects]
     names = ds.meta["subjects"]
     device = next(model.parameters()).device
-    lpips, lpips_reason = _lpips_metric(lpips, tuple(ds.meta["image_size"]), device)
+    lpips, lpips_reason = resolve_lpips(lpips, tuple(ds.meta["image_size"]), device)
     keys = [k + suffix for k in _METRICS for suffix in ("", "_scale_aligned")]
     scores: dict[str, list[float]] = {k: [] for k in keys}
     per_subject: list[dict[str, Any]] = []

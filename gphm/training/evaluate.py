@@ -45,7 +45,7 @@ from gphm.geometry.mesh import euler_characteristic, is_watertight
 from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
-from gphm.perceptual import LPIPS_MIN_SIZE, LPIPSMetric, load_lpips
+from gphm.perceptual import LPIPSMetric, resolve_lpips
 
 __all__ = ["evaluate_model", "mesh_report", "transfer_frames", "SPLITS"]
 
@@ -110,19 +110,6 @@ def _render(model: GuidanceModel | GaussianHead, b: HeadBatch, z_id, z_exp, cont
     )
 
 
-def _lpips(
-    lpips: bool | LPIPSMetric, hr_size: tuple[int, int], device
-) -> tuple[LPIPSMetric | None, str | None]:
-    if isinstance(lpips, LPIPSMetric):
-        return lpips, None
-    if not lpips:
-        return None, "disabled by the caller (lpips=False)"
-    if min(hr_size) < LPIPS_MIN_SIZE:
-        return None, f"images of {hr_size[0]}x{hr_size[1]} px are smaller than AlexNet's " \
-            f"{LPIPS_MIN_SIZE} px"  # fmt: skip
-    return load_lpips("alex", device=device)
-
-
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -171,7 +158,7 @@ def evaluate_model(
                 f"codes were not trained (e.g. {untrained[:5]}); *_view rows must be "
                 "training frames"
             )
-    lpips_fn, lpips_reason = _lpips(lpips, ds.hr_size, device)
+    lpips_fn, lpips_reason = resolve_lpips(lpips, ds.hr_size, device)
     model = model.to(device).eval()
     keys = ("iou", "lmk", "lmk_rel", "psnr", "psnr_masked", "ssim", "ssim_masked", "lpips")
     acc: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
