@@ -120,13 +120,7 @@ class DatasetPlan:
             "generator": {
                 "name": "gphm.data.synthetic",
                 "params": cfg,
-                "mesh": {
-                    "frequency": template.frequency,
-                    "focus": template.focus,
-                    "num_vertices": template.num_vertices,
-                    "num_faces": int(template.faces.shape[0]),
-                    "landmark_vertices": template.landmark_indices.tolist(),
-                },
+                "mesh": template.describe(),
                 "cameras": {
                     "azimuth_deg": self.rig.azimuth.tolist(),
                     "elevation_deg": self.rig.elevation.tolist(),

@@ -69,6 +69,16 @@ class HeadTemplate:
     def num_vertices(self) -> int:
         return int(self.rest.shape[0])
 
+    def describe(self) -> dict:
+        """The template's record in a dataset's ``meta.json`` (``generator.mesh``)."""
+        return {
+            "frequency": self.frequency,
+            "focus": self.focus,
+            "num_vertices": self.num_vertices,
+            "num_faces": int(self.faces.shape[0]),
+            "landmark_vertices": self.landmark_indices.tolist(),
+        }
+
 
 @dataclass(frozen=True)
 class HeadMesh:

@@ -169,13 +169,7 @@ class SequencePlan:
             "generator": {
                 "name": "gphm.data.synthetic.sequence",
                 "params": cfg,
-                "mesh": {
-                    "frequency": template.frequency,
-                    "focus": template.focus,
-                    "num_vertices": template.num_vertices,
-                    "num_faces": int(template.faces.shape[0]),
-                    "landmark_vertices": template.landmark_indices.tolist(),
-                },
+                "mesh": template.describe(),
                 "cameras": {
                     "azimuth_deg": self.rig.azimuth.tolist(),
                     "elevation_deg": self.rig.elevation.tolist(),
