@@ -17,6 +17,7 @@ from gphm.data.preprocess.detectors import (
     JAW_LEVEL,
     JAW_PUSH,
     MEDIAPIPE_TO_IBUG68,
+    MOUTH_DROP,
     mediapipe_to_ibug68,
 )
 
@@ -88,7 +89,7 @@ def test_frontal_jaw_is_the_pushed_oval(frontal):
 @pytest.mark.parametrize("sign", [1, -1])
 def test_turned_head_far_side_jaw_is_on_the_silhouette(frontal, sign):
     mesh = yawed(frontal, 40 * sign)
-    lmk, linear = mediapipe_to_ibug68(mesh), mediapipe_to_ibug68(mesh, visible_contour=False)
+    lmk, linear = mediapipe_to_ibug68(mesh), mediapipe_to_ibug68(mesh, refine=False)
     far = [1, 2, 3, 4, 5] if sign > 0 else [15, 14, 13, 12, 11]  # image left / right
     near = [15, 14, 13, 12, 11] if sign > 0 else [1, 2, 3, 4, 5]
     r_new = np.linalg.norm(lmk[:17, :2], axis=1)
@@ -101,6 +102,18 @@ def test_turned_head_far_side_jaw_is_on_the_silhouette(frontal, sign):
     # the near side's oval is the outline (the hemisphere's rim): it stays there
     assert (r_new[near] < r_oval[near].max() + push + 0.01).all()
     assert (np.sign(lmk[far, 0]) == -sign).all()
+
+
+@pytest.mark.parametrize("turn", [0.0, np.pi])  # upright, upside down
+def test_mouth_is_lowered_toward_the_chin(frontal, turn):
+    c, s = np.cos(turn), np.sin(turn)
+    mesh = frontal[:, :2] @ np.array([[c, -s], [s, c]]).T
+    lmk, linear = mediapipe_to_ibug68(mesh), mediapipe_to_ibug68(mesh, refine=False)
+    moved = lmk[48:68] - linear[48:68]
+    down = mesh[152] / np.linalg.norm(mesh[152])  # from the centre toward the chin
+    expected = MOUTH_DROP * iod(lmk) * down
+    np.testing.assert_allclose(moved, np.broadcast_to(expected, moved.shape), atol=1e-3 * iod(lmk))
+    np.testing.assert_array_equal(lmk[17:48], linear[17:48])  # brows, nose, eyes: linear
 
 
 def test_two_d_mesh_gives_the_same_points(frontal):
@@ -135,7 +148,7 @@ def test_degenerate_mesh_keeps_the_linear_jaw(frontal):
     mesh = frontal.copy()
     mesh[[33, 263]] = 0.0  # coincident outer eye corners: no inter-ocular distance
     np.testing.assert_array_equal(
-        mediapipe_to_ibug68(mesh), mediapipe_to_ibug68(mesh, visible_contour=False)
+        mediapipe_to_ibug68(mesh), mediapipe_to_ibug68(mesh, refine=False)
     )
     assert (
         contour.visible_jaw(np.full((468, 2), np.nan), _OVAL, 11, (np.zeros(2), np.ones(2))) is None

@@ -60,9 +60,9 @@ def test_mediapipe_map_is_a_convex_combination():
     mesh = np.random.default_rng(0).normal(size=(478, 3))
     # the linear map's chin is vertex 152 (the default moves the jaw to the visible
     # outline: tests/data/test_ibug68_mapping.py)
-    np.testing.assert_allclose(mediapipe_to_ibug68(mesh, visible_contour=False)[8], mesh[152])
-    linear = MEDIAPIPE_TO_IBUG68[17:] @ mesh[:468]
-    np.testing.assert_allclose(mediapipe_to_ibug68(mesh)[17:], linear)
+    np.testing.assert_allclose(mediapipe_to_ibug68(mesh, refine=False)[8], mesh[152])
+    linear = MEDIAPIPE_TO_IBUG68[17:48] @ mesh[:468]  # brows, nose, eyes: linear
+    np.testing.assert_allclose(mediapipe_to_ibug68(mesh)[17:48], linear)
     with pytest.raises(ValueError, match="468 or 478"):
         mediapipe_to_ibug68(mesh[:100])
 
