@@ -16,8 +16,9 @@ Backends (:func:`get_detector`):
   own ``drawing_utils`` takes ``floor(x · W)`` as the pixel index), hence ``u = x · W``
   is already in our pixel-centre convention. The 468 mesh points are
   mapped to the 68 iBUG points by :func:`mediapipe_to_ibug68`: points 17-67 by the fixed
-  weights :data:`MEDIAPIPE_TO_IBUG68` (see its table below), the jaw 0-16 on the visible
-  outline of the projected mesh (:func:`gphm.data.preprocess.contour.visible_jaw`).
+  weights :data:`MEDIAPIPE_TO_IBUG68` (see its table below; the mouth then lowered by
+  :data:`MOUTH_DROP`), the jaw 0-16 on the visible outline of the projected mesh
+  (:func:`gphm.data.preprocess.contour.visible_jaw`).
 * ``"face_alignment"``: the FAN network of the ``face-alignment`` package, only when the
   package is importable *and* its weights are already in the torch hub cache; it is never
   allowed to download them.
@@ -180,13 +181,13 @@ def _spread(chain: Sequence[int], n: int, first: float = 0.0, last: float | None
 #: three; "leave-one-out" is each photo with the three chosen on the other two (grid
 #: JAW_LEVEL 0, 0.02, ..., 0.1; JAW_PUSH 0, 0.02, ..., 0.05; MOUTH_DROP 0, 0.005, ..., 0.03):
 #:
-#: ===========  ==================  ==================  ==================================
+#: ===========  ==================  ==================  =====================================
 #: photo        linear              refined             leave-one-out (level, push, drop)
-#: ===========  ==================  ==================  ==================================
+#: ===========  ==================  ==================  =====================================
 #: takeo        0.0506 (jaw 0.094)  0.0394 (jaw 0.049)  0.0425 (jaw 0.058) (0.08, 0.04, 0.02)
 #: breakingbad  0.0838 (jaw 0.185)  0.0622 (jaw 0.105)  0.0638 (jaw 0.110) (0.04, 0.03, 0.01)
 #: lenna        0.0600 (jaw 0.132)  0.0394 (jaw 0.056)  0.0409 (jaw 0.062) (0.04, 0.04, 0.015)
-#: ===========  ==================  ==================  ==================================
+#: ===========  ==================  ==================  =====================================
 #:
 #: Mouth 0.038/0.044/0.050 -> 0.039/0.038/0.044; brows, nose and eyes are unchanged. On 40
 #: faces of dlib 19.5's examples/faces (PASCAL VOC photos, 15-60 px inter-ocular, points
