@@ -1,7 +1,7 @@
 """Evaluate a trained run on a dataset split (DESIGN.md §5, §6).
 
     python scripts/evaluate.py run_dir=RUN data.path=DIR \
-        split=val_view|val_combo|heldout_view|heldout_combo|fit
+        split=val_view|val_combo|heldout_view|heldout_combo|fit|reenact|expression_gain
 
 * ``val_view`` / ``heldout_view``: training frames from cameras never used in training.
 * ``val_combo`` / ``heldout_combo``: (subject, expression) pairs never trained, rendered by
@@ -22,6 +22,10 @@
   by the tracked codes at its true head motion, all cameras) against ground truth, with a
   neutral baseline (``*_neutral``), unaligned and ``*_scale_aligned``, plus
   ``seconds_per_frame`` and ``jitter`` (gphm.tracking.evaluate).
+* ``expression_gain`` (DIR = the training set): every training row rendered with its
+  own codes and with its subject's ``neutral`` frame's expression code; ``gain_db``
+  (pooled over the non-neutral rows) and ``per_label``: what the model's expression codes
+  buy on the frames they were trained on, an upper bound for ``reenact``'s gains.
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -48,10 +52,12 @@ from gphm.perceptual import lpips_available
 from gphm.tracking.evaluate import evaluate_reenact
 from gphm.tracking.track import TrackConfig
 from gphm.training.config import DataConfig
-from gphm.training.evaluate import evaluate_model
+from gphm.training.evaluate import evaluate_expression_gain, evaluate_model
 
 # ``train`` is what the model was fitted to: not an evaluation split.
-ALL_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact")
+ALL_SPLITS = (
+    "val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact", "expression_gain",
+)  # fmt: skip
 
 
 @dataclass
@@ -92,7 +98,11 @@ class EvaluateConfig:
     """Trained run directory (RUN/model is evaluated)."""
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "heldout_view"
-    """val_view | val_combo | heldout_view | heldout_combo | fit | reenact."""
+    """val_view | val_combo | heldout_view | heldout_combo | fit | reenact | expression_gain
+    (the model's own training rows with their codes vs the subject's neutral code: what
+    its expression codes buy at most; data.path = the training set)."""
+    neutral: str = "neutral"
+    """split=expression_gain: the label of each subject's neutral frame."""
     batch_size: int = 8
     out: str | None = None
     """Report directory (default RUN/eval)."""
@@ -133,6 +143,12 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
                 progress=sys.stderr.isatty(), inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
                 detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
             )  # fmt: skip
+        elif cfg.split == "expression_gain":
+            result = evaluate_expression_gain(
+                run.model, cfg.data.path, cfg.neutral, lr_size=run.extra.get("lr_size"),
+                batch_size=cfg.batch_size, device=device, progress=sys.stderr.isatty(),
+                train_frames=run.extra.get("train_frames"),
+            )  # fmt: skip
         else:
             result = evaluate_model(
                 run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
@@ -143,7 +159,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
-    if cfg.split != "reenact" and result.get("lpips") is None and "lpips_unavailable" not in result:
+    no_lpips = result.get("lpips") is None and "lpips_unavailable" not in result
+    if cfg.split not in ("reenact", "expression_gain") and no_lpips:
         available, reason = lpips_available()
         if not available:
             result["lpips_unavailable"] = reason
@@ -162,6 +179,12 @@ def _summary(r: dict[str, Any]) -> str:
             f"{r['cross_gain_db']} dB; scale-aligned {r['cross_psnr_scale_aligned']}), "
             f"{r['seconds_per_frame']} s/frame, jitter {r['jitter']} px"
         )
+    if r["split"] == "expression_gain":
+        labels = ", ".join(f"{k} {v['gain_db']:+.2f}" for k, v in r["per_label"].items()
+                           if k != r["neutral"])  # fmt: skip
+        return (f"evaluate expression_gain (training rows, own codes vs the subject's "
+                f"{r['neutral']} code): n={r['n_expressive']} PSNR {r['psnr']} vs "
+                f"{r['psnr_neutral_code']} dB, gain {r['gain_db']} dB ({labels})")  # fmt: skip
     if r["split"] != "fit":
         return (f"evaluate {r['split']}: n={r['n']} PSNR {r['psnr']} dB (head "
                 f"{r['psnr_masked']}), SSIM {r['ssim']} (head {r['ssim_masked']}), "

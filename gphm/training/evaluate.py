@@ -47,7 +47,7 @@ from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 from gphm.perceptual import LPIPSMetric, resolve_lpips
 
-__all__ = ["evaluate_model", "mesh_report", "transfer_frames", "SPLITS"]
+__all__ = ["evaluate_model", "evaluate_expression_gain", "mesh_report", "transfer_frames", "SPLITS"]
 
 SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo")
 """The splits :func:`evaluate_model` scores (``*_view``: own codes, ``*_combo``: transfer)."""
@@ -230,4 +230,88 @@ def evaluate_model(
     if save_dir is not None and tiles:
         save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
         result["images"] = ["side_by_side.png"]
+    return result
+
+
+@torch.no_grad()
+def evaluate_expression_gain(
+    model: GuidanceModel | GaussianHead,
+    data_path: str | Path,
+    neutral: str = "neutral",
+    lr_size: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    train_frames: Iterable[int] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """How much the model's expression codes buy on its **own training rows**.
+
+    Every ``train`` row is rendered twice at its true head pose and camera: with its own
+    trained codes, and with the same subject's trained ``neutral`` frame's expression
+    code. ``gain_db = 10·log10(MSE_neutral_code / MSE_own)`` pooled over the non-neutral
+    rows (``per_label``: the same per expression label). No tracker, transfer or fit can
+    gain more over a neutral baseline on these expressions than the model itself does on
+    the frames it was trained on, so this bounds ``split=reenact``'s gains from above (up
+    to the sequence's mix of labels and its blends). Rows of subjects without a trained
+    ``neutral`` frame are skipped (``n_skipped``); full-image hr PSNR as ``split=*_view``.
+    """
+    ds = HeadDataset(data_path, split="train", lr_size=lr_size)
+    frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
+    trained = {int(f) for f in (ds.frames.tolist() if train_frames is None else train_frames)}
+    base: dict[int, int] = {}
+    for f, m in enumerate(frames_meta):
+        s = subjects.index(m["subject"]) if isinstance(m["subject"], str) else int(m["subject"])
+        if m["expression"] == neutral and f in trained:
+            base.setdefault(s, f)
+    if not base:
+        raise ValueError(
+            f"{data_path}: no subject has a trained frame labelled {neutral!r} (labels: "
+            f"{', '.join(sorted({m['expression'] for m in frames_meta}))}); pass neutral=LABEL"
+        )
+    model = model.to(device).eval()
+    context = model.render_context()
+    sums: dict[str, list[float]] = {}  # label -> [own squared error, neutral-code, rows]
+    skipped = 0
+    for start in tqdm(range(0, len(ds), batch_size), desc="eval expression_gain",
+                      disable=not progress):  # fmt: skip
+        items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+        keep = [it for it in items if int(it.subject) in base]
+        skipped += len(items) - len(keep)
+        if not keep:
+            continue
+        b = collate_views(keep).to(device)
+        z_id = model.identity_codes(b.subject)
+        ref = torch.tensor([base[int(s)] for s in b.subject], device=device)
+        own = _render(model, b, z_id, model.expression_codes(b.frame), context)
+        held = _render(model, b, z_id, model.expression_codes(ref), context)
+        e_own = ((own.rgb.clamp(0, 1) - b.image) ** 2).flatten(1).mean(1)  # [B]
+        e_ref = ((held.rgb.clamp(0, 1) - b.image) ** 2).flatten(1).mean(1)
+        for j, label in enumerate(b.expression):
+            acc = sums.setdefault(label, [0.0, 0.0, 0])
+            acc[0] += float(e_own[j])
+            acc[1] += float(e_ref[j])
+            acc[2] += 1
+
+    def psnr(mse: float) -> float:
+        return round(-10.0 * float(np.log10(max(mse, 1e-12))), 3)
+
+    def entry(own: float, ref: float, n: int) -> dict[str, Any]:
+        gain = 10.0 * float(np.log10(max(ref, 1e-12) / max(own, 1e-12)))
+        return {"n": n, "psnr": psnr(own / n), "psnr_neutral_code": psnr(ref / n),
+                "gain_db": round(gain, 3)}  # fmt: skip
+
+    moving = [v for k, v in sums.items() if k != neutral]
+    result: dict[str, Any] = {
+        "split": "expression_gain",
+        "model": type(model).__name__,
+        "neutral": neutral,
+        "n": sum(v[2] for v in sums.values()),
+        "n_skipped": skipped,
+        "per_label": {k: entry(*v) for k, v in sorted(sums.items())},
+    }
+    if moving:
+        own, ref, n = (sum(v[i] for v in moving) for i in range(3))
+        result |= {"n_expressive": n, **{k: v for k, v in entry(own, ref, n).items() if k != "n"}}
+    else:
+        result |= {"n_expressive": 0, "psnr": None, "psnr_neutral_code": None, "gain_db": None}
     return result

@@ -150,3 +150,32 @@ def test_empty_mask_rows_are_counted_and_left_out(model, tiny_combo_dataset, mon
     assert r["psnr"] == base["psnr"]  # full-image metrics keep every row
     assert isinstance(r["psnr_masked"], float) and isinstance(r["ssim_masked"], float)
     assert r["psnr_masked"] != base["psnr_masked"]  # the mean of the other two rows
+
+
+def test_expression_gain_accounting(model, tiny_combo_dataset, monkeypatch):
+    # A fake renderer: off by 0.01 everywhere with a row's own codes, by 0.1 with another
+    # frame's expression code; so a non-neutral row gains 10·log10(0.1²/0.01²) = 20 dB
+    # and a neutral row (its own code is the neutral code) exactly 0.
+    def fake(m, b, z_id, z_exp, context):
+        own = torch.isclose(z_exp, m.expression_codes(b.frame)).all(-1)  # [B]
+        off = torch.where(own, 0.01, 0.1)[:, None, None, None]
+        rgb = b.image + off * torch.where(b.image < 0.5, 1.0, -1.0)  # stays in [0, 1]
+        return dataclasses.replace(m.render(z_id, z_exp, b.head_R, b.head_T, b.head_scale,
+                                            b.viewmat, b.K_lr, 8, 8), rgb=rgb)  # fmt: skip
+
+    monkeypatch.setattr(ev, "_render", fake)
+    labels = ev.HeadDataset(tiny_combo_dataset, split="train").meta["expressions"]
+    r = ev.evaluate_expression_gain(model, tiny_combo_dataset, neutral=labels[0], lr_size=8)
+    assert r["split"] == "expression_gain" and r["neutral"] == labels[0]
+    assert r["per_label"][labels[0]]["gain_db"] == pytest.approx(0.0, abs=1e-3)
+    assert r["per_label"][labels[1]]["gain_db"] == pytest.approx(20.0, abs=1e-2)
+    assert r["gain_db"] == pytest.approx(20.0, abs=1e-2)
+    assert r["psnr"] == pytest.approx(40.0, abs=1e-2)  # MSE 1e-4
+    assert r["n"] == r["per_label"][labels[0]]["n"] + r["n_expressive"] and r["n_skipped"] == 0
+    # Trained frames without the neutral label of subject b: its rows are skipped.
+    r = ev.evaluate_expression_gain(model, tiny_combo_dataset, neutral=labels[0], lr_size=8,
+                                    train_frames=[0, 1, 3])  # fmt: skip
+    assert r["n_skipped"] > 0  # subject b: its neutral frame (2) was not trained
+    assert r["n"] + r["n_skipped"] == len(ev.HeadDataset(tiny_combo_dataset, split="train"))
+    with pytest.raises(ValueError, match="no subject has a trained frame labelled 'smirk'"):
+        ev.evaluate_expression_gain(model, tiny_combo_dataset, neutral="smirk", lr_size=8)
