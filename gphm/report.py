@@ -404,6 +404,15 @@ def _reenactment(page: _Page) -> dict[str, Any]:
             f"| {_num(r.get('cross_psnr_neutral_scale_aligned'))} | |",
             f"| cross, relative transfer | {_num(r.get('cross_psnr_relative'))} | | |",
         )
+    g = _json(page.run / "eval" / "expression_gain.json")
+    if g:
+        labels = ", ".join(f"{k} {_num(v.get('gain_db'))}" for k, v in
+                           (g.get("per_label") or {}).items() if k != g.get("neutral"))  # fmt: skip
+        page.add(
+            f"What the model's own expression codes buy on its training rows "
+            f"(`split=expression_gain`, own codes vs the subject's neutral code, an upper "
+            f"bound for the gains above): {_num(g.get('gain_db'))} dB ({labels})."
+        )
     page.image(
         "Driver | target's truth | target driven | neutral baseline:",
         page.run / "eval" / "reenact" / "side_by_side.png",

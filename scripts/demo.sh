@@ -116,6 +116,8 @@ cp -f "$SEQ/contact_sheet.png" "$OUT/sequence_contact_sheet.png"
 step eval_reenact "tracking seq_000 from cam_00; self/cross-reenactment vs ground truth"
 python scripts/evaluate.py run_dir="$RUN" data.path="$SEQ" split=reenact driver=seq_000 \
     track.fit.phase1_steps=100 track.fit.phase2_steps=30
+step eval_expression_gain "what the model's expression codes buy on its own training rows"
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_gain
 step reenact "synth_000 driven by the tracked sequence"
 python scripts/reenact.py checkpoint="$RUN" driver="$RUN/eval/reenact/tracking" \
     target=synth_000 out="$OUT/reenact" overwrite=true
