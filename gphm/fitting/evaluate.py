@@ -175,7 +175,10 @@ def pose_errors(
 def fit_landmarks(model: Model, avatar: Avatar) -> Tensor:  # [L, 3]
     """The fitted 3D landmarks in the input camera's frame."""
     device = next(model.parameters()).device
-    p = model.canonical_landmarks(avatar.z_id[None].to(device), avatar.z_exp[None].to(device))
+    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
+    p = model.canonical_landmarks(
+        avatar.z_id[None].to(device), avatar.z_exp[None].to(device), offsets
+    )
     R, T = avatar.head_R[None].to(device), avatar.head_T[None].to(device)
     scale = torch.full((1,), float(avatar.head_scale), device=device)
     return apply_head_pose(p, R, T, scale)[0].cpu()

@@ -52,6 +52,10 @@ __all__ = ["GaussianHeadConfig", "GaussianHead", "GaussianAttributes", "Gaussian
 INHERITED = ("f_inj", "f_id", "f_exp", "f_col", "upsampler", "identity_codes", "expression_codes")
 
 
+#: Gaussians a canonical landmark follows when a fit offsets them (``landmark_anchors``).
+LANDMARK_ANCHORS = 8
+
+
 @dataclass
 class GaussianHeadConfig:
     """Stage-2 options; the inherited networks keep the guidance model's architecture."""
@@ -260,10 +264,32 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         """As ``GuidanceModel.render_context``: Gaussians have nothing to share."""
         return {}
 
-    def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
-        """P0 through the same identity/expression offsets as the Gaussians."""
+    def landmark_anchors(self, k: int = LANDMARK_ANCHORS) -> tuple[Tensor, Tensor]:
+        """Each canonical landmark's ``k`` nearest canonical Gaussians and their
+        inverse-distance weights (rows sum to 1): indices [L, k], weights [L, k]."""
+        with torch.no_grad():
+            d = torch.cdist(self.landmarks_canonical, self.points)  # [L, N]
+            dist, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+            w = 1.0 / dist.clamp_min(1e-6)
+            return idx, w / w.sum(1, keepdim=True)
+
+    def canonical_landmarks(
+        self,
+        z_id: Tensor,  # [B, Did]
+        z_exp: Tensor,  # [B, Dexp]
+        point_offsets: Tensor | None = None,  # [N, 3] the Gaussians' extra offsets (fitting)
+    ) -> Tensor:  # [B, L, 3]
+        """P0 through the same identity/expression offsets as the Gaussians. With
+        ``point_offsets`` each landmark also moves with its nearest Gaussians (the
+        inverse-distance mean of their offsets, :meth:`landmark_anchors`), so a fitted
+        avatar's landmarks follow its personalised geometry and a landmark term can
+        shape that geometry."""
         p0, g0 = self.landmarks_canonical, self.landmark_features
-        return conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
+        points = conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
+        if point_offsets is None:
+            return points
+        idx, w = self.landmark_anchors()
+        return points + (w[..., None] * point_offsets[idx]).sum(1)
 
     # ------------------------------------------------------------------ rendering
     def splat(
@@ -312,7 +338,8 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         features, alpha = self.splat(
             att, head_R, head_T, head_scale, viewmats, Ks_lr, width_lr, height_lr
         )
-        lmk = apply_head_pose(self.canonical_landmarks(z_id, z_exp), head_R, head_T, head_scale)
+        lmk = self.canonical_landmarks(z_id, z_exp, point_offsets)
+        lmk = apply_head_pose(lmk, head_R, head_T, head_scale)
         return GaussianOutput(
             rgb=self.upsampler(features), features=features, mask=alpha, landmarks=lmk,
             attributes=att,

@@ -271,8 +271,14 @@ class GuidanceModel(RendersTrainingRows, SerializableModule):
     ) -> Deformation:
         return conditioned_deformation(self, points, features, z_id, z_exp)[0]
 
-    def canonical_landmarks(self, z_id: Tensor, z_exp: Tensor) -> Tensor:  # [B, L, 3]
-        """P0 through the same identity/expression offsets as the mesh (canonical)."""
+    def canonical_landmarks(
+        self, z_id: Tensor, z_exp: Tensor, point_offsets: Tensor | None = None
+    ) -> Tensor:  # [B, Did], [B, Dexp] -> [B, L, 3]
+        """P0 through the same identity/expression offsets as the mesh (canonical).
+        ``point_offsets`` (a Gaussian-head fit's per-Gaussian offsets) must be None: a
+        mesh model has no such offsets."""
+        if point_offsets is not None:
+            raise ValueError("point_offsets are per-Gaussian fit offsets; a GuidanceModel has none")
         p0 = self.landmarks_canonical
         return self.deform(p0, self.mean_field(p0).features, z_id, z_exp).points
 

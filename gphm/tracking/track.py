@@ -412,7 +412,7 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
         with torch.no_grad():
             R, Tr = pose()
             z_exp = code()
-            lmk = model.canonical_landmarks(z_id, z_exp)
+            lmk = model.canonical_landmarks(z_id, z_exp, offsets)
             uv, _ = project_points(apply_head_pose(lmk, R, Tr, scale), eye4, K[None])
         out_z[t], out_R[t], out_T[t], out_uv[t] = (
             z_exp[0].detach().clone(),
@@ -439,7 +439,8 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
         with torch.enable_grad():
             for _ in range(cfg.landmark_steps):
                 R, Tr = pose()
-                lmk = apply_head_pose(model.canonical_landmarks(z_id, code()), R, Tr, scale)
+                lmk = model.canonical_landmarks(z_id, code(), offsets)
+                lmk = apply_head_pose(lmk, R, Tr, scale)
                 total = landmark_term(lmk, lmk2d, valid, K) + priors(*prev)
                 opt.zero_grad(set_to_none=True)
                 total.backward()

@@ -1,5 +1,6 @@
 """Single-image fitting, avatars, evaluation split=fit, and the fit/edit CLIs."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -22,7 +23,7 @@ from gphm.fitting.evaluate import (
     target_from_item,
 )
 from gphm.fitting.fit import FitConfig, fit_image, render_avatar
-from gphm.geometry.cameras import invert_viewmat
+from gphm.geometry.cameras import invert_viewmat, project_points
 from gphm.models.runs import load_run
 from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
 from tests.training.test_train import ROOT, _cfg, _env
@@ -622,6 +623,21 @@ def test_phase2_reproduces_the_input_view_better_and_the_avatar_applies_it(
                             av.point_offsets)  # fmt: skip
     # Rendering the avatar through the personalised model reproduces the fit's render.
     assert torch.allclose(out.rgb[0].clamp(0, 1), result.render, atol=1e-4)
+    # The landmarks move with the offsets of their nearest Gaussians, so phase 2 also
+    # shapes the geometry toward the target's landmarks (here: the first ten moved 2 px
+    # down, which the codes and the pose alone cannot follow), and the avatar reports them.
+    moved = target_from_item(ds[0])
+    moved.landmarks = moved.landmarks.clone()
+    moved.landmarks[:10, 1] += 2.0
+    cfg = FitConfig(phase1_steps=30, phase2_steps=40)
+    p1 = fit_image(trained.model, moved, dataclasses.replace(cfg, phase2_steps=0))
+    p2 = fit_image(trained.model, moved, cfg)
+    err1, err2 = ((r.landmarks[:10] - moved.landmarks[:10]).norm(dim=-1).mean() for r in (p1, p2))
+    assert err2 < err1 - 0.2, (float(err1), float(err2))
+    world = fit_landmarks(trained.model, av)[None]  # [1, L, 3], input camera = world
+    uv, _ = project_points(world, torch.eye(4)[None], av.K[None])
+    torch.testing.assert_close(uv[0], result.landmarks, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.landmarks, world, atol=1e-5, rtol=0)
     # Without phase 2's new knobs (the pre-issue-18 phase 2) nothing per-Gaussian is kept.
     old = fit_image(trained.model, target, FitConfig(phase1_steps=2, phase2_steps=2,
                     color_lr=0, opacity_lr=0, upsampler_lr=0))  # fmt: skip

@@ -160,3 +160,37 @@ def test_configured_eps2d_reaches_the_rasterizer_and_survives_save_load(
     assert torch.equal(a.mask, b.mask)
     # The renderer's own tests pin down what the two options do; here: they are applied.
     assert (a.mask - blurred.mask).abs().max() > 0.05
+
+
+@torch.no_grad()
+def test_landmarks_follow_the_point_offsets_of_their_nearest_gaussians(head, guidance):
+    z_id = torch.zeros(1, head.identity_codes.config.dim)
+    z_exp = torch.zeros(1, head.expression_codes.config.dim)
+    base = head.canonical_landmarks(z_id, z_exp)  # [1, L, 3]
+    N = head.points.shape[0]
+    # A uniform offset moves every landmark by exactly that offset (weights sum to 1).
+    shift = torch.tensor([0.01, -0.02, 0.03])
+    moved = head.canonical_landmarks(z_id, z_exp, shift.expand(N, 3))
+    torch.testing.assert_close(moved - base, shift.expand_as(base))
+    # Offsets on Gaussians that anchor no landmark leave every landmark where it was.
+    idx, w = head.landmark_anchors()
+    assert idx.shape == w.shape == (base.shape[1], 8)
+    torch.testing.assert_close(w.sum(1), torch.ones(base.shape[1]))
+    free = torch.ones(N, dtype=torch.bool)
+    free[idx.flatten()] = False
+    offsets = torch.zeros(N, 3)
+    offsets[free] = 0.5
+    torch.testing.assert_close(head.canonical_landmarks(z_id, z_exp, offsets), base)
+    # Landmark 0's nearest Gaussian moved: landmark 0 moves along it, by its weight.
+    offsets = torch.zeros(N, 3)
+    offsets[idx[0, 0]] = torch.tensor([0.0, 0.1, 0.0])
+    d = head.canonical_landmarks(z_id, z_exp, offsets) - base
+    assert d[0, 0, 1] == pytest.approx(0.1 * float(w[0, 0]), rel=1e-4) and d[0, 0, 1] > 0
+    # render() reports the same landmarks as canonical_landmarks (posed).
+    eye = torch.eye(3)[None]
+    out = head.render(z_id, z_exp, eye, torch.zeros(1, 3), torch.ones(1), torch.eye(4)[None],
+                      torch.tensor([[[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]]), 16, 16,
+                      point_offsets=offsets)  # fmt: skip
+    torch.testing.assert_close(out.landmarks, base + d)
+    with pytest.raises(ValueError, match="GuidanceModel has none"):
+        guidance.canonical_landmarks(z_id, z_exp, offsets)
