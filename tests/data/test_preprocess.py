@@ -312,6 +312,40 @@ def test_hull_and_refined_mask():
     assert (refine_mask(prob, square) > 0).sum() == h.sum()
 
 
+def test_refined_mask_is_bounded_to_the_head_region():
+    from gphm.data.preprocess.masks import head_region
+    from gphm.data.preprocess.template import canonical_landmarks
+
+    # 68 landmarks of a frontal face, brow-to-chin 81 px, chin at (100, 148).
+    lmk = np.array(canonical_landmarks())[:, :2] * [100.0, -100.0] + [100.0, 89.0]
+    H, W = 200, 200
+    brow_chin = float(np.linalg.norm(lmk[8] - lmk[17:27].mean(0)))
+    face = lmk[np.r_[0:17, 17:27]]
+    prob = np.zeros((H, W), np.float32)
+    prob[20:200, 40:160] = 0.9  # head, hair and shoulders
+    prob[60:120, 0:40] = 0.9  # a car seat touching the person beside the head
+    free = refine_mask(prob, face)
+    bound = refine_mask(prob, face, landmarks=lmk, margin=0.4)
+    assert free[90, 5] == 255 and bound[90, 5] == 0  # the seat, 0.7 brow-chin beside the face
+    assert bound[90, 45] == 255  # beside the temple, within the margin: hair
+    assert bound[190, 45] == 255  # below the chin: left to the neck cut
+    assert bound[100, 100] == 255 and (bound <= free).all()
+    region = head_region(lmk, (H, W), margin=0.4)
+    left = lmk[:, 0].min() - 0.4 * brow_chin
+    assert region[80, int(left) + 2] and not region[80, int(left) - 8]
+    assert 0.2 < region.mean() < 0.9  # neither empty nor everything
+    # A turned face turns its region: the bound follows the brow -> chin axis (a sign
+    # flip of the axis would put "below the chin" above the head).
+    c = lmk.mean(0)
+    rot = np.array([[0.0, -1.0], [1.0, 0.0]])  # 90 degrees in the image
+    turned = head_region((lmk - c) @ rot.T + c, (H, W), margin=0.4)
+    ys, xs = np.mgrid[0:H, 0:W] + 0.5
+    pre = (np.stack([xs, ys], -1) - c) @ rot + c  # each pixel's preimage (rot.T inverse)
+    ok = ((pre >= 0) & (pre < [W, H])).all(-1)
+    src = region[pre[..., 1].astype(int).clip(0, H - 1), pre[..., 0].astype(int).clip(0, W - 1)]
+    assert (turned[ok] == src[ok]).mean() > 0.98
+
+
 def test_composite_on_white():
     img = np.full((2, 4, 4, 3), 0.25, np.float32)
     mask = np.zeros((2, 4, 4), np.uint8)

@@ -42,6 +42,7 @@ from gphm.data.preprocess.detectors import (
     get_detector,
 )
 from gphm.data.preprocess.masks import (
+    HEAD_MARGIN,
     Segmenter,
     composite_on_white,
     get_segmenter,
@@ -331,6 +332,7 @@ def prepare_image(
     *,
     face: int = 0,
     neck_width: float | None = 1.0,
+    head_margin: float | None = HEAD_MARGIN,
 ) -> PreparedImage:
     """Align a photo to the training framing (module docstring) and mask it.
 
@@ -350,9 +352,12 @@ def prepare_image(
     otherwise include shoulders and clothes the head model cannot render. ``None`` keeps
     the whole segmentation. ``neck_width``: below the chin only the neck is kept, a band
     ``neck_width`` × the jaw's width (:func:`below_neck_cut`; None: the whole width).
-    ``face``: which detected face to prepare when the photo shows several, by size (0 =
-    the largest, 1 = the next, ...; ``faces_found`` says how many there were); the
-    face's landmarks also restrict the segmentation to its own person
+    ``head_margin`` (segmentation masks only): above the chin the segmentation is kept
+    only within this fraction of the brow-to-chin height around the landmarks' head hull
+    (:func:`~gphm.data.preprocess.masks.head_region`: no car seats, arms or a neighbour's
+    shoulder; None: no bound). ``face``: which detected face to prepare when the photo
+    shows several, by size (0 = the largest, 1 = the next, ...; ``faces_found`` says how
+    many there were); the face's landmarks also restrict the segmentation to its own person
     (:func:`~gphm.data.preprocess.masks.refine_mask`). Raises :class:`NoFaceError`
     (naming the file when given a path), :class:`BackendUnavailableError`,
     ``FileNotFoundError`` / ``ValueError`` naming the bad file or argument (a ``face``
@@ -405,7 +410,8 @@ def prepare_image(
             mask_source = "head_hull"
             mask_in = head_hull_mask(lmk_in, (H, W)).astype(np.uint8) * 255
         else:
-            mask_in = refine_mask(prob, face_points)
+            bound = None if head_margin is None else lmk_in
+            mask_in = refine_mask(prob, face_points, landmarks=bound, margin=head_margin or 0.0)
     elif isinstance(mask, (str, Path)):
         mask_in, mask_source = load_mask(mask, (H, W)), "user"
     else:
