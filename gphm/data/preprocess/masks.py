@@ -45,6 +45,7 @@ from gphm.io.images import decode_image
 
 __all__ = [
     "HEAD_MARGIN",
+    "face_axis",
     "head_region",
     "MediaPipeSegmenter",
     "Segmenter",
@@ -130,6 +131,17 @@ def hull_mask(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:  # [H, W
 CRANIUM = 0.75
 
 
+def face_axis(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The face's vertical axis from 68 iBUG landmarks [68, 2]: the brow midpoint (mean
+    of 17-26), the vector brow -> chin (8) and its length (pixels)."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (68, 2):
+        raise ValueError(f"landmarks must be iBUG 68 points [68, 2], got {pts.shape}")
+    brow = pts[17:27].mean(axis=0)
+    axis = pts[8] - brow
+    return brow, axis, float(np.linalg.norm(axis))
+
+
 def head_hull_mask(
     landmarks: np.ndarray,  # [68, 2] iBUG landmarks, pixels (centres at i + 0.5)
     size: tuple[int, int],  # (H, W)
@@ -145,11 +157,7 @@ def head_hull_mask(
     is the convex hull of the 68 landmarks and those 17 mirrored points.
     """
     pts = np.asarray(landmarks, dtype=np.float64)
-    if pts.shape != (68, 2):
-        raise ValueError(f"landmarks must be iBUG 68 points [68, 2], got {pts.shape}")
-    brow = pts[17:27].mean(axis=0)
-    axis = pts[8] - brow
-    length = float(np.linalg.norm(axis))
+    brow, axis, length = face_axis(pts)
     if not length > 1e-6:
         return hull_mask(pts, size)
     a = axis / length
@@ -178,9 +186,7 @@ def head_region(
     the neck, trimmed later)."""
     pts = np.asarray(landmarks, dtype=np.float64)
     hull = head_hull_mask(pts, size)
-    brow = pts[17:27].mean(axis=0)
-    axis = pts[8] - brow
-    length = float(np.linalg.norm(axis))
+    _, axis, length = face_axis(pts)
     if not length > 1e-6:
         return np.ones(size, dtype=bool)
     radius = max(1, int(round(margin * length)))

@@ -45,6 +45,7 @@ from gphm.data.preprocess.masks import (
     HEAD_MARGIN,
     Segmenter,
     composite_on_white,
+    face_axis,
     get_segmenter,
     head_hull_mask,
     hull_mask,
@@ -305,8 +306,7 @@ def below_neck_cut(
     the jaw's width at the mouth (landmarks 4–12) wide: the neck, not the shoulders or
     a collar beside it, which the head model cannot render."""
     chin = landmarks[8]
-    axis = chin - landmarks[17:27].mean(axis=0)  # brow midpoint -> chin
-    length = float(np.linalg.norm(axis))
+    _, axis, length = face_axis(landmarks)  # brow midpoint -> chin
     if length < 1e-6:
         return np.ones(size, np.float32)
     H, W = size
