@@ -1,8 +1,10 @@
 """``scripts/evaluate.py split=fit``: fitting from one or a few views, scored on novel views.
 
 Every subject of a dataset the model never saw is fitted from ``views`` = K camera views
-of one frame (:func:`~gphm.fitting.fit.fit_images`: one identity, an expression and a
-pose per view; K = 1 is single-image fitting), and the fit is rendered into the frame's
+of one frame (:func:`~gphm.fitting.fit.fit_images`: K = 1 is single-image fitting; with
+``inputs="gt"`` and K > 1 the views are the dataset's calibrated rig, so the fit has one
+head pose in world and one expression, and the views fix the head's scale and depth
+together; with ``"photo"`` each crop gets its own pose), and the fit is rendered into the frame's
 other cameras — placed relative to the first input camera by the dataset's calibration —
 and compared with their images.
 
@@ -228,6 +230,9 @@ def _fit_view(
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
         targets = [target_from_item(it) for it in items]
+        if len(targets) > 1:  # the dataset's calibrated rig: one head pose, one expression
+            for t, it in zip(targets, items):
+                t.camera = it.viewmat
         result = fit_images(run.model, targets, config, str(run.path), rows=rows)
         return result, dict(_INPUTS["gt"]), {}
     from gphm.data.preprocess.single_image import prepare_image

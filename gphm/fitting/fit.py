@@ -6,7 +6,8 @@ landmarks, then
 
 * phase 1 optimises ``z_id`` (one code shared by all images), one ``z_exp`` per image
   (both from the codebook means) and each image's head pose (axis-angle and translation
-  increments),
+  increments); images of one calibrated rig (every :class:`FitTarget` has a ``camera``)
+  share one head pose in world and one ``z_exp``, so the views fix the scale together,
 * phase 2 freezes them and adds what the prior lacks, on a copy of the model: a
   fine-tuned ``f_col``, Ψ (``upsampler_layers``), and per-Gaussian canonical position,
   colour-feature and opacity-logit offsets (Gaussian heads), regularised by their size, a
@@ -141,6 +142,11 @@ class FitTarget:
     mask: Tensor  # [S, S, 1] in [0, 1]
     K: Tensor  # [3, 3] intrinsics in pixels of `image`
     landmarks: Tensor  # [L, 2] pixels of `image` (rows with NaN are ignored)
+    camera: Tensor | None = None
+    """[4, 4] world -> this image's camera, when the images come from one calibrated rig
+    at one instant: given for every target, the fit has **one** head pose (in world) and
+    one expression for all of them, so the views fix the head's scale and depth together.
+    None (every target): an independent pose and expression per image (separate photos)."""
 
     @classmethod
     def from_prepared(cls, prepared: Any) -> FitTarget:
@@ -325,7 +331,8 @@ def fit_images(
     names: list[str] | None = None,
 ) -> FitResult:
     """Fit ``model`` (left unchanged) to several images of one person (module docstring):
-    one identity code, one expression code and head pose per image, phase 2 on all of them.
+    one identity code, one expression code and head pose per image (one of each for a
+    calibrated rig, :attr:`FitTarget.camera`), phase 2 on all of them.
     Every target must have the same size. The avatar's ``z_exp``, ``head_R``, ``head_T``
     and ``K`` are the first image's; ``avatar.expressions`` holds every image's code under
     ``names`` (default ``image_0``, ``image_1``, ...; only when there are several)."""
@@ -376,15 +383,24 @@ def _fit(
     valid = torch.isfinite(lmk2d).all(-1)
     lmk2d = torch.nan_to_num(lmk2d)
     mask_lr = torch.stack([box_downsample(m, (S // factor, S // factor)) for m in mask])
-    poses = [initial_pose(model, t, rows) for t in targets]
-    R0 = torch.stack([p[0] for p in poses]).to(device)
+    cameras = [t.camera for t in targets]
+    rig = all(c is not None for c in cameras)
+    if not rig and any(c is not None for c in cameras):
+        raise ValueError("give a camera for every target (one calibrated rig) or for none")
+    poses = [initial_pose(model, t, rows) for t in (targets[:1] if rig else targets)]
+    R0 = torch.stack([p[0] for p in poses]).to(device)  # [P, 3, 3], P = 1 in a rig, else B
     T0 = torch.stack([p[1] for p in poses]).to(device)
+    if rig:  # one head pose in world: target 0's PnP pose moved out of its camera
+        V = torch.stack(cameras).to(device).float()  # [B, 4, 4] world -> camera
+        Rv, tv = V[:, :3, :3], V[:, :3, 3]
+        R0, T0 = Rv[0].T @ R0, (Rv[0].T @ (T0[0] - tv[0]))[None]
     ids, exps = model.identity_codes, model.expression_codes
 
     z_id = ids.mean(rows.identity).detach().clone()[None].requires_grad_(True)
-    z_exp = exps.mean(rows.expression).detach().clone()[None].repeat(B, 1).requires_grad_(True)
-    rot = torch.zeros(B, 3, device=device, requires_grad=cfg.fit_pose)
-    trans = torch.zeros(B, 3, device=device, requires_grad=cfg.fit_pose)
+    z_exp = exps.mean(rows.expression).detach().clone()[None].repeat(len(poses), 1)
+    z_exp.requires_grad_(True)
+    rot = torch.zeros(len(poses), 3, device=device, requires_grad=cfg.fit_pose)
+    trans = torch.zeros(len(poses), 3, device=device, requires_grad=cfg.fit_pose)
     with torch.no_grad():
         id_prior = (ids.mean(rows.identity), ids.std(rows.identity))
         exp_prior = (exps.mean(rows.expression), exps.std(rows.expression))
@@ -396,8 +412,14 @@ def _fit(
     extra: dict[str, Tensor] = {}  # phase 2's per-Gaussian offsets
     reg: dict[str, Any] = {}  # phase 2's neighbour tables and prior renders
 
-    def pose() -> tuple[Tensor, Tensor]:
-        return axis_angle_to_matrix(rot) @ R0, T0 + trans
+    def pose() -> tuple[Tensor, Tensor]:  # [B, 3, 3], [B, 3]: canonical -> camera i
+        R, T = axis_angle_to_matrix(rot) @ R0, T0 + trans
+        if rig:  # the world pose seen from each camera
+            return Rv @ R, (Rv @ T[..., None])[..., 0] + tv
+        return R, T
+
+    def codes() -> Tensor:  # [B, Dexp]: one shared expression in a rig
+        return z_exp.expand(B, -1)
 
     def render(net: Model, R: Tensor, T: Tensor, vm: Tensor, Ks: Tensor, ze: Tensor):
         return render_avatar(net, z_id.expand(len(ze), -1), ze, R, T, ones[: len(ze)], vm, Ks,
@@ -405,7 +427,7 @@ def _fit(
 
     def step_losses(net: Model, step: int = 0):
         R, T = pose()
-        out = render(net, R, T, eye4, K, z_exp)
+        out = render(net, R, T, eye4, K, codes())
         uv, _ = project_points(out.landmarks, eye4, K)
         d2 = (((uv - lmk2d) / S) ** 2).sum(-1)
         terms = {
@@ -498,7 +520,7 @@ def _fit(
             ssim_masked=float(ssim_m[i]),
             head_R=R[i].cpu(),
             head_T=T[i].cpu(),
-            z_exp=z_exp[i].detach().cpu(),
+            z_exp=codes()[i].detach().cpu(),
         )  # fmt: skip
         for i in range(B)
     ]

@@ -22,7 +22,7 @@ from gphm.fitting.evaluate import (
     render_fit_view,
     target_from_item,
 )
-from gphm.fitting.fit import FitConfig, fit_image, render_avatar
+from gphm.fitting.fit import FitConfig, fit_image, fit_images, render_avatar
 from gphm.geometry.cameras import invert_viewmat, project_points
 from gphm.models.runs import load_run
 from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
@@ -567,8 +567,6 @@ def test_photo_path_crop_camera_agrees_with_mediapipe_on_a_synthetic_head(tmp_pa
 def test_fit_images_shares_the_identity_and_names_every_expression(
     trained, tiny_head_dataset, tmp_path
 ):
-    from gphm.fitting.fit import fit_images
-
     ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
     items = _frame_items(ds, subject=1, frame=2)
     targets = [target_from_item(it) for it in items[:2]]
@@ -685,3 +683,27 @@ def test_fit_photos_takes_arrays_and_landmark_arrays(trained, tiny_head_dataset)
     prepared, result = fit_photos(trained, [photo, photo], landmarks=[uv, uv], config=cfg)
     assert len(prepared) == 2 and prepared[0].faces_found is None
     assert sorted(result.avatar.expressions) == ["image_0", "image_1"]
+
+
+def test_fit_from_a_calibrated_rig_has_one_head_pose_and_one_expression(trained, tiny_head_dataset):
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    items = [ds[i] for i in range(len(ds)) if int(ds[i].frame) == int(ds[0].frame)][:2]
+    assert len(items) == 2 and items[0].camera != items[1].camera
+    targets = [target_from_item(it) for it in items]
+    for t, it in zip(targets, items):
+        t.camera = it.viewmat
+    res = fit_images(trained.model, targets, FitConfig(phase1_steps=15, phase2_steps=0))
+    a, b = res.images
+    torch.testing.assert_close(a.z_exp, b.z_exp)  # one expression for the rig's instant
+    # One head pose in world, seen from each camera: G_b = V_b V_a^-1 G_a.
+    V = invert_viewmat(items[0].viewmat[None])[0]
+    rel = items[1].viewmat @ V  # camera a -> camera b
+    torch.testing.assert_close(b.head_R, rel[:3, :3] @ a.head_R, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.head_T, rel[:3, :3] @ a.head_T + rel[:3, 3], atol=1e-5, rtol=0)
+    # Without cameras every image keeps its own pose; a half-given rig is refused.
+    free = fit_images(trained.model, [target_from_item(it) for it in items],
+                      FitConfig(phase1_steps=15, phase2_steps=0))  # fmt: skip
+    assert not torch.allclose(free.images[0].z_exp, free.images[1].z_exp)
+    targets[1].camera = None
+    with pytest.raises(ValueError, match="camera for every target"):
+        fit_images(trained.model, targets, FitConfig(phase1_steps=1, phase2_steps=0))
