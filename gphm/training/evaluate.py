@@ -47,7 +47,10 @@ from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 from gphm.perceptual import LPIPSMetric, resolve_lpips
 
-__all__ = ["evaluate_model", "evaluate_expression_gain", "mesh_report", "transfer_frames", "SPLITS"]
+__all__ = [
+    "evaluate_model", "evaluate_expression_gain", "mesh_report", "trained_frames_by_label",
+    "transfer_frames", "SPLITS",
+]  # fmt: skip
 
 SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo")
 """The splits :func:`evaluate_model` scores (``*_view``: own codes, ``*_combo``: transfer)."""
@@ -70,16 +73,14 @@ def mesh_report(verts: torch.Tensor, faces: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def transfer_frames(
+def trained_frames_by_label(
     frames: list[dict[str, Any]], train_frames: Iterable[int], subjects: list[str]
-) -> dict[tuple[int, str], int]:
-    """``(subject A, expression label) -> trained frame of another subject B`` with that
-    label, B being the first subject after A (cyclically) that has one.
+) -> dict[str, dict[int, int]]:
+    """``expression label -> {subject index: its lowest trained frame with that label}``.
 
     ``frames``: the dataset's (or run's) frame records (``subject``, ``expression``);
-    ``train_frames``: indices of the frames whose expression codes were trained — only
-    these are ever chosen as a source. For each subject B the lowest such frame of the
-    label is used. Raises ValueError for an index outside ``frames``.
+    ``train_frames``: indices of the frames whose expression codes were trained. Raises
+    ValueError for an index outside ``frames``.
     """
     by_label: dict[str, dict[int, int]] = {}
     for f in sorted({int(f) for f in train_frames}):
@@ -91,6 +92,19 @@ def transfer_frames(
         s = info["subject"]
         s = subjects.index(s) if isinstance(s, str) else int(s)
         by_label.setdefault(info.get("expression"), {}).setdefault(s, f)
+    return by_label
+
+
+def transfer_frames(
+    frames: list[dict[str, Any]], train_frames: Iterable[int], subjects: list[str]
+) -> dict[tuple[int, str], int]:
+    """``(subject A, expression label) -> trained frame of another subject B`` with that
+    label, B being the first subject after A (cyclically) that has one.
+
+    Arguments as :func:`trained_frames_by_label`: only trained frames are ever chosen as
+    a source, for each subject B the lowest such frame of the label.
+    """
+    by_label = trained_frames_by_label(frames, train_frames, subjects)
     table = {}
     n = len(subjects)
     for label, donors in by_label.items():
@@ -257,12 +271,8 @@ def evaluate_expression_gain(
     """
     ds = HeadDataset(data_path, split="train", lr_size=lr_size)
     frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
-    trained = {int(f) for f in (ds.frames.tolist() if train_frames is None else train_frames)}
-    base: dict[int, int] = {}
-    for f, m in enumerate(frames_meta):
-        s = subjects.index(m["subject"]) if isinstance(m["subject"], str) else int(m["subject"])
-        if m["expression"] == neutral and f in trained:
-            base.setdefault(s, f)
+    trained = ds.frames.tolist() if train_frames is None else train_frames
+    base = trained_frames_by_label(frames_meta, trained, subjects).get(neutral, {})
     if not base:
         raise ValueError(
             f"{data_path}: no subject has a trained frame labelled {neutral!r} (labels: "
