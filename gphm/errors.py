@@ -17,7 +17,15 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 
-__all__ = ["os_error_message", "override_syntax_hint", "split_argument_hint"]
+__all__ = ["UserError", "os_error_message", "override_syntax_hint", "split_argument_hint"]
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2, no traceback.
+
+    Raised anywhere in the package; :func:`gphm.cli.run_cli` prints it as
+    ``PROG: error: MESSAGE``. The Python API lets it propagate.
+    """
 
 _REASONS = {
     errno.ENOSPC: "disk full",

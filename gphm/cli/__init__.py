@@ -55,8 +55,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from gphm.cli import _env  # noqa: F401  (first: the offline variables, before `datasets`)
-from gphm.errors import os_error_message, override_syntax_hint, split_argument_hint
-from gphm.io.atomic import atomic_write_text
+from gphm.errors import UserError, os_error_message, override_syntax_hint, split_argument_hint
+from gphm.io.atomic import atomic_write_text  # noqa: F401
+from gphm.io.jsonfile import write_report
 
 __all__ = [
     "UserError",
@@ -78,10 +79,6 @@ CONFIG_PATH_ENV = "GPHM_CONFIG_PATH"
 """Environment variable: extra config folders (``os.pathsep`` separated), searched first."""
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 """The presets shipped with the package (the repository's top-level ``configs`` links here)."""
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -339,13 +336,6 @@ def parse_config(schema: type[T], overrides: Sequence[str], name: str | None = N
     except ValueError as err:  # raised by the schema's __post_init__
         raise UserError(str(err)) from None
     return obj  # type: ignore[return-value]
-
-
-def write_report(path: str | Path, report: dict[str, Any]) -> Path:
-    """Write a JSON report atomically (sorted keys, 2-space indent); returns the path."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    return path
 
 
 def _help(schema: type, main: Callable, argv: Sequence[str], prog: str) -> str:

@@ -1,13 +1,17 @@
-"""Reading JSON files that must hold one object (``config.json``, ``avatar.json``,
-``meta.json``), with errors that name the file and say what was expected."""
+"""JSON files: reading ones that must hold one object (``config.json``, ``avatar.json``,
+``meta.json``), with errors that name the file and say what was expected, and writing
+reports atomically (:func:`write_report`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json_object"]
+from gphm.io.atomic import atomic_write_text
+
+__all__ = ["read_json_object", "write_report"]
 
 
 def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
@@ -38,3 +42,26 @@ def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object {{...}}, got {type(data).__name__}")
     return data
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> Path:
+    """Write a JSON report atomically (sorted keys, 2-space indent); returns the path.
+
+    Values JSON cannot hold are written with ``str`` (paths, dtypes), and non-finite floats
+    as ``null``: ``NaN``/``Infinity`` are not JSON, and strict readers refuse the file.
+    """
+    path = Path(path)
+    text = json.dumps(_finite_or_null(report), indent=2, sort_keys=True, default=str)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (also inside dicts, lists, tuples) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
