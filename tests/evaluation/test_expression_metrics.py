@@ -1,0 +1,178 @@
+"""Expression metrics (gphm.evaluation.expression): exact constructed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gphm.evaluation.expression import (
+    IBUG68_REGIONS,
+    capture,
+    expression_stats,
+    expression_support,
+    landmark_displacement_capture,
+    pool_expression_stats,
+    pool_landmark_capture,
+    support_gain_db,
+    support_psnr,
+)
+
+H = W = 16
+DELTA, NOISE = 0.2, 0.01
+
+
+def truth(batch: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neutral: grey 0.5; expression: +DELTA on a 4×6 block (24 of 256 pixels)."""
+    neutral = torch.full((*batch, H, W, 3), 0.5, dtype=torch.float64)
+    expr = neutral.clone()
+    expr[..., 4:8, 2:8, :] += DELTA
+    return expr, neutral
+
+
+@pytest.mark.parametrize("batch", [(), (2,), (2, 3)])
+def test_perfect_renderer_captures_one_with_known_gain(batch):
+    gt_e, gt_n = truth(batch)
+    # The model reproduces the truth up to a constant offset NOISE on every pixel.
+    pr_e, pr_n = gt_e + NOISE, gt_n + NOISE
+    support = expression_support(gt_e, gt_n)
+    assert support.shape == (*batch, H, W)
+    assert int(support.flatten(-2).sum(-1).reshape(-1)[0]) == 24
+    # expression code: error NOISE; neutral code: error DELTA - NOISE on the support.
+    expected = 20 * math.log10((DELTA - NOISE) / NOISE)
+    gain = support_gain_db(pr_e, pr_n, gt_e, gt_n)
+    assert gain.shape == batch
+    torch.testing.assert_close(gain, torch.full(batch, expected, dtype=torch.float64))
+    torch.testing.assert_close(
+        support_psnr(pr_e, gt_e, support), torch.full(batch, 40.0, dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        capture(pr_e, pr_n, gt_e, gt_n), torch.ones(batch, dtype=torch.float64)
+    )
+    stats = expression_stats(pr_e, pr_n, gt_e, gt_n)
+    torch.testing.assert_close(stats.capture, torch.ones(batch, dtype=torch.float64))
+    torch.testing.assert_close(stats.support_gain_db, gain)
+
+
+def test_code_ignoring_renderer_gives_zero():
+    gt_e, gt_n = truth((3,))
+    pr = gt_n + NOISE  # the same image whatever the code
+    torch.testing.assert_close(
+        support_gain_db(pr, pr, gt_e, gt_n), torch.zeros(3, dtype=torch.float64)
+    )
+    torch.testing.assert_close(capture(pr, pr, gt_e, gt_n), torch.zeros(3, dtype=torch.float64))
+
+
+def test_overshoot_and_wrong_direction():
+    gt_e, gt_n = truth()
+    twice = gt_n + 2 * (gt_e - gt_n)
+    assert float(capture(twice, gt_n, gt_e, gt_n)) == pytest.approx(2.0)
+    # Overshooting by DELTA is as wrong as not moving: gain 0 on the support.
+    assert float(support_gain_db(twice, gt_n, gt_e, gt_n)) == pytest.approx(0.0, abs=1e-9)
+    backwards = gt_n - (gt_e - gt_n)
+    assert float(capture(backwards, gt_n, gt_e, gt_n)) == pytest.approx(-1.0)
+    assert float(support_gain_db(backwards, gt_n, gt_e, gt_n)) < 0  # a sign flip is caught
+    # Half the change: capture 0.5, gain 20·log10(DELTA / (DELTA / 2)) = 6.02 dB.
+    half = gt_n + 0.5 * (gt_e - gt_n)
+    assert float(capture(half, gt_n, gt_e, gt_n)) == pytest.approx(0.5)
+    assert float(support_gain_db(half, gt_n, gt_e, gt_n)) == pytest.approx(20 * math.log10(2))
+
+
+def test_support_threshold_and_capture_restricted_to_support():
+    gt_n = torch.full((H, W, 3), 0.5)
+    gt_e = gt_n.clone()
+    gt_e[0, 0, 1] += 3.0 / 255  # below the default threshold
+    gt_e[1, 1, 2] += 5.0 / 255
+    support = expression_support(gt_e, gt_n)
+    assert support.sum() == 1 and bool(support[1, 1])
+    assert expression_support(gt_e, gt_n, threshold=2.0 / 255).sum() == 2
+    # A model that changes pixels outside the support: no effect on support capture.
+    pr_e = gt_e.clone()
+    pr_e[10, 10] = 0.0
+    assert float(capture(pr_e, gt_n, gt_e, gt_n, support)) == pytest.approx(1.0)
+
+
+def test_empty_support_is_nan_and_left_out_of_pooling():
+    gt_e, gt_n = truth((2,))
+    gt_e[1] = gt_n[1]  # the second item's truth changes nothing
+    pr_e, pr_n = gt_e + NOISE, gt_n + NOISE
+    gain = support_gain_db(pr_e, pr_n, gt_e, gt_n)
+    cap = capture(pr_e, pr_n, gt_e, gt_n)
+    assert not math.isnan(float(gain[0])) and math.isnan(float(gain[1]))
+    assert math.isnan(float(cap[1]))
+    stats = expression_stats(pr_e, pr_n, gt_e, gt_n)
+    pooled = pool_expression_stats([stats], ["smile"])  # one stats object of 2 items
+    assert pooled["smile"]["items"] == 1 and pooled["smile"]["items_empty"] == 1
+    assert pooled["all"]["capture"] == pytest.approx(1.0)
+    assert pooled["all"]["support_gain_db"] == pytest.approx(float(gain[0]))
+    assert pooled["all"]["support_fraction"] == pytest.approx(24 / (2 * H * W))
+    only_empty = pool_expression_stats(
+        [expression_stats(pr_e[1], pr_n[1], gt_e[1], gt_n[1])], ["x"]
+    )
+    assert math.isnan(only_empty["x"]["capture"]) and math.isnan(only_empty["x"]["support_gain_db"])
+
+
+def test_pooling_is_pixel_weighted_per_label():
+    gt_e, gt_n = truth()
+    small_e = gt_n.clone()
+    small_e[0, 0, :] += DELTA  # 1 support pixel
+    perfect = expression_stats(gt_e + NOISE, gt_n + NOISE, gt_e, gt_n)  # 24 px, capture 1
+    ignore = expression_stats(gt_n, gt_n, small_e, gt_n)  # 1 px, capture 0
+    pooled = pool_expression_stats([perfect, ignore], ["jaw_open", "blink_l"])
+    assert list(pooled) == ["blink_l", "jaw_open", "all"]
+    assert pooled["jaw_open"]["capture"] == pytest.approx(1.0)
+    assert pooled["blink_l"]["capture"] == pytest.approx(0.0)
+    # Energy-weighted: 24 pixels of capture 1 and 1 pixel of capture 0.
+    assert pooled["all"]["capture"] == pytest.approx(24 / 25)
+    # PSNR of the union: errors NOISE on 24 px and DELTA on 1 px vs DELTA - NOISE / DELTA.
+    mse_e = (24 * NOISE**2 + DELTA**2) / 25
+    mse_n = (24 * (DELTA - NOISE) ** 2 + DELTA**2) / 25
+    assert pooled["all"]["support_gain_db"] == pytest.approx(10 * math.log10(mse_n / mse_e))
+
+
+def test_shape_errors_name_the_problem():
+    gt_e, gt_n = truth()
+    with pytest.raises(ValueError, match="same shape"):
+        capture(gt_e, gt_n[:8], gt_e, gt_n)
+    with pytest.raises(ValueError, match=r"\[\.\.\., H, W, 3\]"):
+        expression_support(gt_e[..., :2], gt_n[..., :2])
+    with pytest.raises(ValueError, match="labels"):
+        pool_expression_stats([expression_stats(gt_e, gt_n, gt_e, gt_n)], [])
+
+
+def lmk_truth(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    neutral = torch.randn(n, 68, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expr = neutral.clone()
+    expr[:, 48:68, 1] += 0.05  # the mouth moves down
+    expr[:, 8, 1] += 0.02  # the chin too
+    return expr, neutral
+
+
+def test_landmark_capture_per_region():
+    gt_e, gt_n = lmk_truth()
+    out = landmark_displacement_capture(gt_e, gt_n, gt_e, gt_n)
+    assert set(out) == set(IBUG68_REGIONS)
+    torch.testing.assert_close(out["mouth"], torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(out["jaw"], torch.ones(2, dtype=torch.float64))
+    assert torch.isnan(out["eyes"]).all() and torch.isnan(out["brows"]).all()  # nothing moves
+    ignore = landmark_displacement_capture(gt_n, gt_n, gt_e, gt_n)
+    torch.testing.assert_close(ignore["mouth"], torch.zeros(2, dtype=torch.float64))
+    # Rigid head pose shared by both renders: capture is unchanged under a rotation.
+    R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)).double())[0]
+    twice = gt_n + 2 * (gt_e - gt_n)
+    rotated = landmark_displacement_capture(twice @ R.T, gt_n @ R.T, gt_e @ R.T, gt_n @ R.T)
+    torch.testing.assert_close(rotated["mouth"], torch.full((2,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="region 'x'"):
+        landmark_displacement_capture(gt_e, gt_n, gt_e, gt_n, {"x": range(60, 70)})
+
+
+def test_landmark_capture_pooling():
+    gt_e, gt_n = lmk_truth(3)
+    pred_e = gt_n.clone()
+    pred_e[0] = gt_e[0]  # item 0 perfect, items 1 and 2 ignore the code
+    pooled = pool_landmark_capture(pred_e, gt_n, gt_e, gt_n, ["jaw_open", "smile_l", "smile_l"])
+    assert pooled["jaw_open"]["mouth"] == pytest.approx(1.0)
+    assert pooled["smile_l"]["mouth"] == pytest.approx(0.0)
+    assert pooled["all"]["mouth"] == pytest.approx(1 / 3)
+    assert math.isnan(pooled["all"]["eyes"])
