@@ -247,3 +247,84 @@ def test_train_help_lists_stages_and_presets():
     assert out.returncode == 0, out.stderr
     assert "stage=all" in out.stdout and "model=paper|tiny" in out.stdout
     assert "stage: all" in out.stdout and "tet_resolution: 32" in out.stdout
+
+
+# ---------------------------------------------------------------- hostile input (finding #20)
+
+_ALIAS_BOMB = "\n".join(
+    ['defaults: [tiny, _self_]', 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["name: *l8"]
+)  # 11 lines, 7 * 9^8 ~ 3e8 strings once expanded
+
+
+@pytest.fixture
+def alarm():
+    """Fail (not hang) a test that takes more than 60 s: the bomb must be refused unread."""
+    import signal
+
+    def _timeout(*_):
+        raise AssertionError("config composition hung")
+
+    old = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_yaml_alias_bomb_in_a_preset_is_refused_not_expanded(tmp_path, alarm):
+    assert len(_ALIAS_BOMB.splitlines()) == 11
+    path = _write(tmp_path / "model/bomb.yaml", _ALIAS_BOMB + "\n")
+    argv = [*REQUIRED, "model=bomb", f"config_dir={tmp_path}"]
+    with pytest.raises(UserError, match="YAML aliases expand to more than 100000 nodes") as err:
+        parse_config(TrainRunConfig, argv)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    # refused wherever it lies in the user's folder, even unselected
+    with pytest.raises(UserError, match="bomb.yaml: YAML aliases expand"):
+        parse_config(TrainRunConfig, [*REQUIRED, f"config_dir={tmp_path}"])
+
+
+def test_small_yaml_aliases_still_compose(tmp_path):
+    _write(tmp_path / "model/alias.yaml", "defaults: [tiny, _self_]\nname: &n alias\n"
+           "guidance: {tet_resolution: &r 24}\ngaussian: {}\nx_unused: null\n")  # fmt: skip
+    (tmp_path / "model/alias.yaml").write_text(
+        "defaults: [tiny, _self_]\nlr_size: &s 32\nguidance:\n  tet_resolution: *s\n"
+    )
+    cfg = parse_config(TrainRunConfig, [*REQUIRED, "model=alias", f"config_dir={tmp_path}"])
+    assert (cfg.model.lr_size, cfg.model.guidance.tet_resolution) == (32, 32)
+
+
+def test_a_self_referencing_yaml_alias_is_refused(tmp_path):
+    from gphm.config import check_yaml_aliases
+
+    path = _write(tmp_path / "loop.yaml", "a: &a [1, *a]\n")
+    with pytest.raises(UserError, match="loop.yaml: a YAML alias refers to its own anchor"):
+        check_yaml_aliases(path)
+
+
+def test_a_config_dir_symlink_loop_is_one_line(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(UserError, match=r"config_dir: config folder .*a is a symlink loop$"):
+        parse_config(TrainRunConfig, [*REQUIRED, f"config_dir={tmp_path / 'a'}"])
+    assert run_cli(TrainRunConfig, dict, [*REQUIRED, f"config_dir={tmp_path / 'a'}"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # a loop inside a config folder is walked once, not forever
+    (tmp_path / "c/model").mkdir(parents=True)
+    (tmp_path / "c/model/again").symlink_to(tmp_path / "c")
+    cfg = parse_config(TrainRunConfig, [*REQUIRED, f"config_dir={tmp_path / 'c'}"])
+    assert cfg.model.name == "tiny"
+
+
+@pytest.mark.parametrize(
+    "override, shown",
+    [("model=[tiny,paper]", "[tiny,paper]"), ("model=nan", "nan"), ("model=null", "null"),
+     ("model=3", "3"), ("model=tiny,paper", "tiny,paper")],
+)  # fmt: skip
+def test_a_config_group_takes_one_preset_name(override, shown):
+    with pytest.raises(UserError) as err:
+        parse_config(TrainRunConfig, [*REQUIRED, override])
+    msg = str(err.value)
+    assert msg.startswith(f"{shown and 'model=' + shown}: config group model takes one preset")
+    assert msg.endswith("choose one of: paper, tiny") and "\n" not in msg

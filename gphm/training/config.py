@@ -10,11 +10,15 @@ wrong type fails at start, in a YAML file as on the command line.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING, OmegaConf
 
-from gphm.cli import UserError, compose_config
+from gphm.config import compose_config
+from gphm.errors import UserError
+from gphm.io import limits
 from gphm.models.gaussian_head import GaussianHeadConfig
 from gphm.models.guidance import GuidanceConfig
 
@@ -81,6 +85,16 @@ class DataConfig:
     """Dataset directory written by make_synthetic.py / import_capture.py."""
 
 
+def _check_weights(weights: object, prefix: str) -> None:
+    """``ValueError`` for a negative loss weight (a negative weight maximises its error)."""
+    for f in dataclasses.fields(weights):  # type: ignore[arg-type]
+        value = getattr(weights, f.name)
+        if isinstance(value, float) and value < 0:
+            raise ValueError(
+                f"{prefix}{f.name} must be >= 0 (a loss weight; 0 turns the term off), got {value}"
+            )
+
+
 @dataclass
 class GuidanceLossConfig:
     """Stage-1 loss weights (DESIGN.md §2)."""
@@ -105,6 +119,9 @@ class GuidanceLossConfig:
     identity lives in z_id and code swapping transfers expressions."""
     sdf_landmark: float = 0.1
     """|sdf| at the canonical mean landmarks (keeps the surface through them)."""
+
+    def __post_init__(self) -> None:
+        _check_weights(self, "loss.")
 
 
 @dataclass
@@ -135,12 +152,21 @@ class GaussianLossConfig:
     vgg_weights: str | None = None
     """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
 
+    def __post_init__(self) -> None:
+        _check_weights(self, "loss.gaussian.")
+
 
 @dataclass
 class LossConfig(GuidanceLossConfig):
     """Stage-1 weights at the top level (``loss.rgb_hr``), stage 2 under ``loss.gaussian``."""
 
     gaussian: GaussianLossConfig = field(default_factory=GaussianLossConfig)
+
+
+LEARNING_RATES = ("lr", "code_lr", "gaussian_lr", "gaussian_code_lr", "point_lr",
+                  "point_position_lr", "sdf_prefit_lr")  # fmt: skip
+#: Largest learning rate accepted: Adam moves every weight by about lr per step.
+MAX_LR = 1.0
 
 
 @dataclass
@@ -184,10 +210,19 @@ class TrainConfig:
         for name in ("batch_size", "log_every", "preview_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "code_lr", "gaussian_lr", "gaussian_code_lr", "point_lr",
-                     "point_position_lr"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in LEARNING_RATES:
+            lr = getattr(self, name)
+            if not (math.isfinite(lr) and 0 <= lr <= MAX_LR):
+                raise ValueError(
+                    f"train.{name} must be in [0, {MAX_LR:g}] (an Adam step moves a weight by "
+                    f"about lr; larger ones diverge at once), got {lr:g}"
+                )
+        if self.keep_checkpoints < 0:
+            raise ValueError(
+                f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}"
+            )
+        if not self.sdf_prefit_radius > 0:
+            raise ValueError(f"train.sdf_prefit_radius must be > 0, got {self.sdf_prefit_radius}")
         for name in ("guidance_steps", "gaussian_steps", "sdf_prefit_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -223,3 +258,46 @@ class TrainRunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {'|'.join(STAGES)}, got {self.stage!r}")
+        check_training_budget(self)
+
+
+def check_training_budget(cfg: TrainRunConfig) -> None:
+    """Refuse sizes and step counts that cannot fit in memory or would take longer than
+    the time budget (:mod:`gphm.io.limits`; ``GPHM_MEMORY_LIMIT`` / ``GPHM_TIME_LIMIT``
+    override), before any data is read or model built.
+
+    Memory: the model's sizes (tet grid, Gaussians, MLP widths, images) plus one batch of
+    32-channel feature images at the hr size. Time: per stage, steps × (batch × hr²
+    rendered pixels + the stage's grid cells or Gaussians); stage 1 also pre-fits the SDF
+    (``train.sdf_prefit_steps`` grid evaluations). ``num_points=0`` (one Gaussian per mesh
+    vertex, unknown before stage 1) counts no Gaussians.
+    """
+    model, train = cfg.model, cfg.train
+    hr, batch = model.hr_size, train.batch_size
+    terms = limits.model_memory_terms({"model": dataclasses.asdict(model)})
+    batch_bytes = float(hr) * hr * 32 * 4 * batch
+    terms.append((f"train.batch_size={batch} at {hr} px", batch_bytes))
+    total = sum(b for _, b in terms)
+    name, biggest = max(terms, key=lambda t: t[1])
+    limits.check_bytes(total, name + ("" if biggest == total else " (with the other sizes)"))
+
+    device = "cpu" if train.cpu else limits.compute_device("auto")
+    cells = float(model.guidance.tet_resolution) ** 3
+    pixels = float(batch) * hr * hr
+    work, named = 0.0, []
+    if cfg.stage in ("guidance", "all"):
+        steps = train.guidance_steps
+        work += limits.work_seconds(pixels=steps * pixels, cells=(steps + train.sdf_prefit_steps)
+                                    * cells, items=steps, device=device)  # fmt: skip
+        named.append(f"train.guidance_steps={steps}")
+        named.append(f"model.guidance.tet_resolution={model.guidance.tet_resolution}")
+    if cfg.stage in ("gaussian", "all"):
+        steps = train.gaussian_steps
+        points = float(batch) * model.gaussian.num_points
+        work += limits.work_seconds(pixels=steps * pixels, gaussians=steps * points,
+                                    items=steps, device=device)  # fmt: skip
+        named.append(f"train.gaussian_steps={steps}")
+        if model.gaussian.num_points:
+            named.append(f"model.gaussian.num_points={model.gaussian.num_points}")
+    named.append(f"train.batch_size={batch} at {hr} px")
+    limits.check_seconds(work, ", ".join(named), device)
