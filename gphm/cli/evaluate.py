@@ -21,7 +21,7 @@
   cameras) and cross-reenactment (every other subject, fitted on its first step, driven
   by the tracked codes at its true head motion, all cameras) against ground truth, with a
   neutral baseline (``*_neutral``), unaligned and ``*_scale_aligned``, plus
-  ``seconds_per_frame`` and ``jitter`` (gphm.tracking.evaluate).
+  ``seconds_per_frame`` and ``jitter`` (gphm.evaluation.reenact).
 * ``expression_gain`` (DIR = the training set): every training row rendered with its
   own codes and with its subject's ``neutral`` frame's expression code; ``gain_db``
   (pooled over the non-neutral rows) and ``per_label``: what the model's expression codes
@@ -45,14 +45,14 @@ from omegaconf import MISSING
 
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
-from gphm.fitting.evaluate import FIT_INPUTS, evaluate_fit
+from gphm.evaluation.fit import FIT_INPUTS, evaluate_fit
+from gphm.evaluation.perceptual import lpips_available
+from gphm.evaluation.reenact import evaluate_reenact
+from gphm.evaluation.views import evaluate_expression_gain, evaluate_model
 from gphm.fitting.fit import FitConfig
 from gphm.models.runs import load_run
-from gphm.perceptual import lpips_available
-from gphm.tracking.evaluate import evaluate_reenact
 from gphm.tracking.track import TrackConfig
 from gphm.training.config import DataConfig
-from gphm.training.evaluate import evaluate_expression_gain, evaluate_model
 
 # ``train`` is what the model was fitted to: not an evaluation split.
 ALL_SPLITS = (

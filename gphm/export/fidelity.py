@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from gphm.evaluation.metrics import psnr
 from gphm.export.blendshapes import ExpressionBasis, SplatAttributes
 from gphm.fitting.views import orbit_rig, render_codes
-from gphm.metrics import psnr
 from gphm.models.gaussian_head import GaussianHead
 from gphm.render import rasterize_gaussians
 

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gphm import losses, metrics
+from gphm import losses
+from gphm.evaluation import metrics
 from gphm.data.loaders import box_downsample
 from gphm.fitting.avatar import Avatar, PersonalisedGaussianHead
 from gphm.geometry.cameras import project_points, rescale_K

@@ -25,7 +25,7 @@ import torch
 from gphm.data.format import SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem, box_downsample
 from gphm.data.preprocess.detectors import NoFaceError
-from gphm.fitting.evaluate import target_from_item
+from gphm.evaluation.fit import target_from_item
 from gphm.fitting.sources import IMAGE_SUFFIXES
 from gphm.tracking.track import TrackFrame
 

@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 from gphm import losses
 from gphm.cli import write_report
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
+from gphm.evaluation.perceptual import build_perceptual_loss
+from gphm.evaluation.views import evaluate_model
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead, GaussianOutput
 from gphm.models.guidance import GuidanceModel, GuidanceOutput
 from gphm.models.runs import dataset_fingerprint
-from gphm.perceptual import build_perceptual_loss
 from gphm.training.checkpoint import (
     checkpoint_candidates,
     load_latest,
@@ -40,7 +41,6 @@ from gphm.training.checkpoint import (
     save_training_state,
 )
 from gphm.training.config import TrainRunConfig
-from gphm.training.evaluate import evaluate_model
 from gphm.training.logging import MetricLogger
 from gphm.training.run_dir import (
     RunDirError,

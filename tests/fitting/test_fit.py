@@ -11,10 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gphm import metrics
 from gphm.data.loaders import HeadDataset
-from gphm.fitting.avatar import Avatar
-from gphm.fitting.evaluate import (
+from gphm.evaluation import metrics
+from gphm.evaluation.fit import (
     SeenDatasetError,
     evaluate_fit,
     fit_landmarks,
@@ -22,6 +21,7 @@ from gphm.fitting.evaluate import (
     render_fit_view,
     target_from_item,
 )
+from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, fit_image, fit_images, render_avatar
 from gphm.geometry.cameras import invert_viewmat, project_points
 from gphm.models.runs import load_run
@@ -232,7 +232,7 @@ def test_evaluate_cli_split_fit_refuses_seen_data_and_reports_both_ways(
 def test_crop_camera_reproduces_the_similarity_warp():
     """Points projected by the input camera and warped into the crop land where the crop
     camera (R_crop, K_crop) projects them."""
-    from gphm.fitting.evaluate import crop_camera
+    from gphm.evaluation.fit import crop_camera
 
     K = torch.tensor([[300.0, 0, 130], [0, 300.0, 120], [0, 0, 1]])
     theta, s, b = 0.3, 1.7, torch.tensor([12.0, -7.0])
@@ -542,7 +542,7 @@ def test_photo_path_crop_camera_agrees_with_mediapipe_on_a_synthetic_head(tmp_pa
     from gphm.data.preprocess.single_image import prepare_image
     from gphm.data.synthetic.config import MakeSyntheticConfig
     from gphm.data.synthetic.generate import generate
-    from gphm.fitting.evaluate import crop_camera, frontal_row
+    from gphm.evaluation.fit import crop_camera, frontal_row
     from gphm.geometry.cameras import world_to_camera
 
     out = tmp_path / "syn"

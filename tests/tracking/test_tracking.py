@@ -16,6 +16,7 @@ from PIL import Image
 from gphm.data.preprocess.detectors import Detection, NoFaceError
 from gphm.data.synthetic import MakeSyntheticConfig
 from gphm.data.synthetic.sequence import generate_sequence
+from gphm.evaluation.reenact import camera_pose_to_world, evaluate_reenact, moved_pose
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, render_avatar
 from gphm.fitting.sources import resolve_source
@@ -23,7 +24,6 @@ from gphm.geometry import intrinsics, look_at
 from gphm.geometry.cameras import project_points
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.models.runs import load_run
-from gphm.tracking.evaluate import camera_pose_to_world, evaluate_reenact, moved_pose
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
 from gphm.tracking.outputs import reenact
 from gphm.tracking.pipeline import reenact_to_dir, track_video

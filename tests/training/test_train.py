@@ -186,7 +186,7 @@ def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_
 
 def test_each_stage_ends_with_validation_not_heldout(tiny_val_dataset, tmp_path):
     from gphm.data.format import SPLITS as DATA_SPLITS
-    from gphm.training.evaluate import SPLITS as EVAL_SPLITS
+    from gphm.evaluation.views import SPLITS as EVAL_SPLITS
 
     if "val_combo" not in DATA_SPLITS or "val_combo" not in EVAL_SPLITS:
         pytest.skip("the dataset format or evaluate_model has no validation splits yet")

@@ -1,4 +1,4 @@
-"""gphm.metrics against scikit-image / numpy references, over batches and masks."""
+"""gphm.evaluation.metrics against scikit-image / numpy references, over batches and masks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from gphm import metrics
+from gphm.evaluation import metrics
 
 
 def _pair(b: int, h: int, w: int, c: int = 3, dtype=torch.float64):

@@ -9,14 +9,13 @@ import torch
 
 from gphm import losses
 from gphm.data.format import write_dataset
+from gphm.evaluation import views as ev
+from gphm.evaluation.perceptual import AlexNetFeatures, LPIPSAlex, LPIPSMetric
+from gphm.evaluation.views import SPLITS, evaluate_model, transfer_frames
 from gphm.models.guidance import GuidanceConfig, GuidanceModel
 from gphm.models.mlp import MLPConfig
 from gphm.models.upsampler import UpsamplerConfig
-from gphm.perceptual import AlexNetFeatures, LPIPSAlex, LPIPSMetric
-from gphm.training import evaluate as ev
-from gphm.training.evaluate import SPLITS, evaluate_model, transfer_frames
-
-from .conftest import _rows
+from tests.training.conftest import _rows
 
 SUBJECT_B_OPEN = ("b", "open")  # frame 3; its only same-label source is a/open = frame 1
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gphm.perceptual import (
+from gphm.evaluation.perceptual import (
     AlexNetFeatures,
     LPIPSAlex,
     LPIPSMetric,
@@ -155,7 +155,7 @@ def test_lpips_backbone_mapping(tmp_path, torchvision_sd):
     """lpips keeps torchvision's layer indices inside net.sliceK; check the copy."""
     from torch import nn
 
-    from gphm.perceptual import _load_lpips_backbone
+    from gphm.evaluation.perceptual import _load_lpips_backbone
 
     features = VGG16Features()
     net = nn.Module()
@@ -194,7 +194,7 @@ def _random_alex_files(tmp_path, seed: int = 3):
 
 def _no_package(monkeypatch):
     """Make the lpips package's backend unavailable so load_lpips picks the twin."""
-    import gphm.perceptual as perceptual
+    import gphm.evaluation.perceptual as perceptual
 
     monkeypatch.setattr(perceptual, "_lpips_package", lambda: (None, "disabled by test"))
 

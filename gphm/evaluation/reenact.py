@@ -22,7 +22,7 @@ same sequence, so the true image of subject B making the driver's expression of 
    ``cross_gain_db = cross_psnr - cross_psnr_neutral``.
 
 Every image metric comes unaligned and ``*_scale_aligned`` as in ``split=fit``
-(:func:`~gphm.fitting.evaluate.gauge_scale` of each fit against the true landmarks of its
+(:func:`~gphm.evaluation.fit.gauge_scale` of each fit against the true landmarks of its
 input view, applied about the driving camera's centre). Also: ``seconds_per_frame``
 (tracking, after the identity frame), ``jitter`` (mean landmark acceleration of the
 tracked landmarks, px) next to ``jitter_truth`` (the same of the true landmarks: the
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gphm import metrics
 from gphm.data.loaders import HeadItem
+from gphm.evaluation import metrics
+from gphm.evaluation.fit import fit_landmarks, gauge_scale, target_from_item
 from gphm.fitting.avatar import Avatar
-from gphm.fitting.evaluate import fit_landmarks, gauge_scale, target_from_item
 from gphm.fitting.fit import TrainedRows, fit_image, render_avatar
 from gphm.geometry.cameras import world_to_camera
 from gphm.io.images import image_grid, save_png

@@ -1,10 +1,11 @@
-"""The demo's index.md (gphm.report): built from whatever reports exist, never failing."""
+"""The demo's index.md (gphm.evaluation.report): built from whatever reports exist, never
+failing."""
 
 from __future__ import annotations
 
 import json
 
-from gphm.report import DemoReportConfig, demo_report
+from gphm.evaluation.report import DemoReportConfig, demo_report
 
 
 def test_demo_report_on_an_empty_run_and_with_reenact_figures(tmp_path):

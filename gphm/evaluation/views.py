@@ -39,13 +39,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from gphm import metrics
 from gphm.data.loaders import HeadBatch, HeadDataset, collate_views
+from gphm.evaluation import metrics
+from gphm.evaluation.perceptual import LPIPSMetric, resolve_lpips
 from gphm.geometry.mesh import euler_characteristic, is_watertight
 from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
-from gphm.perceptual import LPIPSMetric, resolve_lpips
 
 __all__ = [
     "evaluate_model", "evaluate_expression_gain", "mesh_report", "trained_frames_by_label",
@@ -148,7 +148,7 @@ def evaluate_model(
     ``extra["train_frames"]``); default: the dataset's ``train`` split, which is what the
     trainer trains on. ``*_view`` rows must be trained frames and ``*_combo`` sources are
     chosen among them; anything else is a ValueError. ``lpips``: True loads the metric
-    with :func:`gphm.perceptual.load_lpips` (``null`` plus ``lpips_unavailable`` when it
+    with :func:`gphm.evaluation.perceptual.load_lpips` (``null`` plus ``lpips_unavailable`` when it
     cannot), False skips it, or pass a metric to use. ``save_dir``: writes
     ``side_by_side.png`` (prediction | ground truth, the first ``num_images`` rows,
     spread over the split).

@@ -45,10 +45,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gphm import metrics
 from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.data.preprocess.detectors import NoFaceError
+from gphm.evaluation import metrics
+from gphm.evaluation.perceptual import resolve_lpips
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import (
     FitConfig,
@@ -68,7 +69,6 @@ from gphm.geometry.cameras import (
 from gphm.geometry.pose import apply_head_pose
 from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun, seen_by
-from gphm.perceptual import resolve_lpips
 
 __all__ = [
     "FIT_INPUTS", "FIT_SCORES", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
@@ -327,8 +327,8 @@ def evaluate_fit(
     A dataset the model was trained on (:func:`~gphm.models.runs.seen_by`) raises
     :class:`SeenDatasetError` unless ``allow_seen``. ``detector``/``segmenter``
     (``inputs="photo"``): a backend name or object as :func:`prepare_image` takes them.
-    ``lpips``: True loads AlexNet LPIPS (:func:`~gphm.perceptual.load_lpips`; ``null`` and
-    ``lpips_unavailable`` when it cannot), False skips it, or a metric
+    ``lpips``: True loads AlexNet LPIPS (:func:`~gphm.evaluation.perceptual.load_lpips`;
+    ``null`` and ``lpips_unavailable`` when it cannot), False skips it, or a metric
     ``(pred [B,H,W,3], target [B,H,W,3]) -> [B]`` to use.
     """
     if inputs not in FIT_INPUTS:
