@@ -16,7 +16,10 @@ Landmarks come from the detector (MediaPipe by default) or a 68-point ``.pts`` f
 The head mask is MediaPipe's segmentation refined with the face hull, the photo's alpha
 when it is a transparent cutout, or, with a ``.pts`` file and no MediaPipe installed,
 the landmarks' head hull (``gphm.data.preprocess.masks.head_hull_mask``); the report's
-``mask_source`` says which. A non-empty ``OUT`` is refused unless ``overwrite=true``.
+``mask_source`` says which. A non-empty ``OUT`` is refused unless ``overwrite=true``, and
+even then unless it is an earlier fit (nothing but the outputs below) holding none of the
+inputs: ``OUT`` is built in a temporary sibling and replaced as a whole, so a kill leaves
+the earlier fit or the new one, never a mix.
 Writes ``OUT/avatar/`` (the fitted avatar: ``avatar.json`` + ``avatar.safetensors``,
 accepted by ``scripts/edit_expression.py``), ``OUT/overlay.png`` (aligned input | fit |
 blend, detected landmarks green, fitted landmarks red), ``OUT/novel_views.png``,
@@ -30,6 +33,7 @@ A photo without a detectable face is refused with a clear message (exit status 2
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +43,12 @@ from omegaconf import MISSING
 
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
+from gphm.fitting.avatar import is_avatar_dir
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.photo import image_report, overlay
 from gphm.fitting.sources import fit_photos
 from gphm.fitting.views import orbit_rig, render_codes
-from gphm.io.atomic import check_output_dir
+from gphm.io.atomic import atomic_directory, check_output_dir, check_swappable
 from gphm.io.images import image_grid, save_png
 from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
@@ -76,8 +81,7 @@ class FitImageConfig:
     """Height/width of the novel views and orbit frames."""
     fps: int = 24
     overwrite: bool = False
-    """Write into a non-empty ``out`` (its avatar and files with the same names are
-    replaced)."""
+    """Replace ``out`` when it is an earlier fit (never a folder of other files)."""
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
 
@@ -91,15 +95,76 @@ class FitImageConfig:
             raise ValueError(f"face must be >= 0 (0 = the largest face), got {self.face}")
         if self.views < 1 or self.frames < 2 or self.size < 16 or self.fps < 1:
             raise ValueError("views >= 1, frames >= 2, size >= 16 and fps >= 1 are required")
+        if self.size % 2:  # the orbit video is H.264: even frame sizes only
+            raise ValueError(f"size must be even (the orbit video is H.264), got {self.size}")
         check_render_size(self.size, max(self.frames, self.views))
+
+
+FIT_OUTPUTS = ("avatar", "overlay.png", "novel_views.png", "orbit.mp4", "report.json")
+"""Everything a fit writes into ``out``: a folder holding only these (and a stray
+temporary of them) is an earlier fit, the only non-empty folder ``overwrite`` replaces."""
+_STRAY = re.compile(r"^\.(?:avatar|overlay|novel_views|orbit|report)\.")  # temporaries
+
+
+def is_fit_dir(path: str | Path) -> bool:
+    """Whether ``path`` is an earlier fit's output: ``report.json``, an avatar in
+    ``avatar/`` (``avatar.json`` and ``avatar.safetensors`` only) and nothing but
+    :data:`FIT_OUTPUTS` and stray temporaries of a killed writer beside them."""
+    path = Path(path)
+    if not (path / "report.json").is_file() or not is_avatar_dir(path / "avatar"):
+        return False
+    names = {p.name for p in path.iterdir()}
+    if any(n not in FIT_OUTPUTS and not _STRAY.match(n) for n in names):
+        return False
+    return {p.name for p in (path / "avatar").iterdir()} <= {"avatar.json", "avatar.safetensors"}
+
+
+def check_fit_out(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an ``out`` the fit may not replace as a whole: a file; a
+    non-empty folder without ``overwrite``; with it, a folder that is not an earlier fit
+    (:func:`is_fit_dir`: a folder of the user's files is never replaced) or that holds
+    one of ``inputs`` (``{"image": path, ...}``: the photo, landmarks or the checkpoint
+    would go with it), or one that cannot be swapped (a mount point, the current
+    directory). ``FileExistsError`` / ``NotADirectoryError`` naming ``out=``."""
+    check_output_dir(out, overwrite)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    where = out.resolve()
+    for option, value in inputs.items():
+        if value is not None and Path(value).resolve().is_relative_to(where):
+            raise FileExistsError(
+                f"out={out} holds the input {option}={value}; the fit replaces out as a "
+                "whole: choose another out"
+            )
+    if not is_fit_dir(out):
+        raise FileExistsError(
+            f"out={out} is not empty and is not an earlier fit (only "
+            f"{', '.join(FIT_OUTPUTS)}); the fit replaces out as a whole, so it does not "
+            "even with overwrite=true: choose a new or empty out"
+        )
+    check_swappable(out)
+
+
+def check_fit_size(cfg: FitImageConfig, factor: int) -> None:
+    """Refuse (``ValueError``) a ``size`` the model cannot render (a multiple of its
+    upsampling ``factor``), before the fit rather than after it."""
+    if cfg.size % factor:
+        raise ValueError(
+            f"size={cfg.size} must be a multiple of the model's upsampling factor {factor}"
+        )
 
 
 def main(cfg: FitImageConfig) -> dict[str, Any]:
     out = Path(cfg.out)
+    images = [cfg.image] if cfg.image is not None else list(cfg.images)
+    inputs = {"checkpoint": cfg.checkpoint, "landmarks": cfg.landmarks,
+              "landmarks_gt": cfg.landmarks_gt,
+              **{("image" if cfg.image is not None else f"images[{i}]"): p
+                 for i, p in enumerate(images)}}  # fmt: skip
     try:
-        check_output_dir(out, cfg.overwrite)  # before the fit: refuse in a second, not minutes
+        check_fit_out(out, cfg.overwrite, inputs)  # before the fit: refuse in a second
         run = load_run(cfg.checkpoint, device=cli_device(cfg.device))
-        images = [cfg.image] if cfg.image is not None else list(cfg.images)
+        check_fit_size(cfg, run.model.upsampler.config.factor)
         prepared, result = fit_photos(
             run,
             images,
@@ -116,10 +181,28 @@ def main(cfg: FitImageConfig) -> dict[str, Any]:
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
             BackendUnavailableError) as err:  # fmt: skip
         raise UserError(str(err)) from None
+    # All outputs are built in a temporary sibling and swapped in at once: a kill leaves
+    # the earlier fit or this one, never a mix (the next run sweeps the temporary).
+    with atomic_directory(out, overwrite=True) as tmp:  # check_fit_out vetted out
+        report = write_fit(tmp, cfg, run, images, prepared, result, reports)
+    return report
+
+
+def write_fit(
+    out: Path,
+    cfg: FitImageConfig,
+    run: Any,
+    images: list[str],
+    prepared: Any,
+    result: Any,
+    reports: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Write :data:`FIT_OUTPUTS` of a finished fit into the (new, empty) folder ``out``;
+    returns the report."""
     avatar = result.avatar
     avatar.report = {"images": images, "psnr_input": round(result.psnr, 3),
                      "psnr_input_masked": reports[0]["psnr_input_masked"]}  # fmt: skip
-    avatar.save(out / "avatar", overwrite=cfg.overwrite)
+    avatar.save(out / "avatar")
     # Aligned input | fit | blend (detected landmarks green, fitted red), a row per photo.
     save_png(out / "overlay.png", overlay(prepared, result))
 

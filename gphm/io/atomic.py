@@ -41,6 +41,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_dir",
+    "check_swappable",
+    "io_error",
     "recover",
 ]
 
@@ -81,10 +83,44 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno and err.filename is None:
-            # f.write() on a full disk names no file: name the one being written.
-            raise OSError(err.errno, err.strerror, str(path)) from err
+        converted = io_error(err, path)
+        if converted is not None:
+            raise converted from err
         raise
+
+
+_OS_CODE = re.compile(r"\bOs \{ code: (\d+)")
+
+
+def io_error(err: BaseException, path: str | Path, tmp: Path | None = None) -> OSError | None:
+    """The ``OSError`` naming ``path`` that a failed write ``err`` stands for, else None.
+
+    * an ``OSError`` without a file name (``f.write()`` on a full disk names none);
+    * a safetensors ``SafetensorError`` wrapping an I/O error (``save_file`` on a full
+      disk raises ``Error while serializing: IoError(Os { code: 28, ... })``, not an
+      ``OSError``): the errno is read from its message (EIO when it names none).
+
+    * an ``OSError`` naming a file inside ``tmp`` (the temporary directory being built
+      for ``path``): the same error naming that file's final place under ``path``.
+
+    So every writer's disk-full ends as the one-line
+    :func:`gphm.errors.os_error_message` naming a path the user knows, not a traceback.
+    """
+    if isinstance(err, ReplaceError):
+        return None  # its one-line message already names the path
+    if isinstance(err, OSError):
+        if err.errno and err.filename is None:
+            return OSError(err.errno, err.strerror, str(path))
+        if tmp is not None and isinstance(err.filename, str) and err.errno:
+            name = Path(err.filename)
+            if name == tmp or name.is_relative_to(tmp):
+                return OSError(err.errno, err.strerror, str(Path(path) / name.relative_to(tmp)))
+        return None
+    if type(err).__name__ == "SafetensorError" and "IoError" in str(err):
+        m = _OS_CODE.search(str(err))
+        code = int(m.group(1)) if m else errno.EIO
+        return OSError(code, os.strerror(code), str(path))
+    return None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -111,12 +147,17 @@ def _marked(path: Path, kind: str) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (ours always does)."""
+    """Whether a process ``pid`` exists on this host (ours always does). Not a process
+    id at all (not a positive int, or beyond what ``kill`` takes: a damaged lock file's
+    ``1e20``) is False: such an owner is certainly gone. (``kill(0)`` and ``kill(-1)``
+    would address process groups, never ask.)"""
     if pid == os.getpid():
         return True
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # exists, owned by someone else
         return True
@@ -203,6 +244,14 @@ def _check_replaceable(path: Path) -> None:
         )
 
 
+def check_swappable(path: str | Path) -> None:
+    """Refuse (:class:`ReplaceError`, one line) an existing directory that
+    :func:`atomic_directory` could not swap (a mount point, the current directory or
+    one containing it), so a command can refuse it at start instead of after its work."""
+    if os.path.lexists(path):
+        _check_replaceable(Path(os.path.abspath(path)))
+
+
 def _swap_into_place(tmp: Path, path: Path) -> None:
     """Move the finished ``tmp`` to ``path``; ``path``, if it exists, is never missing."""
     if not os.path.lexists(path):
@@ -258,8 +307,11 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     try:
         yield tmp
         _swap_into_place(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        converted = io_error(err, path, tmp)
+        if converted is not None:  # e.g. safetensors on a full disk: an OSError naming path
+            raise converted from err
         raise
 
 
