@@ -19,7 +19,6 @@ Writes PNGs, ``samples.json`` (timings, mesh statistics, IoU before/after) and
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.tets import tet_grid
 from gphm.io.atomic import atomic_write_text
 from gphm.io.images import image_grid, save_png
+from gphm.io.jsonfile import write_report
 from gphm.render import rasterize_gaussians, render_mesh
 
 
@@ -186,9 +186,7 @@ def render_samples(cfg: SamplesConfig) -> dict:
     save_png(out / "gaussian_splats.png", image_grid(list(splat), 4))
 
     fit_png = _silhouette_fit(cfg, out, report)
-    atomic_write_text(
-        out / "samples.json", json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
-    )
+    write_report(out / "samples.json", report)
     lines = [
         "# Renderer and geometry showcase",
         "",

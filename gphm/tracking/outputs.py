@@ -28,6 +28,7 @@ from torch import Tensor
 
 from gphm.fitting.sources import Source
 from gphm.io.images import draw_points, image_grid, load_image, save_png
+from gphm.io.jsonfile import write_report
 from gphm.io.video import save_mp4
 from gphm.tracking.track import TrackFrame, Tracking, landmark_jitter, render_tracking
 
@@ -107,9 +108,7 @@ def write_tracking(
         for t, f in enumerate(frames):
             save_png(tmp / "frames" / f"{t:05d}.png", f.image)
         save_mp4(tmp / "overlay.mp4", overlay_frames(run_model, tracking, frames), fps=fps)
-        import json
-
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_report(tmp / "report.json", report)
 
     tracking.save(out, overwrite=overwrite, extra=extra)
     report["outputs"] = ["tracking.safetensors", "tracking.json", "avatar/", "frames/",

@@ -75,7 +75,8 @@ from gphm.data.synthetic.render import (
     rig_from_angles,
 )
 from gphm.geometry import axis_angle_to_matrix
-from gphm.io.atomic import atomic_directory, atomic_write_text
+from gphm.io.atomic import atomic_directory
+from gphm.io.jsonfile import write_report
 
 __all__ = [
     "SequencePlan",
@@ -392,5 +393,5 @@ def generate_sequence(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[s
             "previews": [str(out / n) for n in preview_names],
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        atomic_write_text(tmp / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_report(tmp / REPORT, report)
     return report
