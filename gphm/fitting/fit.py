@@ -40,8 +40,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gphm import losses
-from gphm.evaluation import metrics
 from gphm.data.loaders import box_downsample
+from gphm.evaluation import metrics
 from gphm.fitting.avatar import Avatar, PersonalisedGaussianHead
 from gphm.geometry.cameras import project_points, rescale_K
 from gphm.geometry.pose import solve_pnp
