@@ -5,6 +5,7 @@ kill leaves the earlier fit or the new one; options checked before the fit.
 The fit itself is replaced by fakes (these tests are about the output folder): ``load_run``
 returns a stand-in model, ``write_fit`` writes the output files."""
 
+import errno
 import json
 import os
 import signal
@@ -15,10 +16,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors import SafetensorError
 
 import gphm.cli.fit as fit_cli
+import gphm.fitting.avatar as avatar_module
 from gphm.cli import UserError
 from gphm.cli.fit import FIT_OUTPUTS, FitImageConfig, is_fit_dir
+from gphm.errors import os_error_message
+from gphm.fitting.avatar import Avatar
 from tests.training.test_train import ROOT, _env
 
 
@@ -164,3 +170,39 @@ def test_a_fit_killed_while_overwriting_leaves_the_earlier_fit(tmp_path, monkeyp
     fit_cli.main(cfg(tmp_path, out, overwrite=True))
     assert json.loads((out / "report.json").read_text()) == {"tag": "new"}
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".fit.")]
+
+
+def _disk_full(*args, **kwargs):
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                          'message: "No space left on device" })')  # fmt: skip
+
+
+def test_disk_full_writing_an_avatar_is_an_oserror_naming_it(tmp_path, monkeypatch):
+    # finding 8: safetensors' SafetensorError on a full disk, the old avatar untouched
+    avatar = Avatar(checkpoint="run", model_class="GaussianHead", z_id=torch.zeros(4),
+                    z_exp=torch.ones(3), head_R=torch.eye(3), head_T=torch.zeros(3),
+                    head_scale=1.0, K=torch.eye(3), image_size=32)  # fmt: skip
+    d = avatar.save(tmp_path / "avatar")
+    before = (d / "avatar.safetensors").read_bytes()
+    monkeypatch.setattr(avatar_module, "save_file", _disk_full)
+    with pytest.raises(OSError) as err:
+        avatar.save(d, overwrite=True)
+    assert err.value.errno == errno.ENOSPC
+    assert os_error_message(err.value) == (
+        f"disk full while writing {d}; free some space and run again"
+    )
+    assert (d / "avatar.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar"]
+
+
+def test_disk_full_during_the_fit_outputs_is_one_line(tmp_path, monkeypatch, capsys):
+    fake_fit(monkeypatch)
+    monkeypatch.setattr(fit_cli, "write_fit", lambda out, *a: _disk_full())
+    (tmp_path / "photo.png").write_bytes(b"photo")
+    out = tmp_path / "fit"
+    status = fit_cli.cli([f"checkpoint={tmp_path / 'run'}", f"image={tmp_path / 'photo.png'}",
+                          f"out={out}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert f"error: disk full while writing {out}; free some space and run again" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]

@@ -4,9 +4,11 @@ error, a failed write names the path, and no NaN/Inf ever reaches one."""
 import errno
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gphm.cli import UserError
@@ -84,6 +86,30 @@ def test_disk_full_while_checkpointing_is_one_line(tiny_head_dataset, run, monke
     with pytest.raises(UserError, match=re.escape(f"{target}: cannot write the checkpoint")):
         train_script.main(_cfg(tiny_head_dataset, run, *ARGS))
     # nothing half-written is left: only the two good checkpoints
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001",
+                                                                      "step_00000002"]  # fmt: skip
+
+
+def test_disk_full_inside_safetensors_while_checkpointing_is_one_line(
+    tiny_head_dataset, run, monkeypatch
+):
+    # issue 28 finding 8: safetensors reports a full disk as SafetensorError, no OSError
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+                              'StorageFull, message: "No space left on device" })')  # fmt: skip
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full)
+    target = run / "checkpoints/step_00000003"
+    with pytest.raises(OSError, match="No space left on device") as err:
+        model = SimpleNamespace(save_pretrained=lambda d: None)
+        checkpoint_module.save_training_state(run / "checkpoints", 3, model,
+                                              torch.optim.Adam([torch.zeros(1)]), {})  # fmt: skip
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    with pytest.raises(UserError, match=re.escape(
+        f"{target}: cannot write the checkpoint (No space left on device); free space and "
+        f"re-run to resume from {run / 'checkpoints/step_00000002'}"
+    )):  # fmt: skip
+        train_script.main(_cfg(tiny_head_dataset, run, *ARGS))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001",
                                                                       "step_00000002"]  # fmt: skip
 
