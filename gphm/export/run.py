@@ -55,17 +55,11 @@ def resolve_identity(run: TrainedRun, identity: str | int | Path | Avatar) -> Ex
     if isinstance(identity, Avatar):
         return _from_avatar(run, identity, "avatar", {"checkpoint": identity.checkpoint})
     try:
-        s = run.subject_index(identity)
+        s = run.trained_subject(str(identity) if isinstance(identity, Path) else identity)
     except ValueError as err:
         raise ValueError(
             f"subject={identity}: neither a fitted avatar directory nor a training subject ({err})"
         ) from None
-    if s not in run.trained_subjects:
-        raise ValueError(
-            f"subject={identity}: {run.subjects[s]!r} has no trained frame, so its identity "
-            f"code was never optimised; trained subjects: "
-            f"{[run.subjects[i] for i in run.trained_subjects]}"
-        )
     z_id = run.model.identity_codes.codes.weight[s].detach()
     return ExportIdentity(run.subjects[s], "subject", z_id, run.model, subject=s,
                           info={"subject": run.subjects[s]})  # fmt: skip

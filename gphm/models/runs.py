@@ -110,6 +110,29 @@ class TrainedRun:
             raise ValueError(f"subject index {i} out of range [0, {len(names)})")
         return i
 
+    def trained_subject(
+        self, spec: str | int, noun: str = "subject", nouns: str = "subjects"
+    ) -> int:
+        """Index of a subject with a trained frame (so its identity code was fitted), given
+        by name or index (a string or an int): the one resolver of the API's identities
+        and the exporter's ``subject=``. ``ValueError`` otherwise, calling ``spec`` a
+        ``noun`` and listing the trained ``nouns``."""
+        listing = f"trained {nouns}: {[self.subjects[i] for i in self.trained_subjects]}"
+        if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+            raise ValueError(f"{noun} {spec!r}: expected a subject name or index; {listing}")
+        if isinstance(spec, str) and spec not in self.subjects and not spec.lstrip("-").isdigit():
+            raise ValueError(f"unknown {noun} {spec!r}; {listing}")
+        try:
+            s = self.subject_index(spec)
+        except ValueError as err:
+            raise ValueError(f"{noun} {spec!r}: {err}; {listing}") from None
+        if s not in self.trained_subjects:
+            raise ValueError(
+                f"{noun} {self.subjects[s]!r} has no trained frame, so its identity code was "
+                f"never fitted; {listing}"
+            )
+        return s
+
     def _resolved(self, frame: int, asked: int | None) -> ResolvedFrame:
         owner = self.frame_subject(self.frames[frame])
         return ResolvedFrame(

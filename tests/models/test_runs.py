@@ -1,6 +1,7 @@
 """TrainedRun's resolver of trained expression codes, and the dataset fingerprint."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,18 @@ def test_fingerprint_and_seen_datasets(tmp_path):
     assert "synth_001" in seen_by(run, unseen, imported)
     with pytest.raises(FileNotFoundError, match=r"nowhere/meta.json: missing"):
         dataset_fingerprint(tmp_path / "nowhere")
+
+
+def test_trained_subject_is_the_one_identity_resolver():
+    run = _run(train_frames=[0, 3, 4])  # synth_002 has no trained frame
+    assert run.trained_subject("synth_001") == 1 and run.trained_subject(1) == 1
+    assert run.trained_subject("0") == 0
+    listing = re.escape("trained identities: ['synth_000', 'synth_001']")
+    with pytest.raises(ValueError, match=r"^unknown identity 'zz'; " + listing):
+        run.trained_subject("zz", "identity", "identities")
+    with pytest.raises(ValueError, match=r"subject 7: subject index 7 out of range"):
+        run.trained_subject(7)
+    with pytest.raises(ValueError, match=r"expected a subject name or index"):
+        run.trained_subject(True)
+    with pytest.raises(ValueError, match="subject 'synth_002' has no trained frame, so its"):
+        run.trained_subject("synth_002")
