@@ -10,7 +10,8 @@
 seen by the driver's camera; ``pose=target`` keeps the target still at the canonical pose
 seen by the training framing camera. Writes ``OUT/reenact.mp4`` (driver | target driven,
 side by side), ``OUT/frames/00000.png ...`` (the driven target) and ``OUT/report.json``.
-A non-empty ``OUT`` is refused unless ``overwrite=true``.
+A non-empty ``OUT`` is refused unless ``overwrite=true``, and ``OUT`` may never be, hold
+or lie inside the driver, the target or the checkpoint (their files would be overwritten).
 """
 
 from __future__ import annotations
@@ -68,8 +69,31 @@ class ReenactConfig:
             )
 
 
+def check_reenact_out(out: Path, inputs: dict[str, str]) -> None:
+    """Refuse (``FileExistsError``, one line) an ``out`` that is, holds or lies inside one
+    of ``inputs`` (``{"driver": path, ...}``; names that are no existing path, such as a
+    training subject, are skipped): reenact writes ``report.json`` and ``frames/`` into
+    ``out``, which would overwrite a tracking's own report and input frames. ``out``
+    inside the checkpoint (a run directory) is allowed: nothing of the run is replaced."""
+    where = out.resolve()
+    for option, value in inputs.items():
+        path = Path(value)
+        if not path.exists():
+            continue
+        inp = path.resolve()
+        inside = option != "checkpoint" and where.is_relative_to(inp)
+        if inp.is_relative_to(where) or inside:
+            how = "is" if inp == where else "holds" if inp.is_relative_to(where) else "lies in"
+            raise FileExistsError(
+                f"out={out} {how} the {option}={value}; reenact would overwrite its files "
+                "(report.json, frames/): choose another out"
+            )
+
+
 def main(cfg: ReenactConfig) -> dict[str, Any]:
     try:
+        check_reenact_out(Path(cfg.out), {"driver": cfg.driver, "target": cfg.target,
+                                          "checkpoint": cfg.checkpoint})  # fmt: skip
         run = load_run(cfg.checkpoint, device=cli_device(cfg.device))
         report = reenact_to_dir(
             run, cfg.driver, cfg.target, cfg.out, pose=cfg.pose, size=cfg.size,
