@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gphm.losses import dssim
+from gphm.models.base import StateDictMismatch, compare_state_dict
 
 __all__ = [
     "resolve_lpips",
@@ -141,27 +142,24 @@ def load_vgg16_weights(path: str | os.PathLike[str]) -> VGG16Features:
         raise FileNotFoundError(f"VGG-16 weights not found: {p} (nothing is downloaded)")
     sd = _features_state_dict(_read_state_dict(p))
     model = VGG16Features()
-    want = model.state_dict()
-    missing = sorted(set(want) - set(sd), key=_key_order)
-    unexpected = sorted(set(sd) - set(want))
+    found = compare_state_dict(sd, model.state_dict(), finite=False)
+    missing, unexpected = found.missing, sorted(found.unexpected)  # missing: layer order
     if missing or unexpected:
         raise ValueError(
             f"{p}: not a torchvision VGG-16 checkpoint; missing keys {missing[:6]}"
             f"{'...' if len(missing) > 6 else ''}, unexpected keys {unexpected[:6]}"
             f"{'...' if len(unexpected) > 6 else ''}"
         )
-    bad = [f"{k}: {list(sd[k].shape)} != {list(v.shape)}" for k, v in want.items()
-           if sd[k].shape != v.shape]  # fmt: skip
-    if bad:
-        raise ValueError(f"{p}: wrong shapes for VGG-16: {'; '.join(bad)}")
+    if found.shapes:
+        raise ValueError(f"{p}: wrong shapes for VGG-16: {_shape_list(found)}")
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     model.requires_grad_(False)
     return model.eval()
 
 
-def _key_order(key: str) -> tuple[int, str]:
-    head, _, tail = key.partition(".")
-    return (int(head) if head.isdigit() else 1 << 30, tail)
+def _shape_list(found: StateDictMismatch) -> str:
+    """ "key: [got] != [expected]; ..." of the tensors whose shape differs."""
+    return "; ".join(f"{k}: {list(got)} != {list(want)}" for k, got, want in found.shapes)
 
 
 class PerceptualLoss(nn.Module):
@@ -331,22 +329,20 @@ class LPIPSAlex(nn.Module):
         model = cls()
         feats = _features_state_dict(backbone)
         want = model.net.state_dict()
-        missing = sorted(set(want) - set(feats))
-        unexpected = sorted(set(feats) - set(want))
-        if missing or unexpected:
-            raise ValueError(f"not a torchvision AlexNet checkpoint: missing keys {missing}, "
-                             f"unexpected keys {unexpected[:6]}")  # fmt: skip
+        found = compare_state_dict(feats, want, finite=False)
+        if found.missing or found.unexpected:
+            raise ValueError(f"not a torchvision AlexNet checkpoint: missing keys "
+                             f"{sorted(found.missing)}, unexpected keys "
+                             f"{sorted(found.unexpected)[:6]}")  # fmt: skip
         sd = {f"net.{k}": feats[k] for k in want}
         for k in range(len(ALEX_CHANNELS)):
             v = heads.get(f"lin{k}.model.1.weight", heads.get(f"lin{k}.weight"))
             if v is None:
                 raise ValueError(f"not LPIPS alex heads: no lin{k}.model.1.weight")
             sd[f"lin{k}.weight"] = v
-        ref = model.state_dict()
-        bad = [f"{k}: {list(sd[k].shape)} != {list(v.shape)}" for k, v in ref.items()
-               if sd[k].shape != v.shape]  # fmt: skip
-        if bad:
-            raise ValueError(f"wrong shapes for LPIPS alex: {'; '.join(bad)}")
+        found = compare_state_dict(sd, model.state_dict(), finite=False)
+        if found.shapes:
+            raise ValueError(f"wrong shapes for LPIPS alex: {_shape_list(found)}")
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         return model.requires_grad_(False).eval()
 

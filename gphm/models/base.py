@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,7 +33,9 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "SerializableModule",
+    "StateDictMismatch",
     "check_state_dict",
+    "compare_state_dict",
     "dataclass_from_dict",
 ]
 
@@ -134,14 +137,50 @@ class SerializableModule(nn.Module):
         return model.to(map_location)
 
 
+@dataclasses.dataclass(frozen=True)
+class StateDictMismatch:
+    """How a state dict differs from the one a module expects; falsy when it fits."""
+
+    missing: list[str]  # keys of ``expected`` not in ``state`` (``expected``'s order)
+    unexpected: list[str]  # keys of ``state`` not in ``expected`` (``state``'s order)
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, got, expected)
+    nonfinite: list[tuple[str, int, int]]  # (key, non-finite count, numel)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes or self.nonfinite)
+
+
+def compare_state_dict(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor], finite: bool = True
+) -> StateDictMismatch:
+    """The one comparison of loaded weights with a module's ``state_dict()`` (model
+    weights, training checkpoints, VGG/LPIPS backbones): keys, shapes, and with
+    ``finite`` the NaN/inf count of every floating tensor of a fitting shape."""
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    nonfinite = []
+    for key in expected if finite else ():
+        got = state.get(key)
+        if got is not None and (got.is_floating_point() or got.is_complex()):
+            bad = int((~torch.isfinite(got)).sum())
+            if bad:
+                nonfinite.append((key, bad, got.numel()))
+    return StateDictMismatch(
+        missing=[k for k in expected if k not in state],
+        unexpected=[k for k in state if k not in expected],
+        shapes=shapes,
+        nonfinite=nonfinite,
+    )
+
+
 def check_state_dict(
     state: dict[str, Tensor], expected: dict[str, Tensor], where: str, owner: str
 ) -> None:
     """Raise ``ValueError`` naming ``where`` and the first offending tensor when ``state``
     has missing or unexpected keys, a shape other than ``expected``'s, or non-finite values.
     """
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    found = compare_state_dict(state, expected)
+    missing, unexpected = found.missing, found.unexpected
     if missing or unexpected:
         parts = []
         if missing:
@@ -151,16 +190,12 @@ def check_state_dict(
             more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
             parts.append(f"unexpected {', '.join(unexpected[:3])}{more}")
         raise ValueError(f"{where}: weights do not match {owner} ({'; '.join(parts)})")
-    for key, want in expected.items():
-        got = state[key]
-        if tuple(got.shape) != tuple(want.shape):
-            raise ValueError(
-                f"{where}: tensor {key} has shape {list(got.shape)}, {owner} expects "
-                f"{list(want.shape)} (weights from another config?)"
-            )
-        if got.is_floating_point() or got.is_complex():
-            bad = int((~torch.isfinite(got)).sum())
-            if bad:
-                raise ValueError(
-                    f"{where}: tensor {key} has {bad} non-finite values (NaN/inf) of {got.numel()}"
-                )
+    if found.shapes:
+        key, got, want = found.shapes[0]
+        raise ValueError(
+            f"{where}: tensor {key} has shape {list(got)}, {owner} expects {list(want)} "
+            "(weights from another config?)"
+        )
+    if found.nonfinite:
+        key, bad, numel = found.nonfinite[0]
+        raise ValueError(f"{where}: tensor {key} has {bad} non-finite values (NaN/inf) of {numel}")

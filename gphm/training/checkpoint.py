@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gphm.io.atomic import atomic_directory
+from gphm.models.base import compare_state_dict
 
 __all__ = [
     "flatten_state",
@@ -161,21 +162,18 @@ def _load_json(path: Path) -> Any:
 
 
 def _check_model_state(path: Path, state: dict[str, torch.Tensor], model: Any) -> None:
-    want = model.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    if missing or unexpected:
+    found = compare_state_dict(state, model.state_dict())
+    if found.missing or found.unexpected:
         raise CheckpointError(
-            f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}); was it written with another config?"
+            f"{path}: weights do not fit the model (missing {found.missing[:5]}, unexpected "
+            f"{found.unexpected[:5]}); was it written with another config?"
         )
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in want.items()
-             if state[k].shape != v.shape]  # fmt: skip
-    if wrong:
-        raise CheckpointError(f"{path}: weights of the wrong shape: {', '.join(wrong[:3])}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:5])}")
+    if found.shapes:
+        wrong = ", ".join(f"{k} {got} != {want}" for k, got, want in found.shapes[:3])
+        raise CheckpointError(f"{path}: weights of the wrong shape: {wrong}")
+    if found.nonfinite:
+        bad = ", ".join(k for k, _, _ in found.nonfinite[:5])
+        raise CheckpointError(f"{path}: non-finite values in {bad}")
 
 
 def _check_optimizer_state(path: Path, state: dict[str, Any], optimizer: torch.optim.Optimizer):

@@ -142,3 +142,18 @@ def test_load_run_config_json_that_is_not_an_object(tmp_path):
     (tmp_path / "model" / CONFIG_NAME).write_bytes(b'{"class": "\xff"}')
     with pytest.raises(ValueError, match=r"model/config.json: not UTF-8 text"):
         load_run(tmp_path)
+
+
+def test_compare_state_dict_lists_every_difference():
+    from gphm.models.base import compare_state_dict
+
+    expected = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "n": torch.zeros(2, dtype=torch.long)}
+    assert not compare_state_dict(dict(expected), expected)
+    state = {"a": torch.zeros(3, 2), "b": torch.tensor([0.0, float("nan"), float("inf"), 1.0]),
+             "n": torch.zeros(2, dtype=torch.long), "extra": torch.zeros(1)}  # fmt: skip
+    found = compare_state_dict(state, expected)
+    assert found and found.missing == [] and found.unexpected == ["extra"]
+    assert found.shapes == [("a", (3, 2), (2, 3))]
+    assert found.nonfinite == [("b", 2, 4)]
+    assert compare_state_dict({"b": state["b"]}, expected, finite=False).nonfinite == []
+    assert compare_state_dict({"b": state["b"]}, expected, finite=False).missing == ["a", "n"]
