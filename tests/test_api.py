@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import gphm
-from gphm.fitting.views import orbit_rig, render_codes
 from gphm.geometry.cameras import camera_centers, project_points
 from gphm.render import rasterize_gaussians
-from gphm.rendering import orbit_view, orbit_yaws
+from gphm.rendering import orbit_rig, orbit_view, orbit_yaws, render_codes
 from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
 from tests.training.conftest import tiny_head_dataset  # noqa: F401
 from tests.training.test_train import ROOT, _cfg

@@ -31,12 +31,12 @@ from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
 from gphm.fitting.edit import blend_keyframes, drive_keyframes, render_source
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.sources import resolve_source
-from gphm.fitting.views import orbit_rig
 from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
 from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
 from gphm.models.runs import load_run
+from gphm.rendering import orbit_rig
 
 
 @dataclass

@@ -47,12 +47,12 @@ from gphm.fitting.avatar import is_avatar_dir
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.photo import image_report, overlay
 from gphm.fitting.sources import fit_photos
-from gphm.fitting.views import orbit_rig, render_codes
 from gphm.io.atomic import atomic_directory, check_output_dir, check_swappable
 from gphm.io.images import image_grid, save_png
 from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
 from gphm.models.runs import load_run
+from gphm.rendering import orbit_rig, render_codes
 
 
 @dataclass

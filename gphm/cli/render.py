@@ -40,15 +40,17 @@ from torch import Tensor
 from gphm.api import Head
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.export import FidelityOptions, export_run
-from gphm.fitting.views import lerp_codes
 from gphm.io.atomic import check_output_dir
-from gphm.io.images import image_grid, save_png
+from gphm.io.images import save_png
 from gphm.io.limits import check_render_size
 from gphm.io.mesh import save_mesh
+from gphm.io.ply import MAX_SH_DEGREE
 from gphm.io.video import save_mp4
 from gphm.models.gaussian_head import GaussianHead
-from gphm.models.runs import TrainedRun, load_run
-from gphm.rendering import orbit_yaws
+from gphm.models.runs import ResolvedFrame, load_run
+from gphm.rendering import compose
+from gphm.rendering.compose import Orbit
+from gphm.rendering.rigs import check_size
 
 MODES = ("turntable", "grid", "interpolate", "export")
 
@@ -79,9 +81,11 @@ class RenderConfig:
     """Output height/width in pixels of one view (a multiple of the upsampling factor)."""
     fps: int = 24
     distance: float = 3.0
+    """Orbit radius in canonical units (> 0, at most 1000)."""
     elevation: float = 10.0
+    """Camera pitch in degrees, strictly between -90 and 90 (positive: from above)."""
     sway: float = 30.0
-    """grid / interpolate: camera azimuth range ±sway degrees."""
+    """grid / interpolate: camera azimuth range ±sway degrees (0..180)."""
     overwrite: bool = False
     """Write into a non-empty ``out`` (files with the same names are replaced)."""
     num_components: int = 8
@@ -92,25 +96,26 @@ class RenderConfig:
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
 
     def __post_init__(self) -> None:
+        """Every option is checked here, before the run is read or anything is written
+        (the size against the model's upsampling factor right after loading it)."""
         check_device_option(self.device)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {self.mode!r}")
         if self.frames < 2 or self.size < 16 or self.fps < 1:
             raise ValueError("frames must be >= 2, fps >= 1 and size >= 16")
+        _orbit(self).check()
+        if self.frame is not None and self.frame < 0:
+            raise ValueError(f"frame must be a trained global frame index >= 0, got {self.frame}")
+        if self.num_components < 0:
+            raise ValueError(f"num_components must be >= 0, got {self.num_components}")
+        if self.sh_degree not in range(MAX_SH_DEGREE + 1):
+            raise ValueError(f"sh_degree must be in 0..{MAX_SH_DEGREE}, got {self.sh_degree}")
         check_render_size(self.size, self.frames)
 
 
-def _yaws(cfg: RenderConfig, num: int, sway: bool = False) -> list[float]:
-    return orbit_yaws(num, cfg.sway if sway else None)
-
-
-def _views(cfg: RenderConfig, head: Head, z_id: Tensor, z_exp: Tensor, yaws: list[float]):
-    """[len(z_id) * len(yaws), S, S, 3]: every code pair (rows of ``z_id``/``z_exp``) from
-    every yaw, at ``cfg.elevation`` and ``cfg.distance``, code-pair-major."""
-    ids = [z for z in z_id for _ in yaws]
-    exps = [z for z in z_exp for _ in yaws]
-    return head.render_batch(ids, exps, yaws * len(z_id), cfg.elevation, cfg.size,
-                             distance=cfg.distance)  # fmt: skip
+def _orbit(cfg: RenderConfig) -> Orbit:
+    return Orbit(size=cfg.size, frames=cfg.frames, elevation=cfg.elevation,
+                 distance=cfg.distance, sway=cfg.sway)  # fmt: skip
 
 
 def _export_geometry(head: Head, z_id: Tensor, z_exp: Tensor, out: Path) -> list[str]:
@@ -125,62 +130,41 @@ def _export_geometry(head: Head, z_id: Tensor, z_exp: Tensor, out: Path) -> list
     return ["mesh.ply", "mesh.obj"]
 
 
-def _frame_report(run: TrainedRun, subject: int, cfg: RenderConfig) -> tuple[int, dict]:
-    """The trained frame ``cfg.frame``/``cfg.expression`` names for ``subject``
-    (:meth:`TrainedRun.resolve_frame`) and what the report says of it."""
-    r = run.resolve_frame(subject, cfg.frame, cfg.expression)
+def _frame_report(r: ResolvedFrame) -> dict[str, Any]:
+    """What the report says of the trained frame a composition resolved."""
     info: dict[str, Any] = {"frame": r.frame, "expression": r.label}
     if r.borrowed:
         info["expression_from"] = r.describe()
     if r.note:
         info["note"] = r.note
-    return r.frame, info
-
-
-def _codes(head: Head, subjects: list[int], frames: list[int]) -> tuple[Tensor, Tensor]:
-    """Identity and expression codes [B, D] of (subject, frame) rows."""
-    model = head.model
-    return (model.identity_codes.codes.weight[subjects].detach(),
-            model.expression_codes.codes.weight[frames].detach())  # fmt: skip
+    return info
 
 
 def turntable(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
     run = head.run
-    subject = run.subject_index(cfg.subject)
-    frame, frame_info = _frame_report(run, subject, cfg)
-    z_id, z_exp = _codes(head, [subject], [frame])
-    outputs = _export_geometry(head, z_id[0], z_exp[0], out)
-    images = list(_views(cfg, head, z_id, z_exp, _yaws(cfg, cfg.frames)))
-    save_mp4(out / "turntable.mp4", images, fps=cfg.fps)
-    save_png(out / "turntable_strip.png", image_grid(images[:: max(1, len(images) // 8)][:8], 8))
+    t = compose.turntable(run, cfg.subject, _orbit(cfg), cfg.frame, cfg.expression)
+    outputs = _export_geometry(head, t.z_id, t.z_exp, out)
+    save_mp4(out / "turntable.mp4", list(t.frames), fps=cfg.fps)
+    save_png(out / "turntable_strip.png", t.strip)
     return {
-        "subject": run.subjects[subject],
-        **frame_info,
+        "subject": run.subjects[t.subject],
+        **_frame_report(t.frame),
         "outputs": outputs + ["turntable.mp4", "turntable_strip.png"],
     }
 
 
 def grid(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
     run = head.run
-    subjects = [run.subject_index(s) for s in cfg.subjects] or list(range(len(run.subjects)))[:8]
-    labels = list(cfg.expressions) or run.trained_labels()[:8]
-    resolved = [(s, run.trained_frame(s, e)) for s in subjects for e in labels]
-    z_id, z_exp = _codes(head, [s for s, _ in resolved], [r.frame for _, r in resolved])
-    front = _views(cfg, head, z_id, z_exp, [0.0])
-    save_png(out / "grid.png", image_grid(list(front), ncols=len(labels)))
-    views = _views(cfg, head, z_id, z_exp, _yaws(cfg, cfg.frames, sway=True))
-    views = views.reshape(len(resolved), cfg.frames, *views.shape[1:])
-    # Sway forth and back so the video loops.
-    order = list(range(cfg.frames)) + list(range(cfg.frames - 2, 0, -1))
-    video = [image_grid(list(views[:, t]), ncols=len(labels)) for t in order]
-    save_mp4(out / "grid.mp4", video, fps=cfg.fps)
+    g = compose.grid(run, _orbit(cfg), list(cfg.subjects), list(cfg.expressions))
+    save_png(out / "grid.png", g.image)
+    save_mp4(out / "grid.mp4", g.video, fps=cfg.fps)
     return {
-        "subjects": [run.subjects[s] for s in subjects],
-        "expressions": labels,
+        "subjects": [run.subjects[s] for s in g.subjects],
+        "expressions": g.labels,
         "cells": [
             {"subject": run.subjects[s], "frame": r.frame}
             | ({"expression_from": r.describe()} if r.borrowed else {})
-            for s, r in resolved
+            for s, r in g.cells
         ],
         "outputs": ["grid.png", "grid.mp4"],
     }
@@ -188,22 +172,13 @@ def grid(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
 
 def interpolate(cfg: RenderConfig, head: Head, out: Path) -> dict[str, Any]:
     run = head.run
-    a, b = run.subject_index(cfg.subject), run.subject_index(cfg.subject_b)
-    frame, frame_info = _frame_report(run, a, cfg)
-    codes, z_exp = _codes(head, [a, b], [frame])
-    # Morph while the camera sweeps once: frame t has the t-th code and the t-th yaw.
-    z_id = lerp_codes(codes[0], codes[1], cfg.frames)
-    images = head.render_batch(list(z_id), z_exp[0], _yaws(cfg, cfg.frames, sway=True),
-                               cfg.elevation, cfg.size, distance=cfg.distance)  # fmt: skip
-    save_mp4(out / "interpolation.mp4", list(images), fps=cfg.fps)
-    steps = lerp_codes(codes[0], codes[1], 8)
-    strip = head.render_batch(list(steps), z_exp[0], 0.0, cfg.elevation, cfg.size,
-                              distance=cfg.distance)  # fmt: skip
-    save_png(out / "interpolation_strip.png", image_grid(list(strip), ncols=8))
+    m = compose.morph(run, cfg.subject, cfg.subject_b, _orbit(cfg), cfg.frame, cfg.expression)
+    save_mp4(out / "interpolation.mp4", list(m.frames), fps=cfg.fps)
+    save_png(out / "interpolation_strip.png", m.strip)
     return {
-        "from": run.subjects[a],
-        "to": run.subjects[b],
-        **frame_info,
+        "from": run.subjects[m.start],
+        "to": run.subjects[m.end],
+        **_frame_report(m.frame),
         "outputs": ["interpolation.mp4", "interpolation_strip.png"],
     }
 
@@ -223,6 +198,7 @@ def main(cfg: RenderConfig) -> dict:
     try:
         check_output_dir(out, cfg.overwrite)
         head = Head(load_run(cfg.checkpoint), cli_device(cfg.device))
+        check_size(cfg.size, head.factor)  # compositions resolve names before writing too
         modes = {"turntable": turntable, "grid": grid, "interpolate": interpolate, "export": export}
         report = modes[cfg.mode](cfg, head, out)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from gphm.data.format import SPLITS, load_dataset_dir
 from gphm.geometry.cameras import rescale_K
+from gphm.io.images import box_downsample
 
 __all__ = ["HeadItem", "HeadBatch", "HeadDataset", "collate_views", "DistributedFrameSampler"]
 
@@ -110,18 +110,6 @@ def collate_views(items: Sequence[HeadItem]) -> HeadBatch:
         else:
             out[f.name] = list(values)
     return HeadBatch(**out)
-
-
-def box_downsample(
-    x: Tensor,  # [H, W, C] float
-    size: tuple[int, int],  # (h, w)
-) -> Tensor:  # [h, w, C]
-    """Area (box) downsampling, channel-last. Exact box average when H/h and W/w are
-    integers, adaptive average pooling (still antialiased) otherwise."""
-    if tuple(x.shape[:2]) == tuple(size):
-        return x.clone()
-    y = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="area")
-    return y[0].permute(1, 2, 0).contiguous()
 
 
 class HeadDataset(Dataset):

@@ -1,7 +1,7 @@
 """How well an engine-side blend reproduces the model: PSNR curves over K components.
 
 Three kinds of picture of each trained expression, at the same orbit views around the
-canonical head (:func:`gphm.fitting.views.orbit_rig`, white background):
+canonical head (:func:`gphm.rendering.orbit_rig`, white background):
 
 * **model**: the model's own output, 32-channel splat at low resolution + Ψ upsampler;
 * **label splat**: the exported per-label PLY rendered as an engine does, RGB Gaussians
@@ -23,9 +23,9 @@ from torch import Tensor
 
 from gphm.evaluation.metrics import psnr
 from gphm.export.blendshapes import ExpressionBasis, SplatAttributes
-from gphm.fitting.views import orbit_rig, render_codes
 from gphm.models.gaussian_head import GaussianHead
 from gphm.render import rasterize_gaussians
+from gphm.rendering import orbit_rig, render_codes
 
 __all__ = [
     "FidelityOptions",

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from gphm.fitting.sources import Source
-from gphm.fitting.views import ViewRig, lerp_codes, render_codes
 from gphm.models.runs import TrainedRun
+from gphm.rendering import ViewRig, lerp_codes, render_codes
 
 __all__ = ["render_source", "drive_keyframes", "blend_keyframes"]
 

@@ -203,3 +203,16 @@ def draw_points(
         out[max(0, cy - radius) : min(H, cy + radius + 1),
             max(0, cx - radius) : min(W, cx + radius + 1)] = col  # fmt: skip
     return out
+
+
+def box_downsample(
+    x: Tensor,  # [H, W, C] float
+    size: tuple[int, int],  # (h, w)
+) -> Tensor:  # [h, w, C]
+    """Area (box) downsampling, channel-last. Exact box average when H/h and W/w are
+    integers, adaptive average pooling (still antialiased) otherwise; a copy when the
+    size is already ``size``."""
+    if tuple(x.shape[:2]) == tuple(size):
+        return x.clone()
+    y = torch.nn.functional.interpolate(x.permute(2, 0, 1)[None], size=size, mode="area")
+    return y[0].permute(1, 2, 0).contiguous()

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from gphm.data.format import SPLITS
-from gphm.data.loaders import HeadDataset, HeadItem, box_downsample
+from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.data.preprocess.detectors import NoFaceError
 from gphm.evaluation.fit import target_from_item
 from gphm.fitting.sources import IMAGE_SUFFIXES
+from gphm.io.images import box_downsample
 from gphm.tracking.track import TrackFrame
 
 __all__ = ["frames_from_dataset", "frames_from_video", "read_video", "VIDEO_SUFFIXES"]

@@ -55,7 +55,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gphm import losses
-from gphm.data.loaders import box_downsample
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import (
     FitConfig,
@@ -69,6 +68,7 @@ from gphm.geometry.cameras import project_points, rescale_K
 from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.io.atomic import atomic_directory
+from gphm.io.images import box_downsample
 from gphm.models.runs import TrainedRun
 
 __all__ = [

@@ -358,7 +358,7 @@ def test_code_prior_is_one_for_typical_codes_and_grows_outside():
 
 
 def test_render_codes_shares_the_mesh_of_a_guidance_model_and_offsets_need_gaussians(trained):
-    from gphm.fitting.views import orbit_rig, render_codes
+    from gphm.rendering import orbit_rig, render_codes
     from gphm.training.trainer import load_guidance
 
     guidance = load_guidance(trained.path.parent)  # path: RUN/model

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from gphm.fitting.avatar import Avatar
-from gphm.fitting.views import orbit_rig, render_codes
 from gphm.models.runs import load_run
+from gphm.rendering import orbit_rig, render_codes
 from gphm.viewer import BadRequest, RenderGate, Scene, ViewerServer, ViewRequest, find_avatars
 from tests.training.test_train import ROOT, _env
 
