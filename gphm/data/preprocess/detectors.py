@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -465,8 +466,15 @@ def _torch_hub_checkpoints() -> Path:
 class FaceAlignmentDetector:
     """``face-alignment`` (FAN 2D + SFD face detector), only with locally cached weights.
 
-    FAN reports 0-based pixel coordinates with pixel centres at integers (OpenCV's
-    convention); 0.5 is added to reach ours. ``score`` is the mean landmark heat-map peak.
+    Pinned to face-alignment 1.5.0 (scripts/_setup_env.sh). It takes the RGB uint8
+    ``[H, W, 3]`` image as it is (its SFD detector flips to BGR itself) and returns, per
+    face, 68 points in the iBUG order, the order of FAN's 68 heat maps, so no re-indexing.
+    FAN maps each heat-map peak to a continuous image position and then truncates it to
+    the whole pixel *index* (column, row) that contains it: 0.5 is added to reach the
+    centre of that pixel in our convention. Its resolution is therefore one pixel (its
+    crop corner is truncated too), finer than MediaPipe's jaw but not sub-pixel. ``score``
+    is the mean landmark heat-map peak; ``box`` is SFD's box, shifted by the same 0.5.
+    ``torch.compile`` is off: its first-call compilation costs minutes on a CPU.
     """
 
     name = "face_alignment"
@@ -490,7 +498,10 @@ class FaceAlignmentDetector:
             )
         fa = importlib.import_module("face_alignment")
         kind = getattr(fa.LandmarksType, "TWO_D", None) or fa.LandmarksType._2D
-        self._fa = fa.FaceAlignment(kind, device=device, flip_input=False)
+        options = {"device": device, "flip_input": False}
+        if "compile" in inspect.signature(fa.FaceAlignment).parameters:
+            options["compile"] = False
+        self._fa = fa.FaceAlignment(kind, **options)
 
     def detect_all(self, image: np.ndarray, source: str | None = None) -> list[Detection]:
         """Every face found, largest (landmark extent) first."""
