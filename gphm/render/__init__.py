@@ -6,9 +6,21 @@
 * :func:`render_mesh` — z-buffer triangle rasterizer with perspective-correct feature
   interpolation and a soft (antialiased) silhouette; pure torch, nvdiffrast on CUDA
   when it is installed.
+
+Both dispatch to backends registered by name in :mod:`gphm.render.backends`
+(:func:`register_backend`, the contracts :class:`GaussianRasterizer` and
+:class:`MeshRasterizer`).
 """
 
+from gphm.render.backends import (
+    GaussianRasterizer,
+    MeshRasterizer,
+    RasterizerBackend,
+    register_backend,
+    registry,
+)
 from gphm.render.gaussians import rasterize_gaussians
 from gphm.render.mesh import MeshRender, render_mesh
 
-__all__ = ["MeshRender", "rasterize_gaussians", "render_mesh"]
+__all__ = ["GaussianRasterizer", "MeshRasterizer", "MeshRender", "RasterizerBackend",
+           "rasterize_gaussians", "register_backend", "registry", "render_mesh"]  # fmt: skip

@@ -9,6 +9,10 @@ Backends:
 * ``"auto"`` — gsplat for CUDA float32 inputs when it imports (otherwise torch, with a
   warning logged once), torch for everything else.
 
+They are registered in :mod:`gphm.render.backends` (``registry("gaussians")``), where
+:func:`~gphm.render.backends.register_backend` adds others and states the contract
+(:class:`~gphm.render.backends.GaussianRasterizer`).
+
 Both follow gsplat's "classic" semantics, so a model renders the same on every device:
 ``semantics="gsplat15"`` (the default) is gsplat ≥ 1.5's rule exactly (α clamp 0.999,
 opacity-aware tile boxes that never cut off an ``α >= 1/255`` pixel). ``"legacy"`` (α
@@ -35,64 +39,32 @@ from gphm.render._checks import (
 )
 from gphm.render._gaussians_gsplat import INSTALL_HINT, load_gsplat, rasterize_gsplat
 from gphm.render._gaussians_torch import DEFAULT_SEMANTICS, EPS2D, SEMANTICS, rasterize_torch
+from gphm.render.backends import RasterizerBackend, registry
 
-__all__ = ["BACKENDS", "SEMANTICS", "rasterize_gaussians", "select_backend"]
+__all__ = ["BACKENDS", "SEMANTICS", "backend_names", "rasterize_gaussians", "select_backend"]
 
-BACKENDS = ("auto", "torch", "gsplat")
 _log = logging.getLogger(__name__)
 _warned_fallback = False
 _warned_legacy = False
 #: The semantics gsplat's kernels implement; the others need the torch backend.
 GSPLAT_SEMANTICS = "gsplat15"
+BACKENDS = ("auto", "torch", "gsplat")
+"""The built-in ``backend=`` values (:func:`backend_names` lists registered ones too)."""
+_REGISTRY = registry("gaussians")
 
 
-def select_backend(
-    backend: str, device: torch.device, dtype: torch.dtype, semantics: str = DEFAULT_SEMANTICS
-) -> str:
-    """Resolve ``backend`` to ``"torch"`` or ``"gsplat"`` for inputs on ``device``/``dtype``
-    rendered with ``semantics``.
+def _gsplat_can_run(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cuda" and dtype == torch.float32
 
-    Raises with an actionable message when ``"gsplat"`` is asked for but cannot run.
-    """
-    global _warned_fallback, _warned_legacy
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    gsplat_ok = device.type == "cuda" and dtype == torch.float32
+
+def _require_gsplat(device: torch.device, dtype: torch.dtype, semantics: str | None) -> None:
+    """``backend="gsplat"`` asked for by name: raise saying why it cannot run, if so."""
     if semantics != GSPLAT_SEMANTICS:
-        if backend == "gsplat":
-            raise ValueError(
-                f"backend='gsplat' cannot render semantics={semantics!r}: gsplat's α clamp "
-                f"(0.999) and tile boxes are compiled in; use backend='torch' or 'auto', "
-                f"or semantics={GSPLAT_SEMANTICS!r}"
-            )
-        if gsplat_ok and not _warned_legacy:
-            # Correct over fast: a legacy model must render as it was trained.
-            _log.warning(
-                "semantics=%r is rendered by the torch backend on CUDA too (gsplat only "
-                "does %r); this is slower than gsplat.",
-                semantics,
-                GSPLAT_SEMANTICS,
-            )
-            _warned_legacy = True
-        return "torch"
-    if backend == "auto":
-        if not gsplat_ok:
-            return "torch"
-        module, reason = load_gsplat()
-        if module is None:
-            if not _warned_fallback:
-                _log.warning(
-                    "gsplat is unavailable (%s); rasterizing CUDA tensors with the slower "
-                    "torch backend. Install it with `%s`.",
-                    reason,
-                    INSTALL_HINT,
-                )
-                _warned_fallback = True
-            return "torch"
-        return "gsplat"
-    # backend == "gsplat"
+        raise ValueError(
+            f"backend='gsplat' cannot render semantics={semantics!r}: gsplat's α clamp "
+            f"(0.999) and tile boxes are compiled in; use backend='torch' or 'auto', "
+            f"or semantics={GSPLAT_SEMANTICS!r}"
+        )
     if device.type != "cuda":
         raise RuntimeError(
             f"backend='gsplat' needs CUDA tensors and the gsplat package ({INSTALL_HINT}); "
@@ -103,7 +75,75 @@ def select_backend(
     module, reason = load_gsplat()
     if module is None:
         raise ImportError(f"backend='gsplat' needs the gsplat package ({INSTALL_HINT}); {reason}")
-    return "gsplat"
+
+
+def _auto_gsplat(device: torch.device, dtype: torch.dtype, semantics: str | None) -> bool:
+    """``backend="auto"`` uses gsplat for CUDA float32 inputs of its semantics when it
+    imports; a warning (once) when CUDA inputs fall back to the slower torch backend."""
+    global _warned_fallback, _warned_legacy
+    can_run = _gsplat_can_run(device, dtype)
+    if semantics != GSPLAT_SEMANTICS:
+        if can_run and not _warned_legacy:
+            # Correct over fast: a legacy model must render as it was trained.
+            _log.warning(
+                "semantics=%r is rendered by the torch backend on CUDA too (gsplat only "
+                "does %r); this is slower than gsplat.",
+                semantics,
+                GSPLAT_SEMANTICS,
+            )
+            _warned_legacy = True
+        return False
+    if not can_run:
+        return False
+    module, reason = load_gsplat()
+    if module is None:
+        if not _warned_fallback:
+            _log.warning(
+                "gsplat is unavailable (%s); rasterizing CUDA tensors with the slower "
+                "torch backend. Install it with `%s`.",
+                reason,
+                INSTALL_HINT,
+            )
+            _warned_fallback = True
+        return False
+    return True
+
+
+def _torch_backend(*args, eps2d: float, antialiased: bool, semantics: str):
+    return rasterize_torch(*args, eps2d=eps2d, antialiased=antialiased, semantics=semantics)
+
+
+def _gsplat_backend(*args, eps2d: float, antialiased: bool, semantics: str):
+    # _require_gsplat / _auto_gsplat admit GSPLAT_SEMANTICS only: the rule gsplat compiles in
+    return rasterize_gsplat(*args, eps2d=eps2d, antialiased=antialiased)
+
+
+_REGISTRY.register(RasterizerBackend(
+    "torch", _torch_backend, auto=lambda device, dtype, semantics: True, priority=0,
+    description="tiled pure-torch rasterizer: any device, float32/float64, every semantics",
+))  # fmt: skip
+_REGISTRY.register(RasterizerBackend(
+    "gsplat", _gsplat_backend, require=_require_gsplat, auto=_auto_gsplat, priority=10,
+    description=f"gsplat.rasterization(classic): CUDA float32, {GSPLAT_SEMANTICS} only",
+))  # fmt: skip
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every valid ``backend=`` value: ``"auto"`` and the registered backends."""
+    return _REGISTRY.names()
+
+
+def select_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, semantics: str = DEFAULT_SEMANTICS
+) -> str:
+    """Resolve ``backend`` to a registered backend's name for inputs on ``device``/``dtype``
+    rendered with ``semantics`` (``"auto"``: gsplat for CUDA float32 inputs when it
+    imports, else torch; :mod:`gphm.render.backends`).
+
+    Raises with an actionable message when a named backend cannot run, and a one-line
+    ``ValueError`` listing the known backends for an unknown name.
+    """
+    return _REGISTRY.select(backend, device, dtype, semantics).name
 
 
 def rasterize_gaussians(
@@ -150,13 +190,11 @@ def rasterize_gaussians(
     eps2d = check_eps2d(eps2d)
     semantics = check_semantics(semantics)
     dtype = _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds)
-    chosen = select_backend(backend, means.device, dtype, semantics)
+    chosen = _REGISTRY.get(select_backend(backend, means.device, dtype, semantics))
     if means.shape[0] == 0:
         return _empty_render(features, viewmats.shape[0], width, height, backgrounds)
     args = (means, quats, scales, opacities, features, viewmats, Ks, width, height, backgrounds)
-    if chosen == "gsplat":
-        return rasterize_gsplat(*args, eps2d=eps2d, antialiased=bool(antialiased))
-    return rasterize_torch(*args, eps2d=eps2d, antialiased=bool(antialiased), semantics=semantics)
+    return chosen.rasterize(*args, eps2d=eps2d, antialiased=bool(antialiased), semantics=semantics)
 
 
 def _validate(means, quats, scales, opacities, features, viewmats, Ks, backgrounds) -> torch.dtype:

@@ -9,7 +9,9 @@ single triangle) render from both sides. Triangles with a vertex at camera
 
 Backends: ``"torch"`` (pure torch, any device, see ``_mesh_torch``) and
 ``"nvdiffrast"`` (CUDA only, when the package is installed); ``"auto"`` picks
-nvdiffrast for CUDA tensors when it can be imported, torch otherwise.
+nvdiffrast for CUDA tensors when it can be imported, torch otherwise. They are registered
+in :mod:`gphm.render.backends` (``registry("mesh")``, contract
+:class:`~gphm.render.backends.MeshRasterizer`), where others can be added.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from torch import Tensor
 
 from gphm.render import _mesh_torch
 from gphm.render._checks import check_image_size, check_named_dims, check_tensor
+from gphm.render.backends import RasterizerBackend, registry
 
-__all__ = ["MeshRender", "render_mesh"]
+__all__ = ["MeshRender", "render_mesh", "select_mesh_backend"]
 
-_BACKENDS = ("auto", "torch", "nvdiffrast")
+_REGISTRY = registry("mesh")
 
 
 @dataclass
@@ -102,27 +105,32 @@ def render_mesh(
     if not near > 0:
         raise ValueError(f"near must be > 0, got {near!r}")
 
-    if _use_nvdiffrast(backend, device):
-        from gphm.render import _mesh_nvdiffrast
-
-        out = _mesh_nvdiffrast.render(
-            verts, faces, viewmats, Ks, width, height, vertex_features, near
-        )
-    else:
-        out = _mesh_torch.render(verts, faces, viewmats, Ks, width, height, vertex_features, near)
+    chosen = _REGISTRY.get(select_mesh_backend(backend, device))
+    out = chosen.rasterize(verts, faces, viewmats, Ks, width, height, vertex_features, near)
     features, mask, depth, face_ids = out
     return MeshRender(features=features, mask=mask, depth=depth, face_ids=face_ids)
 
 
-def _use_nvdiffrast(backend: object, device: torch.device) -> bool:
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
+def select_mesh_backend(backend: object, device: torch.device) -> str:
+    """The registered mesh backend ``backend`` (``"auto"``: nvdiffrast for CUDA tensors
+    when it imports, else torch) resolves to for inputs on ``device``; a one-line
+    ``ValueError`` listing the known backends for an unknown name."""
+    return _REGISTRY.select(backend, device, torch.float32).name
+
+
+def _torch_backend(verts, faces, viewmats, Ks, width, height, vertex_features, near):
+    return _mesh_torch.render(verts, faces, viewmats, Ks, width, height, vertex_features, near)
+
+
+def _nvdiffrast_backend(verts, faces, viewmats, Ks, width, height, vertex_features, near):
     from gphm.render import _mesh_nvdiffrast
 
-    if backend == "auto":
-        return device.type == "cuda" and _mesh_nvdiffrast.is_available()
+    return _mesh_nvdiffrast.render(verts, faces, viewmats, Ks, width, height, vertex_features, near)
+
+
+def _require_nvdiffrast(device: torch.device, dtype: torch.dtype, semantics: str | None) -> None:
+    from gphm.render import _mesh_nvdiffrast
+
     if device.type != "cuda":
         raise ValueError(f"backend='nvdiffrast' needs CUDA tensors, got device {device}")
     if not _mesh_nvdiffrast.is_available():
@@ -131,4 +139,19 @@ def _use_nvdiffrast(backend: object, device: torch.device) -> bool:
             f"({_mesh_nvdiffrast.import_error()}); install it from "
             "https://github.com/NVlabs/nvdiffrast or use backend='torch'"
         )
-    return True
+
+
+def _auto_nvdiffrast(device: torch.device, dtype: torch.dtype, semantics: str | None) -> bool:
+    from gphm.render import _mesh_nvdiffrast
+
+    return device.type == "cuda" and _mesh_nvdiffrast.is_available()
+
+
+_REGISTRY.register(RasterizerBackend(
+    "torch", _torch_backend, auto=lambda device, dtype, semantics: True, priority=0,
+    description="pure-torch z-buffer rasterizer: any device, float32/float64",
+))  # fmt: skip
+_REGISTRY.register(RasterizerBackend(
+    "nvdiffrast", _nvdiffrast_backend, require=_require_nvdiffrast, auto=_auto_nvdiffrast,
+    priority=10, description="nvdiffrast (CUDA, optional package); computes in float32",
+))  # fmt: skip

@@ -387,9 +387,12 @@ def test_nvdiffrast_backend_reports_missing_package(monkeypatch):
 
     monkeypatch.setattr(_mesh_nvdiffrast, "is_available", lambda: False)
     with pytest.raises(ImportError, match="nvdiffrast cannot be imported"):
-        mesh._use_nvdiffrast("nvdiffrast", torch.device("cuda"))
-    assert not mesh._use_nvdiffrast("auto", torch.device("cuda"))
-    assert not mesh._use_nvdiffrast("auto", torch.device("cpu"))
+        mesh.select_mesh_backend("nvdiffrast", torch.device("cuda"))
+    assert mesh.select_mesh_backend("auto", torch.device("cuda")) == "torch"
+    assert mesh.select_mesh_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(_mesh_nvdiffrast, "is_available", lambda: True)
+    assert mesh.select_mesh_backend("auto", torch.device("cuda")) == "nvdiffrast"
+    assert mesh.select_mesh_backend("auto", torch.device("cpu")) == "torch"
 
 
 # ----------------------------------------------------------------------------------------
