@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 from gphm.data.format import SPLITS as DATA_SPLITS
 from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.data.preprocess.detectors import NoFaceError
-from gphm.evaluation import metrics
+from gphm.evaluation.common import image_scores, mean, render_avatar_views, save_side_by_side
 from gphm.evaluation.perceptual import resolve_lpips
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import (
@@ -58,7 +59,6 @@ from gphm.fitting.fit import (
     Model,
     TrainedRows,
     fit_images,
-    render_avatar,
 )
 from gphm.geometry.cameras import (
     camera_centers,
@@ -67,7 +67,6 @@ from gphm.geometry.cameras import (
     world_to_camera,
 )
 from gphm.geometry.pose import apply_head_pose
-from gphm.io.images import image_grid, save_png
 from gphm.models.runs import TrainedRun, seen_by
 
 __all__ = [
@@ -195,15 +194,11 @@ def render_fit_view(
     gauge: float = 1.0,
 ) -> Tensor:  # [1, S, S, 3] in [0, 1], on the CPU
     """The fit scaled by ``gauge`` about the input camera, seen from another camera."""
-    device = next(net.parameters()).device
-    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
-    out = render_avatar(
-        net, avatar.z_id[None].to(device), avatar.z_exp[None].to(device),
-        avatar.head_R[None].to(device), gauge * avatar.head_T[None].to(device),
-        torch.full((1,), gauge * float(avatar.head_scale), device=device),
-        viewmat[None].to(device), K[None].to(device), avatar.image_size, offsets,
+    return render_avatar_views(
+        net, avatar, avatar.z_exp, avatar.head_R[None], gauge * avatar.head_T[None],
+        torch.full((1,), gauge * float(avatar.head_scale)), viewmat[None], K[None],
+        avatar.image_size,
     )  # fmt: skip
-    return out.rgb.clamp(0, 1).cpu()
 
 
 def _to_uint8(image: Tensor) -> np.ndarray:  # [H, W, 3] in [0, 1] -> uint8
@@ -293,13 +288,146 @@ def _frontality(item: HeadItem) -> float:
     return float(d @ forward / d.norm().clamp_min(1e-9))
 
 
-def _mean(values: list[float], digits: int) -> float | None:
-    mean, _ = metrics.finite_mean(values)
-    return None if mean is None else round(mean, digits)
-
-
 def _digits(key: str) -> int:
     return 3 if key.startswith("psnr") else 4
+
+
+# Every reported image metric, unaligned and scale-aligned.
+_KEYS = tuple(k + suffix for k in _METRICS for suffix in ("", "_scale_aligned"))
+
+
+@dataclass
+class _FrameViews:
+    """The frame fitted for one subject: its rows, the input and the scored ones."""
+
+    frame: int
+    items: list[HeadItem]
+    inputs: list[int]  # indices into items, the first is the pose's reference camera
+    scored: list[int]
+
+
+def _subject_views(
+    ds: HeadDataset, row_split: list[str], s: int, frame: str | None, view: str | None,
+    views: int, score: str, data_path: str | Path,
+) -> _FrameViews:  # fmt: skip
+    """Subject ``s``'s frame (its first, or the one labelled ``frame``), its ``views``
+    input views and the views scored (:func:`evaluate_fit`); ValueError when they
+    cannot be chosen."""
+    rows = np.flatnonzero(ds.subjects == s)
+    frames = [int(ds.frames[r]) for r in rows]
+    if frame is not None:
+        labelled = [f for f in frames if ds.meta["frames"][f].get("expression") == frame]
+        if not labelled:
+            raise ValueError(
+                f"{data_path}: subject {ds.meta['subjects'][s]!r} has no frame {frame!r}"
+            )
+        chosen = labelled[0]
+    else:
+        chosen = min(frames)
+    frame_rows = [int(r) for r in rows if ds.frames[r] == chosen]
+    items = [ds[r] for r in frame_rows]
+    held = [row_split[int(ds.indices[r])] == "heldout_view" for r in frame_rows]
+    if score == "heldout" and not any(held):
+        raise ValueError(f"{data_path}: frame {chosen} has no heldout_view rows to score "
+                         "(fit.score=heldout)")  # fmt: skip
+    candidates = [j for j in range(len(items)) if not (score == "heldout" and held[j])]
+    inputs = _input_views(items, candidates, view, views, data_path, chosen)
+    scored = [j for j in range(len(items)) if j not in inputs
+              and (score == "others" or held[j])]  # fmt: skip
+    if not scored:
+        raise ValueError(
+            f"{data_path}: frame {chosen} has {len(items)} views; fitting from "
+            f"{views} leaves none to score"
+        )
+    return _FrameViews(chosen, items, inputs, scored)
+
+
+def _score_views(
+    model: Model, result: FitResult, source: HeadItem, others: list[HeadItem],
+    lpips: Callable[[Tensor, Tensor], Tensor] | None, tiles: list[Tensor],
+) -> tuple[dict[str, list[float]], float]:  # fmt: skip
+    """The fit rendered into the ``others`` cameras (placed relative to the input camera
+    ``source``), unaligned and scale-aligned: per-view scores of :data:`_KEYS` and the
+    gauge scale. Appends a row of the side-by-side image to ``tiles``."""
+    av = result.avatar
+    net = av.personalised(model)
+    device = next(model.parameters()).device
+    to_input = invert_viewmat(source.viewmat[None])[0]
+    truth = world_to_camera(source.viewmat, source.landmarks_3d)  # input camera frame
+    gauge = gauge_scale(fit_landmarks(model, av), truth)
+    view_scores: dict[str, list[float]] = {k: [] for k in _KEYS}
+    with torch.no_grad():
+        for it in others:
+            vm = it.viewmat @ to_input
+            gt, m = it.image[None], it.mask[None]
+            for suffix, k in (("", 1.0), ("_scale_aligned", gauge)):
+                rgb = render_fit_view(net, av, vm, it.K, k)
+                values = image_scores(rgb, gt, m)
+                if lpips is not None:
+                    values["lpips"] = lpips(rgb.to(device), gt.to(device)).cpu()
+                for name, v in values.items():
+                    view_scores[name + suffix].append(float(v[0]))
+            if len(tiles) < 64 and it is others[len(others) // 2]:
+                tiles += [source.image, result.render, rgb[0], it.image]
+    return view_scores, gauge
+
+
+def _subject_entry(
+    name: str, frame: int, result: FitResult, input_items: list[HeadItem], n_novel: int,
+    view_scores: dict[str, list[float]], gauge: float, extras: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One subject's row of ``per_subject``."""
+    source = input_items[0]
+    pose = pose_errors(result.avatar.head_R, result.avatar.head_T, source, gauge)
+    return {
+        "subject": name, "frame": frame, "input_view": source.camera,
+        "input_views": [it.camera for it in input_items],
+        "novel_views": n_novel, "seconds": round(result.seconds, 2),
+        "landmark_error_px": round(result.landmark_error_px, 3),
+        "psnr_input": round(result.psnr, 3),
+        "psnr_input_masked": mean([result.psnr_masked], 3),
+        "psnr_input_masked_phase1": mean([result.phase1_psnr_masked], 3),
+        **{k: mean(view_scores[k], _digits(k)) for k in _KEYS if k.startswith("psnr")},
+        "gauge_scale": round(gauge, 4),
+        **{k: round(v, 4) for k, v in pose.items()},
+        **extras,
+    }  # fmt: skip
+
+
+def _fit_report(
+    scores: dict[str, list[float]], per_subject: list[dict[str, Any]],
+    failed: list[dict[str, Any]], head: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The ``split=fit`` report: ``head`` (split, inputs, counts, options), the means of
+    ``scores`` and of the per-subject figures, timings, then ``per_subject``."""
+    report = {
+        "split": "fit", "inputs": head["inputs"],
+        "n": len(scores["psnr"]),
+        "n_empty": int(sum(not math.isfinite(v) for v in scores["psnr_masked"])),
+        **{k: v for k, v in head.items() if k not in ("split", "inputs")},
+        **{k: mean(v, _digits(k)) for k, v in scores.items()},
+    }  # fmt: skip
+    for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
+              "landmark_error_px", "gauge_scale", "detector_error_px", "psnr_input",
+              "psnr_input_masked", "psnr_input_masked_phase1"):  # fmt: skip
+        if per_subject and k in per_subject[0]:
+            report[k] = mean([p[k] for p in per_subject if p[k] is not None], 4)
+        elif k in ("rotation_error_deg", "translation_error"):
+            report[k] = None  # no fit succeeded
+    seconds = [p["seconds"] for p in per_subject]
+    report["fit_seconds_mean"] = round(float(np.mean(seconds)), 2) if seconds else None
+    report["fit_seconds_max"] = round(float(np.max(seconds)), 2) if seconds else None
+    report["per_subject"] = per_subject + failed
+    return report
+
+
+def _check_fit_options(inputs: str, views: int, score: str) -> None:
+    if inputs not in FIT_INPUTS:
+        raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
+    if views < 1:
+        raise ValueError(f"fit.views must be >= 1, got {views}")
+    if score not in FIT_SCORES:
+        raise ValueError(f"fit.score must be one of {'|'.join(FIT_SCORES)}, got {score!r}")
 
 
 def evaluate_fit(
@@ -331,13 +459,7 @@ def evaluate_fit(
     ``null`` and ``lpips_unavailable`` when it cannot), False skips it, or a metric
     ``(pred [B,H,W,3], target [B,H,W,3]) -> [B]`` to use.
     """
-    if inputs not in FIT_INPUTS:
-        raise ValueError(f"fit.inputs must be one of {'|'.join(FIT_INPUTS)}, got {inputs!r}")
-    if views < 1:
-        raise ValueError(f"fit.views must be >= 1, got {views}")
-    if score not in FIT_SCORES:
-        raise ValueError(f"fit.score must be one of {'|'.join(FIT_SCORES)}, got {score!r}")
-    model = run.model
+    _check_fit_options(inputs, views, score)
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
     row_split = ds.ds.data.column("split").to_pylist()
     seen = seen_by(run, data_path, ds.meta)
@@ -346,123 +468,37 @@ def evaluate_fit(
             f"data.path={data_path}: {seen}; split=fit scores fits of people the model never "
             "saw (pass fit.allow_seen=true to fit them anyway)"
         )
-    subjects = sorted(set(ds.subjects.tolist()))
-    if max_subjects:
-        subjects = subjects[:max_subjects]
+    subjects = sorted(set(ds.subjects.tolist()))[: max_subjects or None]
     names = ds.meta["subjects"]
-    device = next(model.parameters()).device
+    device = next(run.model.parameters()).device
     lpips, lpips_reason = resolve_lpips(lpips, tuple(ds.meta["image_size"]), device)
-    keys = [k + suffix for k in _METRICS for suffix in ("", "_scale_aligned")]
-    scores: dict[str, list[float]] = {k: [] for k in keys}
-    per_subject: list[dict[str, Any]] = []
-    tiles: list[Tensor] = []
+    scores: dict[str, list[float]] = {k: [] for k in _KEYS}
+    per_subject, failed, tiles = [], [], []
     record: dict[str, Any] = {}
-    failed: list[dict[str, Any]] = []
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
-        rows = np.flatnonzero(ds.subjects == s)
-        frames = [int(ds.frames[r]) for r in rows]
-        if frame is not None:
-            labelled = [f for f in frames if ds.meta["frames"][f].get("expression") == frame]
-            if not labelled:
-                raise ValueError(f"{data_path}: subject {names[s]!r} has no frame {frame!r}")
-            chosen = labelled[0]
-        else:
-            chosen = min(frames)
-        frame_rows = [int(r) for r in rows if ds.frames[r] == chosen]
-        items = [ds[r] for r in frame_rows]
-        held = [row_split[int(ds.indices[r])] == "heldout_view" for r in frame_rows]
-        if score == "heldout" and not any(held):
-            raise ValueError(f"{data_path}: frame {chosen} has no heldout_view rows to score "
-                             "(fit.score=heldout)")  # fmt: skip
-        candidates = [j for j in range(len(items)) if not (score == "heldout" and held[j])]
-        chosen_views = _input_views(items, candidates, view, views, data_path, chosen)
-        scored = [j for j in range(len(items)) if j not in chosen_views
-                  and (score == "others" or held[j])]  # fmt: skip
-        if not scored:
-            raise ValueError(
-                f"{data_path}: frame {chosen} has {len(items)} views; fitting from "
-                f"{views} leaves none to score"
-            )
-        source = items[chosen_views[0]]
-        input_items = [items[j] for j in chosen_views]
+        sel = _subject_views(ds, row_split, s, frame, view, views, score, data_path)
+        input_items = [sel.items[j] for j in sel.inputs]
         try:
             result, record, extras = _fit_view(run, input_items, inputs, config, detector,
                                                segmenter)  # fmt: skip
         except NoFaceError as err:  # the photo path failing is part of its score
-            failed.append({"subject": names[s], "frame": chosen, "input_view": source.camera,
-                           "failed": str(err)})  # fmt: skip
+            failed.append({"subject": names[s], "frame": sel.frame,
+                           "input_view": input_items[0].camera, "failed": str(err)})  # fmt: skip
             continue
-        av = result.avatar
-        net = av.personalised(model)
-        others = [items[j] for j in scored]
-        to_input = invert_viewmat(source.viewmat[None])[0]
-        truth = world_to_camera(source.viewmat, source.landmarks_3d)  # input camera frame
-        gauge = gauge_scale(fit_landmarks(model, av), truth)
-        view_scores: dict[str, list[float]] = {k: [] for k in keys}
-        with torch.no_grad():
-            for it in others:
-                vm = it.viewmat @ to_input
-                gt, m = it.image[None], it.mask[None]
-                for suffix, k in (("", 1.0), ("_scale_aligned", gauge)):
-                    rgb = render_fit_view(net, av, vm, it.K, k)
-                    values = {
-                        "psnr": metrics.psnr(rgb, gt), "ssim": metrics.ssim(rgb, gt),
-                        "psnr_masked": metrics.masked_psnr(rgb, gt, m),
-                        "ssim_masked": metrics.masked_ssim(rgb, gt, m),
-                    }  # fmt: skip
-                    if lpips is not None:
-                        values["lpips"] = lpips(rgb.to(device), gt.to(device)).cpu()
-                    for name, v in values.items():
-                        view_scores[name + suffix].append(float(v[0]))
-                if len(tiles) < 64 and it is others[len(others) // 2]:
-                    tiles += [source.image, result.render, rgb[0], it.image]
-        for k in keys:
+        others = [sel.items[j] for j in sel.scored]
+        view_scores, gauge = _score_views(run.model, result, input_items[0], others, lpips, tiles)
+        for k in _KEYS:
             scores[k] += view_scores[k]
-        pose = pose_errors(av.head_R, av.head_T, source, gauge)
-        per_subject.append({
-            "subject": names[s], "frame": chosen, "input_view": source.camera,
-            "input_views": [it.camera for it in input_items],
-            "novel_views": len(others), "seconds": round(result.seconds, 2),
-            "landmark_error_px": round(result.landmark_error_px, 3),
-            "psnr_input": round(result.psnr, 3),
-            "psnr_input_masked": _mean([result.psnr_masked], 3),
-            "psnr_input_masked_phase1": _mean([result.phase1_psnr_masked], 3),
-            **{k: _mean(view_scores[k], _digits(k)) for k in keys if k.startswith("psnr")},
-            "gauge_scale": round(gauge, 4),
-            **{k: round(v, 4) for k, v in pose.items()},
-            **extras,
-        })  # fmt: skip
-    masked = scores["psnr_masked"]
-    report: dict[str, Any] = {
-        "split": "fit",
-        "inputs": record or _INPUTS[inputs],
-        "n": len(scores["psnr"]),
-        "n_empty": int(sum(not math.isfinite(v) for v in masked)),
-        "subjects": len(subjects),
-        "failed_fits": len(failed),
-        "views": views,
-        "score": score,
-        "model": type(model).__name__,
-        **{k: _mean(v, _digits(k)) for k, v in scores.items()},
-    }
+        per_subject.append(_subject_entry(names[s], sel.frame, result, input_items, len(others),
+                                          view_scores, gauge, extras))  # fmt: skip
+    head = {"inputs": record or _INPUTS[inputs], "subjects": len(subjects),
+            "failed_fits": len(failed), "views": views, "score": score,
+            "model": type(run.model).__name__}  # fmt: skip
+    report = _fit_report(scores, per_subject, failed, head)
     if lpips is None:
         report["lpips_unavailable"] = lpips_reason
-    for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
-              "landmark_error_px", "gauge_scale", "detector_error_px", "psnr_input",
-              "psnr_input_masked", "psnr_input_masked_phase1"):  # fmt: skip
-        if per_subject and k in per_subject[0]:
-            report[k] = _mean([p[k] for p in per_subject if p[k] is not None], 4)
-        elif k in ("rotation_error_deg", "translation_error"):
-            report[k] = None  # no fit succeeded
-    seconds = [p["seconds"] for p in per_subject]
-    report["fit_seconds_mean"] = round(float(np.mean(seconds)), 2) if seconds else None
-    report["fit_seconds_max"] = round(float(np.max(seconds)), 2) if seconds else None
     if seen:
         report["seen"] = seen  # allowed by fit.allow_seen: these people were trained on
-    report["per_subject"] = per_subject + failed
-    if save_dir is not None and tiles:
-        save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
-        report["images"] = ["side_by_side.png"]
-        report["columns"] = ["input", "fit (input view)", "fit (novel view, scale aligned)",
-                             "ground truth"]  # fmt: skip
+    save_side_by_side(save_dir, tiles, report, ["input", "fit (input view)",
+                      "fit (novel view, scale aligned)", "ground truth"])  # fmt: skip
     return report

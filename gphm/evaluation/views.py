@@ -37,13 +37,18 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from tqdm.auto import tqdm
 
-from gphm.data.loaders import HeadBatch, HeadDataset, collate_views
+from gphm.data.loaders import HeadDataset, collate_views
 from gphm.evaluation import metrics
+from gphm.evaluation.common import (
+    image_scores,
+    render_rows,
+    rounded,
+    row_batches,
+    save_side_by_side,
+)
 from gphm.evaluation.perceptual import LPIPSMetric, resolve_lpips
 from gphm.geometry.mesh import euler_characteristic, is_watertight
-from gphm.io.images import image_grid, save_png
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
@@ -117,15 +122,60 @@ def transfer_frames(
     return table
 
 
-def _render(model: GuidanceModel | GaussianHead, b: HeadBatch, z_id, z_exp, context: dict):
-    h, w = b.image_lr.shape[1:3]
-    return model.render(
-        z_id, z_exp, b.head_R, b.head_T, b.head_scale, b.viewmat, b.K_lr, w, h, **context
-    )
+def _view_rows(
+    ds: HeadDataset, data_path: str | Path, split: str, trained: set[int]
+) -> dict[tuple[int, str], int] | None:
+    """The code-swap table of a ``*_combo`` split (:func:`transfer_frames`), None for a
+    ``*_view`` split, whose rows must all be trained frames (else ValueError)."""
+    frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
+    if split.endswith("_combo"):
+        return transfer_frames(frames_meta, trained, subjects)
+    untrained = sorted({int(f) for f in ds.frames} - trained)
+    if untrained:
+        raise ValueError(
+            f"{data_path}: {split} rows show {len(untrained)} frame(s) whose expression "
+            f"codes were not trained (e.g. {untrained[:5]}); *_view rows must be "
+            "training frames"
+        )
+    return None
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+def _donors(
+    b: Any, swap: dict[tuple[int, str], int], data_path: str | Path, split: str
+) -> list[int]:
+    """The transfer source frame of every row of batch ``b`` (ValueError when none)."""
+    try:
+        return [swap[(int(s), e)] for s, e in zip(b.subject, b.expression)]
+    except KeyError as err:
+        raise ValueError(
+            f"{data_path}: no trained frame of another subject shows expression "
+            f"{err.args[0][1]!r}, so {split} cannot be evaluated by code swapping"
+        ) from None
+
+
+def _view_report(
+    model: Any, split: str, n: int, acc: dict[str, list[torch.Tensor]], combo: bool
+) -> dict[str, Any]:
+    """The means of the per-row scores ``acc`` with the module doc's keys."""
+    rows = {k: torch.cat(v).cpu() for k, v in acc.items() if v}
+    mean = {k: metrics.finite_mean(v)[0] for k, v in rows.items()}
+    empty = ~(rows["psnr_masked"].isfinite() & rows["ssim_masked"].isfinite()
+              & rows["iou"].isfinite())  # fmt: skip
+    lmk_key = "landmark_error" if combo else "landmark_error_training_frames"
+    return {
+        "split": split,
+        "n": n,
+        "n_empty": int(empty.sum()),
+        "model": type(model).__name__,
+        "psnr": rounded(mean["psnr"], 3),
+        "psnr_masked": rounded(mean["psnr_masked"], 3),
+        "ssim": rounded(mean["ssim"], 4),
+        "ssim_masked": rounded(mean["ssim_masked"], 4),
+        "lpips": rounded(mean.get("lpips"), 4),
+        "silhouette_iou_lr": rounded(mean["iou"], 4),
+        lmk_key: rounded(mean["lmk"], 5),
+        f"{lmk_key}_relative": rounded(mean["lmk_rel"], 5),
+    }
 
 
 @torch.no_grad()
@@ -156,22 +206,9 @@ def evaluate_model(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {'|'.join(SPLITS)}, got {split!r}")
     ds = HeadDataset(data_path, split=split, lr_size=lr_size)
-    frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
     if train_frames is None:
         train_frames = HeadDataset(data_path, split="train", lr_size=lr_size).frames.tolist()
-    trained = {int(f) for f in train_frames}
-    combo = split.endswith("_combo")
-    swap = None
-    if combo:
-        swap = transfer_frames(frames_meta, trained, subjects)
-    else:
-        untrained = sorted({int(f) for f in ds.frames} - trained)
-        if untrained:
-            raise ValueError(
-                f"{data_path}: {split} rows show {len(untrained)} frame(s) whose expression "
-                f"codes were not trained (e.g. {untrained[:5]}); *_view rows must be "
-                "training frames"
-            )
+    swap = _view_rows(ds, data_path, split, {int(f) for f in train_frames})
     lpips_fn, lpips_reason = resolve_lpips(lpips, ds.hr_size, device)
     model = model.to(device).eval()
     keys = ("iou", "lmk", "lmk_rel", "psnr", "psnr_masked", "ssim", "ssim_masked", "lpips")
@@ -180,56 +217,24 @@ def evaluate_model(
     tiles: list[torch.Tensor] = []
     context = model.render_context()
     donors: list[int] = []
-    starts = range(0, len(ds), batch_size)
-    for start in tqdm(starts, desc=f"eval {split}", disable=not progress):
-        idx = list(range(start, min(len(ds), start + batch_size)))
+    for idx in row_batches(len(ds), batch_size, f"eval {split}", progress):
         b = collate_views([ds[i] for i in idx]).to(device)
         frame = b.frame
         if swap is not None:
-            try:
-                donor = [swap[(int(s), e)] for s, e in zip(b.subject, b.expression)]
-            except KeyError as err:
-                raise ValueError(
-                    f"{data_path}: no trained frame of another subject shows expression "
-                    f"{err.args[0][1]!r}, so {split} cannot be evaluated by code swapping"
-                ) from None
+            donor = _donors(b, swap, data_path, split)
             donors += donor
             frame = torch.tensor(donor, device=device)
-        out = _render(model, b, model.identity_codes(b.subject), model.expression_codes(frame),
-                      context)  # fmt: skip
+        out = render_rows(model, b, model.identity_codes(b.subject),
+                          model.expression_codes(frame), context)  # fmt: skip
         rgb = out.rgb.clamp(0, 1)
         lmk, lmk_rel = metrics.landmark_error(out.landmarks, b.landmarks_3d)
         acc["iou"].append(metrics.mask_iou(out.mask, b.mask_lr))
         acc["lmk"].append(lmk)
         acc["lmk_rel"].append(lmk_rel)
-        acc["psnr"].append(metrics.psnr(rgb, b.image))
-        acc["psnr_masked"].append(metrics.masked_psnr(rgb, b.image, b.mask))
-        acc["ssim"].append(metrics.ssim(rgb, b.image))
-        acc["ssim_masked"].append(metrics.masked_ssim(rgb, b.image, b.mask))
-        if lpips_fn is not None:
-            acc["lpips"].append(lpips_fn(rgb, b.image))
-        for j, i in enumerate(idx):
-            if i in show:
-                tiles += [rgb[j].cpu(), b.image[j].cpu()]
-    rows = {k: torch.cat(v).cpu() for k, v in acc.items() if v}
-    mean = {k: metrics.finite_mean(v)[0] for k, v in rows.items()}
-    empty = ~(rows["psnr_masked"].isfinite() & rows["ssim_masked"].isfinite()
-              & rows["iou"].isfinite())  # fmt: skip
-    lmk_key = "landmark_error" if combo else "landmark_error_training_frames"
-    result: dict[str, Any] = {
-        "split": split,
-        "n": len(ds),
-        "n_empty": int(empty.sum()),
-        "model": type(model).__name__,
-        "psnr": _rounded(mean["psnr"], 3),
-        "psnr_masked": _rounded(mean["psnr_masked"], 3),
-        "ssim": _rounded(mean["ssim"], 4),
-        "ssim_masked": _rounded(mean["ssim_masked"], 4),
-        "lpips": _rounded(mean.get("lpips"), 4),
-        "silhouette_iou_lr": _rounded(mean["iou"], 4),
-        lmk_key: _rounded(mean["lmk"], 5),
-        f"{lmk_key}_relative": _rounded(mean["lmk_rel"], 5),
-    }
+        for k, v in image_scores(rgb, b.image, b.mask, lpips_fn).items():
+            acc[k].append(v)
+        tiles += [t.cpu() for j, i in enumerate(idx) if i in show for t in (rgb[j], b.image[j])]
+    result = _view_report(model, split, len(ds), acc, swap is not None)
     if lpips_fn is None:
         result["lpips_unavailable"] = lpips_reason
     else:
@@ -241,10 +246,19 @@ def evaluate_model(
         result["donor_frames"] = sorted(set(donors))
     if "mean_mesh" in context:
         result["mean_mesh"] = mesh_report(context["mean_mesh"].verts, context["mean_mesh"].faces)
-    if save_dir is not None and tiles:
-        save_png(Path(save_dir) / "side_by_side.png", image_grid(tiles, ncols=4))
-        result["images"] = ["side_by_side.png"]
+    save_side_by_side(save_dir, tiles, result)
     return result
+
+
+def _psnr_of_mse(mse: float) -> float:
+    return round(-10.0 * float(np.log10(max(mse, 1e-12))), 3)
+
+
+def _gain_entry(own: float, ref: float, n: int) -> dict[str, Any]:
+    """PSNRs and gain of ``n`` rows whose summed MSEs are ``own`` and ``ref``."""
+    gain = 10.0 * float(np.log10(max(ref, 1e-12) / max(own, 1e-12)))
+    return {"n": n, "psnr": _psnr_of_mse(own / n), "psnr_neutral_code": _psnr_of_mse(ref / n),
+            "gain_db": round(gain, 3)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -282,9 +296,8 @@ def evaluate_expression_gain(
     context = model.render_context()
     sums: dict[str, list[float]] = {}  # label -> [own squared error, neutral-code, rows]
     skipped = 0
-    for start in tqdm(range(0, len(ds), batch_size), desc="eval expression_gain",
-                      disable=not progress):  # fmt: skip
-        items = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+    for idx in row_batches(len(ds), batch_size, "eval expression_gain", progress):
+        items = [ds[i] for i in idx]
         keep = [it for it in items if int(it.subject) in base]
         skipped += len(items) - len(keep)
         if not keep:
@@ -292,8 +305,8 @@ def evaluate_expression_gain(
         b = collate_views(keep).to(device)
         z_id = model.identity_codes(b.subject)
         ref = torch.tensor([base[int(s)] for s in b.subject], device=device)
-        own = _render(model, b, z_id, model.expression_codes(b.frame), context)
-        held = _render(model, b, z_id, model.expression_codes(ref), context)
+        own = render_rows(model, b, z_id, model.expression_codes(b.frame), context)
+        held = render_rows(model, b, z_id, model.expression_codes(ref), context)
         e_own = ((own.rgb.clamp(0, 1) - b.image) ** 2).flatten(1).mean(1)  # [B]
         e_ref = ((held.rgb.clamp(0, 1) - b.image) ** 2).flatten(1).mean(1)
         for j, label in enumerate(b.expression):
@@ -301,15 +314,6 @@ def evaluate_expression_gain(
             acc[0] += float(e_own[j])
             acc[1] += float(e_ref[j])
             acc[2] += 1
-
-    def psnr(mse: float) -> float:
-        return round(-10.0 * float(np.log10(max(mse, 1e-12))), 3)
-
-    def entry(own: float, ref: float, n: int) -> dict[str, Any]:
-        gain = 10.0 * float(np.log10(max(ref, 1e-12) / max(own, 1e-12)))
-        return {"n": n, "psnr": psnr(own / n), "psnr_neutral_code": psnr(ref / n),
-                "gain_db": round(gain, 3)}  # fmt: skip
-
     moving = [v for k, v in sums.items() if k != neutral]
     result: dict[str, Any] = {
         "split": "expression_gain",
@@ -317,11 +321,12 @@ def evaluate_expression_gain(
         "neutral": neutral,
         "n": sum(v[2] for v in sums.values()),
         "n_skipped": skipped,
-        "per_label": {k: entry(*v) for k, v in sorted(sums.items())},
+        "per_label": {k: _gain_entry(*v) for k, v in sorted(sums.items())},
     }
     if moving:
         own, ref, n = (sum(v[i] for v in moving) for i in range(3))
-        result |= {"n_expressive": n, **{k: v for k, v in entry(own, ref, n).items() if k != "n"}}
+        pooled = _gain_entry(own, ref, n)
+        result |= {"n_expressive": n, **{k: v for k, v in pooled.items() if k != "n"}}
     else:
         result |= {"n_expressive": 0, "psnr": None, "psnr_neutral_code": None, "gain_db": None}
     return result
