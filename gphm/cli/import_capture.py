@@ -1,11 +1,13 @@
-"""Import a NeRSemble-style multiview capture into the gphm dataset format.
+"""Import a multiview capture into the gphm dataset format.
 
-    python scripts/import_capture.py src=CAPTURE_DIR out=DATA_DIR \
+    python scripts/import_capture.py src=CAPTURE_DIR out=DATA_DIR [layout=auto|nersemble] \
         [canonical=auto|none] [resolution=512] [lr_size=128] [subject=NAME] \
         [heldout_cameras=[222200037,220700191]] [val_cameras=[222200049]] [overwrite=true]
 
-The layout, the canonical transform and every option are described in
-``gphm/data/importers/nersemble.py`` and ``data/README.md``. ``heldout_cameras`` rows
+``layout=auto`` (the default) recognises the capture's layout by its files; the known
+layouts are the importers of :mod:`gphm.data.importers` (``nersemble``: NeRSemble-style
+captures). The NeRSemble layout, the canonical transform and every option are described
+in ``gphm/data/importers/nersemble.py`` and ``data/README.md``. ``heldout_cameras`` rows
 get split ``heldout_view`` (only reported), ``val_cameras`` rows ``val_view`` (for
 choosing defaults); the two lists must be disjoint. Writes the dataset
 atomically to ``out`` (nothing is left behind on error) and a report to
@@ -24,11 +26,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from gphm.cli import UserError, run_cli, write_report
-from gphm.data.importers.nersemble import (
-    CaptureError,
-    ImportOptions,
-    import_nersemble,
-)
+from gphm.data.importers import CaptureError, ImportOptions, import_capture, layouts
 
 
 @dataclass
@@ -39,6 +37,16 @@ class ImportConfig(ImportOptions):
     """Dataset folder to create."""
     overwrite: bool = False
     """Replace an existing dataset at ``out`` (only once the new one is complete)."""
+    layout: str = "auto"
+    """Capture layout: ``auto`` (recognised by its files) or an importer's name."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        known = layouts()
+        if self.layout != "auto" and self.layout not in known:
+            raise ValueError(
+                f"layout must be auto or one of {', '.join(known)}, got {self.layout!r}"
+            )
 
 
 def main(cfg: ImportConfig) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def main(cfg: ImportConfig) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     try:
-        report = import_nersemble(cfg.src, cfg.out, opts, overwrite=cfg.overwrite)
+        report = import_capture(cfg.src, cfg.out, cfg.layout, opts, overwrite=cfg.overwrite)
     except CaptureError as err:
         raise UserError(f"{cfg.src}: {err}") from None
     except FileExistsError as err:

@@ -54,7 +54,7 @@ import json
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,56 +65,18 @@ from PIL import Image, UnidentifiedImageError
 from gphm.data.format import (
     FORMAT_VERSION,
     camera_split,
-    check_camera_lists,
     check_replaceable,
     write_dataset,
 )
+from gphm.data.importers.common import CaptureError, Importer, ImportOptions
 from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix
 from gphm.geometry.rotations import axis_angle_to_matrix
 
-__all__ = ["CaptureError", "ImportOptions", "import_nersemble"]
+__all__ = ["CaptureError", "IMPORTER", "ImportOptions", "import_nersemble", "looks_like_nersemble"]
 
 _IMAGE_RE = re.compile(r"^image_(?P<cam>.+)\.(?:jpg|jpeg|png)$")
 _MASK_EXTS = (".png", ".jpg", ".jpeg")
 _FRAME_SPLITS = ("train", "val_combo", "heldout_combo")  # splits frames.json may give
-
-
-class CaptureError(ValueError):
-    """Bad capture input; the message starts with the path relative to ``src``."""
-
-
-@dataclass
-class ImportOptions:
-    canonical: str = "auto"
-    """``auto``: map into canonical head space (see module doc); ``none``: keep source."""
-    subject: str | None = None
-    """Subject name when frames.json does not give one; default: the src folder name."""
-    heldout_cameras: list[str] = field(default_factory=list)
-    """Cameras whose rows get split ``heldout_view`` (only reported)."""
-    val_cameras: list[str] = field(default_factory=list)
-    """Cameras whose rows get split ``val_view`` (for choosing defaults); disjoint from
-    ``heldout_cameras``."""
-    resolution: int = 0
-    """Stored image height in pixels (width keeps the aspect ratio); 0 keeps the source."""
-    lr_size: int | None = None
-    """Recorded as meta ``lr_size``: the default low-res height of HeadDataset."""
-    landmark_radius: float = 0.4
-    """``auto``: largest landmark distance from the landmark centre after the transform."""
-    principal_point_offset: float = 0.5
-    """Added to the source cx, cy (OpenCV integer pixel centres → ours at i + 0.5)."""
-    landmark_convention: str = "auto"
-    """Name for meta; ``auto``: ``ibug68`` when L == 68, else ``unknown{L}``."""
-
-    def __post_init__(self) -> None:
-        if self.canonical not in ("auto", "none"):
-            raise ValueError(f"canonical must be 'auto' or 'none', got {self.canonical!r}")
-        if not 0 < self.landmark_radius <= 0.9:
-            raise ValueError(f"landmark_radius must be in (0, 0.9], got {self.landmark_radius}")
-        if self.resolution < 0:
-            raise ValueError(f"resolution must be >= 0, got {self.resolution}")
-        if self.lr_size is not None and self.lr_size < 1:
-            raise ValueError(f"lr_size must be >= 1, got {self.lr_size}")
-        check_camera_lists(self.heldout_cameras, self.val_cameras)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -475,3 +437,21 @@ def _read_view(
         rgb = rgb.resize((W, H), Image.Resampling.BOX)
         mask = mask.resize((W, H), Image.Resampling.BOX)
     return rgb, mask, (W1, H1)
+
+
+def looks_like_nersemble(src: Path) -> bool:
+    """Whether ``src`` has this layout's signature: ``images/`` and ``cameras/`` folders
+    and an ``image_{cam}`` file in the first frame folder (no file is read)."""
+    images = src / "images"
+    if not (images.is_dir() and (src / "cameras").is_dir()):
+        return False
+    first = next((p for p in sorted(images.iterdir()) if p.is_dir()), None)
+    return first is not None and any(_IMAGE_RE.match(p.name) for p in first.iterdir())
+
+
+IMPORTER = Importer(
+    name="nersemble",
+    detect=looks_like_nersemble,
+    run=lambda src, out, opts, overwrite: import_nersemble(src, out, opts, overwrite=overwrite),
+    description="images/FRAME/image_CAM.jpg, cameras/FRAME/camera_CAM.npz, params/",
+)
