@@ -156,23 +156,7 @@ class Head:
 
     # ------------------------------------------------------------------ codes
     def _subject(self, spec: str | int) -> int:
-        run = self.run
-        if isinstance(spec, bool) or not isinstance(spec, (str, int)):
-            raise ValueError(f"identity {spec!r}: expected a subject name or index")
-        if isinstance(spec, str) and spec not in run.subjects and not spec.lstrip("-").isdigit():
-            raise ValueError(f"unknown identity {spec!r}; trained identities: {self.identities}")
-        try:
-            s = run.subject_index(spec)
-        except ValueError as err:
-            raise ValueError(
-                f"identity {spec!r}: {err}; trained identities: {self.identities}"
-            ) from None
-        if s not in run.trained_subjects:
-            raise ValueError(
-                f"identity {run.subjects[s]!r} has no trained frame (its code was never "
-                f"fitted); trained identities: {self.identities}"
-            )
-        return s
+        return self.run.trained_subject(spec, "identity", "identities")
 
     def _weights(self, mix: Mapping[Any, float], what: str) -> list[tuple[Any, float]]:
         if not mix:
@@ -278,7 +262,8 @@ class Head:
         pixels; passing them back as ``render(viewmat=, K=)`` renders the same image."""
         size = self.size if size is None else size
         check_size(size, self.factor)
-        return orbit_view(yaw, pitch, size, self.factor, distance or DEFAULT_DISTANCE)
+        return orbit_view(yaw, pitch, size, self.factor,
+                          DEFAULT_DISTANCE if distance is None else distance)  # 0 is an error
 
     def _view(self, yaw, pitch, size, viewmat, K, distance) -> tuple[Tensor, Tensor]:
         """(viewmat [4, 4], K_lr [3, 3]) of a render call."""
