@@ -661,6 +661,8 @@ def load_dataset_dir(path: str | Path) -> tuple[datasets.Dataset, dict[str, Any]
         names = [f["filename"] for f in state["_data_files"]]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{state_path}: unreadable ({type(err).__name__}: {err})") from None
+    if not names:
+        raise ValueError(f"{state_path}: lists no data files ('_data_files' is empty)")
     data_files = [_inside(path, name, state_path) for name in names]
     for p in data_files:
         if not p.is_file():
@@ -682,6 +684,7 @@ def load_dataset_dir(path: str | Path) -> tuple[datasets.Dataset, dict[str, Any]
             f"{path}: has {len(ds)} rows but {meta_path.name} says num_rows={meta['num_rows']}"
         )
     _check_finite(path, ds)
+    _check_rows(path, ds, meta)
     return ds, meta
 
 
@@ -703,10 +706,11 @@ def _inside(root: Path, name: Any, state_path: Path) -> Path:
     return p
 
 
-def _row_has_nonfinite(column: pa.ChunkedArray) -> np.ndarray:  # [N] bool
-    """Rows of a (possibly nested-list) float column with a non-finite or missing value."""
+def _flat_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values [M] float64, parents [M] row of each value, null [N] bool)`` of a
+    (possibly nested-list) numeric column; null lists contribute no values."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    bad = np.asarray(arr.is_null(), dtype=bool).copy()
+    null = np.asarray(arr.is_null(), dtype=bool).copy()
     parents = np.arange(len(arr))
     while True:
         if isinstance(arr, pa.ExtensionArray):
@@ -722,6 +726,12 @@ def _row_has_nonfinite(column: pa.ChunkedArray) -> np.ndarray:  # [N] bool
         else:
             break
     values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return values, parents, null
+
+
+def _row_has_nonfinite(column: pa.ChunkedArray) -> np.ndarray:  # [N] bool
+    """Rows of a (possibly nested-list) float column with a non-finite or missing value."""
+    values, parents, bad = _flat_values(column)
     bad[parents[~np.isfinite(values)]] = True
     return bad
 
@@ -742,3 +752,97 @@ def _check_finite(path: Path, ds: datasets.Dataset) -> None:
                 f"{path}: row {i} (subject {subject!r}, camera {camera!r}): field '{key}' "
                 f"has non-finite values{more}"
             )
+
+
+def _refuse_rows(path: Path, ds: datasets.Dataset, bad: np.ndarray, key: str, why: Any) -> None:
+    """Raise ``ValueError`` naming the first row of ``bad`` ([N] bool), its subject and
+    camera, field ``key`` and ``why(i)`` (what is wrong with row ``i``), when any."""
+    rows = np.flatnonzero(bad)
+    if not len(rows):
+        return
+    i = int(rows[0])
+    subject = ds.data.column("subject_name")[i].as_py()
+    camera = ds.data.column("camera")[i].as_py()
+    more = f" ({len(rows) - 1} more row(s))" if len(rows) > 1 else ""
+    raise ValueError(
+        f"{path}: row {i} (subject {subject!r}, camera {camera!r}): field '{key}' {why(i)}{more}"
+    )
+
+
+def _matrices(path: Path, ds: datasets.Dataset, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Column ``key`` as ``[N, *shape]`` float64 (finite: checked before)."""
+    values, parents, _ = _flat_values(ds.data.column(key))
+    size = int(np.prod(shape))
+    counts = np.bincount(parents, minlength=ds.num_rows)
+    _refuse_rows(path, ds, counts != size, key,
+                 lambda i: f"has {counts[i]} values, expected {list(shape)}")  # fmt: skip
+    return values.reshape(ds.num_rows, *shape)
+
+
+def _not_rotation(R: np.ndarray) -> np.ndarray:  # [N, 3, 3] -> [N] bool
+    err = np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+    return ~((err < _ROT_TOL) & (np.abs(np.linalg.det(R) - 1.0) < _ROT_TOL))
+
+
+def _check_rows(path: Path, ds: datasets.Dataset, meta: dict[str, Any]) -> None:
+    """What the writer checks of every row, checked again on read (a dataset written or
+    edited by another tool): ``subject``/``frame`` indices within meta's counts and
+    consistent with ``subject_name``, meta ``frames`` and ``expression``; known camera
+    and split; intrinsics ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` with fx, fy > 0;
+    rigid ``viewmat``, rotation ``head_R``, ``head_scale`` > 0; the same landmark count
+    in every row (meta ``num_landmarks``). ``ValueError`` naming the first bad row."""
+    subjects, frames = meta["subjects"], meta["frames"]
+
+    def ints(key: str) -> np.ndarray:
+        return np.asarray([-1 if v is None else v for v in ds.data.column(key).to_pylist()])
+
+    def strs(key: str) -> list[Any]:
+        return ds.data.column(key).to_pylist()
+
+    subject, frame = ints("subject"), ints("frame")
+    for key, v, hi, what in (("subject", subject, len(subjects), "meta.json subjects"),
+                             ("frame", frame, len(frames), "meta.json num_frames")):  # fmt: skip
+        _refuse_rows(path, ds, (v < 0) | (v >= hi), key,
+                     lambda i, v=v, hi=hi, what=what: f"is {v[i]}, expected in [0, {hi}) "
+                     f"({what})")  # fmt: skip
+    names, expressions = strs("subject_name"), strs("expression")
+    cameras, splits = strs("camera"), strs("split")
+    frame_subject = np.asarray([frames[f]["subject"] for f in frame])
+    _refuse_rows(path, ds, frame_subject != subject, "subject",
+                 lambda i: f"is {subject[i]}, meta.json frames[{frame[i]}] belongs to subject "
+                 f"{frame_subject[i]}")  # fmt: skip
+    checks = (
+        ("subject_name", lambda i: names[i] != subjects[subject[i]],
+         lambda i: f"is {names[i]!r}, meta.json subjects[{subject[i]}] is "
+         f"{subjects[subject[i]]!r}"),
+        ("expression", lambda i: expressions[i] != frames[frame[i]]["expression"],
+         lambda i: f"is {expressions[i]!r}, meta.json frames[{frame[i]}] has "
+         f"{frames[frame[i]]['expression']!r}"),
+        ("camera", lambda i: cameras[i] not in meta["cameras"],
+         lambda i: f"is {cameras[i]!r}, not one of meta.json cameras"),
+        ("split", lambda i: splits[i] not in SPLITS,
+         lambda i: f"is {splits[i]!r}, expected one of {list(SPLITS)}"),
+    )  # fmt: skip
+    for key, wrong, why in checks:
+        _refuse_rows(path, ds, np.asarray([wrong(i) for i in range(ds.num_rows)], bool), key, why)
+
+    K = _matrices(path, ds, "K", (3, 3))
+    bad_K = ~((K[:, 0, 0] > 0) & (K[:, 1, 1] > 0) & (K[:, 1, 0] == 0)
+              & np.all(np.abs(K[:, 2] - [0, 0, 1]) < 1e-6, axis=1))  # fmt: skip
+    _refuse_rows(path, ds, bad_K, "K", lambda i: f"is {K[i].tolist()}, expected [[fx, s, cx], "
+                 "[0, fy, cy], [0, 0, 1]] with fx, fy > 0")  # fmt: skip
+    V = _matrices(path, ds, "viewmat", (4, 4))
+    bad_V = _not_rotation(V[:, :3, :3]) | np.any(np.abs(V[:, 3] - [0, 0, 0, 1]) > 1e-6, axis=1)
+    _refuse_rows(path, ds, bad_V, "viewmat",
+                 lambda i: "must be rigid: rotation block and last row [0, 0, 0, 1]")  # fmt: skip
+    _refuse_rows(path, ds, _not_rotation(_matrices(path, ds, "head_R", (3, 3))), "head_R",
+                 lambda i: "must be a rotation matrix (orthonormal, det +1)")  # fmt: skip
+    scale = _matrices(path, ds, "head_scale", ())
+    _refuse_rows(path, ds, ~(scale > 0), "head_scale", lambda i: f"is {scale[i]}, expected > 0")
+
+    _, parents, _ = _flat_values(ds.data.column("landmarks_3d"))
+    counts = np.bincount(parents, minlength=ds.num_rows) // 3
+    want = meta.get("num_landmarks", int(counts[0]) if len(counts) else 0)
+    bad = (counts != want) | (counts < 1)
+    why = f"landmarks, meta.json num_landmarks is {want}"
+    _refuse_rows(path, ds, bad, "landmarks_3d", lambda i: f"has {counts[i]} {why}")

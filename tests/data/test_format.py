@@ -272,3 +272,48 @@ def test_overwrite_replaces_only_a_dataset(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="is not a directory"):
         write_dataset(tmp_path / "file", tiny_rows(), tiny_meta(), overwrite=True)
+
+
+def _landmarks(n):
+    return lambda r: np.asarray(r["landmarks_3d"], np.float32)[:n].tolist()
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("K", lambda r: [[0.0, 0.0, 6.0], [0.0, 0.0, 4.0], [0.0, 0.0, 1.0]],
+         r"field 'K' is .*with fx, fy > 0"),
+        ("frame", lambda r: 999, r"field 'frame' is 999, expected in \[0, 4\)"),
+        ("subject", lambda r: 7, r"field 'subject' is 7, expected in \[0, 2\)"),
+        ("subject", lambda r: 1 - r["subject"], r"field 'subject' is \d, meta.json frames"),
+        ("subject_name", lambda r: "carol", r"field 'subject_name' is 'carol'"),
+        ("expression", lambda r: "frown", r"field 'expression' is 'frown'"),
+        ("camera", lambda r: "cam_z", r"field 'camera' is 'cam_z', not one of"),
+        ("split", lambda r: "bogus", r"field 'split' is 'bogus', expected one of \['train'"),
+        ("landmarks_3d", _landmarks(2), rf"field 'landmarks_3d' has 2 landmarks, meta.json "
+         rf"num_landmarks is {NUM_LANDMARKS}"),
+        ("head_scale", lambda r: 0.0, r"field 'head_scale' is 0.0, expected > 0"),
+        ("head_R", lambda r: (2 * np.eye(3)).tolist(), r"field 'head_R' must be a rotation"),
+        ("viewmat", lambda r: (2 * np.eye(4)).tolist(), r"field 'viewmat' must be rigid"),
+    ],
+)  # fmt: skip
+def test_reading_checks_what_the_writer_checks(tiny_dir, tmp_path, field, value, match):
+    # issue 28 finding 7: finite but inconsistent rows, written by another tool
+    def edit(i, r):
+        if i == 7:
+            r[field] = value(r)
+        return r
+
+    bad = _rewrite(tiny_dir, tmp_path / "bad", edit)
+    with pytest.raises(ValueError, match=rf"bad: row 7 \(subject '\w+', camera 'cam_\w'\): "
+                       rf"{match}"):  # fmt: skip
+        load_dataset_dir(bad)
+
+
+def test_reading_refuses_a_state_json_without_data_files(tmp_path):
+    d = write_dataset(tmp_path / "ds", tiny_rows(), tiny_meta())
+    state = json.loads((d / "state.json").read_text())
+    state["_data_files"] = []
+    (d / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"ds/state.json: lists no data files"):
+        load_dataset_dir(d)
