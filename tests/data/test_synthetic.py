@@ -467,7 +467,7 @@ def test_cli_keeps_an_existing_dataset(cli, tmp_path, capsys, monkeypatch):
     assert _run(cli, _tiny(existing)) == 2
     assert "already exists (pass overwrite=true" in capsys.readouterr().err
 
-    import gphm.data.synthetic.generate as generate
+    import gphm.data.synthetic.truth as truth  # every synthetic render goes through it
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
@@ -482,7 +482,7 @@ def test_cli_keeps_an_existing_dataset(cli, tmp_path, capsys, monkeypatch):
     dataset = tmp_path / "dataset"
     assert _run(cli, _tiny(dataset)) == 0
     before = _hashes(dataset)
-    monkeypatch.setattr(generate, "render_views", broken)
+    monkeypatch.setattr(truth, "render_views", broken)
     with pytest.raises(RuntimeError, match="renderer exploded"):
         _run(cli, [*_tiny(dataset), "overwrite=true"])
     assert _hashes(dataset) == before

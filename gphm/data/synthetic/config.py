@@ -14,9 +14,11 @@ from omegaconf import MISSING
 from gphm.data.synthetic.params import EXPRESSION_NAMES
 from gphm.data.synthetic.splits import max_heldout_combos
 
-__all__ = ["MakeSyntheticConfig", "MODES"]
+__all__ = ["MakeSyntheticConfig", "MODES", "NEUTRAL_TWIN_CHOICES"]
 
 MODES = ("expressions", "sequence")
+#: ``neutral_twins``: none | eval (rows of the evaluation splits) | all rows.
+NEUTRAL_TWIN_CHOICES = ("none", "eval", "all")
 
 
 @dataclass
@@ -61,6 +63,23 @@ class MakeSyntheticConfig:
     """Geodesic frequency of the head mesh: 10·f² + 2 vertices (16002 at 40)."""
     overwrite: bool = False
     """Replace an existing ``out`` (only once the new dataset is complete)."""
+    neutral_twins: str = "eval"
+    """Also render rows' heads with the neutral expression, same pose and camera, into
+    ``out/neutral_twins/`` (the truth for expression metrics, gphm.data.synthetic.truth):
+    none | eval (rows of the val/held-out splits; mode=sequence: the driving camera's
+    rows) | all (every row: twice the rendering)."""
+    mixtures_per_subject: int = 0
+    """mode=expressions: extra frames per subject (after its labelled ones), each a seeded
+    random mixture of 1..``mixture_max_active`` of the non-neutral labels' expressions
+    (never the subject's held-out or validation labels: mixtures are trained) with
+    intensities in [``mixture_min_intensity``, ``mixture_max_intensity``]; label
+    ``mix`` unless the mixture equals a label's expression. Split by camera only."""
+    mixture_min_intensity: float = 0.3
+    """Lowest intensity of an expression in a mixture (0..1)."""
+    mixture_max_intensity: float = 1.0
+    """Highest intensity of an expression in a mixture (0..1, >= the lowest)."""
+    mixture_max_active: int = 2
+    """Most expressions mixed in one mixture frame (>= 1; at most the non-neutral labels)."""
 
     def __post_init__(self) -> None:
         n_avail = len(EXPRESSION_NAMES)
@@ -95,6 +114,7 @@ class MakeSyntheticConfig:
             raise ValueError(f"mesh_frequency must be in 8..100, got {self.mesh_frequency}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        self._check_expression_options()
         views = self.heldout_views
         if views is not None and not 0 <= views <= self.num_views - 1:
             raise ValueError(
@@ -127,6 +147,31 @@ class MakeSyntheticConfig:
                 f"plus validation pairs per subject are at most {limit}: every such "
                 f"expression must stay in training for another identity), got {val_combos}"
             )
+
+    def _check_expression_options(self) -> None:
+        if self.neutral_twins not in NEUTRAL_TWIN_CHOICES:
+            raise ValueError(
+                f"neutral_twins must be one of {'|'.join(NEUTRAL_TWIN_CHOICES)}, "
+                f"got {self.neutral_twins!r}"
+            )
+        if not 0 <= self.mixtures_per_subject <= 1000:
+            raise ValueError(
+                f"mixtures_per_subject must be in 0..1000, got {self.mixtures_per_subject}"
+            )
+        if self.mixtures_per_subject and self.mode != "expressions":
+            raise ValueError("mixtures_per_subject is for mode=expressions (a sequence "
+                             "already blends expressions continuously); set it to 0")  # fmt: skip
+        if self.mixtures_per_subject and self.num_expressions < 2:
+            raise ValueError("mixtures_per_subject needs num_expressions >= 2 (the mixtures "
+                             "mix the non-neutral labels' expressions)")  # fmt: skip
+        lo, hi = self.mixture_min_intensity, self.mixture_max_intensity
+        if not (0.0 <= lo <= hi <= 1.0 and hi > 0.0):
+            raise ValueError(
+                f"mixture_min_intensity and mixture_max_intensity must satisfy 0 <= min "
+                f"<= max <= 1 and max > 0, got {lo} and {hi}"
+            )
+        if self.mixture_max_active < 1:
+            raise ValueError(f"mixture_max_active must be >= 1, got {self.mixture_max_active}")
 
     def resolved_heldout_views(self) -> int:
         if self.heldout_views is not None:

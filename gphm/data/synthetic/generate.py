@@ -2,8 +2,15 @@
 
 One frame per (subject, expression) pair, global frame index ``subject · E + expression``
 (= the expression-code index), each rendered from every camera of one shared rig with
-its own random head pose. Output: the dataset (via :func:`gphm.data.format.write_dataset`)
-plus ``contact_sheet.png`` (subjects × expressions, reference camera) and ``report.json``
+its own random head pose. With ``mixtures_per_subject = M`` every subject also gets M
+*mixture* frames (a capture session's continuous, mixed expressions: a seeded random
+mixture of the labels' expressions, :func:`sample_mixture`), and frame indices become
+``subject · (E + M) + j`` (labelled frames first). Every ``meta["frames"][i]`` records
+its full ``expression_params``; with ``neutral_twins`` the evaluation rows' heads are also
+rendered neutral (:func:`write_neutral_twins`, format in :mod:`.truth`).
+
+Output: the dataset (via :func:`gphm.data.format.write_dataset`) plus
+``contact_sheet.png`` (subjects × expressions, reference camera) and ``report.json``
 inside the dataset directory, all built in a temporary directory and renamed at the end,
 so a failure leaves an existing dataset untouched. Everything except ``report.json``
 (which records wall-clock time) is byte-identical for a given configuration.
@@ -28,11 +35,12 @@ from PIL import Image, ImageDraw, ImageFont
 from gphm.data.format import check_replaceable, write_dataset
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.deform import identity_vertices
-from gphm.data.synthetic.head import HeadTemplate, build_template, make_head, vertex_normals
+from gphm.data.synthetic.head import HeadTemplate, build_template
 from gphm.data.synthetic.landmarks import NUM_LANDMARKS
 from gphm.data.synthetic.params import (
     EXPRESSION_NAMES,
     EXPRESSIONS,
+    ExpressionParams,
     IdentityParams,
     sample_identity,
 )
@@ -41,7 +49,6 @@ from gphm.data.synthetic.render import (
     HeadPose,
     LightRig,
     camera_rig,
-    render_views,
     sample_head_pose,
 )
 from gphm.data.synthetic.splits import (
@@ -50,15 +57,38 @@ from gphm.data.synthetic.splits import (
     choose_val_cameras,
     split_of,
 )
-from gphm.io.atomic import atomic_directory, atomic_write_text
+from gphm.data.synthetic.truth import (
+    EXPRESSION_FIELDS,
+    NEUTRAL_TWINS_DIR,
+    NeutralTwinWriter,
+    render_truth,
+    rig_of,
+)
+from gphm.io.atomic import atomic_directory
+from gphm.io.jsonfile import write_report
 
-__all__ = ["DatasetPlan", "FramePlan", "plan_dataset", "iter_rows", "contact_sheet", "generate"]
+__all__ = [
+    "MIX_LABEL",
+    "DatasetPlan",
+    "FramePlan",
+    "plan_dataset",
+    "sample_mixture",
+    "iter_rows",
+    "write_neutral_twins",
+    "contact_sheet",
+    "generate",
+]
 
 # Purposes of the random streams (never reorder: it would change every dataset). The
 # validation pairs continue the held-out pairs' permutation of _STREAM_COMBOS (one walk
 # over the labels is what keeps every label in training, see splits.choose_combos);
 # validation cameras are deterministic, like the held-out ones.
-_STREAM_IDENTITY, _STREAM_POSE, _STREAM_COMBOS = 1, 2, 3
+_STREAM_IDENTITY, _STREAM_POSE, _STREAM_COMBOS, _STREAM_MIXTURE = 1, 2, 3, 4
+#: Pose-stream key offset of mixture frames: (subject, _MIXTURE_POSE_KEY + m) never
+#: collides with a label's (subject, e), whatever the number of labels.
+_MIXTURE_POSE_KEY = 1_000_000
+#: Label of a mixture frame that is not exactly one label's expression.
+MIX_LABEL = "mix"
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
 SHEET_TILE = 128  # contact-sheet tiles are at most this many pixels wide
@@ -67,12 +97,17 @@ SHEET_MAX_SUBJECTS = 32  # the contact sheet shows the first subjects only
 
 @dataclass(frozen=True)
 class FramePlan:
-    """One (subject, expression) frame."""
+    """One frame: a (subject, expression label) pair or a mixture frame."""
 
-    index: int  # global frame index = subject * E + expression
+    index: int  # global frame index = subject * (E + M) + j
     subject: int
-    expression: int  # index into DatasetPlan.expressions
+    expression: int  # index into DatasetPlan.expressions (the label, or MIX_LABEL)
     pose: HeadPose
+    mixture: ExpressionParams | None = None  # a mixture frame's parameters
+
+    def params(self, labels: list[str]) -> ExpressionParams:
+        """The frame's true expression parameters (``labels``: DatasetPlan.expressions)."""
+        return self.mixture if self.mixture is not None else EXPRESSIONS[labels[self.expression]]
 
 
 @dataclass(frozen=True)
@@ -107,7 +142,11 @@ class DatasetPlan:
             "cameras": self.rig.names,
             "num_frames": len(self.frames),
             "frames": [
-                {"subject": f.subject, "expression": self.expressions[f.expression]}
+                {
+                    "subject": f.subject,
+                    "expression": self.expressions[f.expression],
+                    "expression_params": f.params(self.expressions).to_dict(),
+                }
                 for f in self.frames
             ],
             "landmark_convention": "ibug68",
@@ -138,29 +177,83 @@ class DatasetPlan:
                 ],
                 "lights": {"space": "canonical head", **dataclasses.asdict(LightRig())},
                 "identities": [ident.to_dict() for ident in self.identities],
-                "expression_params": {n: EXPRESSIONS[n].to_dict() for n in self.expressions},
+                "expression_params": {
+                    n: EXPRESSIONS[n].to_dict() for n in self.expressions if n != MIX_LABEL
+                },
+                "expression_fields": list(EXPRESSION_FIELDS),
+                "mixtures": {
+                    "per_subject": self.config.mixtures_per_subject,
+                    "intensity": [
+                        self.config.mixture_min_intensity,
+                        self.config.mixture_max_intensity,
+                    ],
+                    "max_active": self.config.mixture_max_active,
+                    "basis": mixture_basis(self.expressions),
+                },
+                "neutral_twins": self.config.neutral_twins,
             },
         }
 
 
+def mixture_basis(labels: list[str]) -> list[str]:
+    """The labels a mixture mixes: the non-neutral ones of ``labels``."""
+    return [n for n in labels if n not in ("neutral", MIX_LABEL)]
+
+
+def sample_mixture(
+    rng: np.random.Generator,
+    basis: list[str],  # labels of EXPRESSIONS to mix
+    intensity: tuple[float, float],  # [lo, hi] of each mixed label's weight
+    max_active: int,
+) -> ExpressionParams:
+    """``Σ wᵢ·EXPRESSIONS[bᵢ]`` over 1..``max_active`` distinct labels of ``basis`` (the
+    count uniform, then the labels), ``wᵢ ~ U[lo, hi]``; each activation clipped to 1."""
+    count = int(rng.integers(1, min(max_active, len(basis)) + 1))
+    chosen = rng.choice(len(basis), size=count, replace=False)
+    weights = rng.uniform(intensity[0], intensity[1], size=count)
+    total = np.zeros(len(EXPRESSION_FIELDS))
+    for b, w in zip(chosen, weights):
+        params = EXPRESSIONS[basis[int(b)]]
+        total += w * np.array([getattr(params, f) for f in EXPRESSION_FIELDS])
+    total = np.clip(total, 0.0, 1.0)
+    return ExpressionParams(**{f: float(v) for f, v in zip(EXPRESSION_FIELDS, total)})
+
+
+def _mixture_frames(
+    cfg: MakeSyntheticConfig, labels: list[str], untrained: set[tuple[int, int]]
+) -> tuple[dict[tuple[int, int], ExpressionParams], list[str]]:
+    """``{(subject, m): params}`` of the mixture frames and the labels extended with
+    :data:`MIX_LABEL` when a mixture is not exactly a label's expression.
+
+    A subject's mixtures never use its ``untrained`` (held-out or validation) labels:
+    mixture frames are trained, and would leak those pairs' expressions into training.
+    """
+    intensity = (cfg.mixture_min_intensity, cfg.mixture_max_intensity)
+    mixtures = {}
+    for s in range(cfg.num_identities):
+        basis = [n for n in mixture_basis(labels) if (s, labels.index(n)) not in untrained]
+        if not basis and cfg.mixtures_per_subject:
+            raise ValueError(
+                f"mixtures_per_subject: subject {s} has no expression left to mix (all of "
+                f"{mixture_basis(labels)} are held out or validation pairs); raise "
+                "num_expressions or lower heldout/val_combos_per_subject"
+            )
+        for m in range(cfg.mixtures_per_subject):
+            rng = np.random.default_rng([cfg.seed, _STREAM_MIXTURE, s, m])
+            mixtures[(s, m)] = sample_mixture(rng, basis, intensity, cfg.mixture_max_active)
+    exact = {EXPRESSIONS[n]: n for n in labels}
+    if any(p not in exact for p in mixtures.values()):
+        labels = [*labels, MIX_LABEL]
+    return mixtures, labels
+
+
 def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
     """Subjects, expressions, cameras, poses and splits of the dataset ``cfg`` describes."""
-    K, E = cfg.num_identities, cfg.num_expressions
+    K, E, M = cfg.num_identities, cfg.num_expressions, cfg.mixtures_per_subject
     identities = [
         sample_identity(np.random.default_rng([cfg.seed, _STREAM_IDENTITY, s])) for s in range(K)
     ]
-    frames = [
-        FramePlan(
-            index=s * E + e,
-            subject=s,
-            expression=e,
-            pose=sample_head_pose(np.random.default_rng([cfg.seed, _STREAM_POSE, s, e])),
-        )
-        for s in range(K)
-        for e in range(E)
-    ]
-    rig = camera_rig(cfg.num_views, cfg.resolution)
-    reference = rig.most_frontal()
+    labels = list(EXPRESSION_NAMES[:E])
     heldout_combos, val_combos = choose_combos(
         K,
         E,
@@ -168,12 +261,38 @@ def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
         cfg.resolved_val_combos(),
         np.random.default_rng([cfg.seed, _STREAM_COMBOS]),
     )
+    mixtures, labels = _mixture_frames(cfg, labels, heldout_combos | val_combos)
+    frames = []
+    for s in range(K):
+        frames += [
+            FramePlan(
+                index=s * (E + M) + e,
+                subject=s,
+                expression=e,
+                pose=sample_head_pose(np.random.default_rng([cfg.seed, _STREAM_POSE, s, e])),
+            )
+            for e in range(E)
+        ]
+        for m in range(M):
+            params = mixtures[(s, m)]
+            key = _MIXTURE_POSE_KEY + m
+            frames.append(FramePlan(
+                index=s * (E + M) + E + m,
+                subject=s,
+                expression=next(
+                    (e for e in range(E) if EXPRESSIONS[labels[e]] == params), len(labels) - 1
+                ),
+                pose=sample_head_pose(np.random.default_rng([cfg.seed, _STREAM_POSE, s, key])),
+                mixture=params,
+            ))  # fmt: skip
+    rig = camera_rig(cfg.num_views, cfg.resolution)
+    reference = rig.most_frontal()
     heldout_cameras = choose_heldout_cameras(cfg.num_views, cfg.resolved_heldout_views(), reference)
     return DatasetPlan(
         config=cfg,
         subjects=[f"synth_{s:03d}" for s in range(K)],
         identities=identities,
-        expressions=list(EXPRESSION_NAMES[:E]),
+        expressions=labels,
         rig=rig,
         frames=frames,
         heldout_cameras=heldout_cameras,
@@ -203,15 +322,13 @@ def iter_rows(
             neutral_cache.clear()  # frames are ordered by subject: keep one
             neutral_cache[frame.subject] = identity_vertices(template, identity)
         label = plan.expressions[frame.expression]
-        head = make_head(template, identity, EXPRESSIONS[label], neutral_cache[frame.subject])
-        normals = vertex_normals(head.verts, template.faces)
-        views = render_views(
-            head.verts, template.faces, normals, head.albedo, frame.pose, rig,
-            supersample=plan.config.supersample,
+        views = render_truth(
+            template, identity, frame.params(plan.expressions), frame.pose, rig,
+            supersample=plan.config.supersample, neutral=neutral_cache[frame.subject],
         )  # fmt: skip
         if on_frame is not None:
             on_frame(frame, views.images)
-        landmarks = frame.pose.apply(head.landmarks).astype(np.float32)
+        landmarks = views.landmarks_3d
         for c, cam in enumerate(rig.names):
             yield {
                 "subject": frame.subject,
@@ -237,6 +354,49 @@ def iter_rows(
                     plan.val_combos,
                 ),
             }
+
+
+def _split(plan: DatasetPlan, frame: FramePlan, camera: int) -> str:
+    return split_of(
+        frame.subject, frame.expression, camera, plan.heldout_cameras, plan.heldout_combos,
+        plan.val_cameras, plan.val_combos,
+    )  # fmt: skip
+
+
+def write_neutral_twins(
+    directory: Path, plan: DatasetPlan, template: HeadTemplate, selection: str
+) -> int:
+    """Render the neutral twin of every row ``selection`` picks (``eval``: rows not in
+    ``train``; ``all``) into ``directory`` (format in :mod:`.truth`); returns how many.
+
+    A twin is the row's subject with the neutral expression at the row's head pose and
+    camera, rendered by the call that renders the rows (so a neutral row's twin is the
+    row, byte for byte). Only the cameras that need a twin are rendered.
+    """
+    writer = NeutralTwinWriter(directory, selection)
+    rig, C = plan.rig, len(plan.rig.names)
+    neutral_verts: dict[int, np.ndarray] = {}
+    for frame in plan.frames:
+        splits = [_split(plan, frame, c) for c in range(C)]
+        cams = [c for c in range(C) if selection == "all" or splits[c] != "train"]
+        if not cams:
+            continue
+        if frame.subject not in neutral_verts:
+            neutral_verts.clear()  # frames are ordered by subject: keep one
+            identity = plan.identities[frame.subject]
+            neutral_verts[frame.subject] = identity_vertices(template, identity)
+        sub = rig_of(rig.viewmats[cams], rig.Ks[cams], rig.resolution, [rig.names[c] for c in cams])
+        views = render_truth(
+            template, plan.identities[frame.subject], EXPRESSIONS["neutral"], frame.pose, sub,
+            supersample=plan.config.supersample, neutral=neutral_verts[frame.subject],
+        )  # fmt: skip
+        for j, c in enumerate(cams):
+            writer.add(
+                frame.index * C + c, frame.index, rig.names[c], splits[c],
+                views.images[j], views.masks[j], views.landmarks_3d,
+            )  # fmt: skip
+    writer.close()
+    return len(writer.rows)
 
 
 def contact_sheet(
@@ -293,7 +453,7 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
     tiles: dict[tuple[int, int], np.ndarray] = {}
 
     def keep_tile(frame: FramePlan, images: np.ndarray) -> None:
-        if frame.subject < SHEET_MAX_SUBJECTS:
+        if frame.subject < SHEET_MAX_SUBJECTS and frame.mixture is None:
             tile = Image.fromarray(images[plan.reference_camera])
             if tile.width > SHEET_TILE:
                 tile = tile.resize((SHEET_TILE, SHEET_TILE), Image.Resampling.BOX)
@@ -305,10 +465,12 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
             tmp, iter_rows(plan, template, keep_tile), meta, overwrite=True,
             num_rows_hint=num_rows if progress else None,
         )  # fmt: skip
-        sheet = contact_sheet(
-            tiles, plan.subjects, plan.expressions, plan.heldout_combos, plan.val_combos
-        )
+        labels = [n for n in plan.expressions if n != MIX_LABEL]  # mixtures have no column
+        sheet = contact_sheet(tiles, plan.subjects, labels, plan.heldout_combos, plan.val_combos)
         sheet.save(tmp / CONTACT_SHEET, format="PNG", optimize=True)
+        twins = 0
+        if cfg.neutral_twins != "none":
+            twins = write_neutral_twins(tmp / NEUTRAL_TWINS_DIR, plan, template, cfg.neutral_twins)
         written = json.loads((tmp / "meta.json").read_text())
         report = {
             "out": str(out),
@@ -328,7 +490,9 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
             "mesh_faces": int(template.faces.shape[0]),
             "num_landmarks": NUM_LANDMARKS,
             "contact_sheet": str(out / CONTACT_SHEET),
+            "num_mixture_frames": sum(f.mixture is not None for f in plan.frames),
+            "neutral_twins": twins,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        atomic_write_text(tmp / REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_report(tmp / REPORT, report)
     return report

@@ -28,7 +28,10 @@ of step ``t``.
 Global frame index ``subject · F + step``. Every row also carries the optional column
 ``sequence_step``; ``meta.json`` records the whole sequence under ``"sequence"`` (keyframes,
 per-step expression parameters and head pose, the driving camera) and every
-``frames[i]`` entry its ``sequence_step``.
+``frames[i]`` entry its ``sequence_step`` and full ``expression_params``, so in-between
+steps are scoreable against :class:`gphm.data.synthetic.truth.DatasetTruth` renders. With
+``neutral_twins`` (default ``eval``: the driving camera's rows; ``all``: every row) the
+rows' heads are also rendered neutral into ``neutral_twins/`` (format in :mod:`.truth`).
 
 **Split**: every row is ``heldout_combo``. A sequence's (subject, expression) pairs are
 never used in training (the trainer finds no ``train`` rows and says so), and
@@ -58,7 +61,7 @@ from PIL import Image, ImageDraw, ImageFont
 from gphm.data.format import check_replaceable, write_dataset
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.deform import identity_vertices
-from gphm.data.synthetic.head import HeadTemplate, build_template, make_head, vertex_normals
+from gphm.data.synthetic.head import HeadTemplate, build_template
 from gphm.data.synthetic.landmarks import NUM_LANDMARKS
 from gphm.data.synthetic.params import (
     EXPRESSION_NAMES,
@@ -71,8 +74,14 @@ from gphm.data.synthetic.render import (
     CameraRig,
     HeadPose,
     LightRig,
-    render_views,
     rig_from_angles,
+)
+from gphm.data.synthetic.truth import (
+    EXPRESSION_FIELDS,
+    NEUTRAL_TWINS_DIR,
+    NeutralTwinWriter,
+    render_truth,
+    rig_of,
 )
 from gphm.geometry import axis_angle_to_matrix
 from gphm.io.atomic import atomic_directory
@@ -86,6 +95,7 @@ __all__ = [
     "plan_sequence",
     "sequence_rig",
     "iter_sequence_rows",
+    "write_sequence_twins",
     "generate_sequence",
 ]
 
@@ -150,7 +160,12 @@ class SequencePlan:
             "cameras": self.rig.names,
             "num_frames": len(self.subjects) * F,
             "frames": [
-                {"subject": s, "expression": self.dominant[t], "sequence_step": t}
+                {
+                    "subject": s,
+                    "expression": self.dominant[t],
+                    "sequence_step": t,
+                    "expression_params": self.expressions[t].to_dict(),
+                }
                 for s in range(len(self.subjects))
                 for t in range(F)
             ],
@@ -179,6 +194,8 @@ class SequencePlan:
                 "lights": {"space": "canonical head", **dataclasses.asdict(LightRig())},
                 "identities": [ident.to_dict() for ident in self.identities],
                 "expression_params": {n: EXPRESSIONS[n].to_dict() for n in self.labels},
+                "expression_fields": list(EXPRESSION_FIELDS),
+                "neutral_twins": self.config.neutral_twins,
             },
         }
 
@@ -279,16 +296,14 @@ def iter_sequence_rows(
     for s, identity in enumerate(plan.identities):
         neutral = identity_vertices(template, identity)
         for t in range(plan.num_steps):
-            head = make_head(template, identity, plan.expressions[t], neutral)
-            normals = vertex_normals(head.verts, template.faces)
             pose = plan.poses[t]
-            views = render_views(
-                head.verts, template.faces, normals, head.albedo, pose, rig,
-                supersample=plan.config.supersample,
+            views = render_truth(
+                template, identity, plan.expressions[t], pose, rig,
+                supersample=plan.config.supersample, neutral=neutral,
             )  # fmt: skip
             if on_frame is not None:
                 on_frame(s, t, views.images)
-            landmarks = pose.apply(head.landmarks).astype(np.float32)
+            landmarks = views.landmarks_3d
             for c, cam in enumerate(rig.names):
                 yield {
                     "subject": s,
@@ -307,6 +322,32 @@ def iter_sequence_rows(
                     "split": SEQUENCE_SPLIT,
                     "sequence_step": t,
                 }
+
+
+def write_sequence_twins(
+    directory: Path, plan: SequencePlan, template: HeadTemplate, selection: str
+) -> int:
+    """Neutral twins of the sequence rows ``selection`` picks (``eval``: the driving
+    camera's; ``all``: every row) into ``directory``; returns how many (see :mod:`.truth`)."""
+    writer = NeutralTwinWriter(directory, selection)
+    rig, C = plan.rig, len(plan.rig.names)
+    cams = list(range(C)) if selection == "all" else [rig.names.index(DRIVING_CAMERA)]
+    sub = rig_of(rig.viewmats[cams], rig.Ks[cams], rig.resolution, [rig.names[c] for c in cams])
+    for s, identity in enumerate(plan.identities):
+        neutral = identity_vertices(template, identity)
+        for t in range(plan.num_steps):
+            views = render_truth(
+                template, identity, EXPRESSIONS["neutral"], plan.poses[t], sub,
+                supersample=plan.config.supersample, neutral=neutral,
+            )  # fmt: skip
+            frame = plan.frame_index(s, t)
+            for j, c in enumerate(cams):
+                writer.add(
+                    frame * C + c, frame, rig.names[c], SEQUENCE_SPLIT,
+                    views.images[j], views.masks[j], views.landmarks_3d,
+                )  # fmt: skip
+    writer.close()
+    return len(writer.rows)
 
 
 def _sheet_steps(num_steps: int) -> list[int]:
@@ -370,6 +411,9 @@ def generate_sequence(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[s
         )  # fmt: skip
         sheet = sequence_contact_sheet(tiles, plan.subjects, sorted(sheet_steps), plan.dominant)
         sheet.save(tmp / CONTACT_SHEET, format="PNG", optimize=True)
+        twins = 0
+        if cfg.neutral_twins != "none":
+            twins = write_sequence_twins(tmp / NEUTRAL_TWINS_DIR, plan, template, cfg.neutral_twins)
         preview_names = []
         for s, frames in sorted(previews.items()):
             name = f"preview_{plan.subjects[s]}.mp4"
@@ -391,6 +435,7 @@ def generate_sequence(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[s
             "num_landmarks": NUM_LANDMARKS,
             "contact_sheet": str(out / CONTACT_SHEET),
             "previews": [str(out / n) for n in preview_names],
+            "neutral_twins": twins,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_report(tmp / REPORT, report)
