@@ -32,6 +32,17 @@ Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_ma
 ``RUN/eval/<split>/side_by_side.png`` (prediction | ground truth); ``split=fit
 fit.inputs=photo`` writes ``RUN/eval/fit_photo.json`` and ``RUN/eval/fit_photo/`` so both
 input modes' reports sit side by side.
+
+Refusals (exit 2, one line, before any work):
+
+* a run whose lock (``RUN/.lock``) a live training holds: its model is half-trained;
+* the splits that score the model's trained subjects on their own codes (``val_*``,
+  ``heldout_*``, ``expression_gain``) on a dataset whose fingerprint is not the one the
+  run recorded (``allow_other_dataset=true`` scores it anyway and says so in the report;
+  ``fit`` and ``reenact`` fit every identity they score, ``fit`` refuses *seen* data);
+* ``out=DIR`` holding anything but gphm-evaluate reports, or already this split's
+  report, unless ``overwrite=true``. The default ``RUN/eval`` is the run's own report
+  folder: a split's earlier report there is replaced.
 """
 
 from __future__ import annotations
@@ -43,8 +54,14 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
+from gphm.cli import UserError, check_device_option, cli_device, run_cli
 from gphm.data.preprocess.detectors import BackendUnavailableError, NoFaceError
+from gphm.evaluation.common import (
+    check_out_dir,
+    check_run_unlocked,
+    check_trained_dataset,
+    write_split_report,
+)
 from gphm.evaluation.fit import FIT_INPUTS, evaluate_fit
 from gphm.evaluation.perceptual import lpips_available
 from gphm.evaluation.reenact import evaluate_reenact
@@ -58,6 +75,10 @@ from gphm.training.config import DataConfig
 ALL_SPLITS = (
     "val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact", "expression_gain",
 )  # fmt: skip
+# The splits that score the model's trained subjects with their trained codes.
+TRAINED_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "expression_gain")
+# Report names (``<name>.json``, ``<name>/``) an ``out=`` folder may already hold.
+REPORT_NAMES = (*ALL_SPLITS, "fit_photo")
 
 
 @dataclass
@@ -105,7 +126,14 @@ class EvaluateConfig:
     """split=expression_gain: the label of each subject's neutral frame."""
     batch_size: int = 8
     out: str | None = None
-    """Report directory (default RUN/eval)."""
+    """Report directory (default RUN/eval, the run's own: a split's earlier report there is
+    replaced). Another folder may hold other splits' reports; anything else in it, or
+    this split's earlier report, is refused unless overwrite=true."""
+    overwrite: bool = False
+    """Write into an ``out=`` folder that holds other files or this split's report."""
+    allow_other_dataset: bool = False
+    """Score val_*/heldout_*/expression_gain on a dataset whose fingerprint is not the
+    one the run was trained on (e.g. the same data written again); the report says so."""
     fit: EvalFitConfig = field(default_factory=EvalFitConfig)
     driver: str | None = None
     """split=reenact: the subject (name or index) of the sequence dataset that drives."""
@@ -124,37 +152,48 @@ class EvaluateConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) -> dict[str, Any]:
+    """The report of ``cfg.split`` (library calls; their errors propagate)."""
+    progress = sys.stderr.isatty()
+    if cfg.split == "reenact":
+        return evaluate_reenact(run, cfg.data.path, cfg.driver, cfg.track,
+                                save_dir=out / "reenact", progress=progress)  # fmt: skip
+    if cfg.split == "fit":
+        return evaluate_fit(
+            run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
+            max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / name,
+            progress=progress, inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
+            detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
+        )  # fmt: skip
+    if cfg.split == "expression_gain":
+        return evaluate_expression_gain(
+            run.model, cfg.data.path, cfg.neutral, lr_size=run.extra.get("lr_size"),
+            batch_size=cfg.batch_size, device=device, progress=progress,
+            train_frames=run.extra.get("train_frames"),
+        )  # fmt: skip
+    return evaluate_model(
+        run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
+        batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
+        progress=progress, train_frames=run.extra.get("train_frames"),
+    )  # fmt: skip
+
+
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
     device = cli_device(cfg.device)
+    # One report per split; split=fit's two input modes are two reports.
+    name = "fit_photo" if cfg.split == "fit" and cfg.fit.inputs == "photo" else cfg.split
+    check_run_unlocked(cfg.run_dir)
+    if cfg.out:
+        out = check_out_dir(cfg.out, name, REPORT_NAMES, cfg.overwrite)
+    else:
+        out = Path(cfg.run_dir) / "eval"
     try:
         run = load_run(cfg.run_dir, device=device)
-        out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "eval"
-        # One report per split; split=fit's two input modes are two reports.
-        name = "fit_photo" if cfg.split == "fit" and cfg.fit.inputs == "photo" else cfg.split
-        if cfg.split == "reenact":
-            result = evaluate_reenact(
-                run, cfg.data.path, cfg.driver, cfg.track, save_dir=out / "reenact",
-                progress=sys.stderr.isatty(),
-            )  # fmt: skip
-        elif cfg.split == "fit":
-            result = evaluate_fit(
-                run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
-                max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / name,
-                progress=sys.stderr.isatty(), inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
-                detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
-            )  # fmt: skip
-        elif cfg.split == "expression_gain":
-            result = evaluate_expression_gain(
-                run.model, cfg.data.path, cfg.neutral, lr_size=run.extra.get("lr_size"),
-                batch_size=cfg.batch_size, device=device, progress=sys.stderr.isatty(),
-                train_frames=run.extra.get("train_frames"),
-            )  # fmt: skip
-        else:
-            result = evaluate_model(
-                run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
-                batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
-                progress=sys.stderr.isatty(), train_frames=run.extra.get("train_frames"),
-            )  # fmt: skip
+        checked = {}
+        if cfg.split in TRAINED_SPLITS:
+            checked = check_trained_dataset(run, cfg.data.path, cfg.split,
+                                            cfg.allow_other_dataset)  # fmt: skip
+        result = _evaluate(cfg, run, out, name, device) | checked
     except NoFaceError as err:
         raise UserError(f"{err} — fit.inputs=photo needs the detector to find the face") from None
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
@@ -166,7 +205,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             result["lpips_unavailable"] = reason
     result["run_dir"] = str(cfg.run_dir)
     result["data"] = str(cfg.data.path)
-    write_report(out / f"{name}.json", result)
+    write_split_report(out, name, result)
     return result
 
 
