@@ -15,6 +15,16 @@ stays in training for another identity), ``supersample`` (anti-aliasing factor, 
 2), ``mesh_frequency`` (default 40, 16002 vertices), ``overwrite`` (default false:
 replaces only a gphm dataset or an empty folder, never a folder of other files).
 
+Expression truth (gphm.data.synthetic.truth): ``neutral_twins`` (none | eval | all,
+default eval) also renders the rows of the val/held-out splits (mode=sequence: the
+driving camera's rows; all: every row) with the neutral expression, same head pose and
+camera, into OUT/neutral_twins/: the truth's neutral twin that expression metrics
+(gphm.evaluation.expression) compare against. ``mixtures_per_subject=M`` adds M frames
+per subject with continuous, mixed expressions (a capture session): each a seeded mix
+of 1..``mixture_max_active`` (default 2) of the labels' expressions at intensities in
+[``mixture_min_intensity``, ``mixture_max_intensity``] (default [0.3, 1]), label ``mix``;
+every frame's full expression parameters are in meta.json (``frames[i].expression_params``).
+
 ``mode=sequence num_frames=F`` instead writes one shared continuous performance per
 subject (smooth blends between the expressions above plus head motion, F steps, camera
 ``cam_00`` frontal = the driving camera), every row ``heldout_combo`` with its
@@ -54,6 +64,16 @@ def main(cfg: MakeSyntheticConfig) -> dict[str, Any]:
         raise UserError(str(err)) from None
 
 
+def _extras(report: dict[str, Any]) -> str:
+    """`` (M mixture frames, T neutral twins)`` when there are any."""
+    parts = []
+    if report.get("num_mixture_frames"):
+        parts.append(f"{report['num_mixture_frames']} mixture frames")
+    if report.get("neutral_twins"):
+        parts.append(f"{report['neutral_twins']} neutral twins")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def summary(report: dict[str, Any]) -> str:
     splits = ", ".join(f"{k}={v}" for k, v in sorted(report["split_sizes"].items()))
     if report.get("mode") == "sequence":
@@ -61,12 +81,13 @@ def summary(report: dict[str, Any]) -> str:
             f"wrote {report['num_rows']} rows ({report['num_identities']} identities x "
             f"{report['num_frames']} sequence steps x {report['num_views']} views, "
             f"{report['resolution']} px; driving camera {report['driving_camera']}; {splits}) "
-            f"to {report['out']} in {report['seconds']:.1f} s"
+            f"to {report['out']} in {report['seconds']:.1f} s{_extras(report)}"
         )
     return (
         f"wrote {report['num_rows']} rows ({report['num_identities']} identities x "
         f"{report['num_expressions']} expressions x {report['num_views']} views, "
         f"{report['resolution']} px; {splits}) to {report['out']} in {report['seconds']:.1f} s"
+        f"{_extras(report)}"
     )
 
 
