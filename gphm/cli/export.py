@@ -2,7 +2,7 @@
 
     python scripts/export.py checkpoint=RUN subject=NAME|INDEX|AVATAR_DIR out=DIR
         [num_components=8] [sh_degree=3] [neutral=LABEL] [fidelity=true]
-        [fidelity_size=SIZE] [fidelity_views=4] [overwrite=true]
+        [fidelity_size=SIZE] [fidelity_views=4] [overwrite=true] [up=+y|-y]
 
 Writes ``DIR/neutral.ply`` and ``DIR/expressions/<label>.ply`` (standard 3DGS PLYs in
 canonical head space, one per trained expression label), ``DIR/blendshapes.npz`` +
@@ -11,6 +11,8 @@ K PCA components and the weights of each label, with the PSNR curve over K) and
 ``DIR/export_report.json``. ``subject`` may be a fitted avatar directory
 (``scripts/fit_image.py``'s ``OUT/avatar``). A non-empty ``DIR`` is refused (exit status
 2) unless ``overwrite=true``, and is then replaced only if it holds an earlier export.
+``up=-y`` writes the head turned half a turn about x, for viewers made for y-down 3DGS
+captures (the default ``+y`` is gphm's canonical space, upright in y-up engines).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from omegaconf import MISSING
 
 from gphm.cli import UserError, run_cli
 from gphm.export import FidelityOptions, export_run
+from gphm.export.axes import DEFAULT_UP, check_up
 from gphm.models.runs import load_run
 
 
@@ -46,6 +49,10 @@ class ExportConfig:
     fidelity_views: int = 4
     overwrite: bool = False
     """Replace an earlier export in ``out``."""
+    up: str = DEFAULT_UP
+    """Up axis of the written PLYs and basis: "+y" (gphm's canonical space: upright in
+    y-up engines such as PlayCanvas) or "-y" (turned half a turn about x: the y-down
+    convention of 3DGS captures, for viewers that turn every scene over)."""
 
     def __post_init__(self) -> None:
         if self.num_components < 0:
@@ -54,6 +61,7 @@ class ExportConfig:
             raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
         if self.fidelity_views < 1 or (self.fidelity_size is not None and self.fidelity_size < 8):
             raise ValueError("fidelity_views must be >= 1 and fidelity_size >= 8")
+        check_up(self.up)
 
 
 def main(cfg: ExportConfig) -> dict:
@@ -65,7 +73,7 @@ def main(cfg: ExportConfig) -> dict:
             fidelity = FidelityOptions(size=size, views=cfg.fidelity_views)
         report = export_run(run, cfg.subject, cfg.out, neutral=cfg.neutral,
                             num_components=cfg.num_components, sh_degree=cfg.sh_degree,
-                            overwrite=cfg.overwrite, fidelity=fidelity)  # fmt: skip
+                            overwrite=cfg.overwrite, fidelity=fidelity, up=cfg.up)  # fmt: skip
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         raise UserError(str(err)) from None
     return report.to_dict()

@@ -13,11 +13,12 @@
 
 All PLYs are in the standard 3DGS layout (:mod:`gphm.io.ply`) in the model's canonical
 head space (+x the head's left, +y up, +z out of the face; the head spans about ±0.9),
-at the canonical pose. Their colour is the Gaussians' own RGB (the first three of the
-model's feature channels), which is what an engine splats; the model's own render
-splats all feature channels and passes them through the Ψ upsampler, which an engine
-cannot run, so an exported head looks flatter than the model's render. The fidelity
-report says by how much.
+at the canonical pose; ``up="-y"`` turns that space half a turn about x for viewers made
+for y-down 3DGS captures (:mod:`gphm.export.axes`; PLYs and basis alike). Their colour
+is the Gaussians' own RGB (the first three of the model's feature channels), which is
+what an engine splats; the model's own render splats all feature channels and passes them
+through the Ψ upsampler, which an engine cannot run, so an exported head looks flatter
+than the model's render. The fidelity report says by how much.
 
 The directory is written atomically (built beside ``DIR`` and swapped in): a failed
 export leaves nothing, or the previous export, behind. An existing non-empty ``DIR`` is
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gphm.export.axes import DEFAULT_UP, check_up, turn_means, turn_quats, up_description
 from gphm.export.blendshapes import (
     ATTRIBUTE_WIDTHS,
     ATTRIBUTES,
@@ -104,6 +106,9 @@ class ExportReport:
     fidelity: FidelityReport | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     """Provenance given by the caller (identity, the frames each label was taken from)."""
+    up: str = DEFAULT_UP
+    """Up axis of the written files: "+y" (gphm's canonical space) or "-y" (turned half a
+    turn about x, the y-down convention of 3DGS captures; :mod:`gphm.export.axes`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,16 +148,24 @@ def _check_out(out: Path, overwrite: bool) -> None:
             )
 
 
-def _ply(path: Path, a: SplatAttributes, sh_degree: int) -> None:
-    save_gaussian_ply(path, a.means, a.log_scales, a.quats, a.opacity_logits, a.rgb,
-                      sh_degree=sh_degree)  # fmt: skip
+_TURN = {"means": turn_means, "quats": turn_quats}  # the attributes that ``up`` changes
 
 
-def _arrays(basis: ExpressionBasis) -> dict[str, np.ndarray]:
+def _turned(name: str, x: Tensor, up: str) -> Tensor:
+    return _TURN[name](x, up) if name in _TURN else x
+
+
+def _ply(path: Path, a: SplatAttributes, sh_degree: int, up: str = DEFAULT_UP) -> None:
+    save_gaussian_ply(path, turn_means(a.means, up), a.log_scales, turn_quats(a.quats, up),
+                      a.opacity_logits, a.rgb, sh_degree=sh_degree)  # fmt: skip
+
+
+def _arrays(basis: ExpressionBasis, up: str = DEFAULT_UP) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in ATTRIBUTES:
-        out[f"neutral_{name}"] = getattr(basis.neutral, name).numpy().astype("<f4")
-        out[f"basis_{name}"] = basis.component(name).numpy().astype("<f4")
+        neutral, component = getattr(basis.neutral, name), basis.component(name)
+        out[f"neutral_{name}"] = _turned(name, neutral, up).numpy().astype("<f4")
+        out[f"basis_{name}"] = _turned(name, component, up).numpy().astype("<f4")
     out["weights"] = basis.weights.numpy().astype("<f4")
     out["labels"] = np.array(basis.labels, dtype=np.str_)
     out["singular_values"] = basis.singular_values.numpy().astype("<f4")
@@ -193,6 +206,7 @@ def _basis_json(
     files: dict[str, str],
     requested: int,
     fidelity: FidelityReport | None,
+    up: str = DEFAULT_UP,
 ) -> dict[str, Any]:
     s2 = basis.singular_values.double().square()
     explained = (s2.cumsum(0) / s2.sum()).tolist() if s2.numel() else []
@@ -215,9 +229,8 @@ def _basis_json(
             "when num_components == rank); all weights 0 is neutral.ply"
         ),
         "conventions": {
-            "space": "canonical head space at the canonical pose: +x the head's left, +y up, "
-            "+z out of the face, head centred at the origin within about ±0.9; the PLYs "
-            "share it",
+            "up": up,
+            "space": up_description(up),
             "colour": "the PLYs and f_dc hold the Gaussians' own RGB (the first 3 of the "
             "model's feature channels); the model's own render splats all channels and "
             "upsamples them with its Ψ network, which an engine does not run "
@@ -255,6 +268,7 @@ def export_animatable(
     overwrite: bool = False,
     fidelity: FidelityOptions | None = None,
     metadata: Mapping[str, Any] | None = None,
+    up: str = DEFAULT_UP,
 ) -> ExportReport:
     """Export the identity ``identity_code`` of ``model`` with every expression of
     ``expression_codes`` to ``out_dir`` (module docstring).
@@ -263,7 +277,9 @@ def export_animatable(
     ``model`` may be a fitted avatar's personalised copy with its ``point_offsets``.
     ``fidelity`` options measure the PSNR curve over K (None: not measured; it renders
     every label ``len(components) + 2`` times per view). ``metadata`` goes into the
-    report as given. Raises ``ValueError`` for bad arguments and :class:`ExportExistsError`
+    report as given. ``up`` is the up axis of the written files, ``"+y"`` (canonical
+    space) or ``"-y"`` (:mod:`gphm.export.axes`); fidelity is measured before the turn,
+    in canonical space. Raises ``ValueError`` for bad arguments and :class:`ExportExistsError`
     for an ``out_dir`` that may not be replaced, before anything is computed.
     """
     if not isinstance(model, GaussianHead):
@@ -283,6 +299,7 @@ def export_animatable(
         raise ValueError(f"num_components must be an integer >= 0, got {num_components!r}")
     if isinstance(sh_degree, bool) or sh_degree not in range(MAX_SH_DEGREE + 1):
         raise ValueError(f"sh_degree must be an integer in 0..{MAX_SH_DEGREE}, got {sh_degree!r}")
+    check_up(up)
     did, dexp = model.identity_codes.config.dim, model.expression_codes.config.dim
     if tuple(identity_code.shape) != (did,):
         raise ValueError(f"identity_code: expected [{did}], got {list(identity_code.shape)}")
@@ -329,14 +346,14 @@ def export_animatable(
         labels=labels, files={"neutral": "neutral.ply", "expressions": files}
         | ({"fidelity_preview": "fidelity.png"} if previews else {}),
         num_components=stored.num_components, requested_components=num_components,
-        rank=full.rank, fidelity=report_fidelity, metadata=dict(metadata or {}),
+        rank=full.rank, fidelity=report_fidelity, metadata=dict(metadata or {}), up=up,
     )  # fmt: skip
-    arrays = _arrays(stored)
-    meta = _basis_json(stored, arrays, neutral, files, num_components, report_fidelity)
+    arrays = _arrays(stored, up)
+    meta = _basis_json(stored, arrays, neutral, files, num_components, report_fidelity, up)
     with atomic_directory(out, overwrite=out.is_dir()) as tmp:
-        _ply(tmp / "neutral.ply", per_label[neutral], sh_degree)
+        _ply(tmp / "neutral.ply", per_label[neutral], sh_degree, up)
         for lbl, a in per_label.items():
-            _ply(tmp / files[lbl], a, sh_degree)
+            _ply(tmp / files[lbl], a, sh_degree, up)
         with open(tmp / "blendshapes.npz", "wb") as f:
             np.savez(f, **arrays)
         (tmp / MARKER).write_text(_json(meta))

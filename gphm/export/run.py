@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from gphm.export.animatable import ExportReport, export_animatable
+from gphm.export.axes import DEFAULT_UP
 from gphm.export.fidelity import FidelityOptions
 from gphm.fitting.avatar import Avatar, is_avatar_dir
 from gphm.models.gaussian_head import GaussianHead
@@ -99,11 +100,13 @@ def export_run(
     sh_degree: int = 3,
     overwrite: bool = False,
     fidelity: FidelityOptions | None | bool = True,
+    up: str = DEFAULT_UP,
 ) -> ExportReport:
     """:func:`export_animatable` of ``identity`` with every trained label of ``run``.
 
     ``fidelity``: True measures the curve at the run's output size (``hr_size``, else
-    256 px), False/None skips it, or pass :class:`FidelityOptions`."""
+    256 px), False/None skips it, or pass :class:`FidelityOptions`. ``up``: ``"+y"``
+    (canonical space) or ``"-y"`` (y-down viewers; :mod:`gphm.export.axes`)."""
     who = resolve_identity(run, identity)
     codes, provenance = trained_expressions(run, who.subject)
     if not codes:
@@ -134,5 +137,5 @@ def export_run(
     return export_animatable(
         who.model, who.z_id, out_dir, codes, neutral=neutral, point_offsets=who.point_offsets,
         num_components=num_components, sh_degree=sh_degree, overwrite=overwrite,
-        fidelity=fidelity, metadata=metadata,
+        fidelity=fidelity, metadata=metadata, up=up,
     )  # fmt: skip
