@@ -162,7 +162,7 @@ def test_expression_gain_accounting(model, tiny_combo_dataset, monkeypatch):
         return dataclasses.replace(m.render(z_id, z_exp, b.head_R, b.head_T, b.head_scale,
                                             b.viewmat, b.K_lr, 8, 8), rgb=rgb)  # fmt: skip
 
-    monkeypatch.setattr(ev, "_render", fake)
+    monkeypatch.setattr(ev, "render_rows", fake)
     labels = ev.HeadDataset(tiny_combo_dataset, split="train").meta["expressions"]
     r = ev.evaluate_expression_gain(model, tiny_combo_dataset, neutral=labels[0], lr_size=8)
     assert r["split"] == "expression_gain" and r["neutral"] == labels[0]
