@@ -1,4 +1,4 @@
-"""The public Python API (DESIGN.md §5): load a trained head, render it, fit photos.
+"""The public Python API (docs/architecture.md §5.5): load a trained head, render it, fit photos.
 
     import gphm
     head = gphm.load("runs/demo")                     # RUN or RUN/model

@@ -1,4 +1,5 @@
-"""Loss terms (DESIGN.md §2). Pure functions of tensors; weights live in the configs.
+"""Loss terms (docs/architecture.md §3.2, §9.1). Pure functions of tensors; weights live in
+the configs.
 
 Every image term is a mean over pixels *and* batch rows, computed per row and then
 averaged, so a batch split across processes (DDP averages gradients) gives the same

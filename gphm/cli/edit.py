@@ -1,4 +1,4 @@
-"""Expression editing by code swapping (DESIGN.md §2, §5).
+"""Expression editing by code swapping (docs/architecture.md §3.5, §7).
 
     python scripts/edit_expression.py checkpoint=RUN source=SPEC target=SPEC out=OUT \
         [drive=[jaw_open,smile,...]] [overwrite=true]

@@ -1,4 +1,4 @@
-"""Evaluate a trained run on a dataset split (DESIGN.md §5, §6).
+"""Evaluate a trained run on a dataset split (docs/architecture.md §3.4, §8.1).
 
     python scripts/evaluate.py run_dir=RUN data.path=DIR \
         split=val_view|val_combo|heldout_view|heldout_combo|fit|reenact|expression_gain

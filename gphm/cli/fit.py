@@ -1,4 +1,4 @@
-"""Fit a new person from a photo, or from several photos of them (DESIGN.md §2, §5).
+"""Fit a new person from a photo, or from several photos of them (docs/architecture.md §3.5, §7).
 
     python scripts/fit_image.py checkpoint=RUN image=PHOTO out=OUT \
         [landmarks=FILE.pts] [detector=mediapipe] [face=0] [landmarks_gt=FILE.pts] \

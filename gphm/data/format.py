@@ -1,4 +1,4 @@
-"""The gphm dataset format (DESIGN.md §6): a Hugging Face ``datasets`` dataset saved
+"""The gphm dataset format (docs/architecture.md §8.1): a Hugging Face ``datasets`` dataset saved
 with ``save_to_disk``, plus a ``meta.json`` next to its arrow files.
 
 One row per (subject, frame, camera)::

@@ -1,7 +1,7 @@
 """PyTorch access to a gphm dataset directory (see :mod:`gphm.data.format`).
 
 * :class:`HeadDataset` — one item per stored row, i.e. one camera view of one frame,
-  decoded to float tensors (channel-last, DESIGN.md §3) with a high-resolution (stored
+  decoded to float tensors (channel-last, docs/architecture.md §4) with a high-resolution (stored
   size) and a low-resolution copy of image and mask and the matching intrinsics.
 * :func:`collate_views` — stacks items into a :class:`HeadBatch`; a batch is a set of
   (frame, camera) rows, possibly of different frames and subjects.

@@ -1,4 +1,4 @@
-"""Animatable export for 3D Gaussian Splatting engines (DESIGN.md §4 ``export/``).
+"""Animatable export for 3D Gaussian Splatting engines (docs/architecture.md §3.7, §8.5).
 
 One identity of a trained model as standard 3DGS PLYs (neutral and one per trained
 expression) plus a linear expression basis (``blendshapes.npz`` / ``.json``) an engine can
@@ -12,6 +12,7 @@ from gphm.export.animatable import (
     ExportReport,
     export_animatable,
     load_expression_basis,
+    save_splat_ply,
 )
 from gphm.export.blendshapes import ExpressionBasis, SplatAttributes, fit_expression_basis
 from gphm.export.fidelity import CurvePoint, FidelityOptions, FidelityReport, splat_rgb
@@ -31,6 +32,7 @@ __all__ = [
     "fit_expression_basis",
     "load_expression_basis",
     "resolve_identity",
+    "save_splat_ply",
     "splat_rgb",
     "trained_expressions",
 ]

@@ -1,2 +1,2 @@
 """Using a trained head model: single-image fitting, expression editing, interpolation
-(DESIGN.md §2)."""
+(docs/architecture.md §3.5)."""

@@ -1,4 +1,4 @@
-"""Expression editing (DESIGN.md §2): a source's identity with a target's expression.
+"""Expression editing (docs/architecture.md §3.5): a source's identity with a target's expression.
 
 A source or target is a :class:`~gphm.fitting.sources.Source` (a training subject and
 frame, a fitted avatar, or a photo fitted first; :func:`~gphm.fitting.sources.resolve_source`).

@@ -1,4 +1,4 @@
-"""Pinhole cameras in the OpenCV convention (DESIGN.md §3).
+"""Pinhole cameras in the OpenCV convention (docs/architecture.md §4).
 
 * Camera frame: x right, y down, z forward (the viewing direction).
 * ``viewmats`` [..., 4, 4] map world → camera: ``x_cam = R_wc @ x_world + t_wc``.

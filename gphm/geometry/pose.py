@@ -1,6 +1,6 @@
 """Rigid / similarity pose estimation: Umeyama alignment and PnP.
 
-Conventions (DESIGN.md §3): a similarity maps ``src`` to ``dst`` as
+Conventions (docs/architecture.md §4): a similarity maps ``src`` to ``dst`` as
 ``dst ≈ s·R·src + T`` with a proper rotation (``det R = +1``), the same form as the head
 pose ``x_w = s·R·x_c + T``. PnP returns the world→camera transform of an OpenCV camera
 (``x_cam = R·x_world + T``), the top of a ``viewmat``.
@@ -156,5 +156,5 @@ def apply_head_pose(
     T: Tensor,  # [B, 3]
     scale: Tensor,  # [B]
 ) -> Tensor:  # [B, N, 3] world: s·R·x + T
-    """Head pose canonical → world (DESIGN.md §3), batched over B."""
+    """Head pose canonical → world (docs/architecture.md §4), batched over B."""
     return scale[:, None, None] * (points @ R.transpose(-1, -2)) + T[:, None, :]

@@ -1,6 +1,6 @@
 """Rotation representations and conversions.
 
-Conventions (DESIGN.md §3):
+Conventions (docs/architecture.md §4):
 
 * quaternions are ``wxyz`` (scalar first) and need not be normalised on input; every
   function that consumes a quaternion normalises it first;

@@ -1,6 +1,6 @@
 """Multi-view triangulation of 2D points (landmarks) with calibrated cameras.
 
-Conventions (DESIGN.md §3): OpenCV cameras, ``viewmats`` [C, 4, 4] world→camera, ``Ks``
+Conventions (docs/architecture.md §4): OpenCV cameras, ``viewmats`` [C, 4, 4] world→camera, ``Ks``
 [C, 3, 3] in pixels of the images the 2D points were measured in, with pixel centres at
 ``(i + 0.5, j + 0.5)``: a point projects to ``u = K·(x/z, y/z, 1)`` exactly as in
 :func:`gphm.geometry.project_points`.

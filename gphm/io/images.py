@@ -1,4 +1,4 @@
-"""Image I/O and tiling. Images are float [..., H, W, C] in [0, 1] (DESIGN.md §3).
+"""Image I/O and tiling. Images are float [..., H, W, C] in [0, 1] (docs/architecture.md §4).
 
 Reading (:func:`read_image`, :func:`decode_image`) turns any file PIL opens into the
 same thing: float32 RGB in [0, 1], upright, plus an alpha matte when the file carries a
@@ -15,7 +15,7 @@ real cutout. The rules:
 * **Alpha**: an alpha channel (``RGBA``, ``LA``, ``PA``, or a palette/tRNS transparency)
   is a *real cutout* when at least 1 % of the pixels are below 0.5 and at least 1 % are
   at or above it. Then the RGB is composited on white, ``rgb · a + (1 − a)`` (the
-  dataset convention, DESIGN.md §3), and the alpha is returned as a mask hint. Any
+  dataset convention, docs/architecture.md §4), and the alpha is returned as a mask hint. Any
   other alpha (all opaque, all transparent, a faint overall fade) is ignored: RGB as
   stored, no alpha.
 

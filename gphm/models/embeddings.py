@@ -1,5 +1,5 @@
 """Learned latent codes: one identity code per subject, one expression code per
-training frame (auto-decoder, DESIGN.md §1)."""
+training frame (auto-decoder, docs/architecture.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2: the Gaussian parametric head model (DESIGN.md §2).
+"""Stage 2: the Gaussian parametric head model (docs/architecture.md §3.3).
 
 ::
 
@@ -211,7 +211,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
     def create_from(
         cls, guidance: GuidanceModel, config: GaussianHeadConfig | None = None, seed: int = 0
     ) -> GaussianHead:
-        """Initialise a Gaussian head from a trained guidance model (DESIGN.md §2)."""
+        """Initialise a Gaussian head from a trained guidance model (docs/architecture.md §3.3)."""
         config = config or GaussianHeadConfig()
         mm = guidance.mean_mesh()
         verts, feats = mm.verts, mm.features

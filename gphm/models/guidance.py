@@ -1,4 +1,4 @@
-"""Stage 1: the guiding geometry model (DESIGN.md §2).
+"""Stage 1: the guiding geometry model (docs/architecture.md §3.2).
 
 ::
 

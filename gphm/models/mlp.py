@@ -1,4 +1,4 @@
-"""Positional encoding and MLPs (the f_* networks of DESIGN.md §2)."""
+"""Positional encoding and MLPs (the f_* networks of docs/architecture.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Differentiable renderers (DESIGN.md §5).
+"""Differentiable renderers (docs/architecture.md §5.1, §5.2).
 
 * :func:`rasterize_gaussians` — 3D Gaussian splatting with gsplat ≥ 1.5's "classic"
   semantics (``semantics="gsplat15"``; ``"legacy"`` for models trained before it); the

@@ -1,4 +1,4 @@
-"""Pure-torch Gaussian splatting with gsplat's "classic" semantics (DESIGN.md §5).
+"""Pure-torch Gaussian splatting with gsplat's "classic" semantics (docs/architecture.md §5.1).
 
 Pipeline, each step a separate function:
 

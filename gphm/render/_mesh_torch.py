@@ -1,6 +1,6 @@
 """Pure-torch triangle rasterizer: the reference backend of :func:`gphm.render.render_mesh`.
 
-Conventions (DESIGN.md §3): OpenCV cameras, pixel ``(x, y)`` (column, row) has its
+Conventions (docs/architecture.md §4): OpenCV cameras, pixel ``(x, y)`` (column, row) has its
 centre at ``(x + 0.5, y + 0.5)``; a pixel is covered by a triangle when its centre is.
 
 The renderer works in three steps.

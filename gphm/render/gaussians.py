@@ -1,4 +1,5 @@
-"""Public Gaussian-splatting entry point: validation and backend dispatch (DESIGN.md §5).
+"""Public Gaussian-splatting entry point: validation and backend dispatch
+(docs/architecture.md §5.1).
 
 Backends:
 

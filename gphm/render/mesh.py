@@ -1,4 +1,4 @@
-"""Differentiable triangle-mesh renderer (DESIGN.md §5): ``render_mesh``.
+"""Differentiable triangle-mesh renderer (docs/architecture.md §5.2): ``render_mesh``.
 
 Conventions: OpenCV cameras (x right, y down, z forward), ``viewmats`` world→camera,
 ``Ks`` in pixels, pixel centres at ``(i + 0.5, j + 0.5)``; a pixel is covered when its

@@ -97,7 +97,7 @@ def _check_weights(weights: object, prefix: str) -> None:
 
 @dataclass
 class GuidanceLossConfig:
-    """Stage-1 loss weights (DESIGN.md §2)."""
+    """Stage-1 loss weights (docs/architecture.md §3.2)."""
 
     rgb_hr: float = 1.0
     """L1 of Ψ's high-resolution RGB."""
@@ -126,7 +126,7 @@ class GuidanceLossConfig:
 
 @dataclass
 class GaussianLossConfig:
-    """Stage-2 loss weights (DESIGN.md §2)."""
+    """Stage-2 loss weights (docs/architecture.md §3.3)."""
 
     rgb_hr: float = 1.0
     rgb_hr_mse: float = 30.0

@@ -2,7 +2,7 @@
 
 Every backend returns a :class:`Detection` for the largest face of an RGB image (and,
 with ``detect_all``, every face found, largest first: :func:`detect_faces`):
-68 landmarks in the iBUG order (DESIGN.md §3: jaw 0–16 from the subject's right, i.e.
+68 landmarks in the iBUG order (docs/architecture.md §4: jaw 0–16 from the subject's right, i.e.
 the image left of a frontal face, brows 17–26, nose 27–35, eyes 36–47 with the subject's
 right eye first, mouth 48–67), in **pixels with pixel centres at (i + 0.5, j + 0.5)**,
 the convention of our ``K`` matrices, so they go to :func:`gphm.geometry.solve_pnp` or

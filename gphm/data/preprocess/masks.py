@@ -22,7 +22,7 @@ cranium but not hair volume beyond the skull.
 
 The default segmenter is MediaPipe's selfie segmentation (general 256×256 model, shipped
 inside the wheel). Masks are uint8 [H, W] with 255 = head, 0 = background (the dataset
-format's convention); :func:`composite_on_white` applies one as DESIGN.md §3 says:
+format's convention); :func:`composite_on_white` applies one as docs/architecture.md §4 says:
 ``rgb · m + (1 − m)``, the same formula as :class:`gphm.data.loaders.HeadDataset`.
 """
 

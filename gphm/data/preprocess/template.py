@@ -2,7 +2,7 @@
 
 The template is the mean neutral head of the synthetic generator
 (:mod:`gphm.data.synthetic`) at its 68 iBUG landmark vertices: canonical head space
-(DESIGN.md §3: head centred at the origin, +y up, +z out of the face, +x the subject's
+(docs/architecture.md §4: head centred at the origin, +y up, +z out of the face, +x the subject's
 left), the space models are trained in. Using the same template for real images keeps
 their framing and canonical transform consistent with the synthetic data.
 """

@@ -1,6 +1,6 @@
 """Anatomy of the mean synthetic head: where things are, and the shapes that make them.
 
-Everything lives in canonical head space (DESIGN.md §3): +y up, +z out of the face,
+Everything lives in canonical head space (docs/architecture.md §4): +y up, +z out of the face,
 +x the head's left (the viewer's right), head inside about ±0.9.
 
 The head is built in two layers:

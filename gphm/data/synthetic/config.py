@@ -1,6 +1,6 @@
 """Configuration of the synthetic dataset generator (``scripts/make_synthetic.py``).
 
-A dataclass schema for hydra (DESIGN.md §5): ``key=value`` overrides, validated in
+A dataclass schema for hydra (docs/architecture.md §6): ``key=value`` overrides, validated in
 ``__post_init__`` with messages that name the option and the allowed values.
 """
 

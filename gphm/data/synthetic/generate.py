@@ -1,4 +1,4 @@
-"""The synthetic multi-identity head dataset: plan, render, write (DESIGN.md §6).
+"""The synthetic multi-identity head dataset: plan, render, write (docs/architecture.md §8.1).
 
 One frame per (subject, expression) pair, global frame index ``subject · E + expression``
 (= the expression-code index), each rendered from every camera of one shared rig with
@@ -127,7 +127,8 @@ class DatasetPlan:
     val_combos: set[tuple[int, int]] = dataclasses.field(default_factory=set)
 
     def meta(self, template: HeadTemplate) -> dict[str, Any]:
-        """``meta.json`` content (DESIGN.md §6); generator parameters exclude ``out``."""
+        """``meta.json`` content (docs/architecture.md §8.1); generator parameters exclude
+        ``out``."""
         cfg = dataclasses.asdict(self.config)
         for key in ("out", "overwrite"):
             cfg.pop(key)
@@ -310,7 +311,7 @@ def iter_rows(
     template: HeadTemplate,
     on_frame: Callable[[FramePlan, np.ndarray], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Render the plan frame by frame and yield dataset rows (DESIGN.md §6 fields).
+    """Render the plan frame by frame and yield dataset rows (docs/architecture.md §8.1 fields).
 
     ``on_frame(frame, images [C, H, W, 3] uint8)`` is called once per rendered frame.
     """

@@ -5,7 +5,7 @@ Anatomical target points are laid out on the mean head from the same
 is snapped once to the nearest front-facing template vertex. Being vertices, the
 landmarks follow every identity and expression deformation exactly.
 
-iBUG order (DESIGN.md §3): jaw 0–16 (from the subject's right, i.e. the image left of a
+iBUG order (docs/architecture.md §4): jaw 0–16 (from the subject's right, i.e. the image left of a
 frontal view, round the chin), brows 17–26, nose bridge 27–30 and base 31–35, eyes
 36–47 (subject's right eye first, each from the outer corner clockwise in the image),
 outer lips 48–59 and inner lips 60–67. Canonical +x is the subject's left, so the

@@ -5,7 +5,7 @@
   ±70°, elevations follow a golden-ratio sequence inside ±25°. The focal length frames
   the whole head (crown to neck, ~1.75 units) at ~65 % of the image height.
 * **Head pose** (:func:`sample_head_pose`): per frame, ``x_w = s·R·x_c + T``
-  (DESIGN.md §3) with yaw/pitch/roll up to 15°/10°/6°, |T| ≤ 0.04 per axis and
+  (docs/architecture.md §4) with yaw/pitch/roll up to 15°/10°/6°, |T| ≤ 0.04 per axis and
   s in [0.96, 1.04].
 * **Lighting** (:class:`LightRig`): Lambertian + ambient with two directional lights
   fixed in *canonical head space* (they turn with the head). The shaded colour of a

@@ -147,7 +147,8 @@ class SequencePlan:
         return subject * self.num_steps + step
 
     def meta(self, template: HeadTemplate) -> dict[str, Any]:
-        """``meta.json`` content (DESIGN.md §6) with the sequence under ``"sequence"``."""
+        """``meta.json`` content (docs/architecture.md §8.1) with the sequence under
+        ``"sequence"``."""
         cfg = dataclasses.asdict(self.config)
         for key in ("out", "overwrite", "heldout_views", "heldout_combos_per_subject",
                     "val_views", "val_combos_per_subject"):  # fmt: skip

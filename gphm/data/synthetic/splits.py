@@ -1,4 +1,4 @@
-"""Training, validation and held-out splits of the synthetic set (DESIGN.md §6).
+"""Training, validation and held-out splits of the synthetic set (docs/architecture.md §8.1).
 
 * ``heldout_view`` / ``val_view`` rows: cameras never used in training (for any frame).
 * ``heldout_combo`` / ``val_combo`` rows: (subject, expression) pairs never used in
