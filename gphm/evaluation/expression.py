@@ -42,12 +42,20 @@ pooled figure, which is why every label is also reported on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from gphm.data.synthetic.params import EXPRESSIONS
+from gphm.data.synthetic.truth import DatasetTruth, load_neutral_twins
+from gphm.io.images import box_downsample
 
 __all__ = [
     "IBUG68_REGIONS",
@@ -61,6 +69,8 @@ __all__ = [
     "landmark_displacement_capture",
     "pool_expression_stats",
     "pool_landmark_capture",
+    "EXPRESSION_SPLITS",
+    "evaluate_expressions",
 ]
 
 #: Default support threshold: a truth pixel changes by more than 4 of 255 levels.
@@ -319,3 +329,180 @@ def pool_landmark_capture(
             total = float(energy[moves].sum())
             out[name][region] = float(dot[moves].sum()) / total if total > 0 else math.nan
     return out
+
+
+# ----------------------------------------------------------------------------- a trained run
+
+#: Splits :func:`evaluate_expressions` scores, and which codes render the expression.
+EXPRESSION_SPLITS = {
+    "train": "own",
+    "val_view": "own",
+    "heldout_view": "own",
+    "val_combo": "transferred",
+    "heldout_combo": "transferred",
+}
+
+
+def _items(stats: ExpressionStats) -> list[ExpressionStats]:
+    """One :class:`ExpressionStats` per item of a batched one (leading dims flattened)."""
+    fields = [f.name for f in dataclasses.fields(ExpressionStats)]
+    flat = {f: getattr(stats, f).reshape(-1) for f in fields}
+    n = flat[fields[0]].shape[0]
+    return [ExpressionStats(**{f: v[i] for f, v in flat.items()}) for i in range(n)]
+
+
+def _composite(image: np.ndarray, mask: np.ndarray) -> Tensor:  # uint8 -> [H, W, 3] float
+    """As the dataset loader does with a row: RGB over white with the mask."""
+    rgb = torch.from_numpy(image.astype(np.float32) / 255.0)
+    alpha = torch.from_numpy(mask.astype(np.float32) / 255.0)[..., None]
+    return rgb * alpha + (1.0 - alpha)
+
+
+def _at(images: Tensor, size: tuple[int, int]) -> Tensor:  # [B, H, W, 3] -> [B, h, w, 3]
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return torch.stack([box_downsample(im, size) for im in images])
+
+
+class _NeutralTruth:
+    """The neutral twin of a dataset row: stored by ``gphm-synth``, or rendered on demand
+    by the generator (:class:`~gphm.data.synthetic.truth.DatasetTruth`) for rows that
+    have none (e.g. ``train`` rows of a dataset written with ``neutral_twins=eval``)."""
+
+    def __init__(self, data_path: str | Path, meta: dict[str, Any]):
+        self.twins = load_neutral_twins(data_path)  # UserError: none; regenerate
+        self.meta = meta
+        self._truth: DatasetTruth | None = None
+        self.rendered = 0
+
+    def __call__(self, item: Any) -> tuple[Tensor, Tensor]:  # [H, W, 3], [L, 3]
+        row = int(item.row)
+        if row in self.twins:
+            image, mask, lmk = self.twins.get(row)
+            return _composite(image, mask), torch.from_numpy(lmk)
+        if self._truth is None:
+            self._truth = DatasetTruth(self.meta)
+        record = {"subject": int(item.subject), "frame": int(item.frame), "camera": item.camera,
+                  "head_R": item.head_R.numpy(), "head_T": item.head_T.numpy(),
+                  "head_scale": float(item.head_scale), "viewmat": item.viewmat.numpy(),
+                  "K": item.K.numpy()}  # fmt: skip
+        views = self._truth.render_row(record, expression=EXPRESSIONS["neutral"])
+        self.rendered += 1
+        return _composite(views.images[0], views.masks[0]), torch.from_numpy(views.landmarks_3d)
+
+
+def _expression_codes(
+    split: str, frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
+) -> tuple[dict[int, int], dict[tuple[int, str], int] | None]:
+    """The subjects' neutral frames and, for a ``*_combo`` split, the transfer table."""
+    from gphm.evaluation.views import trained_frames_by_label, transfer_frames
+
+    base = trained_frames_by_label(frames_meta, trained, subjects).get(neutral, {})
+    if not base:
+        raise ValueError(
+            f"no subject has a trained frame labelled {neutral!r} (labels: "
+            f"{', '.join(sorted({str(m['expression']) for m in frames_meta}))}); pass neutral=LABEL"
+        )
+    table = None
+    if EXPRESSION_SPLITS[split] == "transferred":
+        table = transfer_frames(frames_meta, trained, subjects)
+    return base, table
+
+
+@torch.no_grad()
+def evaluate_expressions(
+    model: Any,  # GuidanceModel | GaussianHead (anything with their render interface)
+    data_path: str | Path,
+    split: str = "heldout_view",
+    neutral: str = "neutral",
+    lr_size: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    train_frames: Iterable[int] | None = None,
+    threshold: float = SUPPORT_THRESHOLD,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Expression metrics of a trained model on one split of a synthetic dataset.
+
+    Every non-neutral row of ``split`` is rendered at its true head pose and camera twice:
+    with the expression's code (``own``: the row's trained frame code on ``train`` and
+    ``*_view`` rows; ``transferred``: on ``*_combo`` rows, the code of another subject's
+    trained frame with the label, as ``split=*_combo`` does) and with the subject's
+    trained ``neutral`` frame code. They are scored against the row's image and its
+    neutral twin (``gt_neutral``, from ``gphm-synth``'s ``neutral_twins``; rows without
+    a stored twin are rendered by the generator on demand): support gain, capture and
+    landmark displacement capture (module docstring), per label and pooled (``all``),
+    pixel-weighted. Images are compared at the model's output size (the truth
+    box-downsampled when smaller). Rows of subjects without a trained neutral frame, or
+    of a pair without a transfer source, are skipped (``n_skipped``).
+
+    Raises :class:`~gphm.errors.UserError` when the dataset has no neutral twins.
+    """
+    # The run-evaluation machinery is imported here: the metric functions above stay
+    # importable on their own (they are pure tensor math).
+    from gphm.data.loaders import HeadDataset, collate_views
+    from gphm.evaluation.common import render_rows, row_batches
+
+    if split not in EXPRESSION_SPLITS:
+        raise ValueError(f"split must be one of {list(EXPRESSION_SPLITS)}, got {split!r}")
+    ds = HeadDataset(data_path, split=split, lr_size=lr_size)
+    twin_of = _NeutralTruth(data_path, ds.meta)
+    frames_meta, subjects = ds.meta["frames"], list(ds.meta["subjects"])
+    train_ds = ds if split == "train" else None
+    if train_frames is None:
+        train_frames = (train_ds or HeadDataset(data_path, "train", lr_size)).frames.tolist()
+    base, table = _expression_codes(split, frames_meta, subjects, train_frames, neutral)
+    model = model.to(device).eval()
+    context = model.render_context()
+    stats, labels, lmks = [], [], []
+    skipped = 0
+    for idx in row_batches(len(ds), batch_size, f"eval expressions {split}", progress):
+        items = [ds[i] for i in idx]
+        keep, sources = [], []
+        for it in items:
+            s, label = int(it.subject), it.expression
+            source = int(it.frame) if table is None else table.get((s, label))
+            if label == neutral:
+                continue  # the truth does not change: nothing to score
+            if s not in base or source is None:
+                skipped += 1
+                continue
+            keep.append(it)
+            sources.append(source)
+        if not keep:
+            continue
+        b = collate_views(keep).to(device)
+        z_id = model.identity_codes(b.subject)
+        codes = model.expression_codes(torch.tensor(sources, device=device))
+        ref = model.expression_codes(torch.tensor([base[int(s)] for s in b.subject], device=device))
+        out_e = render_rows(model, b, z_id, codes, context)
+        out_n = render_rows(model, b, z_id, ref, context)
+        size = tuple(out_e.rgb.shape[1:3])
+        twins = [twin_of(it) for it in keep]
+        gt_n = _at(torch.stack([t[0] for t in twins]), size)
+        gt_e = _at(b.image.cpu(), size)
+        stats.append(expression_stats(out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu(),
+                                      gt_e, gt_n, threshold))  # fmt: skip
+        labels.extend(b.expression)
+        lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(), b.landmarks_3d.cpu(),
+                     torch.stack([t[1] for t in twins])))  # fmt: skip
+    report: dict[str, Any] = {
+        "split": f"expression:{split}",
+        "model": type(model).__name__,
+        "codes": EXPRESSION_SPLITS[split],
+        "neutral": neutral,
+        "threshold": threshold,
+        "pooling": "pixel-weighted (union of supports); capture energy-weighted",
+        "n": len(labels),
+        "n_skipped": skipped,
+        "neutral_twins_rendered": twin_of.rendered,
+    }
+    if not labels:
+        return report | {"per_label": {}, "all": None}
+    items = [item for st in stats for item in _items(st)]
+    pooled = pool_expression_stats(items, labels)
+    lmk = [torch.cat([x[k] for x in lmks]) for k in range(4)]
+    landmarks = pool_landmark_capture(*lmk, labels)
+    per_label = {k: {**v, "landmark_capture": landmarks[k]} for k, v in pooled.items()}
+    everything = per_label.pop("all")
+    return report | {"per_label": per_label, "all": everything}

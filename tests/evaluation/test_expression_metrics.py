@@ -176,3 +176,108 @@ def test_landmark_capture_pooling():
     assert pooled["smile_l"]["mouth"] == pytest.approx(0.0)
     assert pooled["all"]["mouth"] == pytest.approx(1 / 3)
     assert math.isnan(pooled["all"]["eyes"])
+
+
+# ----------------------------------------------------------------------------- a whole split
+
+
+class TruthModel(torch.nn.Module):
+    """A "model" that renders the generator's truth: ``z_id`` = subject index, ``z_exp`` =
+    frame index. ``ignore_code``: always the neutral expression."""
+
+    def __init__(self, meta, ignore_code: bool = False):
+        super().__init__()
+        from gphm.data.synthetic.truth import DatasetTruth
+
+        self.truth = DatasetTruth(meta)
+        self.ignore_code = ignore_code
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def identity_codes(self, subjects):
+        return subjects[:, None].double()
+
+    def expression_codes(self, frames):
+        return frames[:, None].double()
+
+    def render_context(self):
+        return {}
+
+    def render(self, z_id, z_exp, head_R, head_T, head_scale, viewmats, Ks, width, height):
+        from types import SimpleNamespace
+
+        from gphm.data.synthetic import EXPRESSIONS
+        from gphm.data.synthetic.render import HeadPose
+        from gphm.data.synthetic.truth import rig_of
+
+        assert width == height
+        images, landmarks = [], []
+        for b in range(z_id.shape[0]):
+            frame = int(z_exp[b, 0])
+            expr = (
+                EXPRESSIONS["neutral"] if self.ignore_code else self.truth.frame_expression(frame)
+            )
+            pose = HeadPose(head_R[b].double().numpy(), head_T[b].double().numpy(),
+                            float(head_scale[b]))  # fmt: skip
+            rig = rig_of(viewmats[b].numpy(), Ks[b].numpy(), width)
+            views = self.truth.render(int(z_id[b, 0]), expr, pose, rig)
+            rgb = torch.from_numpy(views.images[0] / 255.0).float()
+            alpha = torch.from_numpy(views.masks[0] / 255.0).float()[..., None]
+            images.append(rgb * alpha + 1 - alpha)
+            landmarks.append(torch.from_numpy(views.landmarks_3d))
+        return SimpleNamespace(rgb=torch.stack(images), landmarks=torch.stack(landmarks))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from gphm.data.synthetic import MakeSyntheticConfig
+    from gphm.data.synthetic.generate import generate
+
+    out = tmp_path_factory.mktemp("expr") / "ds"
+    cfg = MakeSyntheticConfig(
+        out=str(out), num_identities=3, num_expressions=4, num_views=3, resolution=32,
+        supersample=1, mesh_frequency=12, heldout_views=1, val_views=0, mixtures_per_subject=2,
+    )  # fmt: skip
+    generate(cfg, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("split", ["heldout_view", "heldout_combo"])
+def test_evaluate_expressions_with_a_truth_renderer(tiny_dataset, split):
+    from gphm.data.format import load_dataset_dir
+    from gphm.evaluation.expression import evaluate_expressions
+
+    _, meta = load_dataset_dir(tiny_dataset)
+    report = evaluate_expressions(TruthModel(meta), tiny_dataset, split=split, batch_size=4)
+    assert report["codes"] == ("own" if split == "heldout_view" else "transferred")
+    assert report["n"] > 0 and report["neutral_twins_rendered"] == 0
+    everything = report["all"]
+    # The truth re-rendered from the rows' float32 poses: equal up to a rounding level.
+    assert everything["capture"] == pytest.approx(1.0, abs=0.02)
+    assert everything["support_gain_db"] > 20
+    assert "neutral" not in report["per_label"]
+    if split == "heldout_view":
+        assert "mix" in report["per_label"]  # mixture frames are scored like labels
+    for entry in report["per_label"].values():
+        moving = [v for v in entry["landmark_capture"].values() if not math.isnan(v)]
+        assert moving and all(v == pytest.approx(1.0, abs=1e-3) for v in moving)
+    ignoring = evaluate_expressions(TruthModel(meta, ignore_code=True), tiny_dataset, split=split)
+    assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
+    assert all(v == 0.0 or math.isnan(v) for v in ignoring["all"]["landmark_capture"].values())
+
+
+def test_evaluate_expressions_renders_missing_twins_and_needs_twins(tiny_dataset, tmp_path):
+    import shutil
+
+    from gphm.data.format import load_dataset_dir
+    from gphm.errors import UserError
+    from gphm.evaluation.expression import evaluate_expressions
+
+    _, meta = load_dataset_dir(tiny_dataset)
+    report = evaluate_expressions(TruthModel(meta), tiny_dataset, split="train", batch_size=8)
+    assert report["n"] > 0 and report["neutral_twins_rendered"] == report["n"]
+    assert report["all"]["capture"] == pytest.approx(1.0, abs=0.02)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dataset, old)
+    shutil.rmtree(old / "neutral_twins")
+    with pytest.raises(UserError, match="no neutral twins.*gphm-synth"):
+        evaluate_expressions(TruthModel(meta), old, split="heldout_view")
