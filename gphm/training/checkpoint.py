@@ -194,6 +194,27 @@ def _check_optimizer_state(path: Path, state: dict[str, Any], optimizer: torch.o
                 )
 
 
+#: Types of the trainer_state.json entries the trainer reads back (besides "step").
+_STATE_TYPES = {"stage": str, "losses": dict, "rng": dict}
+
+
+def _check_trainer_state(path: Path, state: Any) -> None:
+    """``CheckpointError`` naming the field unless ``state`` is a JSON object with an
+    integer ``step`` >= 0 and the entries of :data:`_STATE_TYPES` (when present) of
+    their types: a hand-edited ``step: -7`` must not resume at step -7."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: field 'step' must be an integer >= 0, got {step!r}")
+    for key, kind in _STATE_TYPES.items():
+        if key in state and not isinstance(state[key], kind):
+            raise CheckpointError(
+                f"{path}: field {key!r} must be a JSON {'object' if kind is dict else 'string'},"
+                f" got {state[key]!r:.60}"
+            )
+
+
 def load_training_state(
     checkpoint: str | Path,
     model: Any,
@@ -213,8 +234,7 @@ def load_training_state(
     if missing:
         raise CheckpointError(f"{checkpoint}: incomplete checkpoint, missing {missing}")
     trainer_state = _load_json(checkpoint / "trainer_state.json")
-    if not isinstance(trainer_state, dict) or not isinstance(trainer_state.get("step"), int):
-        raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: no integer 'step'")
+    _check_trainer_state(checkpoint / "trainer_state.json", trainer_state)
     state = _load_tensors(checkpoint / "model.safetensors")
     _check_model_state(checkpoint / "model.safetensors", state, model)
     opt_state = None

@@ -303,7 +303,33 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise RunDirError(f"{path}: unreadable ({err}); restore it or use a new run_dir") from None
-    return state if isinstance(state, dict) else {}
+    problem = _state_problem(state)
+    if problem:
+        raise RunDirError(f"{path}: {problem}; restore it or use a new run_dir")
+    return state
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with the types of a ``run_state.json`` (None when nothing is):
+    ``{"stages": {STAGE: {"options": {...}, "dataset": str|null, "first_started": str,
+    "last_started": str}}, "format": int}``."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    stages = state.get("stages", {})
+    if not isinstance(stages, dict):
+        return f"field 'stages' must be a JSON object, got {stages!r:.60}"
+    for stage, record in stages.items():
+        if not isinstance(record, dict):
+            return f"field 'stages.{stage}' must be a JSON object, got {record!r:.60}"
+        kinds = {"options": (dict,), "dataset": (str, type(None)),
+                 "first_started": (str,), "last_started": (str,)}  # fmt: skip
+        for key, kind in kinds.items():
+            if key in record and not isinstance(record[key], kind):
+                names = " or ".join("null" if k is type(None) else
+                                    {"dict": "a JSON object", "str": "a string"}[k.__name__]
+                                    for k in kind)  # fmt: skip
+                return f"field 'stages.{stage}.{key}' must be {names}, got {record[key]!r:.60}"
+    return None
 
 
 def _show(v: Any) -> str:

@@ -2,6 +2,7 @@
 error, a failed write names the path, and no NaN/Inf ever reaches one."""
 
 import errno
+import json
 import re
 import shutil
 from types import SimpleNamespace
@@ -49,6 +50,28 @@ def test_truncated_newest_checkpoint_falls_back(tiny_head_dataset, run, capsys):
     summary = _trainer(tiny_head_dataset, run).train()
     out = capsys.readouterr().out
     assert "warning: skipping checkpoint step_00000002" in out and f"{weights}: unreadable" in out
+    assert summary["resumed_from"] == 1 and summary["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"step": -7}, r"field 'step' must be an integer >= 0, got -7"),
+        ({"step": True}, r"field 'step' must be an integer >= 0, got True"),
+        ({"stage": 3}, r"field 'stage' must be a JSON string, got 3"),
+        ({"losses": [1]}, r"field 'losses' must be a JSON object, got \[1\]"),
+    ],
+)
+def test_newest_checkpoint_with_a_bad_trainer_state_falls_back(
+    tiny_head_dataset, run, capsys, edit, match
+):
+    # issue 28 finding 12: step -7 resumed at step -7 (tqdm at -18 %)
+    path = run / "checkpoints/step_00000002/trainer_state.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | edit))
+    summary = _trainer(tiny_head_dataset, run).train()
+    out = capsys.readouterr().out
+    assert "warning: skipping checkpoint step_00000002" in out
+    assert re.search(rf"{re.escape(str(path))}: {match}", out)
     assert summary["resumed_from"] == 1 and summary["steps"] == 4
 
 

@@ -14,6 +14,7 @@ from gphm.cli import parse_config
 from gphm.training.config import TrainRunConfig
 from gphm.training.run_dir import (
     ResumeMismatch,
+    RunDirError,
     RunLock,
     RunLocked,
     check_resume,
@@ -116,3 +117,35 @@ def test_module_fingerprint_follows_the_weights():
     with torch.no_grad():
         b.bias[0] += 1e-6
     assert module_fingerprint(a) != module_fingerprint(b)
+
+
+@pytest.mark.parametrize("pid", [10**20, 0, -1])
+def test_lock_holding_an_absurd_pid_is_stale(tmp_path, capsys, pid):
+    # issue 28 finding 12: os.kill(10**20, 0) raised OverflowError; 0 and -1 are groups
+    (tmp_path / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                "started": "then"}))  # fmt: skip
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    assert f"(process {pid} is not running)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ([], r"expected a JSON object, got list"),
+        ({"stages": []}, r"field 'stages' must be a JSON object"),
+        ({"stages": {"guidance": "x"}}, r"field 'stages.guidance' must be a JSON object"),
+        ({"stages": {"guidance": {"options": [1]}}},
+         r"field 'stages.guidance.options' must be a JSON object, got \[1\]"),
+        ({"stages": {"guidance": {"options": {}, "dataset": 3}}},
+         r"field 'stages.guidance.dataset' must be a string or null, got 3"),
+    ],
+)  # fmt: skip
+def test_run_state_of_wrong_types_is_one_line(tmp_path, state, match):
+    # issue 28 finding 12: AttributeError tracebacks on a run_state.json of wrong types
+    (tmp_path / "run_state.json").write_text(json.dumps(state))
+    options = _options(f"run_dir={tmp_path}")
+    with pytest.raises(RunDirError, match=rf"run_state.json: {match}.*; restore it or use a new"):
+        check_resume(tmp_path, "guidance", options, "fp", resuming=True)
+    with pytest.raises(RunDirError, match=match):
+        record_stage(tmp_path, "guidance", options, "fp")
