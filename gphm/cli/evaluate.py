@@ -210,6 +210,15 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def _summary(r: dict[str, Any]) -> str:
+    line = _summary_line(r)
+    if r.get("allow_other_dataset"):
+        line += (f" — on data the model was not trained on (fingerprint "
+                 f"{r['dataset_fingerprint']}, trained "
+                 f"{r['trained_dataset_fingerprint']})")  # fmt: skip
+    return line
+
+
+def _summary_line(r: dict[str, Any]) -> str:
     if r["split"] == "reenact":
         return (
             f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "

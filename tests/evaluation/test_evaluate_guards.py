@@ -14,7 +14,8 @@ import pytest
 
 from gphm.cli import UserError
 from gphm.cli import evaluate as ev
-from gphm.models.runs import dataset_fingerprint
+from gphm.evaluation.common import check_trained_dataset
+from gphm.models.runs import TrainedRun, dataset_fingerprint
 from gphm.training.config import DataConfig
 from gphm.training.run_dir import RunLock
 from gphm.training.trainer import GuidanceTrainer
@@ -60,11 +61,16 @@ def test_trained_subject_splits_refuse_another_dataset_with_the_same_names(
     assert r["dataset_fingerprint"] == other and r["trained_dataset_fingerprint"] == trained
     written = json.loads((tmp_path / "allowed/heldout_view.json").read_text())
     assert written["dataset_fingerprint"] == other
+    assert f"not trained on (fingerprint {other}, trained {trained})" in ev._summary(r)
     # The training data itself, also copied elsewhere: no refusal, no extra keys.
     copy = shutil.copytree(tiny_head_dataset, tmp_path / "copy")
     for data in (tiny_head_dataset, copy):
         r = ev.main(_cfg_eval(run_dir, data, out=str(tmp_path / f"own_{data.name}")))
         assert "allow_other_dataset" not in r and "dataset_fingerprint" not in r
+    # A run from before fingerprints were recorded: scored, and said to be unverified.
+    old = TrainedRun(model=None, extra={}, path=run_dir / "model")
+    assert check_trained_dataset(old, tiny_combo_dataset, "heldout_view") == {
+        "dataset_unverified": "the run records no dataset fingerprint"}
     # fit and reenact fit the identities they score: other data is what they are for
     # (split=fit is refused on the *training* data instead, see tests/fitting).
     assert set(ev.TRAINED_SPLITS) == set(ev.ALL_SPLITS) - {"fit", "reenact"}
