@@ -21,4 +21,13 @@ if [ -z "${GPHM_SPLAT_TRANSFORM:-}" ] && command -v npm >/dev/null; then
     [ -x "$tools/node_modules/.bin/splat-transform" ] \
         && export GPHM_SPLAT_TRANSFORM="$tools/node_modules/.bin/splat-transform"
 fi
+# The PlayCanvas engine (a web viewer of 3DGS PLYs) and playwright-core (drives the system
+# chromium; downloads no browser) for tests/export/test_web_viewer.py (marker `browser`).
+if command -v npm >/dev/null && { [ ! -f "$tools/node_modules/playcanvas/build/playcanvas.mjs" ] \
+        || [ ! -d "$tools/node_modules/playwright-core" ]; }; then
+    echo "[gphm] installing playcanvas and playwright-core (npm) for the web viewer test"
+    npm install --silent --no-audit --no-fund --prefix "$tools" playcanvas@2.23.3 \
+        playwright-core@1.65.2 >/dev/null 2>&1 || echo "[gphm] web viewer test will skip"
+fi
+export GPHM_NPM_TOOLS="$tools"
 exec python -m pytest -n "$workers" --dist loadfile "$@"

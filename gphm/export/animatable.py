@@ -59,6 +59,7 @@ __all__ = [
     "ExportExistsError",
     "export_animatable",
     "load_expression_basis",
+    "save_splat_ply",
     "BASIS_FORMAT",
     "BASIS_FORMAT_VERSION",
 ]
@@ -155,9 +156,15 @@ def _turned(name: str, x: Tensor, up: str) -> Tensor:
     return _TURN[name](x, up) if name in _TURN else x
 
 
-def _ply(path: Path, a: SplatAttributes, sh_degree: int, up: str = DEFAULT_UP) -> None:
-    save_gaussian_ply(path, turn_means(a.means, up), a.log_scales, turn_quats(a.quats, up),
-                      a.opacity_logits, a.rgb, sh_degree=sh_degree)  # fmt: skip
+def save_splat_ply(
+    path: str | Path, a: SplatAttributes, sh_degree: int = 3, up: str = DEFAULT_UP
+) -> Path:
+    """Write one expression's Gaussians (canonical space) as the 3DGS PLY of an export:
+    turned to ``up`` (:mod:`gphm.export.axes`), zero ``f_rest_*`` up to ``sh_degree``.
+    Every PLY of :func:`export_animatable` is written by it."""
+    return save_gaussian_ply(path, turn_means(a.means, check_up(up)), a.log_scales,
+                             turn_quats(a.quats, up), a.opacity_logits, a.rgb,
+                             sh_degree=sh_degree)  # fmt: skip
 
 
 def _arrays(basis: ExpressionBasis, up: str = DEFAULT_UP) -> dict[str, np.ndarray]:
@@ -351,9 +358,9 @@ def export_animatable(
     arrays = _arrays(stored, up)
     meta = _basis_json(stored, arrays, neutral, files, num_components, report_fidelity, up)
     with atomic_directory(out, overwrite=out.is_dir()) as tmp:
-        _ply(tmp / "neutral.ply", per_label[neutral], sh_degree, up)
+        save_splat_ply(tmp / "neutral.ply", per_label[neutral], sh_degree, up)
         for lbl, a in per_label.items():
-            _ply(tmp / files[lbl], a, sh_degree, up)
+            save_splat_ply(tmp / files[lbl], a, sh_degree, up)
         with open(tmp / "blendshapes.npz", "wb") as f:
             np.savez(f, **arrays)
         (tmp / MARKER).write_text(_json(meta))
