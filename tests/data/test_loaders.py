@@ -4,14 +4,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from gphm.data.format import write_dataset
-from gphm.data.loaders import (
-    DistributedFrameSampler,
-    HeadBatch,
-    HeadDataset,
-    box_downsample,
-    collate_views,
-)
+from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
 from gphm.geometry.cameras import project_points
+from gphm.io.images import box_downsample
 from tests.data._tiny import CAMERAS, FRAMES, NUM_LANDMARKS, H, W, tiny_meta, tiny_rows
 
 
