@@ -152,7 +152,9 @@ def test_cli_two_steps_and_missing_dataset(tiny_head_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_path):
-    """Both stages: 2 processes × batch 1 train like 1 process × batch 2."""
+    """2 processes × batch 1 against 1 process × batch 2 (docs/architecture.md §11):
+    renders agree within a PSNR bound, stage-1 parameters to 1e-5; stage-2 parameters of
+    Gaussians no view sees are not bit-equal (as between 1 and 2 threads) and not checked."""
     common = [f"data.path={tiny_head_dataset}", *TINY_OVERRIDES, "train.guidance_steps=3",
               "stage=all", "train.gaussian_steps=2"]  # fmt: skip
     script = str(ROOT / "scripts/train.py")
@@ -173,15 +175,23 @@ def test_two_processes_batch_1_equal_one_process_batch_2(tiny_head_dataset, tmp_
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "on 2 process(es)" in multi.stdout
-    # Stage 2's per-Gaussian parameters get near-zero gradients whose summation order
-    # differs between 1 and 2 processes; Adam's normalised first steps amplify that
-    # rounding to ~3e-5, hence the looser tolerance there.
-    for model, atol in (("guidance_model", 2e-5), ("model", 2e-4)):
-        a = load_file(str(tmp_path / "one" / model / "model.safetensors"))
-        b = load_file(str(tmp_path / "two" / model / "model.safetensors"))
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+    a = load_file(str(tmp_path / "one" / "guidance_model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "guidance_model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+    # Pictures of both stages: the same identity and expression from a side view. Stage 2's
+    # per-Gaussian parameters of Gaussians no view sees get near-zero gradients whose sum
+    # order differs between 1 and 2 processes (Adam's normalised first steps amplify it),
+    # which does not show in a render.
+    from gphm.api import load
+
+    for model in ("guidance_model", "model"):  # measured: ~147 dB for both
+        one, two = (load(tmp_path / run / model) for run in ("one", "two"))
+        kw = {"identity": one.identities[0], "expression": one.expressions[0], "yaw": 25}
+        mse = float(((one.render(**kw) - two.render(**kw)) ** 2).mean())
+        psnr = float("inf") if mse == 0 else -10 * torch.log10(torch.tensor(mse)).item()
+        assert psnr >= 100.0, (model, psnr)
 
 
 def test_each_stage_ends_with_validation_not_heldout(tiny_val_dataset, tmp_path):
