@@ -109,7 +109,7 @@ def _culprit(phase: Phase, terms: dict[str, Tensor] | None = None) -> str:
 
 
 def _loss_message(phase: Phase, step: int, terms: dict[str, Tensor], total: Tensor) -> str:
-    where = f"{phase.name}, step {step + 1}/{phase.steps}: the loss is {float(total)}"
+    where = f"{phase.name}, step {step + 1}/{phase.steps}: the loss is {float(total.detach())}"
     bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
     if not bad:  # every term finite: a weight overflowed the sum
         return f"{where}; {_culprit(phase, terms)}"

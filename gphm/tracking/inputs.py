@@ -142,7 +142,7 @@ def frames_from_video(
             img = torch.from_numpy(rgb[y0 : y0 + side, x0 : x0 + side].astype(np.float32) / 255)
             img = box_downsample(img, (size, size))
             info = {"file": name, "no_face": True}
-            out.append(TrackFrame(img, torch.zeros(size, size, 1), K, None, info))
+            out.append(TrackFrame(img, torch.zeros(size, size, 1), K, None, info=info))
             continue
         out.append(TrackFrame(
             image=torch.from_numpy(p.image).float(), mask=torch.from_numpy(p.mask).float(),

@@ -54,7 +54,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gphm import losses
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import (
     FitConfig,
@@ -64,11 +63,15 @@ from gphm.fitting.fit import (
     fit_image,
     render_avatar,
 )
-from gphm.geometry.cameras import project_points, rescale_K
+from gphm.geometry.cameras import project_points
 from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.rotations import axis_angle_to_matrix
+from gphm.inversion import terms as T
+from gphm.inversion.engine import make_optimizer, run_phase
+from gphm.inversion.guard import coverage
+from gphm.inversion.phases import ParamGroup, Phase
+from gphm.inversion.target import Target, TargetBatch
 from gphm.io.atomic import atomic_directory
-from gphm.io.images import box_downsample
 from gphm.models.runs import TrainedRun
 
 __all__ = [
@@ -131,21 +134,19 @@ class TrackConfig:
         for name in ("steps", "landmark_steps", "render_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"track.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "pose_lr", "rgb", "dssim", "mask", "landmark", "code", "smooth",
-                     "pose_smooth"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ValueError(f"track.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("rgb", "dssim", "mask", "landmark", "code", "smooth", "pose_smooth"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"track.{name} must be a finite number >= 0, got {value}")
+        for name in ("lr", "pose_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"track.{name} must be a finite number > 0, got {value}")
 
 
-@dataclass
-class TrackFrame:
-    """One input frame, framed like the training data at the model's output size ``S``."""
-
-    image: Tensor  # [S, S, 3] in [0, 1], composited on white with `mask`
-    mask: Tensor  # [S, S, 1] in [0, 1]
-    K: Tensor  # [3, 3] intrinsics in pixels of `image`
-    landmarks: Tensor | None  # [L, 2] pixels of `image`; None: no face detected
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"file": ...}
+TrackFrame = Target
+"""A tracking frame: :class:`gphm.inversion.target.Target` (``landmarks`` None: no face
+detected; ``info``: e.g. ``{"file": ...}``)."""
 
 
 @dataclass
@@ -314,7 +315,8 @@ def track_frames(
 
     ``avatar``: the person's identity when already fitted (skips the identity fit; its
     ``z_exp`` and pose start the first face frame). Raises ``ValueError`` when no frame
-    has a face or the frames' sizes differ from each other.
+    has a face or the frames' sizes differ from each other, and a ``UserError``
+    (:class:`~gphm.inversion.engine.NonFiniteError`) when the tracking diverges.
     """
     cfg = config or TrackConfig()
     if not frames:
@@ -340,9 +342,115 @@ def track_frames(
         model.train(was_training)
 
 
+_DEFAULTS = TrackConfig()
+_WEIGHTS = ("rgb", "dssim", "mask", "landmark", "code", "smooth", "pose_smooth")
+
+
+class _Tracker:
+    """The per-frame state of tracking (module docstring): ``z_exp = mean + std·u`` and
+    the pose increments, one Adam carried across frames, and its two phases per frame
+    (landmark steps, then photometric steps) as :class:`~gphm.inversion.phases.Phase`."""
+
+    def __init__(self, run: TrainedRun, avatar: Avatar, cfg: TrackConfig, S: int) -> None:
+        model = self.model = run.model
+        self.cfg, self.S = cfg, S
+        self.device = device = next(model.parameters()).device
+        self.net = net = avatar.personalised(model).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.factor = factor = net.upsampler.config.factor
+        self.size = min(S, cfg.render_size or S) // factor * factor
+        if self.size < factor:
+            raise ValueError(f"track.render_size={cfg.render_size} is below the upsampling factor")
+        self.offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
+        self.z_id = avatar.z_id[None].to(device)
+        rows = TrainedRows.of_run(run)
+        self.exp_mean = model.expression_codes.mean(rows.expression).detach()
+        self.exp_std = model.expression_codes.std(rows.expression).detach()
+        self.R0, self.T0 = avatar.head_R.to(device)[None], avatar.head_T.to(device)[None]
+        self.scale = torch.full((1,), float(avatar.head_scale), device=device)
+        self.eye4 = torch.eye(4, device=device)[None]
+        self.context = net.render_context()
+        # z_exp = mean + std·u: learning rate, prior and smoothness in units of the codebook.
+        z0 = avatar.z_exp[None].to(device)
+        self.u = ((z0 - self.exp_mean) / self.exp_std).clone().requires_grad_(True)
+        self.rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
+        self.trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
+        groups = [ParamGroup([self.u], cfg.lr, "track.lr", _DEFAULTS.lr)]
+        if cfg.fit_pose:
+            groups.append(ParamGroup([self.rot, self.trans], cfg.pose_lr, "track.pose_lr",
+                                     _DEFAULTS.pose_lr))  # fmt: skip
+        weights = {k: getattr(cfg, k) for k in _WEIGHTS if k != "dssim" or cfg.dssim}
+        defaults = {k: getattr(_DEFAULTS, k) for k in _WEIGHTS}
+        self.landmark_phase = Phase("track landmark steps", cfg.landmark_steps, groups,
+                                    {k: weights[k] for k in ("landmark", "code", "smooth",
+                                                             "pose_smooth")},
+                                    prefix="track", defaults=defaults)  # fmt: skip
+        self.photometric_phase = Phase("track photometric steps", cfg.steps, groups, weights,
+                                       prefix="track", defaults=defaults)  # fmt: skip
+        self.optimizer = make_optimizer(self.photometric_phase)
+
+    def pose(self) -> tuple[Tensor, Tensor]:  # [1, 3, 3], [1, 3]: canonical -> frame camera
+        return axis_angle_to_matrix(self.rot) @ self.R0, self.T0 + self.trans
+
+    def code(self) -> Tensor:  # [1, Dexp]
+        return self.exp_mean + self.exp_std * self.u
+
+    def priors(self, prev: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+        """Code prior and temporal terms against the previous frame's state."""
+        return {"code": T.standard_prior(self.u),  # = code_prior(z_exp, mean, std)
+                "smooth": T.code_change(self.u, prev[0]),
+                "pose_smooth": T.pose_change(self.rot, self.trans, prev[1], prev[2])}  # fmt: skip
+
+    def landmark_terms(self, b: TargetBatch, prev) -> dict[str, Tensor]:
+        """Landmark reprojection (no rendering) and the priors."""
+        R, Tr = self.pose()
+        lmk = self.model.canonical_landmarks(self.z_id, self.code(), self.offsets)
+        uv, _ = project_points(apply_head_pose(lmk, R, Tr, self.scale), self.eye4, b.K)
+        lm = T.landmark_reprojection(uv, b.landmarks, b.valid, self.S)
+        return {"landmark": lm} | self.priors(prev)
+
+    def photometric_terms(self, b: TargetBatch, prev, seen: dict[str, Any]) -> dict[str, Tensor]:
+        """Every term at the render size; ``seen["out"]``: the render (its coverage)."""
+        R, Tr = self.pose()
+        out = render_avatar(self.net, self.z_id, self.code(), R, Tr, self.scale, self.eye4,
+                            b.K_render, self.size, self.offsets, self.context)  # fmt: skip
+        seen["out"] = out
+        uv, _ = project_points(out.landmarks, self.eye4, b.K)
+        terms = {"rgb": T.photometric_l1(out.rgb, b.image)}
+        if self.cfg.dssim:
+            terms["dssim"] = T.dssim(out.rgb, b.image)
+        terms["mask"] = T.silhouette(out.mask, b.mask_lr)
+        terms["landmark"] = T.landmark_reprojection(uv, b.landmarks, b.valid, self.S)
+        return terms | self.priors(prev)
+
+    def step(self, frame: TrackFrame) -> float | None:
+        """Track one face frame from the current state; returns the coverage of the
+        frame's mask by the last photometric step's render (None: no such step)."""
+        b = TargetBatch.of([frame], self.factor, self.device, render_size=self.size)
+        prev = (self.u.detach().clone(), self.rot.detach().clone(), self.trans.detach().clone())
+        seen: dict[str, Any] = {}
+        with torch.enable_grad():
+            run_phase(self.landmark_phase, lambda i: self.landmark_terms(b, prev),
+                      optimizer=self.optimizer)  # fmt: skip
+            run_phase(self.photometric_phase, lambda i: self.photometric_terms(b, prev, seen),
+                      optimizer=self.optimizer)  # fmt: skip
+        if "out" not in seen:
+            return None
+        return round(float(coverage(seen["out"].mask.detach(), b.mask_lr)[0]), 4)
+
+    @torch.no_grad()
+    def record(self, K: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The current z_exp [Dexp], head_R [3, 3], head_T [3] and landmarks [L, 2]."""
+        R, Tr = self.pose()
+        z_exp = self.code()
+        lmk = self.model.canonical_landmarks(self.z_id, z_exp, self.offsets)
+        uv, _ = project_points(apply_head_pose(lmk, R, Tr, self.scale), self.eye4, K[None])
+        return z_exp[0].detach().clone(), R[0].clone(), Tr[0].clone(), uv[0].clone()
+
+
 def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar | None):
     model = run.model
-    device = next(model.parameters()).device
     first = faces[0]
     t0 = time.perf_counter()
     if avatar is None:
@@ -353,145 +461,43 @@ def _track(run, frames, faces, cfg: TrackConfig, progress: bool, avatar: Avatar 
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    net = avatar.personalised(model).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    S = frames[0].image.shape[0]
-    factor = net.upsampler.config.factor
-    size = min(S, cfg.render_size or S) // factor * factor
-    if size < factor:
-        raise ValueError(f"track.render_size={cfg.render_size} is below the upsampling factor")
-    offsets = None if avatar.point_offsets is None else avatar.point_offsets.to(device)
-    z_id = avatar.z_id[None].to(device)
-    rows = TrainedRows.of_run(run)
-    exp_mean = model.expression_codes.mean(rows.expression).detach()
-    exp_std = model.expression_codes.std(rows.expression).detach()
-    R0, T0 = avatar.head_R.to(device)[None], avatar.head_T.to(device)[None]
-    scale = torch.full((1,), float(avatar.head_scale), device=device)
-    eye4 = torch.eye(4, device=device)[None]
-    context = net.render_context()
-
-    # z_exp = mean + std·u: learning rate, prior and smoothness in units of the codebook.
-    u = ((avatar.z_exp[None].to(device) - exp_mean) / exp_std).clone().requires_grad_(True)
-    rot = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
-    trans = torch.zeros(1, 3, device=device, requires_grad=cfg.fit_pose)
-    groups = [{"params": [u], "lr": cfg.lr}]
-    if cfg.fit_pose:
-        groups.append({"params": [rot, trans], "lr": cfg.pose_lr})
-    opt = torch.optim.Adam(groups)
-
-    def pose() -> tuple[Tensor, Tensor]:
-        return axis_angle_to_matrix(rot) @ R0, T0 + trans
-
-    def code() -> Tensor:  # [1, Dexp]
-        return exp_mean + exp_std * u
-
-    def priors(u_prev: Tensor, rot_prev: Tensor, trans_prev: Tensor) -> Tensor:
-        """Code prior and temporal smoothness against the previous frame's state."""
-        return (
-            cfg.code * (u**2).mean()  # = code_prior(z_exp, mean, std)
-            + cfg.smooth * ((u - u_prev) ** 2).mean()
-            + cfg.pose_smooth * (((rot - rot_prev) ** 2).sum() + ((trans - trans_prev) ** 2).sum())
-        )
-
-    def landmark_term(world: Tensor, target: Tensor, valid: Tensor, K: Tensor) -> Tensor:
-        """Squared reprojection error of world landmarks [1, L, 3] in units of the frame."""
-        uv, _ = project_points(world, eye4, K[None])
-        d2 = (((uv[0] - target) / S) ** 2).sum(-1)
-        return cfg.landmark * (d2 * valid).sum() / valid.sum().clamp_min(1)
-
-    T = len(frames)
-    out_z = [None] * T
-    out_R: list[Tensor | None] = [None] * T
-    out_T: list[Tensor | None] = [None] * T
-    out_uv: list[Tensor | None] = [None] * T
-    seconds = [0.0] * T
-    carried = [f.landmarks is None for f in frames]
-
-    def record(t: int, K: Tensor) -> None:
-        with torch.no_grad():
-            R, Tr = pose()
-            z_exp = code()
-            lmk = model.canonical_landmarks(z_id, z_exp, offsets)
-            uv, _ = project_points(apply_head_pose(lmk, R, Tr, scale), eye4, K[None])
-        out_z[t], out_R[t], out_T[t], out_uv[t] = (
-            z_exp[0].detach().clone(),
-            R[0].clone(),
-            Tr[0].clone(),
-            uv[0].clone(),
-        )
-
-    for t in tqdm(range(first, T), desc="track", disable=not progress, leave=False):
+    tracker = _Tracker(run, avatar, cfg, frames[0].image.shape[0])
+    n = len(frames)
+    states: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] = [None] * n
+    seconds, covered = [0.0] * n, [None] * n
+    for t in tqdm(range(first, n), desc="track", disable=not progress, leave=False):
         ts = time.perf_counter()
         frame = frames[t]
-        K = frame.K.to(device).float()
-        if t == first or frame.landmarks is None:
-            record(t, K)  # the identity fit's codes, or the previous frame's (carried)
-            seconds[t] = time.perf_counter() - ts + (fit_seconds if t == first else 0.0)
-            continue
-        image = box_downsample(frame.image.to(device), (size, size))[None]
-        mask_lr = box_downsample(frame.mask.to(device), (size // factor, size // factor))[None]
-        K_r = rescale_K(K, size / S)[None]
-        lmk2d = frame.landmarks.to(device).float()
-        valid = torch.isfinite(lmk2d).all(-1)
-        lmk2d = torch.nan_to_num(lmk2d)
-        prev = (u.detach().clone(), rot.detach().clone(), trans.detach().clone())
-        with torch.enable_grad():
-            for _ in range(cfg.landmark_steps):
-                R, Tr = pose()
-                lmk = model.canonical_landmarks(z_id, code(), offsets)
-                lmk = apply_head_pose(lmk, R, Tr, scale)
-                total = landmark_term(lmk, lmk2d, valid, K) + priors(*prev)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-            for _ in range(cfg.steps):
-                R, Tr = pose()
-                out = render_avatar(net, z_id, code(), R, Tr, scale, eye4, K_r, size, offsets,
-                                    context)  # fmt: skip
-                total = (
-                    cfg.rgb * losses.l1(out.rgb, image)
-                    + cfg.mask * losses.silhouette_iou(out.mask, mask_lr)
-                    + landmark_term(out.landmarks, lmk2d, valid, K)
-                    + priors(*prev)
-                )
-                if cfg.dssim:
-                    total = total + cfg.dssim * losses.dssim(out.rgb, image)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-        record(t, K)
-        seconds[t] = time.perf_counter() - ts
+        K = frame.K.to(tracker.device).float()
+        if t != first and frame.landmarks is not None:
+            covered[t] = tracker.step(frame)
+        # else: the identity fit's codes, or the previous frame's (carried)
+        states[t] = tracker.record(K)
+        seconds[t] = time.perf_counter() - ts + (fit_seconds if t == first else 0.0)
     for t in range(first):  # before the first face: the first tracked frame's state
-        out_z[t], out_R[t], out_T[t], out_uv[t] = (
-            out_z[first],
-            out_R[first],
-            out_T[first],
-            out_uv[first],
-        )
-    L = out_uv[first].shape[0]
+        states[t] = states[first]
+    info = {"identity_fit_seconds": round(fit_seconds, 3), "steps_per_frame": cfg.steps,
+            "landmark_steps_per_frame": cfg.landmark_steps, "render_size": tracker.size,
+            "coverage": covered}  # fmt: skip
+    low = [t for t, c in enumerate(covered) if c is not None and c < cfg.fit.min_coverage]
+    if low:  # reported, not hidden: the render lost the head on these frames
+        info["low_coverage_frames"] = low
+    return _tracking(avatar, frames, states, seconds, first, info)  # type: ignore[arg-type]
+
+
+def _tracking(avatar, frames, states, seconds, first, info) -> Tracking:
+    L = states[first][3].shape[0]
     nan = torch.full((L, 2), math.nan)
     inputs = torch.stack(
         [nan if f.landmarks is None else f.landmarks.float().cpu() for f in frames]
     )
+    z, R, T_, uv = (torch.stack([s[i] for s in states]).cpu() for i in range(4))
     return Tracking(
-        avatar=avatar,
-        z_exp=torch.stack(out_z).cpu(),
-        head_R=torch.stack(out_R).cpu(),
-        head_T=torch.stack(out_T).cpu(),
-        K=torch.stack([f.K.float().cpu() for f in frames]),
-        landmarks=torch.stack(out_uv).cpu(),
-        input_landmarks=inputs,
-        carried=carried,
-        seconds=seconds,
-        identity_frame=first,
-        info={
-            "identity_fit_seconds": round(fit_seconds, 3),
-            "steps_per_frame": cfg.steps,
-            "landmark_steps_per_frame": cfg.landmark_steps,
-            "render_size": size,
-        },
-    )
+        avatar=avatar, z_exp=z, head_R=R, head_T=T_,
+        K=torch.stack([f.K.float().cpu() for f in frames]), landmarks=uv,
+        input_landmarks=inputs, carried=[f.landmarks is None for f in frames],
+        seconds=seconds, identity_frame=first, info=info,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -38,7 +38,10 @@ from gphm.tracking.track import (
 from gphm.training.trainer import GuidanceTrainer
 from tests.training.test_train import ROOT, _cfg, _env
 
-FAST = TrackConfig(steps=4, fit=FitConfig(phase1_steps=8, phase2_steps=2))
+# The `run` fixture was trained on the ellipsoid heads, not on the synthetic sequence's:
+# it renders (almost) nothing over a sequence frame's head (coverage ~0), which the fit's
+# collapse guard refuses. These tests check tracking's bookkeeping, so it is switched off.
+FAST = TrackConfig(steps=4, fit=FitConfig(phase1_steps=8, phase2_steps=2, min_coverage=0))
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +201,8 @@ def _run(args):
 @pytest.mark.slow  # six CLI processes (~2 s of imports each)
 def test_track_video_and_reenact_clis(run, sequence, tmp_path):
     out = tmp_path / "track"
-    opts = ["track.steps=2", "track.fit.phase1_steps=4", "track.fit.phase2_steps=1"]
+    opts = ["track.steps=2", "track.fit.phase1_steps=4", "track.fit.phase2_steps=1",
+            "track.fit.min_coverage=0"]  # the run's heads are not the sequence's (FAST)
     res = _run([ROOT / "scripts/track_video.py", f"checkpoint={run.path}", f"data={sequence}",
                 "subject=seq_001", f"out={out}", *opts])  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
