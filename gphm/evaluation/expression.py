@@ -71,6 +71,7 @@ __all__ = [
     "pool_landmark_capture",
     "EXPRESSION_SPLITS",
     "evaluate_expressions",
+    "evaluate_expression_probe",
 ]
 
 #: Default support threshold: a truth pixel changes by more than 4 of 255 levels.
@@ -497,12 +498,124 @@ def evaluate_expressions(
         "n_skipped": skipped,
         "neutral_twins_rendered": twin_of.rendered,
     }
+    return report | _pooled_report(stats, labels, lmks)
+
+
+def _probe_pairs(
+    frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
+) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
+    """Subjects' neutral frames and the ``(subject, frame, label)`` probes: each trained
+    subject's lowest trained frame of every other label (mixtures: label ``mix``)."""
+    from gphm.evaluation.views import trained_frames_by_label
+
+    by_label = trained_frames_by_label(frames_meta, trained, subjects)
+    base = by_label.get(neutral, {})
+    if not base:
+        raise ValueError(f"no subject has a trained frame labelled {neutral!r}; pass neutral=LABEL")
+    probes = [
+        (s, f, str(label))
+        for label, frames in sorted(by_label.items(), key=lambda kv: str(kv[0]))
+        if label != neutral
+        for s, f in sorted(frames.items())
+        if s in base
+    ]
+    return base, probes
+
+
+@torch.no_grad()
+def evaluate_expression_probe(
+    model: Any,  # GuidanceModel | GaussianHead
+    data_path: str | Path,
+    camera: str | None = None,
+    neutral: str = "neutral",
+    lr_size: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    train_frames: Iterable[int] | None = None,
+    threshold: float = SUPPORT_THRESHOLD,
+) -> dict[str, Any]:
+    """Expression metrics of the trained subjects at the canonical head pose (the issue's
+    measurement; needs no neutral twins, only a ``gphm-synth`` dataset).
+
+    For every trained subject and every label it has a trained frame of (its lowest such
+    frame), the model renders the frame's code and the subject's ``neutral`` frame code at
+    the identity head pose seen from ``camera`` (default the dataset's reference camera,
+    the most frontal); the generator renders the same subject with the frame's true
+    expression and with the neutral one at the same pose and camera
+    (:class:`~gphm.data.synthetic.truth.DatasetTruth`). Scores as
+    :func:`evaluate_expressions`.
+    """
+    from gphm.data.loaders import HeadDataset
+    from gphm.data.synthetic.render import HeadPose
+    from gphm.data.synthetic.truth import rig_of
+
+    ds = HeadDataset(data_path, split="train", lr_size=lr_size)
+    meta = ds.meta
+    truth = DatasetTruth(meta)
+    cams = meta.get("generator", {}).get("cameras", {})
+    camera = camera or cams.get("reference") or meta["cameras"][0]
+    cam_of_row = ds.ds.data.column("camera").to_pylist()
+    found = [k for k, r in enumerate(ds.indices) if cam_of_row[r] == camera]
+    if not found:
+        raise ValueError(
+            f"camera {camera!r} has no training row in {data_path} (cameras: {meta['cameras']})"
+        )
+    row = ds[found[0]]  # cameras are shared by every frame of a synthetic set
+    trained = ds.frames.tolist() if train_frames is None else train_frames
+    base, probes = _probe_pairs(meta["frames"], list(meta["subjects"]), trained, neutral)
+    model = model.to(device).eval()
+    context = model.render_context()
+    (h, w), (H, _) = ds.lr_size, ds.hr_size
+    identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
+    rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
+    stats, labels, lmks = [], [], []
+    for start in range(0, len(probes), batch_size):
+        chunk = probes[start : start + batch_size]
+        B = len(chunk)
+        subj = torch.tensor([s for s, _, _ in chunk], device=device)
+        z_id = model.identity_codes(subj)
+        codes = model.expression_codes(torch.tensor([f for _, f, _ in chunk], device=device))
+        ref = model.expression_codes(torch.tensor([base[s] for s, _, _ in chunk], device=device))
+        pose = (torch.eye(3, device=device).expand(B, 3, 3), torch.zeros(B, 3, device=device),
+                torch.ones(B, device=device), row.viewmat.to(device).expand(B, 4, 4),
+                row.K_lr.to(device).expand(B, 3, 3))  # fmt: skip
+        out_e = model.render(z_id, codes, *pose, w, h, **context)
+        out_n = model.render(z_id, ref, *pose, w, h, **context)
+        size = tuple(out_e.rgb.shape[1:3])
+        gt = [
+            [truth.render(s, expr, identity, rig) for expr in
+             (truth.frame_expression(f), EXPRESSIONS["neutral"])]
+            for s, f, _ in chunk
+        ]  # fmt: skip
+        gt_e = _at(torch.stack([_composite(g[0].images[0], g[0].masks[0]) for g in gt]), size)
+        gt_n = _at(torch.stack([_composite(g[1].images[0], g[1].masks[0]) for g in gt]), size)
+        stats.append(expression_stats(out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu(),
+                                      gt_e, gt_n, threshold))  # fmt: skip
+        labels.extend(label for _, _, label in chunk)
+        lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(),
+                     torch.stack([torch.from_numpy(g[0].landmarks_3d) for g in gt]),
+                     torch.stack([torch.from_numpy(g[1].landmarks_3d) for g in gt])))  # fmt: skip
+    report: dict[str, Any] = {
+        "split": "expression:probe",
+        "model": type(model).__name__,
+        "codes": "own",
+        "camera": camera,
+        "pose": "canonical (identity)",
+        "neutral": neutral,
+        "threshold": threshold,
+        "pooling": "pixel-weighted (union of supports); capture energy-weighted",
+        "n": len(labels),
+    }
+    return report | _pooled_report(stats, labels, lmks)
+
+
+def _pooled_report(stats: list, labels: list[str], lmks: list) -> dict[str, Any]:
+    """``per_label`` and ``all`` entries from batched stats and landmark tuples."""
     if not labels:
-        return report | {"per_label": {}, "all": None}
+        return {"per_label": {}, "all": None}
     items = [item for st in stats for item in _items(st)]
-    pooled = pool_expression_stats(items, labels)
-    lmk = [torch.cat([x[k] for x in lmks]) for k in range(4)]
-    landmarks = pool_landmark_capture(*lmk, labels)
-    per_label = {k: {**v, "landmark_capture": landmarks[k]} for k, v in pooled.items()}
+    per_label = pool_expression_stats(items, labels)
+    landmarks = pool_landmark_capture(*(torch.cat([x[k] for x in lmks]) for k in range(4)), labels)
+    per_label = {k: {**v, "landmark_capture": landmarks[k]} for k, v in per_label.items()}
     everything = per_label.pop("all")
-    return report | {"per_label": per_label, "all": everything}
+    return {"per_label": per_label, "all": everything}
