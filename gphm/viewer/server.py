@@ -15,6 +15,14 @@ Routes (GET only):
   &yaw=&pitch=&zoom=&size=`` — the full model output as a PNG. Unknown names or bad
   numbers: HTTP 400 with ``{"error": "..."}`` naming the field and the valid values.
 
+Hardening (the server is meant for this machine, ``127.0.0.1``): a request whose ``Host``
+is not this server (``127.0.0.1``/``localhost``/``[::1]`` or the bound address, with the
+bound port) is refused with 403, so a web page cannot read renders through DNS rebinding;
+a GET/HEAD carrying a body (``Content-Length`` > 0 or ``Transfer-Encoding``) is refused
+with 400 and the connection closed (the body is never parsed as a second request); idle
+or half-open connections time out (``idle_timeout``), at most ``max_connections`` are
+served at once (more get 503), and a client going away mid-request is not an error.
+
 Renders run one at a time (one model, one thread pool: parallel renders only slow each
 other down). A request carrying ``stream=ID`` (the page sends one) is dropped with
 HTTP 204 when a newer request of the same stream arrived while it waited, so dragging
@@ -26,8 +34,10 @@ running.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -57,6 +67,14 @@ STATIC_PATH = re.compile(r"^/([A-Za-z0-9_-][A-Za-z0-9_.-]*\.(?:html|js|css))$")
 MAX_STREAMS = 256
 """Streams remembered for latest-wins (oldest forgotten first)."""
 MAX_STREAM_ID = 64
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may stay silent (idle keep-alive or half-open) before it closes."""
+MAX_CONNECTIONS = 64
+"""Connections served at once (one thread each); more are answered 503 and closed."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         b"Content-Length: 45\r\nConnection: close\r\n\r\n"
+         b'{"error": "too many connections; try again"}\n')  # fmt: skip
 
 
 class RenderGate:
@@ -119,9 +137,27 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # socket timeout of this connection
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
+
+    def _refusal(self) -> tuple[int, str] | None:
+        """(status, message) when this request must not be served (module docstring)."""
+        length = self.headers.get("Content-Length", "0").strip()
+        if self.headers.get("Transfer-Encoding") is not None or length not in ("", "0"):
+            return 400, f"a {self.command} request carries no body; not serving it"
+        host = self.headers.get("Host")
+        if host is None:
+            return 400, "missing Host header"
+        if not self.server.host_allowed(host):
+            port = self.server.port
+            return 403, (f"Host {host[:80]!r} is not this viewer (expected 127.0.0.1:{port} "
+                         f"or localhost:{port})")  # fmt: skip
+        return None
 
     def _send(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
         self.send_response(status)
@@ -130,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for k, v in headers.items():
             self.send_header(k.replace("_", "-"), v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -144,6 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         try:
+            refusal = self._refusal()
+            if refusal is not None:
+                self.close_connection = True  # whatever follows is never read as a request
+                self._error(*refusal)
+                return
             self._route()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away (e.g. a superseded image); nothing to answer
@@ -229,12 +272,70 @@ class _Server(ThreadingHTTPServer):
     # A new server may take over a port whose previous server just exited (TIME_WAIT).
     allow_reuse_address = True
 
-    def __init__(self, address, scene: Scene, verbose: bool, static_dir: Path):
+    def __init__(self, address, scene: Scene, verbose: bool, static_dir: Path,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):  # fmt: skip
         self.scene = scene
         self.verbose = verbose
         self.static_dir = static_dir
         self.gate = RenderGate()
+        self.idle_timeout = idle_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a ``Host`` header names this server: a loopback name or the bound
+        address (any IP literal when bound to all interfaces: an IP cannot be rebound),
+        with the bound port (or none, on port 80)."""
+        try:
+            parts = urlsplit("//" + host)
+            name, port = parts.hostname, parts.port
+        except ValueError:
+            return False
+        if name is None or (port or 80) != self.port:
+            return False
+        bound = str(self.server_address[0])
+        if name in LOOPBACK_NAMES or name == bound:
+            return True
+        if bound in ("0.0.0.0", "::", ""):
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                return False
+            return True
+        return False
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, at most ``max_connections`` at once (503 beyond)."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away or stayed silent is no error; anything else is."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+            return
+        super().handle_error(request, client_address)
 
 
 class ViewerServer:
@@ -243,12 +344,15 @@ class ViewerServer:
     ``serve_forever()`` blocks (the CLI); ``start()`` serves from a daemon thread and
     ``close()`` stops it (tests, notebooks); also a context manager doing both.
     ``static_dir``: serve the page's files from another folder (a customised page).
+    ``idle_timeout`` (seconds) and ``max_connections``: see the module docstring.
     """
 
     def __init__(self, scene: Scene, host: str = "127.0.0.1", port: int = 8080,
-                 verbose: bool = False, static_dir: str | Path | None = None):  # fmt: skip
+                 verbose: bool = False, static_dir: str | Path | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):  # fmt: skip
         static = STATIC_DIR if static_dir is None else Path(static_dir)
-        self.httpd = _Server((host, port), scene, verbose, static)
+        self.httpd = _Server((host, port), scene, verbose, static, idle_timeout, max_connections)
         self._thread: threading.Thread | None = None
 
     @property
