@@ -5,7 +5,10 @@ genus 0, with cranium, face, jaw, nose, ears, eye sockets with eyeballs, lips, b
 hair), named identity / appearance / expression parameters (:mod:`.params`), 68 iBUG
 landmarks at fixed vertices (:mod:`.landmarks`), rendering through
 :func:`gphm.render.mesh.render_mesh` (:mod:`.render`) and the dataset writer
-(:mod:`.generate`, CLI ``scripts/make_synthetic.py``).
+(:mod:`.generate`, CLI ``scripts/make_synthetic.py``). :mod:`.truth` renders the
+generator's truth on demand (any subject, expression, pose and camera; the neutral twins
+that expression metrics compare against): ``from gphm.data.synthetic.truth import
+DatasetTruth``.
 
     from gphm.data.synthetic import build_template, make_head, sample_identity, EXPRESSIONS
     template = build_template()
