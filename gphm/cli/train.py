@@ -43,7 +43,10 @@ on CUDA; by default accelerate places the model (CUDA when available).
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -147,15 +150,48 @@ def device_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+#: Seconds the output may take to drain after SIGTERM before the process exits anyway.
+SIGTERM_FLUSH_SECONDS = 2.0
+
+
+def _exit_after_sigterm(code: int) -> None:
+    """End the process now, after SIGTERM's ``finally`` blocks ran (lock released).
+
+    The interpreter's own exit flushes ``stdout``/``stderr`` and blocks forever when they
+    are a pipe that nobody reads (a launcher or test that stopped draining it): a SIGTERM
+    must end the run whatever its output does. The buffered output gets
+    :data:`SIGTERM_FLUSH_SECONDS` to drain in a helper thread, then ``os._exit``.
+    """
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed or broken: nothing more to save
+                pass
+
+    helper = threading.Thread(target=flush, daemon=True)
+    helper.start()
+    helper.join(SIGTERM_FLUSH_SECONDS)
+    os._exit(code)
+
+
 def cli(argv: list[str] | None = None) -> int:
-    """The ``train`` command: parse ``argv`` (default: the process's), run, summarise."""
+    """The ``train`` command: parse ``argv`` (default: the process's), run, summarise.
+    SIGTERM ends it with status 143 once the run directory's lock is released
+    (:func:`_exit_after_sigterm`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = device_overrides(argv)
     except UserError as err:
         print(f"{Path(sys.argv[0]).name or 'gphm-train'}: error: {err}", file=sys.stderr)
         return 2
-    return run_cli(TrainRunConfig, main, argv, summary=_summary)
+    try:
+        return run_cli(TrainRunConfig, main, argv, summary=_summary)
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:  # exit_on_sigterm's exit
+            _exit_after_sigterm(exc.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training of both stages with accelerate (DESIGN.md §2, §5).
+"""Training of both stages with accelerate (docs/architecture.md §3.2, §3.3, §11).
 
 Determinism and resume: the rows of step ``k`` are a pure function of (seed, k, global
 batch size) — an epoch-seeded permutation cut into global batches, of which process
@@ -25,12 +25,12 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gphm import losses
-from gphm.cli import write_report
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
+from gphm.io.jsonfile import write_report
 from gphm.models.gaussian_head import GaussianHead, GaussianOutput
 from gphm.models.guidance import GuidanceModel, GuidanceOutput
 from gphm.models.runs import dataset_fingerprint
@@ -266,7 +266,7 @@ class StageTrainer:
             for step in bar:
                 self._set_lr(step)
                 batch = self._batch(step)
-                out = self._forward(batch)
+                out = self._forward_or_diverged(batch, step)
                 terms = self.compute_losses(out, batch)
                 finite = acc.gather(torch.isfinite(terms["total"].detach())[None]).all()
                 if not bool(finite):
@@ -358,6 +358,25 @@ class StageTrainer:
             return None
         return [n for (n, _), good in zip(named, ok.tolist()) if not good] if named else []
 
+    def _forward_or_diverged(self, batch: HeadBatch, step: int) -> Any:
+        """:meth:`_forward`, with the mean SDF losing its surface (all of the grid inside
+        or outside: finite weights moved too far by the previous step) reported as
+        :class:`TrainingDiverged` naming the likely causes instead of a traceback."""
+        try:
+            return self._forward(batch)
+        except RuntimeError as err:
+            if "no zero crossing" not in str(err):  # GuidanceModel.mean_mesh's message
+                raise
+            train = self.cfg.train
+            raise TrainingDiverged(
+                f"the mean SDF lost its surface at {self.stage} step {step} (no zero crossing "
+                f"inside the grid): the previous steps moved the weights too far. Likely "
+                f"causes: learning rates too high (train.lr={train.lr:g}, train.code_lr="
+                f"{train.code_lr:g}), loss weights too high, or too few "
+                f"train.sdf_prefit_steps ({train.sdf_prefit_steps}). Last good checkpoint: "
+                f"{self._last_good_text()}."
+            ) from None
+
     def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         self._raise_diverged("loss", step, [f"terms: {', '.join(bad)}"] if bad else [],
@@ -443,7 +462,7 @@ class StageTrainer:
 
 
 class GuidanceTrainer(StageTrainer):
-    """Stage 1: the guiding mesh model (DESIGN.md §2)."""
+    """Stage 1: the guiding mesh model (docs/architecture.md §3.2)."""
 
     stage = "guidance"
     desc = "stage 1"
@@ -527,7 +546,7 @@ class GuidanceTrainer(StageTrainer):
 
 
 class GaussianTrainer(StageTrainer):
-    """Stage 2: the Gaussian head created from a trained guidance model (DESIGN.md §2).
+    """Stage 2: the Gaussian head created from a trained guidance model (docs/architecture.md §3.3).
 
     The guidance model comes from ``guidance`` (stage=all hands it over), else from
     ``train.guidance_run`` or this run's ``RUN/guidance_model``. It is copied to

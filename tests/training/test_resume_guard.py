@@ -5,13 +5,17 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from gphm.cli import UserError
 from gphm.training.run_dir import ResumeMismatch
-from gphm.training.trainer import GuidanceTrainer
+from gphm.training.trainer import GuidanceTrainer, TrainingDiverged
 
 from .test_train import ROOT, _cfg
 
@@ -92,30 +96,122 @@ def test_stage2_checkpoints_of_an_older_stage1_are_moved_aside(tiny_head_dataset
     assert again["already_trained"] and len(list((run / "checkpoints").glob("gaussian.*"))) == 1
 
 
-@pytest.mark.slow
-def test_sigterm_releases_the_lock(tiny_head_dataset, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_lost_surface_is_a_divergence_naming_the_causes(tiny_head_dataset, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    """A step that moves finite weights so far that the mean SDF has no zero crossing (as
+    train.lr=1e30 did) stops like a non-finite step: one message naming the likely
+    causes and the last good checkpoint, no traceback from the mesh extraction."""
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STEPS, "train.guidance_steps=3")
+    GuidanceTrainer(cfg).train(stop_after=1)
 
+    def lost_surface(*args, **kwargs):
+        trainer = GuidanceTrainer(*args, **kwargs)
+        real = trainer.model.grid_sdf
+        trainer.model.grid_sdf = lambda: real().abs() + 1.0  # the whole grid outside
+        return trainer
+
+    with pytest.raises(TrainingDiverged, match=r"the mean SDF lost its surface at guidance step "
+                       r"1 .*train\.lr=0\.002.*step_00000001"):  # fmt: skip
+        lost_surface(cfg).train()
+    monkeypatch.setattr("gphm.cli.train.GuidanceTrainer", lost_surface)
+    with pytest.raises(UserError, match="lost its surface"):  # the command: exit 2, one line
+        train_script.main(cfg)
+    assert not (tmp_path / "run/.lock").exists()
+
+
+def _train_command(data, run):
+    """A stage-1 training that would run for hours: it ends only by the signal."""
     from .conftest import TINY_OVERRIDES
+
+    return [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={data}", f"run_dir={run}",
+            "stage=guidance", *TINY_OVERRIDES, "train.guidance_steps=100000",
+            "train.checkpoint_every=100000"]  # fmt: skip
+
+
+def _wait_for(path, proc, log, seconds=180):
+    deadline = time.monotonic() + seconds
+    while not path.is_file():
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"{path} never appeared: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+def _wait_stuck(proc, run, log, seconds=180):
+    """Until the child holds the lock and is either blocked writing to its pipe (Linux:
+    ``/proc/PID/wchan``) or training (its "[train]" lines waiting in the stdout buffer,
+    which the interpreter's exit would flush into the full pipe)."""
+    wchan = f"/proc/{proc.pid}/wchan"
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"child never blocked: {log.read_text()[-2000:]}"
+        try:
+            blocked = "pipe_write" in open(wchan).read()
+        except OSError:
+            blocked = False
+        if (run / ".lock").is_file() and (blocked or (run / "logs/metrics.jsonl").is_file()):
+            return
+        time.sleep(0.2)
+
+
+def _env_long():
     from .test_train import _env
 
+    return _env() | {"GPHM_TIME_LIMIT": "none"}  # 100000 steps: past the time budget
+
+
+@pytest.mark.slow
+def test_sigterm_releases_the_lock(tiny_head_dataset, tmp_path):
+    """The child logs every step: its output goes to files, never to pipes this test
+    would have to drain (a full pipe blocked the child and the test timed out)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts/train.py"), f"data.path={tiny_head_dataset}",
-           f"run_dir={run}", "stage=guidance", *TINY_OVERRIDES, "train.guidance_steps=100000",
-           "train.checkpoint_every=100000"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(_train_command(tiny_head_dataset, run), env=_env_long(),
+                                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not (run / "logs/metrics.jsonl").is_file() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.2)
+        _wait_for(run / "logs/metrics.jsonl", proc, err)
         assert (run / ".lock").is_file()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, err.read_text()[-2000:]
     finally:
         proc.kill()
-        proc.communicate()
+        proc.wait()
+    assert not (run / ".lock").exists()
+    assert "[train]" in out.read_text()  # what was printed before the signal was kept
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_even_when_its_output_pipe_is_full(tiny_head_dataset, tmp_path):
+    """stdout is a pipe that is already full and never read: every write of the child
+    blocks, and so would the interpreter's final flush. SIGTERM still ends the run with
+    status 143 and the lock released (gphm.cli.train._exit_after_sigterm)."""
+    run = tmp_path / "run"
+    err = tmp_path / "stderr.txt"
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 4096)
+    except BlockingIOError:
+        pass  # full
+    os.set_blocking(write_end, True)  # the child shares this file description
+    try:
+        with err.open("wb") as stderr:
+            # Buffered stdout (as without PYTHONUNBUFFERED): lines wait in the buffer and
+            # the interpreter's exit would flush them into the full pipe.
+            env = {k: v for k, v in _env_long().items() if k != "PYTHONUNBUFFERED"}
+            proc = subprocess.Popen(_train_command(tiny_head_dataset, run), env=env,
+                                    stdout=write_end, stderr=stderr,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            _wait_stuck(proc, run, err)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 128 + signal.SIGTERM, err.read_text()[-2000:]
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        os.close(write_end)
+        os.close(read_end)
     assert not (run / ".lock").exists()
