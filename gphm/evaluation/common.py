@@ -24,7 +24,7 @@ from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import render_avatar
 from gphm.io.images import image_grid, save_png
 from gphm.io.jsonfile import write_report
-from gphm.models.runs import TrainedRun, dataset_fingerprint
+from gphm.models.runs import TrainedRun, dataset_fingerprint, fingerprint_comparable
 from gphm.training.run_dir import LOCK_NAME, RunLock
 
 __all__ = [
@@ -150,6 +150,9 @@ def check_trained_dataset(
     recorded = run.extra.get("dataset_fingerprint")
     if recorded is None:
         return {"dataset_unverified": "the run records no dataset fingerprint"}
+    if not fingerprint_comparable(recorded):
+        return {"dataset_unverified": f"the run's dataset fingerprint {recorded} is of an "
+                "older formula"}  # fmt: skip
     found = dataset_fingerprint(data_path)
     if found == recorded:
         return {}

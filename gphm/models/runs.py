@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from gphm.models.base import SerializableModule
 from gphm.models.gaussian_head import GaussianHead
 from gphm.models.guidance import GuidanceModel
 
-__all__ = ["TrainedRun", "ResolvedFrame", "load_run", "dataset_fingerprint", "seen_by",
+__all__ = ["TrainedRun", "ResolvedFrame", "load_run", "dataset_fingerprint",
+           "fingerprint_comparable", "seen_by",
            "MODEL_CLASSES"]  # fmt: skip
 
 MODEL_CLASSES = (GuidanceModel, GaussianHead)
@@ -222,21 +224,39 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     return TrainedRun(model=model, extra=desc.get("extra", {}), path=model_dir)
 
 
+FINGERPRINT_VERSION = "v2"
+"""Prefix of :func:`dataset_fingerprint` values (older values: :func:`fingerprint_comparable`)."""
+
+
 def dataset_fingerprint(data_dir: str | Path) -> str:
-    """A short content hash of a dataset's ``meta.json`` as written (names, frames,
-    cameras, generator parameters with the seed, split sizes), independent of its
-    whitespace and key order and of what a loader adds to it. Training records it in
-    ``RUN/model/config.json`` (``extra["dataset_fingerprint"]``) so that evaluation can
-    tell a dataset the model was trained on."""
-    path = Path(data_dir) / "meta.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; not a gphm dataset") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """The one fingerprint of a dataset directory: ``v2-`` and 16 hex digits over its
+    ``meta.json`` (names, frames, cameras, generator parameters with the seed, split
+    sizes) and its ``state.json`` (which holds the writer's content hash of the encoded
+    rows, :func:`gphm.data.format.write_dataset`), each as parsed JSON, so independent of
+    whitespace and key order and costing no read of the rows. Training records it in
+    ``RUN/model/config.json`` (``extra["dataset_fingerprint"]``: evaluation tells a
+    dataset the model was trained on) and in ``RUN/run_state.json`` (the resume guard)."""
+    h = hashlib.sha256(b"gphm-dataset-fingerprint-v2")
+    for name in ("meta.json", "state.json"):
+        path = Path(data_dir) / name
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if name == "meta.json":
+                raise FileNotFoundError(f"{path}: missing; not a gphm dataset") from None
+            value = None  # a dataset written by hand, without the writer's state
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        h.update(name.encode() + b"\0" + text.encode("utf-8") + b"\0")
+    return f"{FINGERPRINT_VERSION}-{h.hexdigest()[:16]}"
+
+
+def fingerprint_comparable(recorded: Any) -> bool:
+    """Whether a recorded dataset fingerprint can be compared with :func:`dataset_fingerprint`:
+    runs before ``v2`` recorded 16 bare hex digits of other formulas (meta.json alone in
+    ``config.json``; file bytes and sizes in ``run_state.json``); treat those as none."""
+    return isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{16}", recorded) is None
 
 
 def seen_by(run: TrainedRun, data_dir: str | Path, meta: dict[str, Any]) -> str | None:
@@ -250,6 +270,8 @@ def seen_by(run: TrainedRun, data_dir: str | Path, meta: dict[str, Any]) -> str 
       for different people, so for them names alone prove nothing.
     """
     recorded = run.extra.get("dataset_fingerprint")
+    if not fingerprint_comparable(recorded):
+        recorded = None  # recorded by an older formula: as if none
     if recorded is not None and recorded == dataset_fingerprint(data_dir):
         return f"it is the dataset the model was trained on (fingerprint {recorded})"
     if (

@@ -7,8 +7,9 @@
   stage, the resolved options and the dataset fingerprint the stage was trained with;
   resuming with other options or another dataset is refused, naming the changes. Only
   the schedule (:data:`SCHEDULE_KEYS`) may change, so a longer schedule still resumes.
-* :func:`dataset_dir_fingerprint`, :func:`module_fingerprint` — cheap, deterministic
-  content hashes of a dataset directory and of a module's weights.
+* :func:`dataset_dir_fingerprint` (the one dataset fingerprint,
+  :func:`gphm.models.runs.dataset_fingerprint`), :func:`module_fingerprint` — cheap,
+  deterministic content hashes of a dataset directory and of a module's weights.
 * :func:`on_main` — run a check on the main process only and end every process alike
   when it fails (the others must not wait forever at the next collective).
 """
@@ -33,6 +34,8 @@ import torch
 from omegaconf import OmegaConf
 
 from gphm.io.atomic import atomic_write_text, pid_alive
+from gphm.models.runs import dataset_fingerprint as dataset_dir_fingerprint
+from gphm.models.runs import fingerprint_comparable
 
 __all__ = [
     "RunDirError",
@@ -233,20 +236,6 @@ def exit_on_sigterm() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-def dataset_dir_fingerprint(path: str | Path) -> str:
-    """16 hex digits over ``meta.json``'s and ``state.json``'s bytes and the arrow files'
-    names and sizes: changes when the dataset is rewritten differently, costs no read of
-    the rows (``write_dataset`` stores a content hash of the rows in ``state.json``)."""
-    path = Path(path)
-    h = hashlib.sha256(b"gphm-dataset-fingerprint-v1")
-    for name in ("meta.json", "state.json"):
-        p = path / name
-        h.update(name.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"-") + b"\0")
-    for p in sorted(path.glob("*.arrow")):
-        h.update(f"{p.name}:{p.stat().st_size}\0".encode())
-    return h.hexdigest()[:16]
-
-
 def module_fingerprint(module: torch.nn.Module) -> str:
     """16 hex digits over a module's state dict (names, dtypes, shapes, bytes)."""
     h = hashlib.sha256()
@@ -361,7 +350,8 @@ def check_resume(
             f"with: {', '.join(changed)}. Only the schedule ({', '.join(sorted(SCHEDULE_KEYS))})"
             " may change on resume; restore these options or use a new run_dir"
         )
-    if record.get("dataset") not in (None, dataset):
+    # a record of an older fingerprint formula cannot be compared: as if none
+    if fingerprint_comparable(record.get("dataset")) and record["dataset"] != dataset:
         raise ResumeMismatch(
             f"{run_dir}: cannot resume stage {stage} on another dataset: {options.get('data.path')}"
             f" (fingerprint {dataset}) is not the data it was trained on (fingerprint "

@@ -120,3 +120,28 @@ def test_trained_subject_is_the_one_identity_resolver():
         run.trained_subject(True)
     with pytest.raises(ValueError, match="subject 'synth_002' has no trained frame, so its"):
         run.trained_subject("synth_002")
+
+
+def test_one_fingerprint_follows_rows_not_layout_and_old_records_are_not_compared(tmp_path):
+    from gphm.models.runs import fingerprint_comparable
+    from gphm.training.run_dir import dataset_dir_fingerprint
+
+    meta = {"subjects": SUBJECTS, "frames": _run().frames, "generator": {"seed": 0}}
+    a = _dataset_dir(tmp_path, "a", meta)
+    b = _dataset_dir(tmp_path, "b", dict(reversed(meta.items())), indent=2)
+    for d, rows in ((a, "abc"), (b, "abc")):
+        (d / "state.json").write_text(json.dumps({"_fingerprint": rows, "_split": None}))
+    assert dataset_fingerprint(a) == dataset_fingerprint(b) == dataset_dir_fingerprint(a)
+    assert dataset_fingerprint(a).startswith("v2-")
+    (b / "state.json").write_text(json.dumps({"_fingerprint": "abd", "_split": None}))
+    assert dataset_fingerprint(a) != dataset_fingerprint(b)  # other rows, same meta.json
+    assert fingerprint_comparable(dataset_fingerprint(a)) and fingerprint_comparable("fp")
+    assert not fingerprint_comparable("0123456789abcdef") and not fingerprint_comparable(None)
+    old = _run()
+    old.extra["dataset_fingerprint"] = "0123456789abcdef"  # an older formula's record
+    assert "subjects and frames" in seen_by(old, a, meta)  # falls back to names and frames
+    from gphm.evaluation.common import check_trained_dataset
+
+    assert "older formula" in check_trained_dataset(old, a, "val_view")["dataset_unverified"]
+    old.extra["dataset_fingerprint"] = dataset_fingerprint(b)
+    assert check_trained_dataset(old, b, "val_view") == {}
