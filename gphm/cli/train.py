@@ -1,4 +1,4 @@
-r"""Train gphm (DESIGN.md §5).
+r"""Train gphm (docs/architecture.md §7, §8.2).
 
     accelerate launch scripts/train.py data.path=DIR run_dir=RUN [model=tiny|paper] \
         [stage=all|guidance|gaussian] seed=0 train.batch_size=4 train.guidance_steps=1500 \

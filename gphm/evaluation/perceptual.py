@@ -1,4 +1,4 @@
-"""Perceptual loss and the LPIPS metric, usable without torchvision (DESIGN.md §7).
+"""Perceptual loss and the LPIPS metric, usable without torchvision (docs/architecture.md §10).
 
 * :class:`VGG16Features` is a pure-torch copy of torchvision's ``vgg16().features`` with
   the same ``state_dict`` keys (``0.weight``, ``2.weight``, ..., ``28.bias``), so a

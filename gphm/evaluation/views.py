@@ -1,4 +1,5 @@
-"""Evaluation of a trained model (either stage) on a dataset split (DESIGN.md §5, §6).
+"""Evaluation of a trained model (either stage) on a dataset split
+(docs/architecture.md §3.4, §8.1).
 
 Splits (``SPLITS``): ``val_view`` / ``heldout_view`` and ``val_combo`` / ``heldout_combo``;
 the ``val_*`` ones choose defaults, the ``heldout_*`` ones are only reported.

@@ -1,4 +1,4 @@
-"""Fitting a new person from one or several photos (DESIGN.md §2).
+"""Fitting a new person from one or several photos (docs/architecture.md §3.5).
 
 Each input camera is the world origin (viewmat = I) with intrinsics ``K``. Every image's
 head pose is initialised by PnP of the model's mean canonical landmarks against its 2D
