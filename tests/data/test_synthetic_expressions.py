@@ -264,3 +264,12 @@ def test_sequence_records_every_step_and_twins_the_driving_camera(tmp_path):
 def test_bad_expression_options_are_refused(extra, message):
     with pytest.raises(ValueError, match=message):
         _cfg(Path("x"), **extra)
+
+
+def test_truth_refuses_datasets_it_did_not_generate(mixed):
+    _, _, _, meta = mixed
+    with pytest.raises(UserError, match="not a gphm synthetic dataset"):
+        DatasetTruth({**meta, "generator": {"name": "gphm.data.importers.nersemble"}}, "m.json")
+    broken = {**meta, "generator": {**meta["generator"], "identities": [{"shape": {}}]}}
+    with pytest.raises(UserError, match="m.json: generator.identities missing or unreadable"):
+        DatasetTruth(broken, "m.json")

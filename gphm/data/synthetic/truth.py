@@ -176,7 +176,16 @@ class DatasetTruth:
             if "focus" in mesh
             else build_template(frequency)
         )
-        self.identities = [identity_from_dict(r) for r in gen["identities"]]
+        try:
+            self.identities = [identity_from_dict(r) for r in gen["identities"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(
+                f"{where}: generator.identities missing or unreadable ({type(err).__name__}: "
+                f"{err}); regenerate the dataset with gphm-synth"
+            ) from None
+        if len(self.identities) != len(meta["subjects"]):
+            raise UserError(f"{where}: {len(self.identities)} generator.identities for "
+                            f"{len(meta['subjects'])} subjects")  # fmt: skip
         self._labels = {
             name: expression_from_dict(v, f"{where}: generator.expression_params.{name}")
             for name, v in gen.get("expression_params", {}).items()
