@@ -14,6 +14,7 @@ the frame's edges.
 * ``up=-y`` is upright in the scene of a viewer made for y-down 3DGS captures, which turns
   the splat half a turn about x (``page.html?euler=180,0,0``);
 * the check itself sees an upside-down head (``euler=0,0,180``: rolled, still facing us).
+* a whole ``export_run`` of the tiny model (``neutral.ply``, SH degree 3) is drawn in frame.
 
 Needs chromium (``.ci/run`` installs Debian's), node and, in ``$GPHM_NPM_TOOLS`` (default
 ``<venv>/npm-tools``), the npm packages ``playcanvas`` and ``playwright-core`` (the driver;
@@ -40,7 +41,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gphm.export import SplatAttributes, save_splat_ply
+from gphm.export import SplatAttributes, export_run, save_splat_ply
 
 pytestmark = pytest.mark.browser
 
@@ -167,19 +168,25 @@ def is_upright_in_frame(at: dict) -> bool:
     return eyes_above_mouth and left_eye_on_our_right and in_frame and centred
 
 
-def test_playcanvas_shows_exports_upright_in_frame(site, tmp_path):
+def test_playcanvas_shows_exports_upright_in_frame(site, run, tmp_path):
     root, base = site
     head = marked_head()
     save_splat_ply(root / "head_up_y.ply", head)  # the default export, up=+y
     save_splat_ply(root / "head_down_y.ply", head, up="-y")
+    # and a whole export of a (tiny, untrained) model, as gphm-export writes it
+    export_run(run, "a", root / "export", fidelity=False)
     shots = screenshots(tmp_path, [
         f"{base}index.html?ply=head_up_y.ply",
         f"{base}index.html?ply=head_down_y.ply&euler=180,0,0",  # a y-down capture viewer
         f"{base}index.html?ply=head_up_y.ply&euler=0,0,180",  # rolled upside down
+        f"{base}index.html?ply=export/neutral.ply",
     ])  # fmt: skip
     for i, shot in enumerate(shots):
         Image.fromarray(shot).save(tmp_path / f"shot_{i}.png")  # kept for a failing run
-    plain, capture, rolled = (layout(s) for s in shots)
+    plain, capture, rolled = (layout(s) for s in shots[:3])
+    lit = np.nonzero(shots[3].astype(np.int32).sum(-1) > 60)
+    assert len(lit[0]) > 0.05 * SIZE**2  # the exported head is drawn ...
+    assert min(lit[0].min(), lit[1].min()) >= 8 and max(lit[0].max(), lit[1].max()) < SIZE - 8
     assert is_upright_in_frame(plain), plain
     assert 0.1 < plain["coverage"] < 0.7
     assert is_upright_in_frame(capture), capture
