@@ -273,3 +273,21 @@ def test_truth_refuses_datasets_it_did_not_generate(mixed):
     broken = {**meta, "generator": {**meta["generator"], "identities": [{"shape": {}}]}}
     with pytest.raises(UserError, match="m.json: generator.identities missing or unreadable"):
         DatasetTruth(broken, "m.json")
+
+
+def test_cli_options(tmp_path, capsys):
+    from gphm.cli.synth import cli
+
+    out = tmp_path / "cli"
+    args = [f"{k}={v}" for k, v in TINY.items()]
+    assert cli([*args, f"out={out}", "mixtures_per_subject=2", "mixture_min_intensity=1",
+                "mixture_max_active=1", "neutral_twins=none"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "(6 mixture frames)" in said and "neutral twins" not in said
+    assert not (out / NEUTRAL_TWINS_DIR).exists()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["generator"]["mixtures"]["intensity"] == [1.0, 1.0]
+    assert MIX_LABEL not in meta["expressions"]  # intensity 1, one label: a label's frame
+    assert cli([*args, f"out={tmp_path / 'bad'}", "neutral_twins=yes"]) == 2
+    err = capsys.readouterr().err
+    assert "neutral_twins must be one of none|eval|all" in err and err.count("\n") == 1
