@@ -51,6 +51,7 @@ from gphm.export.blendshapes import (
 from gphm.export.fidelity import FidelityOptions, FidelityReport, measure_fidelity, set_target
 from gphm.io.atomic import atomic_directory
 from gphm.io.images import image_grid, save_png
+from gphm.io.npz import load_npz
 from gphm.io.ply import MAX_SH_DEGREE, SH_C0, save_gaussian_ply
 from gphm.models.gaussian_head import GaussianHead
 
@@ -402,9 +403,8 @@ def load_expression_basis(directory: str | Path) -> ExpressionBasis:
             f"{BASIS_FORMAT_VERSION}"
         )
     try:
-        with np.load(npath, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
+        a = load_npz(npath)  # sizes checked before anything is inflated
+    except OSError as err:
         raise ValueError(f"{npath}: unreadable ({err})") from None
     want = [f"{p}_{n}" for p in ("neutral", "basis") for n in ATTRIBUTES]
     missing = [k for k in [*want, "weights", "labels", "singular_values"] if k not in a]

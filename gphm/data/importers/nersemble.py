@@ -71,6 +71,7 @@ from gphm.data.format import (
 from gphm.data.importers.common import CaptureError, Importer, ImportOptions
 from gphm.geometry.pose import decompose_similarity, nearest_rotation, similarity_matrix
 from gphm.geometry.rotations import axis_angle_to_matrix
+from gphm.io.npz import load_npz
 
 __all__ = ["CaptureError", "IMPORTER", "ImportOptions", "import_nersemble", "looks_like_nersemble"]
 
@@ -95,8 +96,7 @@ def _load_npz(src: Path, p: Path, fields: dict[str, tuple[tuple[int, ...], ...]]
     if not p.is_file():
         raise CaptureError(f"{rel}: file not found")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        data = load_npz(p)  # sizes checked before anything is inflated
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise CaptureError(f"{rel}: cannot read npz ({type(err).__name__}: {err})") from None
     out = {}

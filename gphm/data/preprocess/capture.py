@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gphm.data.importers.nersemble import CaptureError
+from gphm.io.npz import load_npz
 
 __all__ = ["Camera", "CaptureLayout", "View", "scan_capture"]
 
@@ -119,8 +120,7 @@ def _read_cameras(src: Path, offset: float) -> dict[str, Camera]:
     for p in files:
         where = f"cameras/{p.name}"
         try:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
+            data = load_npz(p)  # sizes checked before anything is inflated
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise CaptureError(f"{where}: cannot read npz ({type(err).__name__}: {err})") from None
         missing = {"intrinsic", "extrinsic"} - set(data)
