@@ -158,3 +158,14 @@ def test_face_alignment_needs_both_cached_weights(offline_hub, tmp_path, monkeyp
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
     with pytest.raises(detectors.BackendUnavailableError, match=r"\['s3fd'\] not found"):
         detectors.FaceAlignmentDetector()
+
+
+def test_face_alignment_not_installed_says_the_pinned_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "face_alignment" else real(n, *a)
+    )
+    with pytest.raises(detectors.BackendUnavailableError, match="--no-deps face-alignment==1.5.0"):
+        detectors.FaceAlignmentDetector()

@@ -484,8 +484,9 @@ class FaceAlignmentDetector:
     def __init__(self, device: str = "cpu"):
         if importlib.util.find_spec("face_alignment") is None:
             raise BackendUnavailableError(
-                "the face_alignment backend is not installed (pip install face-alignment), "
-                "and its weights must already be in the torch hub cache"
+                "the face_alignment backend is not installed (pip install numba && pip install "
+                "--no-deps face-alignment==1.5.0), and its weights must already be in the torch "
+                "hub cache (README: FAN landmarks)"
             )
         ckpt = _torch_hub_checkpoints()
         files = [p.name for p in ckpt.glob("*")] if ckpt.is_dir() else []
