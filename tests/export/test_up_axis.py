@@ -64,3 +64,18 @@ def test_minus_y_export_turns_plys_and_basis_consistently(run, tmp_path):
 def test_export_config_refuses_an_unknown_up():
     with pytest.raises(ValueError, match=r"up: expected one of \['\+y', '-y'\], got 'down'"):
         ExportConfig(checkpoint="r", subject="a", out="o", up="down")
+
+
+def test_export_cli_up_option(tiny_export_run, tmp_path, capsys):
+    from gphm.cli.export import cli
+
+    out = tmp_path / "cli"
+    assert cli([f"checkpoint={tiny_export_run}", "subject=a", f"out={out}", "up=-y",
+                "fidelity=false"]) == 0  # fmt: skip
+    assert json.loads((out / "export_report.json").read_text())["up"] == "-y"
+    assert json.loads((out / "blendshapes.json").read_text())["conventions"]["up"] == "-y"
+    capsys.readouterr()
+    assert cli([f"checkpoint={tiny_export_run}", "subject=a", f"out={tmp_path / 'x'}",
+                "up=z"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "up: expected one of ['+y', '-y'], got 'z'" in err
