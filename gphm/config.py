@@ -220,8 +220,13 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], active: set[int]) -> 
     return memo[key]
 
 
+_MAX_GROUP_DEPTH = 3
+"""Nesting of config groups searched for hostile YAML (``model/sub/x.yaml`` is depth 2)."""
+
+
 def _check_user_yaml(dirs: Sequence[Path]) -> None:
-    """:func:`check_yaml_aliases` on every YAML file under the user's config folders
+    """:func:`check_yaml_aliases` on every YAML file hydra may load from the user's config
+    folders: the root configs and config groups down to :data:`_MAX_GROUP_DEPTH` levels
     (symlinked sub-folders followed once each, so a symlink loop ends)."""
     for folder in dirs:
         if folder == SHIPPED_CONFIGS:
@@ -229,7 +234,8 @@ def _check_user_yaml(dirs: Sequence[Path]) -> None:
         seen: set[str] = set()
         for here, subdirs, files in os.walk(folder, followlinks=True):
             real = os.path.realpath(here)
-            if real in seen:
+            depth = len(Path(here).relative_to(folder).parts)
+            if real in seen or depth > _MAX_GROUP_DEPTH:
                 subdirs.clear()
                 continue
             seen.add(real)
