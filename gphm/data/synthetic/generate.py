@@ -226,18 +226,22 @@ def _mixture_frames(
     """``{(subject, m): params}`` of the mixture frames and the labels extended with
     :data:`MIX_LABEL` when a mixture is not exactly a label's expression.
 
-    A subject's mixtures never use its ``untrained`` (held-out or validation) labels:
-    mixture frames are trained, and would leak those pairs' expressions into training.
+    A subject's mixtures never move a field of its ``untrained`` (held-out or validation)
+    labels' expressions (e.g. no smile_l in a mixture when ``smile`` is held out): mixture
+    frames are trained, and would leak those pairs' expressions into training.
     """
     intensity = (cfg.mixture_min_intensity, cfg.mixture_max_intensity)
     mixtures = {}
     for s in range(cfg.num_identities):
-        basis = [n for n in mixture_basis(labels) if (s, labels.index(n)) not in untrained]
+        held = [labels[e] for t, e in untrained if t == s]
+        used = {f for n in held for f, v in EXPRESSIONS[n].to_dict().items() if v}
+        basis = [n for n in mixture_basis(labels)
+                 if not used & {f for f, v in EXPRESSIONS[n].to_dict().items() if v}]  # fmt: skip
         if not basis and cfg.mixtures_per_subject:
             raise ValueError(
-                f"mixtures_per_subject: subject {s} has no expression left to mix (all of "
-                f"{mixture_basis(labels)} are held out or validation pairs); raise "
-                "num_expressions or lower heldout/val_combos_per_subject"
+                f"mixtures_per_subject: subject {s} has no expression left to mix (each of "
+                f"{mixture_basis(labels)} moves a field of its held-out or validation "
+                "labels); raise num_expressions or lower heldout/val_combos_per_subject"
             )
         for m in range(cfg.mixtures_per_subject):
             rng = np.random.default_rng([cfg.seed, _STREAM_MIXTURE, s, m])
