@@ -30,8 +30,8 @@ from torch import Tensor
 
 from gphm.geometry.cameras import intrinsics, orbit_cameras, rescale_K
 
-__all__ = ["DEFAULT_DISTANCE", "ViewRig", "check_size", "lr_intrinsics", "orbit_rig",
-           "orbit_view", "orbit_views", "orbit_yaws"]  # fmt: skip
+__all__ = ["DEFAULT_DISTANCE", "DEFAULT_ELEVATION", "ViewRig", "check_orbit", "check_size",
+           "lr_intrinsics", "orbit_rig", "orbit_view", "orbit_views", "orbit_yaws"]  # fmt: skip
 
 DEFAULT_DISTANCE = 3.0
 """Orbit radius (canonical units) of the default cameras."""
