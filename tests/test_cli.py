@@ -55,3 +55,18 @@ def test_run_cli_exit_codes_and_summary(capsys, tmp_path):
     assert "missing required option out" in capsys.readouterr().err
     write_report(tmp_path / "r.json", {"b": 1, "a": [1, 2]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": [1, 2], "b": 1}
+
+
+def test_gphm_cli_reexports_the_plumbing_it_no_longer_owns():
+    """Scripts written against gphm.cli keep working; the package itself imports the
+    plumbing from its homes (tests/test_layering.py)."""
+    import gphm.cli as cli
+    import gphm.config
+    import gphm.errors
+    import gphm.io.jsonfile
+
+    for name in ("compose_config", "parse_config", "register_config", "config_dirs",
+                 "SHIPPED_CONFIGS", "CONFIG_PATH_ENV"):  # fmt: skip
+        assert getattr(cli, name) is getattr(gphm.config, name), name
+    assert cli.UserError is gphm.errors.UserError
+    assert cli.write_report is gphm.io.jsonfile.write_report
