@@ -206,3 +206,57 @@ def test_disk_full_during_the_fit_outputs_is_one_line(tmp_path, monkeypatch, cap
     assert status == 2 and "Traceback" not in err
     assert f"error: disk full while writing {out}; free some space and run again" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_head_dataset, tmp_path_factory):
+    """A run trained a few steps: enough for a real fit to write real outputs."""
+    from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
+    from tests.training.test_train import _cfg
+
+    run = tmp_path_factory.mktemp("fitout") / "run"
+    cfg = _cfg(tiny_head_dataset, run, "stage=all", "train.guidance_steps=2",
+               "train.gaussian_steps=2", "train.batch_size=2")  # fmt: skip
+    g = GuidanceTrainer(cfg)
+    g.train()
+    GaussianTrainer(cfg, guidance=g.acc.unwrap_model(g.model)).train()
+    return run
+
+
+def test_a_real_fit_replaces_its_earlier_fit_and_nothing_else(tiny_run, tiny_head_dataset,
+                                                              tmp_path):  # fmt: skip
+    import numpy as np
+    from PIL import Image
+
+    from gphm.data.loaders import HeadDataset
+    from gphm.geometry.cameras import project_points
+
+    item = HeadDataset(tiny_head_dataset, split="train", lr_size=16)[3]
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    Image.fromarray((item.image.numpy() * 255).round().astype(np.uint8)).save(photo)
+    uv, _ = project_points(item.landmarks_3d, item.viewmat, item.K)
+    rows = "\n".join(f"{u:.3f} {v:.3f}" for u, v in uv.tolist())
+    pts = tmp_path / "in" / "photo.pts"
+    pts.write_text(f"version: 1\nn_points: {len(uv)}\n{{\n{rows}\n}}\n")
+    out = tmp_path / "fit"
+
+    def fit(**kw):
+        return fit_cli.main(FitImageConfig(
+            checkpoint=str(tiny_run), image=str(photo), landmarks=str(pts), out=str(out),
+            views=1, frames=2, size=32, device="cpu",
+            fit=fit_cli.FitConfig(phase1_steps=2, phase2_steps=1), **kw))  # fmt: skip
+
+    first = fit()
+    assert is_fit_dir(out) and sorted(p.name for p in out.iterdir()) == sorted(FIT_OUTPUTS)
+    assert Avatar.load(out / "avatar").image_size == first["aligned_size"]
+    with pytest.raises(UserError, match="pass overwrite=true"):
+        fit()
+    (out / "report.json").write_text(json.dumps({"earlier": True}))
+    fit(overwrite=True)
+    assert "earlier" not in json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "in"]  # no temporaries
+    (out / "notes.txt").write_text("mine")  # now a folder with a file of the user's
+    with pytest.raises(UserError, match="is not an earlier fit"):
+        fit(overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
