@@ -54,8 +54,9 @@ def _known() -> str:
 def detect_layout(src: str | Path) -> str:
     """The name of the one importer whose ``detect`` recognises the folder ``src``.
 
-    :class:`CaptureError` (the caller names ``src``) when ``src`` is not a folder, when no layout matches (listing the
-    known layouts and their signature files) or when several do (say ``layout=NAME``).
+    :class:`CaptureError` (the caller names ``src``) when ``src`` is not a folder, when no
+    layout matches (listing the known layouts and their signature files) or when several
+    do (say ``layout=NAME``).
     """
     src = Path(src)
     if not src.is_dir():
