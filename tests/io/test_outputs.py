@@ -47,7 +47,10 @@ def test_non_empty_out_is_refused_unless_overwrite(used_out, monkeypatch, capsys
             "(files with the same names are replaced)"
         ), module.__name__
         cfg.overwrite = True  # now the checkpoint is what fails
-        if module.__name__ != "gphm.cli.edit":
+        if module.__name__ == "gphm.cli.fit":  # replaces out whole: only an earlier fit
+            with pytest.raises(UserError, match="is not an earlier fit"):
+                module.main(cfg)
+        elif module.__name__ != "gphm.cli.edit":
             with pytest.raises(UserError, match="no-such-run"):
                 module.main(cfg)
     assert (used_out / "mine.txt").read_text() == "user data"
