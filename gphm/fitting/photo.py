@@ -40,6 +40,8 @@ def image_report(
       (``landmark_error_px_aligned``: in pixels of the aligned crop);
     * ``psnr_input`` (the whole aligned crop, background white), ``psnr_input_masked``
       and ``ssim_input`` (inside the photo's head mask, in the aligned crop);
+    * ``coverage``: the fraction of the head mask that the fitted render covers
+      (:func:`~gphm.inversion.guard.coverage`; a collapsed fit is near 0 and refused);
     * ``faces_found`` / ``face``: how many faces the detector found and which was fitted
       (None with given landmarks);
     * with ``landmarks_gt`` (an iBUG ``.pts`` of the input photo): ``nme_fitted`` and
@@ -56,9 +58,10 @@ def image_report(
         "mask_source": prepared.mask_source,
         "landmark_error_px": round(fit.landmark_error_px * scale, 3),
         "landmark_error_px_aligned": round(fit.landmark_error_px, 3),
-        "psnr_input": round(fit.psnr, 3),
+        "psnr_input": _finite(fit.psnr, 3),
         "psnr_input_masked": _finite(fit.psnr_masked, 3),
         "ssim_input": _finite(fit.ssim_masked, 4),
+        "coverage": _finite(fit.coverage, 4),
         "fitted_landmarks": np.round(fitted, 2).tolist(),
         "detected_landmarks": np.round(detected, 2).tolist(),
     }

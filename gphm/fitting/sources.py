@@ -21,13 +21,17 @@ import torch
 from torch import Tensor
 
 from gphm.data.preprocess.single_image import PreparedImage, prepare_image
+from gphm.errors import UserError
 from gphm.fitting.avatar import Avatar, is_avatar_dir
 from gphm.fitting.fit import FitConfig, FitResult, FitTarget, TrainedRows, fit_images
 from gphm.models.runs import TrainedRun
 
-__all__ = ["Source", "resolve_source", "fit_photo", "fit_photos", "IMAGE_SUFFIXES"]
+__all__ = ["Source", "resolve_source", "fit_photo", "fit_photos", "IMAGE_SUFFIXES",
+           "check_landmarks_in_image"]  # fmt: skip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_INSIDE = 0.5
+"""The fraction of given landmarks that must lie inside their image."""
 
 
 @dataclass
@@ -90,10 +94,30 @@ def fit_photos(
         )  # fmt: skip
         for image, lmk in zip(images, landmarks)
     ]
+    for p, lmk in zip(prepared, landmarks):
+        if lmk is not None:
+            check_landmarks_in_image(p, lmk)
     targets = [FitTarget.from_prepared(p) for p in prepared]
     result = fit_images(run.model, targets, config, str(run.path), progress=progress,
                         rows=TrainedRows.of_run(run))  # fmt: skip
     return prepared, result
+
+
+def check_landmarks_in_image(prepared: PreparedImage, landmarks: Any) -> None:
+    """Refuse given landmarks of which fewer than :data:`MIN_INSIDE` lie inside their
+    image: they belong to another image (or another crop of it), and fitting them would
+    fit a blank crop. ``UserError`` naming the landmark file (or ``landmarks``)."""
+    H, W = prepared.input_size
+    pts = prepared.map_to_input(prepared.landmarks)  # [68, 2] input pixels
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= W) & (pts[:, 1] >= 0) & (pts[:, 1] <= H)
+    if inside.mean() < MIN_INSIDE:
+        where = str(landmarks) if isinstance(landmarks, (str, Path)) else "landmarks"
+        image = prepared.source or "the image"
+        raise UserError(
+            f"{where}: {int((~inside).sum())} of {len(pts)} landmarks lie outside the "
+            f"{W}x{H} image {image}; expected the landmarks of this image (iBUG .pts, "
+            "pixels of the image)"
+        )
 
 
 def _from_avatar(run: TrainedRun, avatar: Avatar, label: str, kind: str, image=None) -> Source:

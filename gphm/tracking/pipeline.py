@@ -89,6 +89,9 @@ def track_video(
                             overwrite=overwrite)  # fmt: skip
     report["out"] = str(out)
     report["checkpoint"] = str(run.path)
+    # How much of each frame's head mask the tracked render covers (None: not rendered).
+    report["coverage_per_frame"] = tracking.info.get("coverage")
+    report["low_coverage_frames"] = tracking.info.get("low_coverage_frames", [])
     return report
 
 

@@ -24,23 +24,9 @@ from gphm.evaluation.fit import (
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, fit_image, fit_images, render_avatar
 from gphm.geometry.cameras import invert_viewmat, project_points
-from gphm.models.runs import load_run
-from gphm.training.trainer import GaussianTrainer, GuidanceTrainer
-from tests.training.test_train import ROOT, _cfg, _env
+from tests.training.test_train import ROOT, _env
 
 FAST_FIT = FitConfig(phase1_steps=60, phase2_steps=20)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_head_dataset, tmp_path_factory):
-    run = tmp_path_factory.mktemp("fit") / "run"
-    extra = ["stage=all", "train.guidance_steps=40", "train.gaussian_steps=40",
-             "train.batch_size=2", "train.code_lr=2e-2", "train.gaussian_code_lr=1e-2"]  # fmt: skip
-    cfg = _cfg(tiny_head_dataset, run, *extra)
-    g = GuidanceTrainer(cfg)
-    g.train()
-    GaussianTrainer(cfg, guidance=g.acc.unwrap_model(g.model)).train()
-    return load_run(run)
 
 
 def _frame_items(ds, subject, frame):

@@ -23,6 +23,7 @@ from gphm.fitting.sources import resolve_source
 from gphm.geometry import intrinsics, look_at
 from gphm.geometry.cameras import project_points
 from gphm.geometry.rotations import axis_angle_to_matrix
+from gphm.inversion import NonFiniteError
 from gphm.models.runs import load_run
 from gphm.tracking.inputs import frames_from_dataset, frames_from_video
 from gphm.tracking.outputs import reenact
@@ -136,6 +137,20 @@ def test_tracking_fits_the_identity_on_the_first_face_frame(run, sequence):
     blank = [TrackFrame(f.image, f.mask, f.K, None) for f in frames]
     with pytest.raises(ValueError, match="no face found in any of the 4 frames"):
         track_frames(run, blank, FAST)
+
+
+def test_a_diverging_tracking_stops_naming_the_option_and_reports_coverage(run):
+    frames, _, avatar = _own_renders(run, num=3)
+    tracking = track_frames(run, frames, TrackConfig(steps=1, landmark_steps=5), avatar=avatar)
+    cov = tracking.info["coverage"]  # the identity frame has none; the model's own renders
+    assert cov[0] is None and all(c > 0.8 for c in cov[1:]), cov  # are covered
+    assert "low_coverage_frames" not in tracking.info
+    # finding #18: track.lr=1e30 wrote NaN into the tracking file with exit status 0
+    with pytest.raises(NonFiniteError, match=r"track landmark steps, step 2/5: .*learning "
+                       r"rate track\.lr=1e\+30 \(default 0\.1\)"):  # fmt: skip
+        track_frames(run, frames, TrackConfig(steps=1, landmark_steps=5, lr=1e30), avatar=avatar)
+    with pytest.raises(NonFiniteError, match=r"weight track\.landmark=1e\+308"):
+        track_frames(run, frames, TrackConfig(steps=1, landmark=1e308), avatar=avatar)
 
 
 def test_tracking_round_trip_and_damaged_files(run, tmp_path):
