@@ -69,6 +69,7 @@ from gphm.io.atomic import atomic_directory
 
 __all__ = [
     "FEATURES",
+    "MIXED_EXPRESSION",
     "FORMAT_VERSION",
     "META_KEYS",
     "OPTIONAL_FEATURES",
@@ -86,6 +87,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val_view", "val_combo", "heldout_view", "heldout_combo")
+#: ``expression`` of a frame whose expression is a mixture of several basis expressions
+#: (or one at a non-standard intensity): it names no label, so no two such frames are
+#: assumed to share an expression (training groups codes by label, combos swap by label).
+MIXED_EXPRESSION = "mix"
 #: Columns whose values must all be finite (checked on write and again on read).
 NUMERIC_FIELDS = ("K", "viewmat", "head_R", "head_T", "head_scale", "landmarks_3d")
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gphm.data.format import check_replaceable, write_dataset
+from gphm.data.format import MIXED_EXPRESSION, check_replaceable, write_dataset
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.deform import identity_vertices
 from gphm.data.synthetic.head import HeadTemplate, build_template
@@ -88,7 +88,7 @@ _STREAM_IDENTITY, _STREAM_POSE, _STREAM_COMBOS, _STREAM_MIXTURE = 1, 2, 3, 4
 #: collides with a label's (subject, e), whatever the number of labels.
 _MIXTURE_POSE_KEY = 1_000_000
 #: Label of a mixture frame that is not exactly one label's expression.
-MIX_LABEL = "mix"
+MIX_LABEL = MIXED_EXPRESSION
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
 SHEET_TILE = 128  # contact-sheet tiles are at most this many pixels wide
