@@ -124,7 +124,7 @@ class RunLock:
         for _ in range(3):
             try:
                 owner = json.loads(self.path.read_text())
-                if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
+                if isinstance(owner, dict):  # complete (a partial write does not parse)
                     return owner
             except FileNotFoundError:
                 raise
@@ -140,7 +140,9 @@ class RunLock:
             return f"unreadable lock file {age:.0f} s old" if age > 10 else None
         if owner.get("host") != socket.gethostname():
             return None  # cannot look at another machine's processes
-        pid = owner["pid"]
+        pid = owner.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            return f"the lock names no process (pid {pid!r})"
         if not pid_alive(pid):
             return f"process {pid} is not running"
         start = _process_start(pid)
@@ -165,7 +167,7 @@ class RunLock:
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
                 if reason is None:
-                    who = (f"pid {owner['pid']} on {owner.get('host')}, since "
+                    who = (f"pid {owner.get('pid')} on {owner.get('host')}, since "
                            f"{owner.get('started')}") if owner else "an unknown owner"  # fmt: skip
                     raise RunLocked(
                         f"{self.run_dir}: another training run is writing here ({who}); wait "

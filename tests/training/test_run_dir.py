@@ -119,14 +119,20 @@ def test_module_fingerprint_follows_the_weights():
     assert module_fingerprint(a) != module_fingerprint(b)
 
 
-@pytest.mark.parametrize("pid", [10**20, 0, -1])
-def test_lock_holding_an_absurd_pid_is_stale(tmp_path, capsys, pid):
+@pytest.mark.parametrize(
+    "pid, reason",
+    [(10**20, "process 100000000000000000000 is not running"),
+     (0, "process 0 is not running"), (-1, "process -1 is not running"),
+     (1e20, "the lock names no process (pid 1e+20)"),
+     ("7", "the lock names no process (pid '7')")],
+)  # fmt: skip
+def test_lock_holding_an_absurd_pid_is_stale(tmp_path, capsys, pid, reason):
     # issue 28 finding 12: os.kill(10**20, 0) raised OverflowError; 0 and -1 are groups
     (tmp_path / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
                                                 "started": "then"}))  # fmt: skip
     with RunLock(tmp_path):
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
-    assert f"(process {pid} is not running)" in capsys.readouterr().err
+    assert f"({reason})" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
