@@ -47,7 +47,12 @@ from gphm.fitting.avatar import is_avatar_dir
 from gphm.fitting.fit import FitConfig
 from gphm.fitting.photo import image_report, overlay
 from gphm.fitting.sources import fit_photos
-from gphm.io.atomic import atomic_directory, check_output_dir, check_swappable
+from gphm.io.atomic import (
+    ReplaceError,
+    atomic_directory,
+    check_output_dir,
+    check_swappable,
+)
 from gphm.io.images import image_grid, save_png
 from gphm.io.limits import check_render_size
 from gphm.io.video import save_mp4
@@ -127,6 +132,7 @@ def check_fit_out(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> 
     would go with it), or one that cannot be swapped (a mount point, the current
     directory). ``FileExistsError`` / ``NotADirectoryError`` naming ``out=``."""
     check_output_dir(out, overwrite)
+    check_swappable(out)  # even an empty out: it is replaced by the finished one
     if not out.is_dir() or not any(out.iterdir()):
         return
     where = out.resolve()
@@ -142,7 +148,6 @@ def check_fit_out(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> 
             f"{', '.join(FIT_OUTPUTS)}); the fit replaces out as a whole, so it does not "
             "even with overwrite=true: choose a new or empty out"
         )
-    check_swappable(out)
 
 
 def check_fit_size(cfg: FitImageConfig, factor: int) -> None:
@@ -179,7 +184,7 @@ def main(cfg: FitImageConfig) -> dict[str, Any]:
     except NoFaceError as err:
         raise UserError(f"{err} — fitting needs a photo with one visible face") from None
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-            BackendUnavailableError) as err:  # fmt: skip
+            BackendUnavailableError, ReplaceError) as err:  # fmt: skip
         raise UserError(str(err)) from None
     # All outputs are built in a temporary sibling and swapped in at once: a kill leaves
     # the earlier fit or this one, never a mix (the next run sweeps the temporary).

@@ -260,3 +260,13 @@ def test_a_real_fit_replaces_its_earlier_fit_and_nothing_else(tiny_run, tiny_hea
     with pytest.raises(UserError, match="is not an earlier fit"):
         fit(overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_out_that_cannot_be_swapped_is_refused_before_the_fit(tmp_path, monkeypatch):
+    calls = fake_fit(monkeypatch)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(UserError, match=r"cannot replace .*current directory"):
+        fit_cli.main(cfg(tmp_path, Path(".")))
+    assert calls == [] and list(here.iterdir()) == []
