@@ -33,7 +33,7 @@ from gphm.fitting.fit import FitConfig
 from gphm.fitting.sources import resolve_source
 from gphm.io.atomic import check_output_dir
 from gphm.io.images import image_grid, save_png
-from gphm.io.limits import check_render_size
+from gphm.io.limits import check_frames, check_render_size, compute_device
 from gphm.io.video import save_mp4
 from gphm.models.runs import load_run
 from gphm.rendering import orbit_rig
@@ -65,7 +65,14 @@ class EditConfig:
         check_device_option(self.device)
         if self.steps_between < 1 or self.size < 16 or self.fps < 1:
             raise ValueError("steps_between >= 1, size >= 16 and fps >= 1 are required")
-        check_render_size(self.size)
+        # The drive video has at least steps_between frames per drive label (one label
+        # when drive is empty: the target's); six more renders for the two pictures.
+        labels = max(1, len(self.drive))
+        option = f"steps_between={self.steps_between}" + (
+            f" x {labels} drive labels" if labels > 1 else ""
+        )
+        check_frames(self.size, self.steps_between * labels + 6, option,
+                     compute_device(self.device))  # fmt: skip
 
 
 @torch.no_grad()

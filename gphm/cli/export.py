@@ -25,6 +25,7 @@ from omegaconf import MISSING
 from gphm.cli import UserError, run_cli
 from gphm.export import FidelityOptions, export_run
 from gphm.export.axes import DEFAULT_UP, check_up
+from gphm.io.limits import check_frames, compute_device
 from gphm.models.runs import load_run
 
 
@@ -61,6 +62,9 @@ class ExportConfig:
             raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
         if self.fidelity_views < 1 or (self.fidelity_size is not None and self.fidelity_size < 8):
             raise ValueError("fidelity_views must be >= 1 and fidelity_size >= 8")
+        if self.fidelity and self.fidelity_size is not None:  # else the model's size
+            check_frames(self.fidelity_size, self.fidelity_views,
+                         f"fidelity_views={self.fidelity_views}", compute_device())  # fmt: skip
         check_up(self.up)
 
 

@@ -54,7 +54,7 @@ from gphm.io.atomic import (
     check_swappable,
 )
 from gphm.io.images import image_grid, save_png
-from gphm.io.limits import check_render_size
+from gphm.io.limits import check_frames, check_steps, compute_device
 from gphm.io.video import save_mp4
 from gphm.models.runs import load_run
 from gphm.rendering import orbit_rig, render_codes
@@ -102,7 +102,10 @@ class FitImageConfig:
             raise ValueError("views >= 1, frames >= 2, size >= 16 and fps >= 1 are required")
         if self.size % 2:  # the orbit video is H.264: even frame sizes only
             raise ValueError(f"size must be even (the orbit video is H.264), got {self.size}")
-        check_render_size(self.size, max(self.frames, self.views))
+        device, steps = compute_device(self.device), self.fit.phase1_steps + self.fit.phase2_steps
+        check_steps(steps, f"fit.phase1_steps + fit.phase2_steps = {steps}", device)
+        check_frames(self.size, self.frames + self.views, f"frames={self.frames} + views="
+                     f"{self.views}", device)  # fmt: skip
 
 
 FIT_OUTPUTS = ("avatar", "overlay.png", "novel_views.png", "orbit.mp4", "report.json")

@@ -42,7 +42,7 @@ from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_
 from gphm.export import FidelityOptions, export_run
 from gphm.io.atomic import check_output_dir
 from gphm.io.images import save_png
-from gphm.io.limits import check_render_size
+from gphm.io.limits import check_frames, compute_device
 from gphm.io.mesh import save_mesh
 from gphm.io.ply import MAX_SH_DEGREE
 from gphm.io.video import save_mp4
@@ -110,7 +110,7 @@ class RenderConfig:
             raise ValueError(f"num_components must be >= 0, got {self.num_components}")
         if self.sh_degree not in range(MAX_SH_DEGREE + 1):
             raise ValueError(f"sh_degree must be in 0..{MAX_SH_DEGREE}, got {self.sh_degree}")
-        check_render_size(self.size, self.frames)
+        check_frames(self.size, self.frames, f"frames={self.frames}", compute_device(self.device))
 
 
 def _orbit(cfg: RenderConfig) -> Orbit:

@@ -1,4 +1,4 @@
-"""Generate the built-in synthetic multi-identity head dataset (DESIGN.md §5, §6).
+"""Generate the built-in synthetic multi-identity head dataset (docs/architecture.md §7, §8.1).
 
     python scripts/make_synthetic.py out=data/synthetic num_identities=8 \
         num_expressions=8 num_views=9 resolution=128 seed=0
@@ -43,16 +43,10 @@ given set of options (report.json aside: it records the run time).
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning: rendering is many medium-sized torch
-# ops, and on a shared or oversubscribed CPU spinning threads made it ~4x slower.
-# (Must be set before torch is imported.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from gphm.cli import UserError, run_cli
+from gphm.cli import UserError, run_cli  # first: sets OMP_WAIT_POLICY before torch loads
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.generate import generate
 

@@ -32,6 +32,7 @@ from omegaconf import MISSING
 
 from gphm.cli import UserError, check_device_option, cli_device, run_cli, write_report
 from gphm.data.preprocess.detectors import BackendUnavailableError
+from gphm.io import limits
 from gphm.models.runs import load_run
 from gphm.tracking.pipeline import track_video
 from gphm.tracking.track import TrackConfig
@@ -64,6 +65,30 @@ class TrackVideoConfig:
         check_device_option(self.device)
         if self.max_frames < 0 or self.fps < 1:
             raise ValueError("max_frames >= 0 and fps >= 1 are required")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Refuse a frame count or per-frame work over the time budget before the video
+        is read (:mod:`gphm.io.limits`). Per frame: ``track.steps`` renders at
+        ``track.render_size`` (forward and backward, about 3 renders' work) and the
+        landmark steps (~1/10 of a step each); frames: ``max_frames`` (all = unknown
+        here: one frame is counted, the per-frame cost is still bounded). A render size of
+        0 (the frame's) counts as 256 px."""
+        t = self.track
+        size = t.render_size or 256
+        limits.check_image_size(f"track.render_size={size}", size, size, channels=32)
+        frames = max(1, self.max_frames)
+        device = limits.compute_device(self.device)
+        pixels = 3.0 * t.steps * size * size
+        items = t.steps + 0.1 * t.landmark_steps
+        per_frame = limits.work_seconds(pixels=pixels, items=items, device=device)
+        what = (f"track.steps={t.steps}, track.landmark_steps={t.landmark_steps}, "
+                f"track.render_size={size}")  # fmt: skip
+        if self.max_frames:
+            what = f"max_frames={self.max_frames} with {what}"
+        else:
+            what += " per frame"
+        limits.check_seconds(frames * per_frame, what, device)
 
 
 def main(cfg: TrackVideoConfig) -> dict[str, Any]:

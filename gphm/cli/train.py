@@ -52,7 +52,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from gphm.cli import UserError, cli_device, run_cli, write_report
-from gphm.training.config import TrainRunConfig
+from gphm.training.config import TrainRunConfig, check_training_time
 from gphm.training.run_dir import RunDirError, RunLock, RunLocked, exit_on_sigterm, on_main
 from gphm.training.trainer import (
     CheckpointWriteError,
@@ -78,6 +78,10 @@ def _train(cfg: TrainRunConfig, acc: Accelerator) -> dict[str, dict]:
 
 def main(cfg: TrainRunConfig) -> dict:
     acc = Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision)
+    try:
+        check_training_time(cfg, "cuda" if acc.device.type == "cuda" else "cpu")
+    except ValueError as err:  # over the time budget: refused before the run is touched
+        raise UserError(str(err)) from None
     lock = RunLock(cfg.run_dir)
     run = Path(cfg.run_dir)
     try:

@@ -13,6 +13,20 @@ its sizes and compare them with a **budget**:
 Estimates are lower bounds of the real peak (one buffer, not every intermediate), so
 they only refuse what certainly cannot fit; errors are a ``ValueError`` whose one line
 names the option, the estimate and the budget.
+
+**Time budget.** Counts (steps, frames, identities...) cost time rather than memory: a
+typo such as ``frames=100000`` is hours of work, and stopping it leaves partial outputs.
+Every command estimates the work its options ask for before it starts
+(:func:`work_seconds`: optimistic per-pixel / per-grid-cell / per-Gaussian / per-item
+costs, divided by :data:`CUDA_SPEEDUP` on a GPU) and refuses more than
+
+* ``GPHM_TIME_LIMIT`` when set: seconds, or a number with a unit (``90m``, ``12h``,
+  ``2d``), or ``none`` for no limit;
+* otherwise :data:`DEFAULT_TIME_LIMIT` (2 hours) of estimated work.
+
+Both variables are the one override of every command: a user with the memory or the
+time sets them (``GPHM_TIME_LIMIT=none gphm-train ...``). Errors name the option, the
+estimate, the limit and the variable.
 """
 
 from __future__ import annotations
@@ -24,13 +38,24 @@ from typing import Any
 
 __all__ = [
     "ENV_VAR",
+    "TIME_ENV_VAR",
     "MemoryBudgetError",
+    "TimeBudgetError",
     "check_bytes",
+    "check_disk",
+    "check_frames",
+    "check_render_work",
+    "check_steps",
+    "check_seconds",
+    "compute_device",
     "check_image_size",
     "check_model_config",
     "check_render_size",
     "format_bytes",
+    "format_seconds",
     "memory_budget",
+    "time_budget",
+    "work_seconds",
 ]
 
 ENV_VAR = "GPHM_MEMORY_LIMIT"
@@ -187,3 +212,162 @@ def check_render_size(size: int, frames: int = 1, option: str = "size") -> None:
     check_image_size(f"{option}={size}", size, size, channels=32)
     if frames > 1:
         check_image_size(f"{option}={size} with frames={frames}", size, size, 3, batch=frames)
+
+
+# ----------------------------------------------------------------------------- time
+
+TIME_ENV_VAR = "GPHM_TIME_LIMIT"
+#: Estimated seconds of work a command may start without ``GPHM_TIME_LIMIT``.
+DEFAULT_TIME_LIMIT = 2 * 3600.0
+_TIME_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+# Optimistic CPU costs (seconds), about half of what the tiny model takes on one core of
+# a 2-core machine, so that an estimate is a lower bound of the real time: one rendered
+# output pixel (Gaussians, features, upsampler; forward and backward when training), one
+# DMTet grid cell's SDF evaluation, one Gaussian's decoding and splatting, and the fixed
+# cost of one step or frame (Python, small ops, writing it).
+SECONDS_PER_PIXEL = 1.5e-6
+SECONDS_PER_TET_CELL = 1e-6
+SECONDS_PER_GAUSSIAN = 1e-6
+SECONDS_PER_ITEM = 5e-3
+#: How much faster a CUDA device is assumed to be (optimistic too).
+CUDA_SPEEDUP = 30.0
+
+
+class TimeBudgetError(ValueError):
+    """Options asking for more estimated work than the time budget (module docstring)."""
+
+
+def format_seconds(s: float) -> str:
+    """``45 s``, ``12.5 min``, ``3.2 h`` or ``4.1 days``."""
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    if s < 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def time_budget() -> float | None:
+    """Seconds of estimated work one command may start; None = no limit (module
+    docstring). ``ValueError`` naming the variable for a value that does not parse."""
+    env = os.environ.get(TIME_ENV_VAR, "").strip().lower()
+    if not env:
+        return DEFAULT_TIME_LIMIT
+    if env in ("none", "off", "inf", "unlimited"):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d)?", env)
+    if not m:
+        raise ValueError(
+            f"{TIME_ENV_VAR}={env!r}: expected seconds, a duration like 90m, 12h, 2d, or none"
+        )
+    return float(m[1]) * _TIME_UNITS[m[2] or ""]
+
+
+def compute_device(device: str = "auto") -> str:
+    """``"cuda"`` or ``"cpu"``: where a command's ``device=`` option will run the work
+    (``auto``: CUDA when available), for the time estimates."""
+    d = str(device).strip().lower()
+    if d == "cpu":
+        return "cpu"
+    import torch  # only to ask for CUDA; every command has torch loaded by now
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def work_seconds(
+    pixels: float = 0.0,
+    cells: float = 0.0,
+    gaussians: float = 0.0,
+    items: float = 0.0,
+    device: str = "cpu",
+) -> float:
+    """Optimistic seconds of work: ``pixels`` rendered output pixels, ``cells`` DMTet grid
+    cell evaluations, ``gaussians`` Gaussian decodings, ``items`` steps or frames (their
+    fixed cost), on ``device`` (``"cpu"`` or ``"cuda"``, see :func:`compute_device`)."""
+    cpu = (
+        pixels * SECONDS_PER_PIXEL
+        + cells * SECONDS_PER_TET_CELL
+        + gaussians * SECONDS_PER_GAUSSIAN
+        + items * SECONDS_PER_ITEM
+    )
+    return cpu / CUDA_SPEEDUP if device == "cuda" else cpu
+
+
+def check_seconds(need: float, what: str, device: str = "cpu") -> None:
+    """Raise :class:`TimeBudgetError` ``"WHAT would take about 3.2 h of work on the CPU;
+    the limit is 2.0 h (set GPHM_TIME_LIMIT=...)"`` when ``need`` seconds exceed the
+    budget. ``what`` names the options (``"frames=100000 at size=256"``)."""
+    budget = time_budget()
+    if budget is None or need <= budget:
+        return
+    where = "a GPU" if device == "cuda" else "the CPU"
+    raise TimeBudgetError(
+        f"{what} would take about {format_seconds(need)} of work on {where} (estimated); "
+        f"the limit is {format_seconds(budget)} (set {TIME_ENV_VAR}, e.g. "
+        f"{TIME_ENV_VAR}=48h or {TIME_ENV_VAR}=none, to allow it)"
+    )
+
+
+def check_render_work(
+    size: int, frames: int, option: str, device: str = "cpu", height: int | None = None
+) -> None:
+    """Refuse ``frames`` renders of ``size``² (or ``height`` × ``size``) pixels that would
+    take longer than the time budget; ``option`` names them (``"frames=100000"``)."""
+    pixels = float(size) * float(height or size)
+    need = work_seconds(pixels=pixels * frames, items=frames, device=device)
+    check_seconds(need, f"{option} ({frames} renders)", device)
+
+
+def check_frames(size: int, frames: int, option: str, device: str = "cpu") -> None:
+    """Refuse ``frames`` renders at ``size``² kept for a video or strip whose memory
+    (:func:`check_render_size`) or time (:func:`check_render_work`) is over budget;
+    ``option`` names the count (``"frames=100000"``, ``"steps_between=500 x 12 labels"``)."""
+    check_image_size(f"size={size}", size, size, channels=32)
+    if frames > 1:
+        check_image_size(f"{option} at size={size}", size, size, 3, batch=frames)
+    check_render_work(size, frames, f"{option} at size={size}", device)
+
+
+#: Side (px) an optimisation step is assumed to render at when the size is not known
+#: before the model is loaded (fitting renders at the model's output size).
+STEP_RENDER_SIZE = 256
+
+
+def check_steps(steps: int, option: str, device: str = "cpu", size: int = STEP_RENDER_SIZE) -> None:
+    """Refuse ``steps`` optimisation steps (each a forward and backward render at
+    ``size``², about 3 renders' work) over the time budget; ``option`` names them."""
+    need = work_seconds(pixels=3.0 * steps * size * size, items=steps, device=device)
+    check_seconds(need, option, device)
+
+
+# ----------------------------------------------------------------------------- disk
+
+
+def _free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem that would hold ``path`` (its first existing parent)."""
+    import shutil
+    from pathlib import Path
+
+    p = Path(path).expanduser().absolute()
+    for candidate in (p, *p.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def check_disk(need: float, what: str, path: str | os.PathLike) -> None:
+    """Raise :class:`MemoryBudgetError` ``"WHAT would need about N GB on disk; F GB are
+    free at PATH"`` when the estimate ``need`` (bytes, a lower bound) exceeds the free
+    space of the filesystem that holds ``path``. Disk cannot be overridden: free space or
+    choose another ``out``."""
+    free = _free_bytes(path)
+    if free is not None and need > free:
+        raise MemoryBudgetError(
+            f"{what} would need about {format_bytes(need)} on disk; {format_bytes(free)} "
+            f"are free at {path}"
+        )

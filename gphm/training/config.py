@@ -258,32 +258,44 @@ class TrainRunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {'|'.join(STAGES)}, got {self.stage!r}")
-        check_training_budget(self)
+        check_training_memory(self)
 
 
-def check_training_budget(cfg: TrainRunConfig) -> None:
-    """Refuse sizes and step counts that cannot fit in memory or would take longer than
-    the time budget (:mod:`gphm.io.limits`; ``GPHM_MEMORY_LIMIT`` / ``GPHM_TIME_LIMIT``
-    override), before any data is read or model built.
-
-    Memory: the model's sizes (tet grid, Gaussians, MLP widths, images) plus one batch of
-    32-channel feature images at the hr size. Time: per stage, steps × (batch × hr²
-    rendered pixels + the stage's grid cells or Gaussians); stage 1 also pre-fits the SDF
-    (``train.sdf_prefit_steps`` grid evaluations). ``num_points=0`` (one Gaussian per mesh
-    vertex, unknown before stage 1) counts no Gaussians.
-    """
+def check_training_memory(cfg: TrainRunConfig) -> None:
+    """Refuse sizes that cannot fit in the memory budget (:mod:`gphm.io.limits`;
+    ``GPHM_MEMORY_LIMIT`` overrides) when the config is validated, before any data is
+    read or model built: the model's sizes (tet grid, Gaussians, MLP widths, images) plus
+    one batch of 32-channel feature images at the hr size."""
     model, train = cfg.model, cfg.train
     hr, batch = model.hr_size, train.batch_size
     terms = limits.model_memory_terms({"model": dataclasses.asdict(model)})
     batch_bytes = float(hr) * hr * 32 * 4 * batch
-    terms.append((f"train.batch_size={batch} at {hr} px", batch_bytes))
+    terms.append((_batch_text(cfg), batch_bytes))
     total = sum(b for _, b in terms)
     name, biggest = max(terms, key=lambda t: t[1])
     limits.check_bytes(total, name + ("" if biggest == total else " (with the other sizes)"))
 
-    device = "cpu" if train.cpu else limits.compute_device("auto")
+
+def _batch_text(cfg: TrainRunConfig) -> str:
+    lr, hr = cfg.model.lr_size, cfg.model.hr_size
+    return f"train.batch_size={cfg.train.batch_size} at model.lr_size={lr} ({hr} px)"
+
+
+def check_training_time(cfg: TrainRunConfig, device: str) -> None:
+    """Refuse step counts and sizes whose estimated work exceeds the time budget
+    (:mod:`gphm.io.limits`; ``GPHM_TIME_LIMIT`` overrides). The train command calls it
+    once accelerate has chosen the ``device`` (``"cpu"`` or ``"cuda"``), before the run
+    directory is locked: a config is valid anywhere, ``model=paper`` is only slow on a
+    CPU.
+
+    Per stage: steps × (batch × hr² rendered pixels + the stage's grid cells or
+    Gaussians); stage 1 also pre-fits the SDF (``train.sdf_prefit_steps`` grid
+    evaluations). ``num_points=0`` (one Gaussian per mesh vertex, unknown before stage
+    1) counts no Gaussians. The steps of a resumed run are counted in full.
+    """
+    model, train = cfg.model, cfg.train
     cells = float(model.guidance.tet_resolution) ** 3
-    pixels = float(batch) * hr * hr
+    pixels = float(train.batch_size) * model.hr_size**2
     work, named = 0.0, []
     if cfg.stage in ("guidance", "all"):
         steps = train.guidance_steps
@@ -293,11 +305,20 @@ def check_training_budget(cfg: TrainRunConfig) -> None:
         named.append(f"model.guidance.tet_resolution={model.guidance.tet_resolution}")
     if cfg.stage in ("gaussian", "all"):
         steps = train.gaussian_steps
-        points = float(batch) * model.gaussian.num_points
+        points = float(train.batch_size) * model.gaussian.num_points
         work += limits.work_seconds(pixels=steps * pixels, gaussians=steps * points,
                                     items=steps, device=device)  # fmt: skip
         named.append(f"train.gaussian_steps={steps}")
         if model.gaussian.num_points:
             named.append(f"model.gaussian.num_points={model.gaussian.num_points}")
-    named.append(f"train.batch_size={batch} at {hr} px")
+    named.append(_batch_text(cfg))
     limits.check_seconds(work, ", ".join(named), device)
+
+
+def check_training_budget(cfg: TrainRunConfig, device: str | None = None) -> None:
+    """Both checks: :func:`check_training_memory` and :func:`check_training_time` on
+    ``device`` (default: the CPU with ``train.cpu``, else CUDA when available)."""
+    check_training_memory(cfg)
+    if device is None:
+        device = "cpu" if cfg.train.cpu else limits.compute_device("auto")
+    check_training_time(cfg, device)

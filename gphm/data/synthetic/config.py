@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 from gphm.data.synthetic.params import EXPRESSION_NAMES
 from gphm.data.synthetic.splits import max_heldout_combos
+from gphm.io import limits
 
 __all__ = ["MakeSyntheticConfig", "MODES", "NEUTRAL_TWIN_CHOICES"]
 
@@ -147,6 +148,7 @@ class MakeSyntheticConfig:
                 f"plus validation pairs per subject are at most {limit}: every such "
                 f"expression must stay in training for another identity), got {val_combos}"
             )
+        self.check_budget()
 
     def _check_expression_options(self) -> None:
         if self.neutral_twins not in NEUTRAL_TWIN_CHOICES:
@@ -172,6 +174,27 @@ class MakeSyntheticConfig:
             )
         if self.mixture_max_active < 1:
             raise ValueError(f"mixture_max_active must be >= 1, got {self.mixture_max_active}")
+
+    def check_budget(self) -> None:
+        """Refuse a dataset whose rendering time, memory or disk is over budget before
+        anything is rendered (:mod:`gphm.io.limits`): images = identities × expressions
+        (or sequence steps) × views, each rendered at ``resolution × supersample`` on the
+        CPU; on disk at least one byte per pixel of each image (compressed PNG)."""
+        per_subject = self.num_frames if self.mode == "sequence" else self.num_expressions
+        count = "num_frames" if self.mode == "sequence" else "num_expressions"
+        if self.mode == "expressions" and self.mixtures_per_subject:
+            per_subject += self.mixtures_per_subject
+            count = "(num_expressions + mixtures_per_subject)"
+        images = self.num_identities * per_subject * self.num_views
+        side = self.resolution * self.supersample
+        what = (f"num_identities={self.num_identities} x {count}={per_subject} x num_views="
+                f"{self.num_views} ({images} images at resolution={self.resolution}")  # fmt: skip
+        limits.check_image_size(f"resolution={self.resolution} x supersample="
+                                f"{self.supersample}", side, side, channels=4)  # fmt: skip
+        seconds = limits.work_seconds(pixels=float(images) * side * side, items=images)
+        limits.check_seconds(seconds, what + f", supersample={self.supersample})")
+        disk = float(images) * self.resolution * self.resolution
+        limits.check_disk(disk, what + ")", self.out)
 
     def resolved_heldout_views(self) -> int:
         if self.heldout_views is not None:
