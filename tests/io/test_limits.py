@@ -53,3 +53,69 @@ def test_model_config_terms(monkeypatch):
         check_model_config(default, "m/config.json")
     with pytest.raises(MemoryBudgetError, match=r"extra.hr_size=100000 would need"):
         check_model_config({"extra": {"hr_size": 100000}}, "m/config.json")
+
+
+def test_time_budget_from_env(monkeypatch):
+    monkeypatch.delenv("GPHM_TIME_LIMIT", raising=False)
+    assert limits.time_budget() == 2 * 3600
+    for text, seconds in [("90", 90), ("90s", 90), ("30m", 1800), ("30min", 1800),
+                          ("1.5h", 5400), ("2d", 172800), ("12 H", 43200)]:  # fmt: skip
+        monkeypatch.setenv("GPHM_TIME_LIMIT", text)
+        assert limits.time_budget() == seconds, text
+    for text in ("none", "off", "inf", "None"):
+        monkeypatch.setenv("GPHM_TIME_LIMIT", text)
+        assert limits.time_budget() is None
+    monkeypatch.setenv("GPHM_TIME_LIMIT", "soon")
+    with pytest.raises(ValueError, match="GPHM_TIME_LIMIT='soon': expected seconds"):
+        limits.time_budget()
+
+
+def test_check_seconds_message_and_override(monkeypatch):
+    monkeypatch.setenv("GPHM_TIME_LIMIT", "1h")
+    limits.check_seconds(3600, "frames=10")  # exactly the limit: allowed
+    with pytest.raises(limits.TimeBudgetError) as info:
+        limits.check_seconds(3 * 86400, "frames=100000", device="cuda")
+    assert str(info.value) == (
+        "frames=100000 would take about 3.0 days of work on a GPU (estimated); the limit is "
+        "1.0 h (set GPHM_TIME_LIMIT, e.g. GPHM_TIME_LIMIT=48h or GPHM_TIME_LIMIT=none, to "
+        "allow it)"
+    )
+    monkeypatch.setenv("GPHM_TIME_LIMIT", "none")
+    limits.check_seconds(1e12, "frames=1e12")
+    assert [limits.format_seconds(s) for s in (5, 90, 7200, 172800)] == [
+        "5 s", "1.5 min", "2.0 h", "2.0 days"
+    ]  # fmt: skip
+
+
+def test_work_estimates_grow_with_every_size_and_are_faster_on_cuda():
+    base = limits.work_seconds(pixels=1e6, cells=1e5, gaussians=1e5, items=10)
+    expected = (1e6 * limits.SECONDS_PER_PIXEL + 1e5 * limits.SECONDS_PER_TET_CELL
+                + 1e5 * limits.SECONDS_PER_GAUSSIAN + 10 * limits.SECONDS_PER_ITEM)  # fmt: skip
+    assert base == pytest.approx(expected)
+    for key in ("pixels", "cells", "gaussians", "items"):
+        more = dict(pixels=1e6, cells=1e5, gaussians=1e5, items=10)
+        more[key] *= 2
+        assert limits.work_seconds(**more) > base, key
+    cuda = limits.work_seconds(pixels=1e6, cells=1e5, gaussians=1e5, items=10, device="cuda")
+    assert cuda == pytest.approx(base / limits.CUDA_SPEEDUP)
+    assert limits.compute_device("cpu") == "cpu"
+
+
+def test_check_frames_memory_then_time(monkeypatch):
+    monkeypatch.setenv("GPHM_TIME_LIMIT", "1h")
+    monkeypatch.setenv("GPHM_MEMORY_LIMIT", "1G")
+    limits.check_frames(256, 48, "frames=48")
+    with pytest.raises(MemoryBudgetError, match=r"^frames=10000 at size=256 \(10000 3-channel"):
+        limits.check_frames(256, 10000, "frames=10000")
+    monkeypatch.setenv("GPHM_MEMORY_LIMIT", "1T")
+    with pytest.raises(limits.TimeBudgetError, match=r"^frames=100000 at size=256 \(100000 "
+                       r"renders\) would take about 2\.\d h of work on the CPU"):  # fmt: skip
+        limits.check_frames(256, 100000, "frames=100000")
+
+
+def test_check_disk(tmp_path, monkeypatch):
+    limits.check_disk(1024, "a small dataset", tmp_path / "new" / "deeper")  # parents exist
+    monkeypatch.setattr(limits, "_free_bytes", lambda path: 2 << 30)
+    with pytest.raises(MemoryBudgetError, match=r"^big would need about 3\.0 GB on disk; "
+                       r"2\.0 GB are free at "):  # fmt: skip
+        limits.check_disk(3 << 30, "big", tmp_path)
