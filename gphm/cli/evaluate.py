@@ -1,7 +1,8 @@
 """Evaluate a trained run on a dataset split (docs/architecture.md §3.4, §8.1).
 
     python scripts/evaluate.py run_dir=RUN data.path=DIR \
-        split=val_view|val_combo|heldout_view|heldout_combo|fit|reenact|expression_gain
+        split=val_view|val_combo|heldout_view|heldout_combo|fit|reenact|expression_gain|
+              expression|expression_probe
 
 * ``val_view`` / ``heldout_view``: training frames from cameras never used in training.
 * ``val_combo`` / ``heldout_combo``: (subject, expression) pairs never trained, rendered by
@@ -26,6 +27,15 @@
   own codes and with its subject's ``neutral`` frame's expression code; ``gain_db``
   (pooled over the non-neutral rows) and ``per_label``: what the model's expression codes
   buy on the frames they were trained on, an upper bound for ``reenact``'s gains.
+* ``expression`` (``expression_rows=train|val_view|heldout_view|val_combo|heldout_combo``;
+  DIR from ``gphm-synth``, which writes the rows' neutral twins): each expressive row
+  rendered with its expression code (own, or transferred on ``*_combo`` rows) and with
+  the subject's neutral code, scored on the pixels where the truth's expression changes
+  the image: ``support_gain_db``, ``capture`` and ``landmark_capture`` per region, per
+  label and pooled (gphm.evaluation.expression). Writes ``expression_<rows>.json``.
+* ``expression_probe``: the same metrics for every trained (subject, label) at the
+  canonical head pose and the generator's reference camera, against the generator's
+  renders (needs no twins, only a generated dataset's ``meta.json``).
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -62,6 +72,11 @@ from gphm.evaluation.common import (
     check_trained_dataset,
     write_split_report,
 )
+from gphm.evaluation.expression import (
+    EXPRESSION_SPLITS,
+    evaluate_expression_probe,
+    evaluate_expressions,
+)
 from gphm.evaluation.fit import FIT_INPUTS, evaluate_fit
 from gphm.evaluation.perceptual import lpips_available
 from gphm.evaluation.reenact import evaluate_reenact
@@ -74,11 +89,15 @@ from gphm.training.config import DataConfig
 # ``train`` is what the model was fitted to: not an evaluation split.
 ALL_SPLITS = (
     "val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact", "expression_gain",
+    "expression", "expression_probe",
 )  # fmt: skip
 # The splits that score the model's trained subjects with their trained codes.
-TRAINED_SPLITS = ("val_view", "val_combo", "heldout_view", "heldout_combo", "expression_gain")
+TRAINED_SPLITS = (
+    "val_view", "val_combo", "heldout_view", "heldout_combo", "expression_gain", "expression",
+    "expression_probe",
+)  # fmt: skip
 # Report names (``<name>.json``, ``<name>/``) an ``out=`` folder may already hold.
-REPORT_NAMES = (*ALL_SPLITS, "fit_photo")
+REPORT_NAMES = (*ALL_SPLITS, "fit_photo", *(f"expression_{rows}" for rows in EXPRESSION_SPLITS))
 
 
 @dataclass
@@ -123,7 +142,12 @@ class EvaluateConfig:
     (the model's own training rows with their codes vs the subject's neutral code: what
     its expression codes buy at most; data.path = the training set)."""
     neutral: str = "neutral"
-    """split=expression_gain: the label of each subject's neutral frame."""
+    """split=expression_gain|expression|expression_probe: the label of each subject's
+    neutral frame."""
+    expression_rows: str = "train"
+    """split=expression: the rows scored: train | val_view | heldout_view (each subject's
+    own codes) | val_combo | heldout_combo (codes transferred from another subject's
+    frame with the label)."""
     batch_size: int = 8
     out: str | None = None
     """Report directory (default RUN/eval, the run's own: a split's earlier report there is
@@ -150,6 +174,9 @@ class EvaluateConfig:
             raise ValueError("split=reenact needs driver=SUBJECT (a subject of data.path)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.expression_rows not in EXPRESSION_SPLITS:
+            raise ValueError(f"expression_rows must be one of {'|'.join(EXPRESSION_SPLITS)}, "
+                             f"got {self.expression_rows!r}")  # fmt: skip
 
 
 def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) -> dict[str, Any]:
@@ -171,6 +198,18 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
             batch_size=cfg.batch_size, device=device, progress=progress,
             train_frames=run.extra.get("train_frames"),
         )  # fmt: skip
+    if cfg.split == "expression":
+        return evaluate_expressions(
+            run.model, cfg.data.path, cfg.expression_rows, neutral=cfg.neutral,
+            lr_size=run.extra.get("lr_size"), batch_size=cfg.batch_size, device=device,
+            train_frames=run.extra.get("train_frames"), progress=progress,
+        )  # fmt: skip
+    if cfg.split == "expression_probe":
+        return evaluate_expression_probe(
+            run.model, cfg.data.path, neutral=cfg.neutral, lr_size=run.extra.get("lr_size"),
+            batch_size=cfg.batch_size, device=device,
+            train_frames=run.extra.get("train_frames"),
+        )  # fmt: skip
     return evaluate_model(
         run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
         batch_size=cfg.batch_size, device=device, save_dir=out / cfg.split,
@@ -182,6 +221,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     device = cli_device(cfg.device)
     # One report per split; split=fit's two input modes are two reports.
     name = "fit_photo" if cfg.split == "fit" and cfg.fit.inputs == "photo" else cfg.split
+    if cfg.split == "expression":  # one report per scored row set
+        name = f"expression_{cfg.expression_rows}"
     check_run_unlocked(cfg.run_dir)
     if cfg.out:
         out = check_out_dir(cfg.out, name, REPORT_NAMES, cfg.overwrite)
@@ -199,7 +240,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
     no_lpips = result.get("lpips") is None and "lpips_unavailable" not in result
-    if cfg.split not in ("reenact", "expression_gain") and no_lpips:
+    if cfg.split not in ("reenact", "expression_gain", "expression", "expression_probe") \
+            and no_lpips:
         available, reason = lpips_available()
         if not available:
             result["lpips_unavailable"] = reason
@@ -218,7 +260,25 @@ def _summary(r: dict[str, Any]) -> str:
     return line
 
 
+def _expression_summary(r: dict[str, Any]) -> str:
+    """One line of split=expression|expression_probe: pooled, then each label."""
+    def fmt(v: Any, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    labels = ", ".join(
+        f"{k} {fmt(v.get('support_gain_db'), '+.2f')} dB/{fmt(v.get('capture'), '.2f')}"
+        for k, v in r["per_label"].items()
+    )
+    pooled = r["all"] or {}
+    return (f"evaluate {r['split']} ({r.get('codes', 'own')} codes vs the neutral code, on "
+            f"the truth's expression support): support gain "
+            f"{fmt(pooled.get('support_gain_db'), '+.2f')} dB, capture "
+            f"{fmt(pooled.get('capture'), '.2f')} ({labels})")  # fmt: skip
+
+
 def _summary_line(r: dict[str, Any]) -> str:
+    if str(r["split"]).startswith("expression:"):
+        return _expression_summary(r)
     if r["split"] == "reenact":
         return (
             f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "

@@ -1,0 +1,72 @@
+"""gphm-evaluate split=expression / split=expression_probe on a trained tiny run."""
+
+import json
+import math
+
+import pytest
+
+from tests.training.conftest import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A two-step stage-1 run on a generated set with neutral twins and mixtures."""
+    from gphm.config import parse_config
+    from gphm.data.synthetic import MakeSyntheticConfig
+    from gphm.data.synthetic.generate import generate
+    from gphm.training.config import TrainRunConfig
+    from gphm.training.trainer import GuidanceTrainer
+
+    root = tmp_path_factory.mktemp("expr_cli")
+    data = root / "ds"
+    generate(MakeSyntheticConfig(
+        out=str(data), num_identities=3, num_expressions=4, num_views=3, resolution=32,
+        supersample=1, mesh_frequency=12, heldout_views=1, val_views=0, mixtures_per_subject=1,
+    ), progress=False)  # fmt: skip
+    run = root / "run"
+    cfg = parse_config(TrainRunConfig, [
+        f"data.path={data}", f"run_dir={run}", "stage=guidance", *TINY_OVERRIDES,
+        "train.guidance_steps=2", "train.batch_size=2",
+    ])  # fmt: skip
+    GuidanceTrainer(cfg).train()
+    return data, run
+
+
+def _check_report(report: dict) -> None:
+    assert report["per_label"], report
+    assert "neutral" not in report["per_label"]
+    for entry in report["per_label"].values():
+        assert {"support_gain_db", "capture", "support_fraction", "landmark_capture"} <= set(entry)
+    pooled = report["all"]
+    assert pooled["capture"] is None or math.isfinite(pooled["capture"])
+
+
+@pytest.mark.parametrize(
+    ("args", "name", "codes"),
+    [
+        (["split=expression"], "expression_train", "own"),
+        (["split=expression", "expression_rows=heldout_combo"], "expression_heldout_combo",
+         "transferred"),
+        (["split=expression_probe"], "expression_probe", None),
+    ],
+)
+def test_evaluate_expression_splits(trained, args, name, codes, capsys):
+    from gphm.cli.evaluate import cli
+
+    data, run = trained
+    assert cli([f"run_dir={run}", f"data.path={data}", "device=cpu", *args]) == 0
+    line = capsys.readouterr().out
+    assert "support gain" in line and "capture" in line
+    report = json.loads((run / "eval" / f"{name}.json").read_text())
+    _check_report(report)
+    if codes is not None:
+        assert report["codes"] == codes
+
+
+def test_expression_rows_must_be_a_known_split(trained, capsys):
+    from gphm.cli.evaluate import cli
+
+    data, run = trained
+    assert cli([f"run_dir={run}", f"data.path={data}", "split=expression",
+                "expression_rows=bogus"]) == 2  # fmt: skip
+    assert "expression_rows must be one of" in capsys.readouterr().err
