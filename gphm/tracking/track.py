@@ -32,6 +32,16 @@ Frames without a detectable face (``TrackFrame.landmarks is None``) keep the pre
 frame's codes and pose and are flagged ``carried``; leading frames before the first face
 take the first tracked frame's. Tracking never fails on such a frame.
 
+Tracking is a configuration of the inversion engine (:mod:`gphm.inversion`): a frame
+is a :class:`~gphm.inversion.target.Target` (``TrackFrame``), its two stretches of steps
+are the phases of :class:`_Tracker` sharing one Adam. **A new loss term** goes into
+``gphm/inversion/terms.py``, gets a weight of its name in :class:`TrackConfig` and is
+computed in ``_Tracker.landmark_terms`` / ``photometric_terms``. A loss or gradient that
+turns NaN/inf stops the tracking with :class:`~gphm.inversion.engine.NonFiniteError`
+(exit status 2) naming the option likely responsible; ``Tracking.info["coverage"]`` is
+each frame's render coverage of its mask (frames under ``fit.min_coverage`` are listed
+in ``info["low_coverage_frames"]``).
+
 Conventions: each frame's camera is the world origin (viewmat = I) with intrinsics
 ``TrackFrame.K`` at the model's output size ``S``; ``head_R``/``head_T`` map canonical to
 that camera (``x = s·R·x_c + T``, ``s`` the identity fit's head scale). Landmarks are
