@@ -6,6 +6,7 @@
     python scripts/bench.py preprocess  # landmark detection on a 512² photo
     python scripts/bench.py stage2      # Gaussian head: create_from, train step, fitting
     python scripts/bench.py viewer      # web viewer: renders/s at 256², first picture
+    python scripts/bench.py contention  # a training alone vs beside a second (quiet machine)
     python scripts/bench.py all
     python scripts/bench.py render --quick --out bench_results/render.json
 
@@ -35,6 +36,7 @@ SUITES = {
     "preprocess": ["benchmarks.preprocess"],
     "stage2": ["benchmarks.stage2"],
     "viewer": ["benchmarks.viewer"],
+    "contention": ["benchmarks.contention"],
 }
 
 
