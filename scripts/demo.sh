@@ -15,7 +15,8 @@
 #    expression) pairs, and fitting the unseen identities from one view, scored on their
 #    other views, with the true landmarks/mask/K and through the photo pipeline
 # 6. video: a shared-expression sequence of 3 new people (data/synthetic_sequence),
-#    tracking, self/cross-reenactment against ground truth, a reenactment video
+#    tracking, self/cross-reenactment against ground truth, a reenactment video; the
+#    expression metrics (support gain, capture) of the trained subjects' codes
 # 7. a real photo (scikit-image's astronaut) fitted: overlay, novel views, orbit video
 # 8. expression transfer onto the fitted astronaut and between two training subjects
 # 9. a turntable (+ gaussians.ply), an identity x expression grid, an identity morph,
@@ -118,6 +119,17 @@ python scripts/evaluate.py run_dir="$RUN" data.path="$SEQ" split=reenact driver=
     track.fit.phase1_steps=100 track.fit.phase2_steps=30
 step eval_expression_gain "what the model's expression codes buy on its own training rows"
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_gain
+step eval_expressions "expression metrics: where each expression changes the image"
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_probe
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression \
+    expression_rows=train
+if [ -d "$DATA/neutral_twins" ]; then
+    python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression \
+        expression_rows=heldout_combo
+else
+    echo "[demo] $DATA has no neutral twins (made before they existed): regenerate it for" \
+        "split=expression expression_rows=heldout_combo"
+fi
 step reenact "synth_000 driven by the tracked sequence"
 python scripts/reenact.py checkpoint="$RUN" driver="$RUN/eval/reenact/tracking" \
     target=synth_000 out="$OUT/reenact" overwrite=true

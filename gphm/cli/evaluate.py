@@ -35,7 +35,9 @@
   label and pooled (gphm.evaluation.expression). Writes ``expression_<rows>.json``.
 * ``expression_probe``: the same metrics for every trained (subject, label) at the
   canonical head pose and the generator's reference camera, against the generator's
-  renders (needs no twins, only a generated dataset's ``meta.json``).
+  renders (needs no twins, only a generated dataset's ``meta.json``); writes
+  ``expression_probe/difference.png`` (truth | truth difference | model | model
+  difference, one row per label).
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -208,7 +210,7 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
         return evaluate_expression_probe(
             run.model, cfg.data.path, neutral=cfg.neutral, lr_size=run.extra.get("lr_size"),
             batch_size=cfg.batch_size, device=device,
-            train_frames=run.extra.get("train_frames"),
+            train_frames=run.extra.get("train_frames"), save_dir=out / name,
         )  # fmt: skip
     return evaluate_model(
         run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),

@@ -72,11 +72,12 @@ __all__ = [
     "EXPRESSION_SPLITS",
     "evaluate_expressions",
     "evaluate_expression_probe",
+    "difference_picture",
 ]
 
 #: Default support threshold: a truth pixel changes by more than 4 of 255 levels.
 SUPPORT_THRESHOLD = 4.0 / 255.0
-_MIN_MSE = 1e-12  # as gphm.metrics.psnr: identical images give 120 dB
+_MIN_MSE = 1e-12  # as gphm.evaluation.metrics.psnr: identical images give 120 dB
 
 #: iBUG-68 landmark index ranges of the face regions (end exclusive).
 IBUG68_REGIONS: dict[str, range] = {
@@ -533,6 +534,7 @@ def evaluate_expression_probe(
     device: torch.device | str = "cpu",
     train_frames: Iterable[int] | None = None,
     threshold: float = SUPPORT_THRESHOLD,
+    save_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Expression metrics of the trained subjects at the canonical head pose (the issue's
     measurement; needs no neutral twins, only a ``gphm-synth`` dataset).
@@ -544,6 +546,9 @@ def evaluate_expression_probe(
     expression and with the neutral one at the same pose and camera
     (:class:`~gphm.data.synthetic.truth.DatasetTruth`). Scores as
     :func:`evaluate_expressions`.
+
+    ``save_dir``: also writes ``SAVE_DIR/difference.png`` (:func:`difference_picture`),
+    one row per label for the first subject probed with it.
     """
     from gphm.data.loaders import HeadDataset
     from gphm.data.synthetic.render import HeadPose
@@ -569,6 +574,7 @@ def evaluate_expression_probe(
     identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
     rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
     stats, labels, lmks = [], [], []
+    shown: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
         B = len(chunk)
@@ -592,6 +598,9 @@ def evaluate_expression_probe(
         stats.append(expression_stats(out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu(),
                                       gt_e, gt_n, threshold))  # fmt: skip
         labels.extend(label for _, _, label in chunk)
+        for k, (_, _, label) in enumerate(chunk):
+            shown.setdefault(label, (gt_e[k], gt_n[k], out_e.rgb[k].clamp(0, 1).cpu(),
+                                     out_n.rgb[k].clamp(0, 1).cpu()))  # fmt: skip
         lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(),
                      torch.stack([torch.from_numpy(g[0].landmarks_3d) for g in gt]),
                      torch.stack([torch.from_numpy(g[1].landmarks_3d) for g in gt])))  # fmt: skip
@@ -606,7 +615,31 @@ def evaluate_expression_probe(
         "pooling": "pixel-weighted (union of supports); capture energy-weighted",
         "n": len(labels),
     }
+    if save_dir is not None and shown:
+        from gphm.io.images import save_png
+
+        path = Path(save_dir) / "difference.png"
+        save_png(path, difference_picture([shown[k] for k in sorted(shown)]))
+        report["difference_picture"] = str(path)
+        report["difference_picture_labels"] = sorted(shown)
     return report | _pooled_report(stats, labels, lmks)
+
+
+def difference_picture(
+    rows: list[tuple[Tensor, Tensor, Tensor, Tensor]],  # (gt_e, gt_n, pred_e, pred_n), [H, W, 3]
+    gain: float = 4.0,
+) -> Tensor:  # [rows·(H+2)+2, 4·(W+2)+2, 3]
+    """Per row: truth with the expression | truth difference | model with the expression's
+    code | model difference. Differences (expression − neutral) are shown as
+    ``0.5 + gain·D`` (grey = no change), so both columns use one scale and a model that
+    ignores its code shows a flat grey."""
+    from gphm.io.images import image_grid
+
+    tiles = []
+    for gt_e, gt_n, pred_e, pred_n in rows:
+        tiles += [gt_e, (0.5 + gain * (gt_e - gt_n)).clamp(0, 1),
+                  pred_e, (0.5 + gain * (pred_e - pred_n)).clamp(0, 1)]  # fmt: skip
+    return image_grid(tiles, ncols=4)
 
 
 def _pooled_report(stats: list, labels: list[str], lmks: list) -> dict[str, Any]:

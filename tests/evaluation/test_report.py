@@ -27,3 +27,24 @@ def test_demo_report_on_an_empty_run_and_with_reenact_figures(tmp_path):
     assert r["reenact"]["cross_gain_db"] == 0.25
     assert "| cross (other subjects, all cameras) | 24.50 | 24.25 | 0.25 |" in text
     assert "`split=expression_gain`" in text and "1.49 dB (jaw_open 4.21)" in text
+
+
+def test_demo_report_expression_table(tmp_path):
+    out, run = tmp_path / "out", tmp_path / "run"
+    out.mkdir()
+    (run / "eval").mkdir(parents=True)
+    probe = {"split": "expression:probe", "per_label": {
+        "jaw_open": {"support_gain_db": 7.91, "capture": 0.82},
+        "smile_l": {"support_gain_db": 1.4, "capture": None},
+    }, "all": {"support_gain_db": 5.0, "capture": 0.5}}  # fmt: skip
+    combo = {"split": "expression:heldout_combo", "per_label": {
+        "smile_l": {"support_gain_db": -0.5, "capture": 0.1}}, "all": None}  # fmt: skip
+    (run / "eval" / "expression_probe.json").write_text(json.dumps(probe))
+    (run / "eval" / "expression_heldout_combo.json").write_text(json.dumps(combo))
+    r = demo_report(DemoReportConfig(out=str(out), run=str(run), seconds=1.0))
+    text = (out / "index.md").read_text()
+    assert set(r["expressions"]) == {"expression_probe", "expression_heldout_combo"}
+    assert "## Expressions where they change the image" in text
+    assert "| jaw_open | 7.91 / 0.82 | n/a / n/a |" in text
+    assert "| smile_l | 1.40 / n/a | -0.50 / 0.10 |" in text
+    assert "| **pooled** | 5.00 / 0.50 | n/a / n/a |" in text
