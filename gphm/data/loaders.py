@@ -126,10 +126,14 @@ class HeadDataset(Dataset):
             ``meta["lr_size"]`` when the dataset records one, else the stored size (then
             lr == hr). ``K_lr`` is ``rescale_K(K, (w / W, h / H))``.
         cache: keep decoded items in memory after the first access. ``None`` (default)
-            caches when the selected rows' decoded tensors fit in 512 MiB. With
+            caches when the selected rows' decoded tensors fit in ``cache_bytes``. With
             ``num_workers > 0`` each DataLoader worker holds its own cache.
+        cache_bytes: the memory budget of ``cache=None`` (default 512 MiB).
 
-    Images are decoded lazily in ``__getitem__``; the hr image is the stored one.
+    Streaming: the arrow files are memory-mapped (``datasets.load_from_disk``) and images
+    are decoded lazily in ``__getitem__`` (the hr image is the stored one); up front only
+    columns without images are read (the row checks of ``load_dataset_dir``). A split over the cache
+    budget keeps nothing decoded, so resident memory does not grow with the dataset.
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class HeadDataset(Dataset):
         split: str | Sequence[str] = "train",
         lr_size: int | None = None,
         cache: bool | None = None,
+        cache_bytes: int = _AUTO_CACHE_BYTES,
     ):
         self.path = Path(path)
         self.ds, self.meta = load_dataset_dir(self.path)
@@ -176,7 +181,7 @@ class HeadDataset(Dataset):
         if cache is None:
             h, w = self.lr_size
             per_item = 4 * 4 * (H * W + h * w)
-            cache = per_item * len(self.indices) <= _AUTO_CACHE_BYTES
+            cache = per_item * len(self.indices) <= cache_bytes
         self._cache: dict[int, HeadItem] | None = {} if cache else None
 
     @property

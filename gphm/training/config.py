@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
 from gphm.config import compose_config
+from gphm.data.sampling import SAMPLINGS
 from gphm.errors import UserError
 from gphm.io import limits
 from gphm.models.gaussian_head import GaussianHeadConfig
@@ -174,7 +176,23 @@ class TrainConfig:
     batch_size: int = 4
     """Rows per process and step (global batch = batch_size × processes)."""
     guidance_steps: int = 1500
+    """Stage-1 steps for a dataset of up to ``schedule_reference_rows`` training rows;
+    a larger one trains proportionally more (the same epochs; gphm.training.schedule)."""
     gaussian_steps: int = 1500
+    """Stage-2 steps, scaled like ``guidance_steps``."""
+    guidance_epochs: Optional[float] = None  # noqa: UP045 (hydra needs Optional[...])
+    """Stage 1 stated in epochs instead: ceil(epochs × training rows / global batch) steps
+    (overrides ``guidance_steps``)."""
+    gaussian_epochs: Optional[float] = None  # noqa: UP045
+    """Stage 2 stated in epochs (overrides ``gaussian_steps``)."""
+    schedule_reference_rows: int = 288
+    """Training rows the step counts are stated for (288: the demo set, which thus trains
+    exactly ``*_steps``); a split with R more rows runs ``*_steps × R / 288`` steps. 0 runs
+    the steps as given, whatever the dataset size."""
+    sampling: str = "subjects"
+    """subjects: each epoch draws the subjects evenly (a random permutation of the subjects
+    per round), then a row of the drawn subject (gphm.data.sampling) | rows: a uniform
+    permutation of the training rows (subjects in proportion to their rows)."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     """How many step_* checkpoints to keep (0 keeps all)."""
@@ -223,6 +241,17 @@ class TrainConfig:
             )
         if not self.sdf_prefit_radius > 0:
             raise ValueError(f"train.sdf_prefit_radius must be > 0, got {self.sdf_prefit_radius}")
+        for name in ("guidance_epochs", "gaussian_epochs"):
+            epochs = getattr(self, name)
+            if epochs is not None and not (math.isfinite(epochs) and epochs >= 0):
+                raise ValueError(f"train.{name} must be a finite number >= 0, got {epochs}")
+        if self.schedule_reference_rows < 0:
+            raise ValueError(f"train.schedule_reference_rows must be >= 0 (0: no scaling), "
+                             f"got {self.schedule_reference_rows}")  # fmt: skip
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"train.sampling must be one of {'|'.join(SAMPLINGS)}, got {self.sampling!r}"
+            )
         for name in ("guidance_steps", "gaussian_steps", "sdf_prefit_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")

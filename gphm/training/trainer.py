@@ -1,7 +1,8 @@
 """Training of both stages with accelerate (docs/architecture.md §3.2, §3.3, §11).
 
 Determinism and resume: the rows of step ``k`` are a pure function of (seed, k, global
-batch size) — an epoch-seeded permutation cut into global batches, of which process
+batch size) — an epoch-seeded order (``train.sampling``: subject-balanced by default,
+:mod:`gphm.data.sampling`) cut into global batches, of which process
 ``r`` takes ``rows[r::W]`` — and the learning rate is a pure function of ``k``. With the
 model, optimiser and RNG states in the checkpoint, a resumed run repeats exactly what
 the uninterrupted run would have done. Every loss term is a per-row mean, so W
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from gphm import losses
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
+from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
 from gphm.io.atomic import atomic_directory, atomic_write_text
@@ -40,7 +42,7 @@ from gphm.training.checkpoint import (
     prune_checkpoints,
     save_training_state,
 )
-from gphm.training.config import TrainRunConfig
+from gphm.training.config import TrainRunConfig, check_training_budget
 from gphm.training.logging import MetricLogger
 from gphm.training.run_dir import (
     RunDirError,
@@ -51,6 +53,7 @@ from gphm.training.run_dir import (
     record_stage,
     resolved_options,
 )
+from gphm.training.schedule import stage_steps
 
 __all__ = [
     "TrainingDiverged",
@@ -159,6 +162,11 @@ class StageTrainer:
                 f"expects model.guidance.num_landmarks={cfg.model.guidance.num_landmarks}"
             )
         self.global_batch = cfg.train.batch_size * self.acc.num_processes
+        try:
+            self.step_rows = StepRows(self.dataset.subjects, self.global_batch, cfg.seed,
+                                      cfg.train.sampling)  # fmt: skip
+        except ValueError as err:
+            raise DatasetMismatch(str(err)) from None
         self.expression_groups = expression_groups(meta["frames"], self.dataset.frames).to(
             self.acc.device
         )
@@ -218,9 +226,22 @@ class StageTrainer:
         self._initialise()
         return 0
 
+    def _scheduled_steps(self, steps: int, epochs: float | None) -> int:
+        """This stage's steps for this dataset (rule: :mod:`gphm.training.schedule`)."""
+        t = self.cfg.train
+        n = stage_steps(steps, epochs, len(self.dataset), self.global_batch,
+                        t.schedule_reference_rows)  # fmt: skip
+        if n != steps:  # the budget check of the config saw the configured steps
+            scaled = dataclasses.replace(t, **{f"{self.stage}_steps": n})
+            check_training_budget(dataclasses.replace(self.cfg, train=scaled, stage=self.stage))
+            self.acc.print(f"[train] {self.stage}: {n} steps for {len(self.dataset)} training "
+                           f"rows (train.{self.stage}_steps={steps}, {self.stage}_epochs="
+                           f"{epochs}, schedule_reference_rows={t.schedule_reference_rows})")
+        return n
+
     # ------------------------------------------------------------------ one step
     def _batch(self, step: int) -> HeadBatch:
-        rows = step_rows(step, len(self.dataset), self.global_batch, self.cfg.seed)
+        rows = self.step_rows(step)
         local = rows[self.acc.process_index :: self.acc.num_processes]
         return collate_views([self.dataset[i] for i in local]).to(self.acc.device)
 
@@ -481,7 +502,8 @@ class GuidanceTrainer(StageTrainer):
             [{"params": nets, "lr": cfg.train.lr}, {"params": codes, "lr": cfg.train.code_lr}]
         )
         self.base_lrs = [cfg.train.lr, cfg.train.code_lr]
-        self.total_steps = cfg.train.guidance_steps
+        t = cfg.train
+        self.total_steps = self._scheduled_steps(t.guidance_steps, t.guidance_epochs)
 
     def prefit_sdf(self) -> float:
         """Fit f_mean's SDF to a sphere so DMTet starts from a closed surface.
@@ -587,7 +609,7 @@ class GaussianTrainer(StageTrainer):
                   ([m.points], t.point_position_lr), (per_point, t.point_lr)]  # fmt: skip
         self.optimizer = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in groups])
         self.base_lrs = [lr for _, lr in groups]
-        self.total_steps = t.gaussian_steps
+        self.total_steps = self._scheduled_steps(t.gaussian_steps, t.gaussian_epochs)
 
     def _check_guidance(self, guidance: GuidanceModel) -> None:
         meta = self.dataset.meta
