@@ -81,6 +81,16 @@ class MakeSyntheticConfig:
     """Highest intensity of an expression in a mixture (0..1, >= the lowest)."""
     mixture_max_active: int = 2
     """Most expressions mixed in one mixture frame (>= 1; at most the non-neutral labels)."""
+    expressions_per_subject: Optional[int] = None  # noqa: UP045
+    """Cost choice for many identities (mode=expressions): labelled expressions rendered
+    per subject, default all ``num_expressions``. Each subject keeps neutral and its
+    held-out and validation labels, then the least-trained other labels so far (seeded
+    ties), so every label stays trained by some subjects; frame indices number the
+    rendered frames. At least 1 + heldout + val combos per subject."""
+    views_per_subject: Optional[int] = None  # noqa: UP045
+    """Cost choice (mode=expressions): cameras rendered per subject, default all
+    ``num_views``: the most frontal one plus a seeded random choice of the others (splits
+    stay by camera, so a subject may have no held-out-view rows). 1..num_views."""
 
     def __post_init__(self) -> None:
         n_avail = len(EXPRESSION_NAMES)
@@ -148,7 +158,23 @@ class MakeSyntheticConfig:
                 f"plus validation pairs per subject are at most {limit}: every such "
                 f"expression must stay in training for another identity), got {val_combos}"
             )
+        self._check_cost_options()
         self.check_budget()
+
+    def _check_cost_options(self) -> None:
+        k, v = self.expressions_per_subject, self.views_per_subject
+        if (k is not None or v is not None) and self.mode != "expressions":
+            raise ValueError("expressions_per_subject and views_per_subject are for "
+                             "mode=expressions; leave them unset")  # fmt: skip
+        least = 1 + self.resolved_heldout_combos() + self.resolved_val_combos()
+        if k is not None and not min(least, self.num_expressions) <= k <= self.num_expressions:
+            raise ValueError(
+                f"expressions_per_subject must be in {min(least, self.num_expressions)}.."
+                f"{self.num_expressions} (neutral plus the subject's held-out and validation "
+                f"labels at least, num_expressions at most), got {k}"
+            )
+        if v is not None and not 1 <= v <= self.num_views:
+            raise ValueError(f"views_per_subject must be in 1..{self.num_views}, got {v}")
 
     def _check_expression_options(self) -> None:
         if self.neutral_twins not in NEUTRAL_TWIN_CHOICES:
@@ -182,13 +208,18 @@ class MakeSyntheticConfig:
         CPU; on disk at least one byte per pixel of each image (compressed PNG)."""
         per_subject = self.num_frames if self.mode == "sequence" else self.num_expressions
         count = "num_frames" if self.mode == "sequence" else "num_expressions"
+        if self.mode == "expressions" and self.expressions_per_subject is not None:
+            per_subject = min(self.expressions_per_subject, self.num_expressions)
+            count = "expressions_per_subject"
         if self.mode == "expressions" and self.mixtures_per_subject:
             per_subject += self.mixtures_per_subject
-            count = "(num_expressions + mixtures_per_subject)"
-        images = self.num_identities * per_subject * self.num_views
+            count = f"({count} + mixtures_per_subject)"
+        views = min(self.views_per_subject or self.num_views, self.num_views)
+        images = self.num_identities * per_subject * views
         side = self.resolution * self.supersample
-        what = (f"num_identities={self.num_identities} x {count}={per_subject} x num_views="
-                f"{self.num_views} ({images} images at resolution={self.resolution}")  # fmt: skip
+        vname = "views_per_subject" if views < self.num_views else "num_views"
+        what = (f"num_identities={self.num_identities} x {count}={per_subject} x {vname}="
+                f"{views} ({images} images at resolution={self.resolution}")  # fmt: skip
         limits.check_image_size(f"resolution={self.resolution} x supersample="
                                 f"{self.supersample}", side, side, channels=4)  # fmt: skip
         seconds = limits.work_seconds(pixels=float(images) * side * side, items=images)

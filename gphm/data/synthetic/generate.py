@@ -5,7 +5,11 @@ One frame per (subject, expression) pair, global frame index ``subject · E + ex
 its own random head pose. With ``mixtures_per_subject = M`` every subject also gets M
 *mixture* frames (a capture session's continuous, mixed expressions: a seeded random
 mixture of the labels' expressions, :func:`sample_mixture`), and frame indices become
-``subject · (E + M) + j`` (labelled frames first). Every ``meta["frames"][i]`` records
+``subject · (E + M) + j`` (labelled frames first). Cost choices for many identities:
+``expressions_per_subject`` renders only some labels per subject and ``views_per_subject``
+only some cameras (:func:`choose_subject_labels`, :func:`choose_subject_cameras`); frame
+indices then number the rendered frames in order (subject by subject) and rows hold only
+the subject's cameras. Every ``meta["frames"][i]`` records
 its full ``expression_params``; with ``neutral_twins`` the evaluation rows' heads are also
 rendered neutral (:func:`write_neutral_twins`, format in :mod:`.truth`).
 
@@ -72,6 +76,8 @@ __all__ = [
     "DatasetPlan",
     "FramePlan",
     "plan_dataset",
+    "choose_subject_labels",
+    "choose_subject_cameras",
     "sample_mixture",
     "iter_rows",
     "write_neutral_twins",
@@ -84,6 +90,7 @@ __all__ = [
 # over the labels is what keeps every label in training, see splits.choose_combos);
 # validation cameras are deterministic, like the held-out ones.
 _STREAM_IDENTITY, _STREAM_POSE, _STREAM_COMBOS, _STREAM_MIXTURE = 1, 2, 3, 4
+_STREAM_LABELS, _STREAM_CAMERAS = 5, 6  # expressions_per_subject, views_per_subject
 #: Pose-stream key offset of mixture frames: (subject, _MIXTURE_POSE_KEY + m) never
 #: collides with a label's (subject, e), whatever the number of labels.
 _MIXTURE_POSE_KEY = 1_000_000
@@ -125,6 +132,17 @@ class DatasetPlan:
     reference_camera: int  # the most frontal camera, always in training
     val_cameras: list[int] = dataclasses.field(default_factory=list)
     val_combos: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    subject_cameras: list[list[int]] = dataclasses.field(default_factory=list)
+    """Per subject its rendered cameras (sorted rig indices); empty: every camera."""
+
+    def cameras_of(self, subject: int) -> list[int]:
+        """Rig indices of the cameras rendered for ``subject`` (sorted)."""
+        if self.subject_cameras:
+            return self.subject_cameras[subject]
+        return list(range(len(self.rig.names)))
+
+    def num_rows(self) -> int:
+        return sum(len(self.cameras_of(f.subject)) for f in self.frames)
 
     def meta(self, template: HeadTemplate) -> dict[str, Any]:
         """``meta.json`` content (docs/architecture.md §8.1); generator parameters exclude
@@ -267,22 +285,23 @@ def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
         np.random.default_rng([cfg.seed, _STREAM_COMBOS]),
     )
     mixtures, labels = _mixture_frames(cfg, labels, heldout_combos | val_combos)
-    frames = []
+    frames: list[FramePlan] = []
+    subject_labels = choose_subject_labels(cfg, heldout_combos | val_combos)
     for s in range(K):
         frames += [
             FramePlan(
-                index=s * (E + M) + e,
+                index=len(frames) + j,  # s · (E + M) + e when every label is rendered
                 subject=s,
                 expression=e,
                 pose=sample_head_pose(np.random.default_rng([cfg.seed, _STREAM_POSE, s, e])),
             )
-            for e in range(E)
+            for j, e in enumerate(subject_labels[s])
         ]
         for m in range(M):
             params = mixtures[(s, m)]
             key = _MIXTURE_POSE_KEY + m
             frames.append(FramePlan(
-                index=s * (E + M) + E + m,
+                index=len(frames),
                 subject=s,
                 expression=next(
                     (e for e in range(E) if EXPRESSIONS[labels[e]] == params), len(labels) - 1
@@ -307,7 +326,62 @@ def plan_dataset(cfg: MakeSyntheticConfig) -> DatasetPlan:
             cfg.num_views, cfg.resolved_val_views(), reference, heldout_cameras
         ),
         val_combos=val_combos,
+        subject_cameras=choose_subject_cameras(cfg, reference),
     )
+
+
+def choose_subject_labels(
+    cfg: MakeSyntheticConfig, untrained: set[tuple[int, int]]
+) -> list[list[int]]:
+    """Per subject the sorted label indices rendered for it (``expressions_per_subject``;
+    all ``num_expressions`` by default).
+
+    A subject keeps neutral and its held-out and validation labels (``untrained``: its
+    evaluation rows), then fills up with trained labels, least-trained label first over
+    the subjects so far (ties broken by a seeded draw per subject), so the trained labels
+    are spread evenly. Raises ``ValueError`` if a held-out or validation label is then
+    trained by no other subject (the expression-transfer evaluation needs one).
+    """
+    K, E = cfg.num_identities, cfg.num_expressions
+    k = cfg.expressions_per_subject
+    if k is None or k >= E:
+        return [list(range(E)) for _ in range(K)]
+    trained = np.zeros(E, np.int64)
+    out = []
+    for s in range(K):
+        own = {e for t, e in untrained if t == s}
+        keep = {0} | own
+        rest = [e for e in range(1, E) if e not in keep]
+        tie = np.random.default_rng([cfg.seed, _STREAM_LABELS, s]).permutation(len(rest))
+        ranked = sorted(range(len(rest)), key=lambda i: (trained[rest[i]], tie[i]))
+        chosen = [rest[i] for i in ranked[: max(0, k - len(keep))]]
+        trained[[0, *chosen]] += 1
+        out.append(sorted(keep | set(chosen)))
+    for s, e in sorted(untrained):
+        if not any(e in out[t] and (t, e) not in untrained for t in range(K) if t != s):
+            raise ValueError(
+                f"expressions_per_subject={k}: expression {EXPRESSION_NAMES[e]!r}, held out "
+                f"or validation for subject {s}, is trained for no other subject; raise "
+                f"expressions_per_subject or num_identities, or lower "
+                f"heldout_combos_per_subject / val_combos_per_subject"
+            )
+    return out
+
+
+def choose_subject_cameras(cfg: MakeSyntheticConfig, reference: int) -> list[list[int]]:
+    """Per subject its sorted camera indices (``views_per_subject``; empty list: all):
+    the most frontal camera ``reference`` plus a seeded random choice of the others
+    (splits stay by camera, so a subject may have no rows of a held-out camera)."""
+    v, V = cfg.views_per_subject, cfg.num_views
+    if v is None or v >= V:
+        return []
+    others = [c for c in range(V) if c != reference]
+    out = []
+    for s in range(cfg.num_identities):
+        rng = np.random.default_rng([cfg.seed, _STREAM_CAMERAS, s])
+        pick = rng.choice(len(others), size=v - 1, replace=False)
+        out.append(sorted([reference, *(others[int(i)] for i in pick)]))
+    return out
 
 
 def iter_rows(
@@ -327,22 +401,24 @@ def iter_rows(
             neutral_cache.clear()  # frames are ordered by subject: keep one
             neutral_cache[frame.subject] = identity_vertices(template, identity)
         label = plan.expressions[frame.expression]
+        cams = plan.cameras_of(frame.subject)
         views = render_truth(
-            template, identity, frame.params(plan.expressions), frame.pose, rig,
+            template, identity, frame.params(plan.expressions), frame.pose, _sub_rig(rig, cams),
             supersample=plan.config.supersample, neutral=neutral_cache[frame.subject],
         )  # fmt: skip
         if on_frame is not None:
             on_frame(frame, views.images)
         landmarks = views.landmarks_3d
-        for c, cam in enumerate(rig.names):
+        for j, c in enumerate(cams):
+            cam = rig.names[c]
             yield {
                 "subject": frame.subject,
                 "subject_name": plan.subjects[frame.subject],
                 "frame": frame.index,
                 "expression": label,
                 "camera": cam,
-                "image": views.images[c],
-                "mask": views.masks[c],
+                "image": views.images[j],
+                "mask": views.masks[j],
                 "K": rig.Ks[c].astype(np.float32),
                 "viewmat": rig.viewmats[c].astype(np.float32),
                 "head_R": frame.pose.R.astype(np.float32),
@@ -359,6 +435,13 @@ def iter_rows(
                     plan.val_combos,
                 ),
             }
+
+
+def _sub_rig(rig: CameraRig, cams: list[int]) -> CameraRig:
+    """``rig`` itself when ``cams`` is all of it, else its cameras ``cams`` in order."""
+    if cams == list(range(len(rig.names))):
+        return rig
+    return rig_of(rig.viewmats[cams], rig.Ks[cams], rig.resolution, [rig.names[c] for c in cams])
 
 
 def _split(plan: DatasetPlan, frame: FramePlan, camera: int) -> str:
@@ -379,11 +462,15 @@ def write_neutral_twins(
     row, byte for byte). Only the cameras that need a twin are rendered.
     """
     writer = NeutralTwinWriter(directory, selection)
-    rig, C = plan.rig, len(plan.rig.names)
+    rig = plan.rig
     neutral_verts: dict[int, np.ndarray] = {}
+    first_row = 0  # dataset row of the frame's first camera (rows: frame by frame)
     for frame in plan.frames:
-        splits = [_split(plan, frame, c) for c in range(C)]
-        cams = [c for c in range(C) if selection == "all" or splits[c] != "train"]
+        rendered = plan.cameras_of(frame.subject)
+        row_of = {c: first_row + j for j, c in enumerate(rendered)}
+        first_row += len(rendered)
+        splits = {c: _split(plan, frame, c) for c in rendered}
+        cams = [c for c in rendered if selection == "all" or splits[c] != "train"]
         if not cams:
             continue
         if frame.subject not in neutral_verts:
@@ -397,7 +484,7 @@ def write_neutral_twins(
         )  # fmt: skip
         for j, c in enumerate(cams):
             writer.add(
-                frame.index * C + c, frame.index, rig.names[c], splits[c],
+                row_of[c], frame.index, rig.names[c], splits[c],
                 views.images[j], views.masks[j], views.landmarks_3d,
             )  # fmt: skip
     writer.close()
@@ -459,12 +546,13 @@ def generate(cfg: MakeSyntheticConfig, progress: bool = True) -> dict[str, Any]:
 
     def keep_tile(frame: FramePlan, images: np.ndarray) -> None:
         if frame.subject < SHEET_MAX_SUBJECTS and frame.mixture is None:
-            tile = Image.fromarray(images[plan.reference_camera])
+            ref = plan.cameras_of(frame.subject).index(plan.reference_camera)
+            tile = Image.fromarray(images[ref])
             if tile.width > SHEET_TILE:
                 tile = tile.resize((SHEET_TILE, SHEET_TILE), Image.Resampling.BOX)
             tiles[(frame.subject, frame.expression)] = np.asarray(tile)
 
-    num_rows = len(plan.frames) * len(plan.rig.names)
+    num_rows = plan.num_rows()
     with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
         write_dataset(
             tmp, iter_rows(plan, template, keep_tile), meta, overwrite=True,
