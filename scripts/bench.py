@@ -7,6 +7,7 @@
     python scripts/bench.py stage2      # Gaussian head: create_from, train step, fitting
     python scripts/bench.py viewer      # web viewer: renders/s at 256², first picture
     python scripts/bench.py contention  # a training alone vs beside a second (quiet machine)
+    python scripts/bench.py scaling     # 8/64/256 identities: generation, RSS, time per epoch
     python scripts/bench.py all
     python scripts/bench.py render --quick --out bench_results/render.json
 
@@ -37,6 +38,7 @@ SUITES = {
     "stage2": ["benchmarks.stage2"],
     "viewer": ["benchmarks.viewer"],
     "contention": ["benchmarks.contention"],
+    "scaling": ["benchmarks.scaling"],
 }
 
 
