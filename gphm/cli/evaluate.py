@@ -306,7 +306,8 @@ def _summary_line(r: dict[str, Any]) -> str:
         f"{r['psnr_masked_scale_aligned']}), SSIM {r['ssim']} / {r['ssim_scale_aligned']}, "
         f"LPIPS {r['lpips']} / {r['lpips_scale_aligned']}, pose error "
         f"{r['rotation_error_deg']} deg, {r['translation_error']} head units"
-        + (f"; {r['failed_fits']} fits failed (no face found)" if r.get("failed_fits") else "")
+        + (f"; {r['failed_fits']} fits failed (no face found or a collapsed fit)"
+           if r.get("failed_fits") else "")
     )
 
 

@@ -237,6 +237,10 @@ def write_fit(
         "aligned_size": avatar.image_size,
         "psnr_input_masked_phase1": round(result.phase1_psnr_masked, 3),
         "fit": {"phase1_steps": cfg.fit.phase1_steps, "phase2_steps": cfg.fit.phase2_steps},
+        # The collapse guard: each image's render coverage of its mask after phase 1, and
+        # what it did when one fell below fit.min_coverage (restart, phase 2 dropped).
+        "coverage_phase1": [round(float(c), 4) for c in result.phase1_coverage],
+        "recoveries": result.recoveries,
         "phase_losses": result.phase_losses,
         "history": result.history,
         "outputs": ["avatar/", "overlay.png", "novel_views.png", "orbit.mp4"],

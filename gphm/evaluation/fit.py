@@ -67,6 +67,7 @@ from gphm.geometry.cameras import (
     world_to_camera,
 )
 from gphm.geometry.pose import apply_head_pose
+from gphm.inversion.guard import FitCollapseError
 from gphm.models.runs import TrainedRun, seen_by
 
 __all__ = [
@@ -481,7 +482,7 @@ def evaluate_fit(
         try:
             result, record, extras = _fit_view(run, input_items, inputs, config, detector,
                                                segmenter)  # fmt: skip
-        except NoFaceError as err:  # the photo path failing is part of its score
+        except (NoFaceError, FitCollapseError) as err:  # failing is part of the score
             failed.append({"subject": names[s], "frame": sel.frame,
                            "input_view": input_items[0].camera, "failed": str(err)})  # fmt: skip
             continue

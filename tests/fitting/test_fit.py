@@ -172,6 +172,22 @@ def test_evaluate_fit_photo_inputs_score_the_user_pipeline_in_the_true_cameras(
     assert "no face found" in blind["per_subject"][0]["failed"]
     assert blind["inputs"]["landmarks"] == "detector" and blind["rotation_error_deg"] is None
     assert "1 fits failed" in _script("evaluate")._summary(blind)
+    # A fit the collapse guard refuses is a failed fit too, not the end of the evaluation.
+    from gphm.inversion.guard import FitCollapseError
+
+    def collapse(*args, **kwargs):
+        raise FitCollapseError("the render covers 3% of the input mask after phase 1")
+
+    import gphm.evaluation.fit as evaluation_fit
+
+    real = evaluation_fit.fit_images
+    evaluation_fit.fit_images = collapse
+    try:
+        collapsed = evaluate_fit(trained, tiny_head_dataset, inputs="gt", **kwargs)
+    finally:
+        evaluation_fit.fit_images = real
+    assert collapsed["failed_fits"] == 1 and collapsed["n"] == 0
+    assert "covers 3%" in collapsed["per_subject"][0]["failed"]
 
 
 class _BlindDetector:

@@ -249,6 +249,10 @@ def test_a_real_fit_replaces_its_earlier_fit_and_nothing_else(tiny_run, tiny_hea
 
     first = fit()
     assert is_fit_dir(out) and sorted(p.name for p in out.iterdir()) == sorted(FIT_OUTPUTS)
+    written = json.loads((out / "report.json").read_text())
+    # The collapse guard's record: coverage after phase 1 per image, and its recoveries.
+    assert len(written["coverage_phase1"]) == 1 and 0 <= written["coverage_phase1"][0] <= 1
+    assert written["recoveries"] == first["recoveries"] and isinstance(first["recoveries"], list)
     assert Avatar.load(out / "avatar").image_size == first["aligned_size"]
     with pytest.raises(UserError, match="pass overwrite=true"):
         fit()
