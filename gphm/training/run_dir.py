@@ -60,6 +60,9 @@ SCHEDULE_KEYS = frozenset(
     {
         "train.guidance_steps",
         "train.gaussian_steps",
+        "train.guidance_epochs",
+        "train.gaussian_epochs",
+        "train.schedule_reference_rows",
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.log_every",
