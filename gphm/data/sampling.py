@@ -53,8 +53,8 @@ def balanced_order(subjects: Sequence[int] | np.ndarray, seed: int, epoch: int) 
     # every row of a subject is drawn equally often (to one pass).
     draws = np.empty((S, rounds), np.int64)
     start = int(epoch) * rounds
-    for s in range(S):
-        rows = np.flatnonzero(inverse == s)
+    grouped = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    for s, rows in enumerate(grouped):  # rows of subject s, ascending
         m = len(rows)
         first, last = start // m, (start + rounds - 1) // m
         stream = np.concatenate([
