@@ -61,6 +61,16 @@ def test_expression_groups_label_training_frames_only():
     assert groups.tolist() == [1, 0, 1, -1, -1]  # labels sorted: neutral 0, smile 1
 
 
+def test_expression_groups_leave_mixed_expressions_ungrouped():
+    """Two mixture frames share no expression: the consistency term must not tie them."""
+    from gphm.data.format import MIXED_EXPRESSION
+    from gphm.training.trainer import expression_groups
+
+    frames = [{"expression": MIXED_EXPRESSION}, {"expression": "smile"},
+              {"expression": MIXED_EXPRESSION}]  # fmt: skip
+    assert expression_groups(frames, train_frames=[0, 1, 2]).tolist() == [-1, 0, -1]
+
+
 def test_mse_minimiser_is_the_mean_where_l1_picks_the_median():
     # One pixel seen against three targets (an outline whose position is uncertain):
     # the MSE term blends to the mean, L1 snaps to the median.

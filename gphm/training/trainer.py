@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gphm import losses
+from gphm.data.format import MIXED_EXPRESSION
 from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, collate_views
 from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
@@ -105,15 +106,21 @@ def step_rows(step: int, num_rows: int, global_batch: int, seed: int) -> list[in
 
 def expression_groups(frames: list[dict[str, Any]], train_frames) -> torch.Tensor:
     """[num_frames] int64: for each training frame the index of its ``expression`` label
-    (sorted label order), -1 for frames without a label or outside the training split."""
+    (sorted label order), -1 for frames without a label, with a mixed expression
+    (:data:`~gphm.data.format.MIXED_EXPRESSION`: no two share one) or outside the
+    training split."""
     train = {int(f) for f in train_frames}
-    labels = sorted({str(frames[f]["expression"]) for f in train if frames[f].get("expression")})
+
+    def label_of(f: int) -> str | None:
+        label = frames[f].get("expression")
+        return str(label) if label and str(label) != MIXED_EXPRESSION else None
+
+    labels = sorted({label for f in train if (label := label_of(f))})
     index = {label: i for i, label in enumerate(labels)}
     groups = torch.full((len(frames),), -1, dtype=torch.long)
     for f in train:
-        label = frames[f].get("expression")
-        if label:
-            groups[f] = index[str(label)]
+        if label := label_of(f):
+            groups[f] = index[label]
     return groups
 
 
