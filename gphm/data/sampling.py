@@ -28,12 +28,26 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["SAMPLINGS", "balanced_order", "SubjectBalancedSampler", "StepRows"]
+__all__ = ["SAMPLINGS", "balanced_order", "resolve_sampling", "SubjectBalancedSampler", "StepRows"]
 
-#: ``train.sampling`` choices: ``subjects`` (balanced, this module) | ``rows`` (a uniform
+#: ``train.sampling`` choices: ``auto`` (``rows`` when every subject has the same number of
+#: rows — an epoch of a uniform permutation then draws every subject equally often already
+#: — else ``subjects``) | ``subjects`` (balanced, this module) | ``rows`` (a uniform
 #: permutation of the rows, :class:`gphm.data.loaders.DistributedFrameSampler`).
-SAMPLINGS = ("subjects", "rows")
+SAMPLINGS = ("auto", "subjects", "rows")
 _STREAM_ROUNDS, _STREAM_ROWS = 1, 2  # purposes of the random streams
+
+
+def resolve_sampling(sampling: str, subjects: Sequence[int] | np.ndarray) -> str:
+    """``subjects`` or ``rows``: ``auto`` is ``rows`` when every subject has as many rows as
+    every other (each epoch of a uniform permutation then draws each subject exactly its
+    rows, the same number for all), else ``subjects``."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {'|'.join(SAMPLINGS)}, got {sampling!r}")
+    if sampling != "auto":
+        return sampling
+    counts = np.unique(np.asarray(subjects, np.int64), return_counts=True)[1]
+    return "rows" if len(counts) and counts.min() == counts.max() else "subjects"
 
 
 def balanced_order(subjects: Sequence[int] | np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -116,15 +130,15 @@ class StepRows:
     ``n`` rows, or ``ceil(n / S) · S`` for ``subjects``), a slice of that epoch's order;
     the last ``m mod global_batch`` draws of an epoch's order are not used.
 
-    ``sampling``: ``subjects`` (:func:`balanced_order`) or ``rows`` (the uniform
-    permutation of :class:`gphm.data.loaders.DistributedFrameSampler`, seed + epoch).
+    ``sampling``: ``subjects`` (:func:`balanced_order`), ``rows`` (the uniform
+    permutation of :class:`gphm.data.loaders.DistributedFrameSampler`, seed + epoch) or
+    ``auto`` (:func:`resolve_sampling`; ``self.sampling`` is the resolved one).
     The current epoch's order is kept, so a step costs O(global_batch) after the first.
     """
 
     def __init__(self, subjects: Sequence[int] | np.ndarray, global_batch: int, seed: int,
-                 sampling: str = "subjects"):  # fmt: skip
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {'|'.join(SAMPLINGS)}, got {sampling!r}")
+                 sampling: str = "auto"):  # fmt: skip
+        sampling = resolve_sampling(sampling, subjects)
         self.subjects = np.asarray(subjects, np.int64)
         self.global_batch, self.seed, self.sampling = int(global_batch), int(seed), sampling
         n = len(self.subjects)

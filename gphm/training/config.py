@@ -189,10 +189,12 @@ class TrainConfig:
     """Training rows the step counts are stated for (288: the demo set, which thus trains
     exactly ``*_steps``); a split with R more rows runs ``*_steps × R / 288`` steps. 0 runs
     the steps as given, whatever the dataset size."""
-    sampling: str = "subjects"
+    sampling: str = "auto"
     """subjects: each epoch draws the subjects evenly (a random permutation of the subjects
     per round), then a row of the drawn subject (gphm.data.sampling) | rows: a uniform
-    permutation of the training rows (subjects in proportion to their rows)."""
+    permutation of the training rows (subjects in proportion to their rows) | auto: rows
+    when every subject has the same number of training rows (the uniform order then draws
+    them equally often already), else subjects."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     """How many step_* checkpoints to keep (0 keeps all)."""

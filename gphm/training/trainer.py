@@ -1,12 +1,13 @@
 """Training of both stages with accelerate (docs/architecture.md §3.2, §3.3, §11).
 
 Determinism and resume: the rows of step ``k`` are a pure function of (seed, k, global
-batch size) — an epoch-seeded order (``train.sampling``: subject-balanced by default,
-:mod:`gphm.data.sampling`) cut into global batches, of which process
-``r`` takes ``rows[r::W]`` — and the learning rate is a pure function of ``k``. With the
-model, optimiser and RNG states in the checkpoint, a resumed run repeats exactly what
-the uninterrupted run would have done. Every loss term is a per-row mean, so W
-processes × batch b (DDP averages gradients) equal one process × batch W·b.
+batch size) — an epoch-seeded order (``train.sampling``: subject-balanced where
+subjects have different numbers of rows, :mod:`gphm.data.sampling`) cut into global
+batches, of which process ``r`` takes ``rows[r::W]`` — and the learning rate is a pure
+function of ``k``. With the model, optimiser and RNG states in the checkpoint, a resumed
+run repeats exactly what the uninterrupted run would have done. Every loss term is a
+per-row mean, so W processes × batch b (DDP averages gradients) train like one process ×
+batch W·b up to float summation order (docs/architecture.md §11 says what that holds to).
 """
 
 from __future__ import annotations

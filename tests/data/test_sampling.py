@@ -94,3 +94,24 @@ def test_step_rows_global_batches_split_disjointly_across_processes():
         StepRows(SUBJECTS[:3], global_batch=4, seed=0)
     with pytest.raises(ValueError, match="sampling must be one of"):
         StepRows(SUBJECTS, global_batch=4, seed=0, sampling="frames")
+
+
+def test_auto_sampling_is_uniform_on_balanced_subjects_and_balanced_otherwise():
+    """auto keeps the uniform row order where it already draws every subject equally per
+    epoch (equal row counts: the demo set, so its training is unchanged) and balances
+    subjects where their row counts differ."""
+    from gphm.data.loaders import DistributedFrameSampler
+    from gphm.data.sampling import resolve_sampling
+
+    equal = np.repeat(np.arange(4), 6)
+    assert resolve_sampling("auto", equal) == "rows"
+    assert resolve_sampling("auto", SUBJECTS) == "subjects"
+    assert resolve_sampling("subjects", equal) == "subjects"
+    auto = StepRows(equal, global_batch=4, seed=5)
+    assert auto.sampling == "rows"
+    sampler = DistributedFrameSampler(len(equal), seed=5)
+    assert [r for k in range(6) for r in auto(k)] == sampler.order()
+    balanced = StepRows(SUBJECTS, global_batch=4, seed=3)
+    assert balanced(0) == balanced_order(SUBJECTS, 3, 0).tolist()[:4]
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        resolve_sampling("frames", equal)
