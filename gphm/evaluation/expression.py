@@ -456,21 +456,11 @@ def evaluate_expressions(
     base, table = _expression_codes(split, frames_meta, subjects, train_frames, neutral)
     model = model.to(device).eval()
     context = model.render_context()
-    stats, labels, lmks = [], [], []
+    acc = _Accumulator(threshold)
     skipped = 0
     for idx in row_batches(len(ds), batch_size, f"eval expressions {split}", progress):
-        items = [ds[i] for i in idx]
-        keep, sources = [], []
-        for it in items:
-            s, label = int(it.subject), it.expression
-            source = int(it.frame) if table is None else table.get((s, label))
-            if label == neutral:
-                continue  # the truth does not change: nothing to score
-            if s not in base or source is None:
-                skipped += 1
-                continue
-            keep.append(it)
-            sources.append(source)
+        keep, sources, missed = _scored_rows([ds[i] for i in idx], table, base, neutral)
+        skipped += missed
         if not keep:
             continue
         b = collate_views(keep).to(device)
@@ -482,12 +472,8 @@ def evaluate_expressions(
         size = tuple(out_e.rgb.shape[1:3])
         twins = [twin_of(it) for it in keep]
         gt_n = _at(torch.stack([t[0] for t in twins]), size)
-        gt_e = _at(b.image.cpu(), size)
-        stats.append(expression_stats(out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu(),
-                                      gt_e, gt_n, threshold))  # fmt: skip
-        labels.extend(b.expression)
-        lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(), b.landmarks_3d.cpu(),
-                     torch.stack([t[1] for t in twins])))  # fmt: skip
+        acc.add(out_e, out_n, _at(b.image.cpu(), size), gt_n, list(b.expression),
+                b.landmarks_3d.cpu(), torch.stack([t[1] for t in twins]))  # fmt: skip
     report: dict[str, Any] = {
         "split": f"expression:{split}",
         "model": type(model).__name__,
@@ -495,11 +481,57 @@ def evaluate_expressions(
         "neutral": neutral,
         "threshold": threshold,
         "pooling": "pixel-weighted (union of supports); capture energy-weighted",
-        "n": len(labels),
+        "n": len(acc.labels),
         "n_skipped": skipped,
         "neutral_twins_rendered": twin_of.rendered,
     }
-    return report | _pooled_report(stats, labels, lmks)
+    return report | acc.pooled()
+
+
+def _scored_rows(
+    items: list, table: dict | None, base: dict[int, int], neutral: str
+) -> tuple[list, list[int], int]:
+    """The rows of ``items`` to score, their expression-code sources and how many were
+    skipped (no trained neutral frame, or no transfer source); neutral rows are left
+    out (the truth does not change: nothing to score)."""
+    keep, sources, skipped = [], [], 0
+    for it in items:
+        s, label = int(it.subject), it.expression
+        source = int(it.frame) if table is None else table.get((s, label))
+        if label == neutral:
+            continue
+        if s not in base or source is None:
+            skipped += 1
+            continue
+        keep.append(it)
+        sources.append(source)
+    return keep, sources, skipped
+
+
+class _Accumulator:
+    """Batches of expression stats, labels and landmark tuples, pooled at the end; keeps
+    the first item of each label for :func:`difference_picture`."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.stats: list[ExpressionStats] = []
+        self.labels: list[str] = []
+        self.lmks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.shown: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def add(self, out_e: Any, out_n: Any, gt_e: Tensor, gt_n: Tensor, labels: list[str],
+            gt_lmk_e: Tensor, gt_lmk_n: Tensor) -> None:  # fmt: skip
+        """``out_*``: model outputs (``rgb`` [B, h, w, 3], ``landmarks`` [B, L, 3]) with the
+        expression's and the neutral code; ``gt_*`` the truths at the same size."""
+        pred_e, pred_n = out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu()
+        self.stats.append(expression_stats(pred_e, pred_n, gt_e, gt_n, self.threshold))
+        self.labels.extend(labels)
+        for k, label in enumerate(labels):
+            self.shown.setdefault(label, (gt_e[k], gt_n[k], pred_e[k], pred_n[k]))
+        self.lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(), gt_lmk_e, gt_lmk_n))
+
+    def pooled(self) -> dict[str, Any]:
+        return _pooled_report(self.stats, self.labels, self.lmks)
 
 
 def _probe_pairs(
@@ -557,15 +589,7 @@ def evaluate_expression_probe(
     ds = HeadDataset(data_path, split="train", lr_size=lr_size)
     meta = ds.meta
     truth = DatasetTruth(meta)
-    cams = meta.get("generator", {}).get("cameras", {})
-    camera = camera or cams.get("reference") or meta["cameras"][0]
-    cam_of_row = ds.ds.data.column("camera").to_pylist()
-    found = [k for k, r in enumerate(ds.indices) if cam_of_row[r] == camera]
-    if not found:
-        raise ValueError(
-            f"camera {camera!r} has no training row in {data_path} (cameras: {meta['cameras']})"
-        )
-    row = ds[found[0]]  # cameras are shared by every frame of a synthetic set
+    camera, row = _probe_camera(ds, camera, data_path)
     trained = ds.frames.tolist() if train_frames is None else train_frames
     base, probes = _probe_pairs(meta["frames"], list(meta["subjects"]), trained, neutral)
     model = model.to(device).eval()
@@ -573,8 +597,7 @@ def evaluate_expression_probe(
     (h, w), (H, _) = ds.lr_size, ds.hr_size
     identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
     rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
-    stats, labels, lmks = [], [], []
-    shown: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    acc = _Accumulator(threshold)
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
         B = len(chunk)
@@ -588,22 +611,7 @@ def evaluate_expression_probe(
         out_e = model.render(z_id, codes, *pose, w, h, **context)
         out_n = model.render(z_id, ref, *pose, w, h, **context)
         size = tuple(out_e.rgb.shape[1:3])
-        gt = [
-            [truth.render(s, expr, identity, rig) for expr in
-             (truth.frame_expression(f), EXPRESSIONS["neutral"])]
-            for s, f, _ in chunk
-        ]  # fmt: skip
-        gt_e = _at(torch.stack([_composite(g[0].images[0], g[0].masks[0]) for g in gt]), size)
-        gt_n = _at(torch.stack([_composite(g[1].images[0], g[1].masks[0]) for g in gt]), size)
-        stats.append(expression_stats(out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu(),
-                                      gt_e, gt_n, threshold))  # fmt: skip
-        labels.extend(label for _, _, label in chunk)
-        for k, (_, _, label) in enumerate(chunk):
-            shown.setdefault(label, (gt_e[k], gt_n[k], out_e.rgb[k].clamp(0, 1).cpu(),
-                                     out_n.rgb[k].clamp(0, 1).cpu()))  # fmt: skip
-        lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(),
-                     torch.stack([torch.from_numpy(g[0].landmarks_3d) for g in gt]),
-                     torch.stack([torch.from_numpy(g[1].landmarks_3d) for g in gt])))  # fmt: skip
+        acc.add(out_e, out_n, *_probe_truth(truth, chunk, identity, rig, size))
     report: dict[str, Any] = {
         "split": "expression:probe",
         "model": type(model).__name__,
@@ -613,16 +621,50 @@ def evaluate_expression_probe(
         "neutral": neutral,
         "threshold": threshold,
         "pooling": "pixel-weighted (union of supports); capture energy-weighted",
-        "n": len(labels),
+        "n": len(acc.labels),
     }
-    if save_dir is not None and shown:
+    if save_dir is not None and acc.shown:
         from gphm.io.images import save_png
 
         path = Path(save_dir) / "difference.png"
-        save_png(path, difference_picture([shown[k] for k in sorted(shown)]))
+        save_png(path, difference_picture([acc.shown[k] for k in sorted(acc.shown)]))
         report["difference_picture"] = str(path)
-        report["difference_picture_labels"] = sorted(shown)
-    return report | _pooled_report(stats, labels, lmks)
+        report["difference_picture_labels"] = sorted(acc.shown)
+    return report | acc.pooled()
+
+
+def _probe_camera(ds: Any, camera: str | None, data_path: str | Path) -> tuple[str, Any]:
+    """``camera`` (default the generator's reference camera, else the first) and a training
+    row seen from it (cameras are shared by every frame of a synthetic set)."""
+    meta = ds.meta
+    cams = meta.get("generator", {}).get("cameras", {})
+    camera = camera or cams.get("reference") or meta["cameras"][0]
+    cam_of_row = ds.ds.data.column("camera").to_pylist()
+    found = [k for k, r in enumerate(ds.indices) if cam_of_row[r] == camera]
+    if not found:
+        raise ValueError(
+            f"camera {camera!r} has no training row in {data_path} (cameras: {meta['cameras']})"
+        )
+    return camera, ds[found[0]]
+
+
+def _probe_truth(
+    truth: DatasetTruth, chunk: list[tuple[int, int, str]], pose: Any, rig: Any,
+    size: tuple[int, int],
+) -> tuple[Tensor, Tensor, list[str], Tensor, Tensor]:  # fmt: skip
+    """The generator's renders of ``chunk``'s ``(subject, frame, label)`` probes with the
+    frame's expression and with the neutral one (``[B, *size, 3]`` each), the labels and
+    the true landmarks of both (``[B, L, 3]``), for :meth:`_Accumulator.add`."""
+    gt = [
+        [truth.render(s, expr, pose, rig) for expr in
+         (truth.frame_expression(f), EXPRESSIONS["neutral"])]
+        for s, f, _ in chunk
+    ]  # fmt: skip
+    gt_e = _at(torch.stack([_composite(g[0].images[0], g[0].masks[0]) for g in gt]), size)
+    gt_n = _at(torch.stack([_composite(g[1].images[0], g[1].masks[0]) for g in gt]), size)
+    return (gt_e, gt_n, [label for _, _, label in chunk],
+            torch.stack([torch.from_numpy(g[0].landmarks_3d) for g in gt]),
+            torch.stack([torch.from_numpy(g[1].landmarks_3d) for g in gt]))  # fmt: skip
 
 
 def difference_picture(
