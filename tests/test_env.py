@@ -1,5 +1,6 @@
-"""Every command sets ``OMP_WAIT_POLICY=PASSIVE`` (gphm/cli/_env.py) before torch loads,
-whichever way it is started: an installed console script, ``python -m gphm.cli.NAME``, a
+"""Every command runs ``gphm/cli/_env.py`` (the offline variables and the place for an
+OpenMP policy, ``THREADING``) before torch loads, and leaves the user's OpenMP policy as
+it is, whichever way it is started: an installed console script, ``python -m gphm.cli.NAME``, a
 ``scripts/*.py`` shim or ``accelerate launch -m gphm.cli.train``.
 
 Each command runs in a subprocess with a ``sitecustomize`` hook that records, at the
@@ -56,7 +57,7 @@ sys.meta_path.insert(0, _WatchTorch())
 SCRIPTS = [e.name for e in distribution("gphm").entry_points if e.group == "console_scripts"]
 
 
-def _run(cmd: list[str], tmp_path: Path, **extra: str) -> list[dict]:
+def _run(cmd: list[str], tmp_path: Path, **extra: str | None) -> list[dict]:
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
@@ -64,7 +65,8 @@ def _run(cmd: list[str], tmp_path: Path, **extra: str) -> list[dict]:
     out.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env |= {"PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]), "GPHM_TEST_ENV_OUT": str(out),
-            "OMP_NUM_THREADS": "1", **extra}  # fmt: skip
+            "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **extra}  # fmt: skip
+    env = {k: v for k, v in env.items() if v is not None}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
@@ -80,12 +82,14 @@ def _bin(name: str) -> str:
 
 def _assert_passive(records: list[dict], program: str) -> None:
     """The processes whose program (``sys.argv[0]``) ends with ``program`` imported torch
-    with OMP_WAIT_POLICY=PASSIVE, after _env, before the OpenMP runtime was loaded."""
+    after _env, before the OpenMP runtime was loaded (so a policy set in
+    ``_env.THREADING`` takes effect), with the OpenMP policy the user's environment had
+    (``_run`` passes PASSIVE: a user sharing the CPU)."""
     ours = [r for r in records if r["argv"][0].endswith(program)]
     assert ours, f"torch was never imported by the command ({records})"
     for r in ours:
         assert r["omp"] == "PASSIVE" and r["env_module"], r
-        assert not r["gomp_loaded"], r  # the OpenMP runtime loads after the setting
+        assert not r["gomp_loaded"], r  # the OpenMP runtime loads after _env
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -122,6 +126,16 @@ def test_accelerate_launch_sets_passive_waiting_in_the_training_process(tmp_path
 def test_users_setting_wins(tmp_path):
     records = _run([_bin("gphm-synth"), "--help"], tmp_path, OMP_WAIT_POLICY="ACTIVE")
     assert records and all(r["omp"] == "ACTIVE" for r in records)
+
+
+def test_commands_set_no_openmp_policy_of_their_own(tmp_path):
+    """A command alone keeps OpenMP's default (spinning) policy: PASSIVE made stage 2
+    1.6x slower alone (gphm/cli/_env.py)."""
+    from gphm.cli import _env
+
+    assert "OMP_WAIT_POLICY" not in _env.THREADING
+    records = _run([_bin("gphm-synth"), "--help"], tmp_path, OMP_WAIT_POLICY=None)
+    assert records and all(r["omp"] is None for r in records)
 
 
 def test_importing_the_python_api_leaves_the_environment_alone(tmp_path):
