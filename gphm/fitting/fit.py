@@ -36,8 +36,9 @@ gets a weight of its name in :class:`FitConfig`, is computed in
 No silent collapse: after phase 1 the render must cover at least ``fit.min_coverage``
 of every input's head mask (:func:`gphm.inversion.guard.coverage`). A collapsed phase 1
 is restarted once from the prior mean and the landmark pose with both phase-1 learning
-rates divided by 10; a phase 2 that collapses is discarded (the avatar is the phase-1
-fit); what still renders (almost) nothing raises
+rates divided by 10; a phase 2 that collapses, or that ends with a masked PSNR on the
+input more than ``fit.phase2_max_drop_db`` (0.5 dB) below phase 1's, is discarded (the
+avatar is the phase-1 fit); what still renders (almost) nothing raises
 :class:`~gphm.inversion.guard.FitCollapseError` (exit status 2). Every recovery is in
 :attr:`FitResult.recoveries`, every image's coverage in :attr:`ImageFit.coverage`.
 A loss, gradient or parameter that turns NaN/inf stops the fit with
@@ -139,6 +140,10 @@ class FitConfig:
     """The fraction of every input's head mask (at the rasteriser's size) that the render
     must cover after phase 1 and phase 2 (module docstring; 0: no check). A fit
     that works covers 0.8-1.0; a collapsed one (the render fades out) under 0.1."""
+    phase2_max_drop_db: float = 0.5
+    """Phase 2 (of at least 20 steps) is discarded when the first input's masked PSNR ends
+    more than this many dB below phase 1's (it diverged: a fine-tuned Ψ drifting to white
+    keeps its coverage); a large value switches the check off."""
 
     def __post_init__(self) -> None:
         for name in ("phase1_steps", "phase2_steps"):
@@ -543,6 +548,21 @@ def _fit(
         net = model
         cov, out, uv = fp.coverage(net)
     images = _image_fits(fp, out, uv, cov)
+    judged = cfg.phase2_steps >= PHASE2_JUDGED_STEPS
+    if judged and net is not model and \
+            images[0].psnr_masked < phase1_psnr_masked - cfg.phase2_max_drop_db:
+        # Phase 2 exists to reproduce the input better; ending worse than phase 1 on it
+        # (e.g. the fine-tuned Ψ drifting to a white render, which keeps its coverage)
+        # means it diverged: keep the phase-1 fit.
+        recoveries.append({"phase": 2, "psnr_masked": round(images[0].psnr_masked, 3),
+                           "phase1_psnr_masked": round(phase1_psnr_masked, 3), "action": (
+            "discarded phase 2: it ended with a lower masked input PSNR than phase 1 (by "
+            f"more than fit.phase2_max_drop_db={cfg.phase2_max_drop_db:g} dB); the avatar "
+            "is the phase-1 fit")})  # fmt: skip
+        fp.extra.clear(), fp.reg.clear()
+        net = model
+        cov, out, uv = fp.coverage(net)
+        images = _image_fits(fp, out, uv, cov)
     avatar = _avatar(fp, net, checkpoint, names, images)
     first = images[0]
     return FitResult(
@@ -553,6 +573,11 @@ def _fit(
         phase1_psnr_masked=phase1_psnr_masked, phase1_coverage=_rounded(cov1),
         recoveries=recoveries,
     )  # fmt: skip
+
+
+#: Phase 2 is judged on the input's PSNR only when it ran at least this many steps: its
+#: first steps may lower it before the fine-tuned parts settle (tests run 1-10 steps).
+PHASE2_JUDGED_STEPS = 20
 
 
 def _rounded(cov: Tensor) -> list[float]:

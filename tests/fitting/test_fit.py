@@ -70,8 +70,9 @@ def test_fitting_recovers_a_training_subject(trained, tiny_head_dataset):
 
 def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
-    result = fit_image(trained.model, target_from_item(ds[0]),
-                       FitConfig(phase1_steps=2, phase2_steps=2), str(trained.path))  # fmt: skip
+    # Two phase-2 steps may not improve the input yet: keep them (the round trip is tested).
+    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0)
+    result = fit_image(trained.model, target_from_item(ds[0]), cfg, str(trained.path))
     result.avatar.save(tmp_path / "av")
     loaded = Avatar.load(tmp_path / "av")
     assert torch.equal(loaded.z_id, result.avatar.z_id)

@@ -100,3 +100,20 @@ def test_landmarks_outside_their_image_are_refused(trained, item, tmp_path):
     cfg = FitConfig(phase1_steps=1, phase2_steps=0, min_coverage=0)
     _, res = fit_photos(trained, [photo], landmarks=[some], config=cfg)
     assert len(res.images) == 1
+
+
+def test_a_phase2_that_ends_worse_on_the_input_than_phase1_is_discarded(trained, item):
+    """A phase 2 can keep its coverage and still ruin the picture (the einstein demo fit
+    went white: 14.7 dB after phase 1, 10.0 after phase 2); the guard keeps phase 1."""
+    target = target_from_item(item)
+    # Colour and upsampler rates far too high: phase 2 overshoots the photo's colours.
+    res = _fit(trained, target, phase1_steps=20, phase2_steps=20, color_lr=50.0,
+               upsampler_lr=5.0, phase2_lr=1.0)  # fmt: skip
+    phase2 = [r for r in res.recoveries if r["phase"] == 2]
+    assert phase2 and "lower masked input PSNR" in phase2[0]["action"]
+    assert phase2[0]["psnr_masked"] < phase2[0]["phase1_psnr_masked"] - 0.5
+    assert res.psnr_masked == pytest.approx(res.phase1_psnr_masked, abs=1e-3)
+    assert res.avatar.f_col is None and res.avatar.point_offsets is None
+    good = _fit(trained, target, phase1_steps=20, phase2_steps=20)
+    assert all(r["phase"] != 2 for r in good.recoveries)
+    assert good.psnr_masked >= good.phase1_psnr_masked - 0.5
