@@ -540,25 +540,10 @@ def _fit(
             run_phase(fp.phase(2, fp.reg.pop("groups"), cfg.phase2_steps),
                       lambda i: fp.terms(net, i)[0], [log.hook(2)], progress=progress)  # fmt: skip
     cov, out, uv = fp.coverage(net)
-    if net is not model and _collapsed(cov, cfg):  # phase 2 faded the head out: drop it
-        recoveries.append({"phase": 2, "coverage": _rounded(cov), "action": (
-            "discarded phase 2: its render covered less than fit.min_coverage of the mask; "
-            "the avatar is the phase-1 fit")})  # fmt: skip
-        fp.extra.clear(), fp.reg.clear()
-        net = model
-        cov, out, uv = fp.coverage(net)
     images = _image_fits(fp, out, uv, cov)
-    judged = cfg.phase2_steps >= PHASE2_JUDGED_STEPS
-    if judged and net is not model and \
-            images[0].psnr_masked < phase1_psnr_masked - cfg.phase2_max_drop_db:
-        # Phase 2 exists to reproduce the input better; ending worse than phase 1 on it
-        # (e.g. the fine-tuned Ψ drifting to a white render, which keeps its coverage)
-        # means it diverged: keep the phase-1 fit.
-        recoveries.append({"phase": 2, "psnr_masked": round(images[0].psnr_masked, 3),
-                           "phase1_psnr_masked": round(phase1_psnr_masked, 3), "action": (
-            "discarded phase 2: it ended with a lower masked input PSNR than phase 1 (by "
-            f"more than fit.phase2_max_drop_db={cfg.phase2_max_drop_db:g} dB); the avatar "
-            "is the phase-1 fit")})  # fmt: skip
+    if net is not model and (failure := _phase2_failure(cfg, cov, images[0].psnr_masked,
+                                                         phase1_psnr_masked)):  # fmt: skip
+        recoveries.append(failure)  # keep the phase-1 fit
         fp.extra.clear(), fp.reg.clear()
         net = model
         cov, out, uv = fp.coverage(net)
@@ -578,6 +563,28 @@ def _fit(
 #: Phase 2 is judged on the input's PSNR only when it ran at least this many steps: its
 #: first steps may lower it before the fine-tuned parts settle (tests run 1-10 steps).
 PHASE2_JUDGED_STEPS = 20
+
+
+def _phase2_failure(
+    cfg: FitConfig, cov: Tensor, psnr_masked: float, phase1_psnr_masked: float
+) -> dict[str, Any] | None:
+    """The recovery record when phase 2 must be discarded, else None: its render faded
+    out of the mask, or (after at least ``PHASE2_JUDGED_STEPS`` steps) it ended with the
+    first input's masked PSNR more than ``fit.phase2_max_drop_db`` below phase 1's — phase 2
+    exists to reproduce the input better, and a fine-tuned Ψ drifting to a white render
+    keeps its coverage."""
+    if _collapsed(cov, cfg):
+        return {"phase": 2, "coverage": _rounded(cov), "action": (
+            "discarded phase 2: its render covered less than fit.min_coverage of the mask; "
+            "the avatar is the phase-1 fit")}  # fmt: skip
+    judged = cfg.phase2_steps >= PHASE2_JUDGED_STEPS
+    if judged and psnr_masked < phase1_psnr_masked - cfg.phase2_max_drop_db:
+        return {"phase": 2, "psnr_masked": round(psnr_masked, 3),
+                "phase1_psnr_masked": round(phase1_psnr_masked, 3), "action": (
+            "discarded phase 2: it ended with a lower masked input PSNR than phase 1 (by "
+            f"more than fit.phase2_max_drop_db={cfg.phase2_max_drop_db:g} dB); the avatar "
+            "is the phase-1 fit")}  # fmt: skip
+    return None
 
 
 def _rounded(cov: Tensor) -> list[float]:
