@@ -745,18 +745,10 @@ def _check_finite(path: Path, ds: datasets.Dataset) -> None:
     """Refuse rows whose cameras, poses or landmarks are non-finite (naming the first)."""
     for key in NUMERIC_FIELDS:
         try:
-            bad = np.flatnonzero(_row_has_nonfinite(ds.data.column(key)))
+            bad = _row_has_nonfinite(ds.data.column(key))
         except (pa.ArrowException, TypeError, ValueError) as err:
             raise ValueError(f"{path}: column '{key}' is not numeric ({err})") from None
-        if len(bad):
-            i = int(bad[0])
-            subject = ds.data.column("subject_name")[i].as_py()
-            camera = ds.data.column("camera")[i].as_py()
-            more = f" ({len(bad) - 1} more row(s))" if len(bad) > 1 else ""
-            raise ValueError(
-                f"{path}: row {i} (subject {subject!r}, camera {camera!r}): field '{key}' "
-                f"has non-finite values{more}"
-            )
+        _refuse_rows(path, ds, bad, key, lambda i: "has non-finite values")
 
 
 def _refuse_rows(path: Path, ds: datasets.Dataset, bad: np.ndarray, key: str, why: Any) -> None:
