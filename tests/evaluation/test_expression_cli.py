@@ -9,21 +9,14 @@ from tests.training.conftest import TINY_OVERRIDES
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A two-step stage-1 run on a generated set with neutral twins and mixtures."""
+def trained(tiny_dataset, tmp_path_factory):
+    """A two-step stage-1 run on the generated set with neutral twins and mixtures."""
     from gphm.config import parse_config
-    from gphm.data.synthetic import MakeSyntheticConfig
-    from gphm.data.synthetic.generate import generate
     from gphm.training.config import TrainRunConfig
     from gphm.training.trainer import GuidanceTrainer
 
-    root = tmp_path_factory.mktemp("expr_cli")
-    data = root / "ds"
-    generate(MakeSyntheticConfig(
-        out=str(data), num_identities=3, num_expressions=4, num_views=3, resolution=32,
-        supersample=1, mesh_frequency=12, heldout_views=1, val_views=0, mixtures_per_subject=1,
-    ), progress=False)  # fmt: skip
-    run = root / "run"
+    data = tiny_dataset
+    run = tmp_path_factory.mktemp("expr_cli") / "run"
     cfg = parse_config(TrainRunConfig, [
         f"data.path={data}", f"run_dir={run}", "stage=guidance", *TINY_OVERRIDES,
         "train.guidance_steps=2", "train.batch_size=2",

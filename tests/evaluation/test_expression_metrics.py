@@ -228,20 +228,6 @@ class TruthModel(torch.nn.Module):
         return SimpleNamespace(rgb=torch.stack(images), landmarks=torch.stack(landmarks))
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from gphm.data.synthetic import MakeSyntheticConfig
-    from gphm.data.synthetic.generate import generate
-
-    out = tmp_path_factory.mktemp("expr") / "ds"
-    cfg = MakeSyntheticConfig(
-        out=str(out), num_identities=3, num_expressions=4, num_views=3, resolution=32,
-        supersample=1, mesh_frequency=12, heldout_views=1, val_views=0, mixtures_per_subject=2,
-    )  # fmt: skip
-    generate(cfg, progress=False)
-    return out
-
-
 @pytest.mark.parametrize("split", ["heldout_view", "heldout_combo"])
 def test_evaluate_expressions_with_a_truth_renderer(tiny_dataset, split):
     from gphm.data.format import load_dataset_dir
