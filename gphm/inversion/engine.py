@@ -9,7 +9,8 @@ of the phase that the parameters are: a non-finite value stops the run with a
 phase, the step and the option most likely responsible (a learning rate far above its
 default, or the weight of the term that overflowed), instead of an avatar or tracking
 full of NaN. Hooks (``hook(phase, step, values)``, ``values`` the rounded terms and
-``total``) do per-step logging; see :func:`history_hook`.
+``total``) do per-step logging; see :func:`history_hook`. Each step polls
+:func:`gphm.io.threads.poll` (fewer torch threads while other processes load the CPUs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from gphm.errors import UserError
 from gphm.inversion.phases import Phase
 from gphm.inversion.terms import weighted_total
+from gphm.io import threads as adaptive_threads
 
 __all__ = ["Hook", "NonFiniteError", "history_hook", "make_optimizer", "run_phase"]
 
@@ -69,6 +71,7 @@ def run_phase(
     opt = optimizer if optimizer is not None else make_optimizer(phase)
     bar = tqdm(range(phase.steps), desc=phase.name, disable=not progress, leave=False)
     for i in bar:
+        adaptive_threads.poll()
         terms = evaluate(i)
         total = weighted_total(terms, phase.weights)
         if not bool(torch.isfinite(total)):

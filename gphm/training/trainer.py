@@ -32,6 +32,7 @@ from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, c
 from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
+from gphm.io import threads as adaptive_threads
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
 from gphm.io.jsonfile import write_report
@@ -286,13 +287,14 @@ class StageTrainer:
             record_stage(self.run_dir, self.stage, self.options, self.data_fingerprint)
             resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
             atomic_write_text(self.run_dir / "config.yaml", resolved)
-        t0 = time.perf_counter()
+        t0, threads_at_start = time.perf_counter(), adaptive_threads.stats()
         terms: dict[str, torch.Tensor] = {}
         bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
                    desc=self.desc, disable=not acc.is_local_main_process)  # fmt: skip
         stopped, done = False, start
         try:
             for step in bar:
+                adaptive_threads.poll()
                 self._set_lr(step)
                 batch = self._batch(step)
                 out = self._forward_or_diverged(batch, step)
@@ -331,6 +333,7 @@ class StageTrainer:
             "steps": self.total_steps,
             "resumed_from": start,
             "seconds": round(time.perf_counter() - t0, 2),
+            "threads": adaptive_threads.stats().since(threads_at_start).as_dict(),
             "final_losses": self._last_losses,
             "processes": acc.num_processes,
         }
