@@ -39,6 +39,7 @@ SUITES = {
     "viewer": ["benchmarks.viewer"],
     "contention": ["benchmarks.contention"],
     "scaling": ["benchmarks.scaling"],
+    "identity_curve": ["benchmarks.identity_curve"],
 }
 
 
