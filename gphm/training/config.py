@@ -225,6 +225,16 @@ class TrainConfig:
     """no | fp16 | bf16 (accelerate)."""
     cpu: bool = False
     """Force CPU even when a GPU is present."""
+    deterministic: bool = False
+    """Bit-for-bit reproducible CPU training: the training loops keep torch's thread count
+    fixed (the configured one, ``OMP_NUM_THREADS``) instead of lowering it while other
+    processes load the CPUs (:mod:`gphm.io.threads`). Every CPU op gives the same bits run
+    to run at a fixed count, but a different count sums floats in another order, and a
+    changed count early in a run grows into different figures (validation PSNR differed by
+    tenths of a dB). Free when the command runs alone; beside other work it keeps the
+    spinning workers that adaptation removes (up to ~4.5x slower), hence off by default.
+    A re-run must use the same thread count (each stage's ``train_report.json``
+    ``threads`` entry records it). Not compared on resume."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "log_every", "preview_every", "checkpoint_every"):

@@ -72,8 +72,8 @@ SCHEDULE_KEYS = frozenset(
 """Options that may change when a run resumes: when and how long, not what is trained."""
 
 # Not compared: where the run and the data live (the dataset is compared by content),
-# which stages this invocation runs, and the device.
-_UNCOMPARED = SCHEDULE_KEYS | {"run_dir", "stage", "data.path", "train.cpu"}
+# which stages this invocation runs, the device, and whether the thread count may adapt.
+_UNCOMPARED = SCHEDULE_KEYS | {"run_dir", "stage", "data.path", "train.cpu", "train.deterministic"}
 # Compared as resolved absolute paths.
 _PATH_KEYS = ("guidance_run", "loss.gaussian.vgg_weights")
 # Options only one stage reads (everything else, e.g. seed and batch size, is shared).

@@ -294,7 +294,8 @@ class StageTrainer:
         stopped, done = False, start
         try:
             for step in bar:
-                adaptive_threads.poll()
+                if not cfg.train.deterministic:  # else the count stays fixed: same bits
+                    adaptive_threads.poll()
                 self._set_lr(step)
                 batch = self._batch(step)
                 out = self._forward_or_diverged(batch, step)
@@ -328,12 +329,15 @@ class StageTrainer:
         if start >= self.total_steps:  # trained, but the export was never written
             self._check_parameters(start)
         acc.wait_for_everyone()
+        threads = adaptive_threads.stats().since(threads_at_start).as_dict()
+        if cfg.train.deterministic:  # no poll ran: record the count a re-run must use
+            threads.update(adaptive=False, count=torch.get_num_threads())
         summary = {
             "stage": self.stage,
             "steps": self.total_steps,
             "resumed_from": start,
             "seconds": round(time.perf_counter() - t0, 2),
-            "threads": adaptive_threads.stats().since(threads_at_start).as_dict(),
+            "threads": threads,
             "final_losses": self._last_losses,
             "processes": acc.num_processes,
         }
