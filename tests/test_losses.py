@@ -83,3 +83,43 @@ def test_mse_minimiser_is_the_mean_where_l1_picks_the_median():
     assert float(losses.mse(torch.full((1, 2, 2, 3), 0.5), torch.zeros(1, 2, 2, 3))) == 0.25
     with pytest.raises(ValueError, match="mse: pred"):
         losses.mse(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 1))
+
+
+def test_anchored_landmarks_follow_the_surface_offsets_not_their_own():
+    """``loss.landmark_anchor``'s landmarks move with the offsets of the surface around
+    them (identity + expression), take no gradient into P0, and are exactly P0 when the
+    surface does not move."""
+    from gphm.models.guidance import Deformation
+    from gphm.training.trainer import anchored_landmarks
+
+    anchors = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [1.0, 0, 0], [1.1, 0, 0]])
+    p0 = torch.tensor([[0.05, 0, 0], [1.05, 0, 0]], requires_grad=True)
+    zero = torch.zeros(2, 4, 3)
+    d = Deformation(points=anchors.expand(2, 4, 3), delta_id=zero, delta_exp=zero.clone(),
+                    colors=zero, hidden=zero)  # fmt: skip
+    torch.testing.assert_close(anchored_landmarks(p0, anchors, d, k=2), p0.detach().expand(2, 2, 3))
+    # the expression lifts the first pair of anchors by +y in batch row 1 only
+    d.delta_exp = zero.clone().requires_grad_(True)
+    lift = torch.zeros(2, 4, 3)
+    lift[1, :2, 1] = 0.2
+    d.delta_id = lift
+    out = anchored_landmarks(p0, anchors, d, k=2)
+    torch.testing.assert_close(out[1, 0], torch.tensor([0.05, 0.2, 0.0]))
+    torch.testing.assert_close(out[1, 1], p0[1].detach())
+    torch.testing.assert_close(out[0], p0.detach())
+    out.sum().backward()
+    assert p0.grad is None and d.delta_exp.grad.abs().sum() > 0
+
+
+def test_landmark_distance_is_the_mean_euclidean_distance_with_unit_gradient():
+    pred = torch.zeros(2, 3, 3, requires_grad=True)
+    target = torch.zeros(2, 3, 3)
+    target[0, 0] = torch.tensor([3.0, 4.0, 0.0])  # distance 5
+    target[1, 2] = torch.tensor([0.0, 0.0, 0.01])  # a small error: gradient stays unit-sized
+    target[1, 1] = float("nan")  # ignored
+    loss = losses.landmark_distance(pred, target)
+    torch.testing.assert_close(loss, torch.tensor((5.0 + 0.01) / 5), atol=1e-3, rtol=0)
+    loss.backward()
+    torch.testing.assert_close(pred.grad[1, 2], torch.tensor([0.0, 0.0, -1.0 / 5]), atol=1e-5, rtol=0)
+    assert pred.grad[1, 1].abs().sum() == 0
+    assert torch.isfinite(losses.landmark_distance(target.nan_to_num(), target.nan_to_num()))

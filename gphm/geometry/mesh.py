@@ -32,6 +32,8 @@ __all__ = [
     "subdivide_midpoint",
     "subdivide_to_count",
     "knn_mean_distance",
+    "knn_weights",
+    "anchored_offsets",
     "mesh_volume",
     "euler_characteristic",
     "is_watertight",
@@ -221,6 +223,41 @@ def subdivide_to_count(
         f"cannot reach min_vertices={min_vertices} within max_levels={max_levels} "
         f"subdivisions (reached {verts.shape[-2]} vertices, {faces.shape[0]} faces)"
     )
+
+
+def knn_weights(
+    queries: Tensor,  # [Q, 3]
+    points: Tensor,  # [N, 3]
+    k: int,
+) -> tuple[Tensor, Tensor]:  # indices [Q, k'] int64, weights [Q, k'] (rows sum to 1)
+    """Each query's ``k' = min(k, N)`` nearest ``points`` and inverse-distance weights.
+
+    Integer/weight work only: no gradient flows through either output (the weights are
+    computed under ``no_grad``), so callers interpolate differentiable per-point values
+    with them (:func:`anchored_offsets`). A query on a point gets (almost) all the weight.
+    """
+    if queries.dim() != 2 or queries.shape[-1] != 3 or points.dim() != 2 or points.shape[-1] != 3:
+        raise ValueError(
+            f"queries and points must be [Q, 3] and [N, 3], got {list(queries.shape)} "
+            f"and {list(points.shape)}"
+        )
+    if k < 1 or points.shape[0] == 0:
+        raise ValueError(f"need k >= 1 and at least one point, got k={k}, N={points.shape[0]}")
+    with torch.no_grad():
+        d = torch.cdist(queries.detach(), points.detach())  # [Q, N]
+        dist, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+        w = 1.0 / dist.clamp_min(1e-6)
+        return idx, w / w.sum(1, keepdim=True)
+
+
+def anchored_offsets(
+    offsets: Tensor,  # [..., N, D] per-point values (e.g. canonical offsets)
+    idx: Tensor,  # [Q, k] from knn_weights
+    weights: Tensor,  # [Q, k]
+) -> Tensor:  # [..., Q, D]
+    """The weighted mean of each query's anchors' ``offsets``: how a point that moves with
+    its nearest mesh vertices / Gaussians moves (differentiable in ``offsets``)."""
+    return (weights[..., None] * offsets[..., idx, :]).sum(-2)
 
 
 def knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:  # [N, 3] -> [N]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gphm.geometry.mesh import knn_mean_distance, subdivide_to_count
+from gphm.geometry.mesh import anchored_offsets, knn_mean_distance, knn_weights, subdivide_to_count
 from gphm.geometry.pose import apply_head_pose
 from gphm.geometry.rotations import matrix_to_quat, quat_multiply
 from gphm.models.base import SerializableModule, dataclass_from_dict
@@ -267,11 +267,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
     def landmark_anchors(self, k: int = LANDMARK_ANCHORS) -> tuple[Tensor, Tensor]:
         """Each canonical landmark's ``k`` nearest canonical Gaussians and their
         inverse-distance weights (rows sum to 1): indices [L, k], weights [L, k]."""
-        with torch.no_grad():
-            d = torch.cdist(self.landmarks_canonical, self.points)  # [L, N]
-            dist, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
-            w = 1.0 / dist.clamp_min(1e-6)
-            return idx, w / w.sum(1, keepdim=True)
+        return knn_weights(self.landmarks_canonical, self.points, k)
 
     def canonical_landmarks(
         self,
@@ -288,8 +284,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         points = conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
         if point_offsets is None:
             return points
-        idx, w = self.landmark_anchors()
-        return points + (w[..., None] * point_offsets[idx]).sum(1)
+        return points + anchored_offsets(point_offsets, *self.landmark_anchors())
 
     # ------------------------------------------------------------------ rendering
     def splat(

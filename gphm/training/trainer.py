@@ -32,12 +32,14 @@ from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, c
 from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
+from gphm.geometry.mesh import anchored_offsets, knn_weights
+from gphm.geometry.pose import apply_head_pose
 from gphm.io import threads as adaptive_threads
 from gphm.io.atomic import atomic_directory, atomic_write_text
 from gphm.io.images import image_grid, save_png
 from gphm.io.jsonfile import write_report
 from gphm.models.gaussian_head import GaussianHead, GaussianOutput
-from gphm.models.guidance import GuidanceModel, GuidanceOutput
+from gphm.models.guidance import Deformation, GuidanceModel, GuidanceOutput
 from gphm.models.runs import dataset_fingerprint
 from gphm.training.checkpoint import (
     checkpoint_candidates,
@@ -126,6 +128,27 @@ def expression_groups(frames: list[dict[str, Any]], train_frames) -> torch.Tenso
     return groups
 
 
+#: Anchors a landmark follows in ``loss.landmark_anchor`` (few: two lips or two eyelids
+#: a few vertices apart must not share them).
+LANDMARK_ANCHOR_K = 4
+
+
+def anchored_landmarks(
+    landmarks: torch.Tensor,  # [L, 3] canonical P0
+    anchors: torch.Tensor,  # [N, 3] canonical positions the offsets are of (X0 / V0)
+    deformation: Deformation,  # delta_id, delta_exp [B, N, 3]
+    k: int = LANDMARK_ANCHOR_K,
+) -> torch.Tensor:  # [B, L, 3] canonical
+    """P0 (no gradient) moved by the inverse-distance mean identity + expression offset of
+    its ``k`` nearest anchors (:func:`gphm.geometry.mesh.knn_weights`): where the surface
+    around each landmark goes. Supervising it with the true landmarks trains the surface's
+    deformation at the landmarks (the model's own landmarks have their own features and
+    can learn their motion without the surface following)."""
+    idx, w = knn_weights(landmarks, anchors, k)
+    offsets = deformation.delta_id + deformation.delta_exp
+    return landmarks.detach() + anchored_offsets(offsets, idx, w)
+
+
 def canonical_landmark_mean(dataset: HeadDataset, max_rows: int = 256) -> torch.Tensor:
     """Mean canonical landmarks [L, 3]: world landmarks mapped back through each row's
     head pose (``x_c = Rᵀ(x_w − T)/s``), averaged over up to ``max_rows`` rows."""
@@ -206,6 +229,15 @@ class StageTrainer:
         :func:`gphm.losses.group_consistency`), over the whole codebook."""
         return losses.group_consistency(model.expression_codes.codes.weight, self.expression_groups)
 
+    def _anchor_term(
+        self, model, anchors: torch.Tensor, d: Deformation, batch: HeadBatch
+    ) -> torch.Tensor:
+        """``landmark_anchor``: :func:`anchored_landmarks` (anchors [N, 3]: the canonical
+        mean-mesh vertices or Gaussians the offsets ``d`` belong to) against the truth."""
+        moved = anchored_landmarks(model.landmarks_canonical, anchors, d)
+        posed = apply_head_pose(moved, batch.head_R, batch.head_T, batch.head_scale)
+        return losses.landmark_distance(posed, batch.landmarks_3d)
+
     def _checkpoint_extra(self) -> dict[str, Any]:
         """Stage-specific entries of each checkpoint's ``trainer_state.json``."""
         return {}
@@ -243,9 +275,11 @@ class StageTrainer:
         if n != steps:  # the budget check of the config saw the configured steps
             scaled = dataclasses.replace(t, **{f"{self.stage}_steps": n})
             check_training_budget(dataclasses.replace(self.cfg, train=scaled, stage=self.stage))
-            self.acc.print(f"[train] {self.stage}: {n} steps for {len(self.dataset)} training "
-                           f"rows (train.{self.stage}_steps={steps}, {self.stage}_epochs="
-                           f"{epochs}, schedule_reference_rows={t.schedule_reference_rows})")
+            self.acc.print(
+                f"[train] {self.stage}: {n} steps for {len(self.dataset)} training "
+                f"rows (train.{self.stage}_steps={steps}, {self.stage}_epochs="
+                f"{epochs}, schedule_reference_rows={t.schedule_reference_rows})"
+            )
         return n
 
     # ------------------------------------------------------------------ one step
@@ -569,6 +603,7 @@ class GuidanceTrainer(StageTrainer):
             + losses.code_l2(model.expression_codes(batch.frame)),
             "expression_consistency": self._expression_consistency(model),
             "sdf_landmark": losses.sdf_abs(model.mean_field(model.landmarks_canonical).sdf),
+            "landmark_anchor": self._anchor_term(model, out.mean_mesh.verts, d, batch),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
@@ -688,6 +723,7 @@ class GaussianTrainer(StageTrainer):
             "code": losses.code_l2(model.identity_codes(batch.subject))
             + losses.code_l2(model.expression_codes(batch.frame)),
             "expression_consistency": self._expression_consistency(model),
+            "landmark_anchor": self._anchor_term(model, model.points, d, batch),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms

@@ -238,3 +238,25 @@ def test_bad_shapes_raise_clear_errors():
         knn_mean_distance(torch.zeros(10, 2))
     with pytest.raises(ValueError, match="more than k=3 points"):
         knn_mean_distance(torch.zeros(3, 3))
+
+
+def test_knn_weights_nearest_anchors_and_inverse_distance():
+    from gphm.geometry.mesh import anchored_offsets, knn_weights
+
+    points = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0], [5.0, 5, 5]])
+    queries = torch.tensor([[0.25, 0, 0], [0.0, 2.0, 0]], requires_grad=True)
+    idx, w = knn_weights(queries, points, k=2)
+    assert idx[0].tolist() == [0, 1] and idx[1, 0].item() == 2
+    # inverse distances 1/0.25 : 1/0.75 = 3 : 1
+    torch.testing.assert_close(w[0], torch.tensor([0.75, 0.25]))
+    assert w[1, 0] > 0.999  # a query on a point follows that point
+    assert not w.requires_grad
+    offsets = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [9.0, 9, 9]], requires_grad=True)
+    moved = anchored_offsets(offsets[None].expand(3, -1, -1), idx, w)  # batched
+    assert moved.shape == (3, 2, 3)
+    torch.testing.assert_close(moved[0, 0], torch.tensor([0.75, 0.25, 0.0]))
+    moved.sum().backward()  # differentiable in the offsets only
+    assert offsets.grad[3].abs().sum() == 0 and offsets.grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="queries and points"):
+        knn_weights(torch.zeros(2, 2), points, 2)
+    assert knn_weights(queries, points, k=10)[0].shape == (2, 4)  # k capped at N
