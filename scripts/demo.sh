@@ -94,8 +94,10 @@ python scripts/render_samples.py out="$OUT/showcase" data="$DATA"
 
 step train "training: stage 1 ($G steps), then stage 2 ($S steps); resumes if interrupted"
 # shellcheck disable=SC2086  # TRAIN_EXTRA is a list of overrides: split on purpose
+# train.deterministic=true: the thread count stays fixed whatever else runs, so the demo's
+# figures are reproducible (beside other work it is slower than adapting; README).
 python scripts/train.py data.path="$DATA" run_dir="$RUN" model=tiny stage=all \
-    train.guidance_steps="$G" train.gaussian_steps="$S" $TRAIN_EXTRA
+    train.deterministic=true train.guidance_steps="$G" train.gaussian_steps="$S" $TRAIN_EXTRA
 
 step eval_heldout_view "evaluating on held-out views"
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=heldout_view

@@ -121,7 +121,7 @@ class GuidanceLossConfig:
     identity lives in z_id and code swapping transfers expressions."""
     sdf_landmark: float = 0.1
     """|sdf| at the canonical mean landmarks (keeps the surface through them)."""
-    landmark_anchor: float = 30.0
+    landmark_anchor: float = 5.0
     """3D distance (not squared: :func:`gphm.losses.landmark_distance`) of the *anchored*
     landmarks to the true ones: each canonical
     landmark moved by the mean identity + expression offset of its nearest mesh vertices
@@ -158,7 +158,7 @@ class GaussianLossConfig:
     code: float = 1e-3
     expression_consistency: float = 1.0
     """As ``loss.expression_consistency`` (stage 1)."""
-    landmark_anchor: float = 30.0
+    landmark_anchor: float = 5.0
     """As ``loss.landmark_anchor`` (stage 1), anchored to the nearest Gaussians."""
     vgg_weights: str | None = None
     """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
