@@ -61,9 +61,7 @@ def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
 def landmark_mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, L, 3] x2 -> []
     """Mean over landmarks of the squared Euclidean distance; NaN targets are ignored."""
     _check_same_shape("landmark_mse", pred, target)
-    valid = torch.isfinite(target).all(-1)  # [B, L]
-    sq = ((pred - torch.nan_to_num(target)) ** 2).sum(-1)
-    return (sq * valid).sum() / valid.sum().clamp_min(1)
+    return _mean_over_valid(lambda sq: sq, pred, target)
 
 
 def landmark_distance(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
@@ -73,9 +71,15 @@ def landmark_distance(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor
     vanishes: a smile moves the mouth corners ~0.03 head units, which the squared term
     (~1e-3) leaves to the photometric terms. ``eps`` keeps the gradient at 0 finite."""
     _check_same_shape("landmark_distance", pred, target)
+    return _mean_over_valid(lambda sq: sq.add(eps).sqrt(), pred, target)
+
+
+def _mean_over_valid(per_landmark, pred: Tensor, target: Tensor) -> Tensor:  # -> []
+    """Mean of ``per_landmark(squared distance)`` [B, L] over landmarks whose target is
+    finite (NaN targets: not visible / not annotated)."""
     valid = torch.isfinite(target).all(-1)  # [B, L]
-    dist = ((pred - torch.nan_to_num(target)) ** 2).sum(-1).add(eps).sqrt()
-    return (dist * valid).sum() / valid.sum().clamp_min(1)
+    value = per_landmark(((pred - torch.nan_to_num(target)) ** 2).sum(-1))
+    return (value * valid).sum() / valid.sum().clamp_min(1)
 
 
 def offset_l2(delta: Tensor) -> Tensor:  # [..., 3] -> []
