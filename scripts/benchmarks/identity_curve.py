@@ -1,7 +1,8 @@
 """The identity-scaling curve: ``model=tiny`` trained on N identities, PSNR against N.
 
     python scripts/benchmarks/identity_curve.py [--sizes 8,24,72] [--epochs-guidance 6]
-        [--epochs-gaussian 24] [--seed-unseen 101] [--out DIR] [--reuse] [--quick]
+        [--epochs-gaussian 24] [--steps G,S] [--seed-unseen 101] [--out DIR] [--reuse]
+        [--quick]
     python scripts/bench.py identity_curve [--quick]    # the same with the defaults
 
 For each N of ``--sizes`` it trains ``model=tiny`` (``stage=all``) on an N-identity set,
@@ -40,7 +41,10 @@ was used (``unseen.seed_role``).
 ceil(epochs × training rows / 4) steps per stage, gphm/training/schedule.py), the same
 for every N, so N = 72 trains 11× the steps of N = 8. Defaults 6 + 24 epochs (the demo
 run's 300 + 1300 steps on 288 rows are 4 + 18): 81 + 324 / 270 + 1080 / 887 + 3546 steps
-for N = 8 / 24 / 72. Timing on 2 CPU cores (Intel Xeon 2.5 GHz, torch 2.13.0 CPU,
+for N = 8 / 24 / 72. ``--steps G,S`` is the control: every N trains exactly G + S steps
+(``train.schedule_reference_rows=0``), so a rising curve cannot come from more steps
+(``--steps 270,1080`` is the N = 24 point's schedule: that run is the same either way).
+Timing on 2 CPU cores (Intel Xeon 2.5 GHz, torch 2.13.0 CPU,
 ``TIMING``): 10 + 5 and 30 + 15 steps on the N = 8 set (the difference cancels set-up and
 validation) gave stage 1 0.19 s/step, stage 2 0.37 s/step and ≈ 6 s of process start,
 set-up and validation per run; the demo run's full-length report (300 + 1300 steps) has
@@ -167,13 +171,16 @@ def train_rows(n: int, resolution: int = RESOLUTION) -> int:
     )  # fmt: skip
 
 
-def estimate_minutes(sizes: list[int], epochs: tuple[float, float], unseen: int) -> dict:
+def estimate_minutes(
+    sizes: list[int], epochs: tuple[float, float], unseen: int,
+    fixed_steps: tuple[int, int] | None = None,
+) -> dict:  # fmt: skip
     """Minutes per training, for the fits and for the whole curve, from :data:`TIMING`
     (128 px, an idle 2-core machine)."""
     t = TIMING
     out: dict[str, float] = {}
     for n in sizes:
-        steps = [math.ceil(e * train_rows(n) / BATCH) for e in epochs]
+        steps = fixed_steps or [math.ceil(e * train_rows(n) / BATCH) for e in epochs]
         s = (steps[0] * t["guidance_s_per_step"] + steps[1] * t["gaussian_s_per_step"]
              + t["setup_s_per_run"])  # fmt: skip
         out[f"train_N{n}_min"] = round(s / 60, 1)
@@ -234,6 +241,7 @@ class Curve:
         self.quick: bool = args.quick
         self.sizes: list[int] = args.sizes
         self.epochs = (args.epochs_guidance, args.epochs_gaussian)
+        self.steps: tuple[int, int] | None = args.steps
         self.seed_unseen: int = args.seed_unseen
         self.reuse: bool = args.reuse
         self.res = QUICK_RESOLUTION if self.quick else RESOLUTION
@@ -248,6 +256,8 @@ class Curve:
         return self.out / "data" / f"unseen_{self.res}px_seed{self.seed_unseen}"
 
     def run_dir(self, n: int) -> Path:
+        if self.steps is not None:
+            return self.out / "runs" / f"N{n}_{self.res}px_gs{self.steps[0]}_ss{self.steps[1]}"
         g, s = self.epochs
         return self.out / "runs" / f"N{n}_{self.res}px_ge{g:g}_se{s:g}"
 
@@ -272,10 +282,14 @@ class Curve:
 
     def train(self, n: int) -> list[str]:
         g, s = self.epochs
+        schedule = [f"train.guidance_epochs={g:g}", f"train.gaussian_epochs={s:g}"]
+        if self.steps is not None:
+            schedule = [f"train.guidance_steps={self.steps[0]}",
+                        f"train.gaussian_steps={self.steps[1]}",
+                        "train.schedule_reference_rows=0"]  # fmt: skip
         cmd = [gphm_exe("gphm-train"), f"data.path={self.train_data(n)}",
                f"run_dir={self.run_dir(n)}", "model=tiny", "stage=all", f"seed={TRAIN_SEED}",
-               f"train.guidance_epochs={g:g}", f"train.gaussian_epochs={s:g}",
-               "train.preview_every=1000000"]  # fmt: skip
+               *schedule, "train.preview_every=1000000"]  # fmt: skip
         if self.quick:
             cmd.append("model.lr_size=32")
         return cmd
@@ -409,7 +423,8 @@ def assemble(curve: Curve, unseen: dict[str, Any], points: list[dict[str, Any]],
                 "identities fitted from 1 and 3 views and scored on held-out cameras",
         "quick": curve.quick,
         "options": {"sizes": curve.sizes, "guidance_epochs": curve.epochs[0],
-                    "gaussian_epochs": curve.epochs[1], "batch_size": BATCH,
+                    "gaussian_epochs": curve.epochs[1], "fixed_steps": curve.steps,
+                    "batch_size": BATCH,
                     "resolution": curve.res, "model": "tiny", "train_seed": TRAIN_SEED},
         "train_data": {"cost": COST, "seed": TRAIN_SEED, "resolution": curve.res,
                        "nested": "subject i is the same head (frames, poses, cameras, "
@@ -459,7 +474,9 @@ def plot_curve(report: dict[str, Any], path: Path) -> str | None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     o = report["options"]
-    fig.suptitle(f"model=tiny, {o['guidance_epochs']:g}+{o['gaussian_epochs']:g} epochs, "
+    schedule = (f"{o['guidance_epochs']:g}+{o['gaussian_epochs']:g} epochs" if not
+                o.get("fixed_steps") else "{}+{} steps for every N".format(*o["fixed_steps"]))
+    fig.suptitle(f"model=tiny, {schedule}, "
                  f"{o['resolution']} px; unseen seed {report['unseen']['seed']} "
                  f"({report['unseen']['seed_role']}), {report['unseen']['num_identities']} "
                  "people", fontsize=10)  # fmt: skip
@@ -481,7 +498,8 @@ def curve_main(args: argparse.Namespace) -> dict[str, Any]:
                               "pass --reuse to keep complete datasets, runs and reports, or "
                               "remove them")  # fmt: skip
     if not curve.quick:
-        curve.estimate = estimate_minutes(curve.sizes, curve.epochs, UNSEEN["num_identities"])
+        curve.estimate = estimate_minutes(curve.sizes, curve.epochs, UNSEEN["num_identities"],
+                                          curve.steps)  # fmt: skip
         print(f"[identity_curve] estimate on an idle 2-core machine (minutes): "
               f"{curve.estimate}", flush=True)  # fmt: skip
     t0 = time.perf_counter()
@@ -510,6 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--epochs-{stage}", type=float, default=None,
                        help=f"stage-{i + 1} epochs (default {EPOCHS[i]:g}; --quick "
                        f"{QUICK_EPOCHS[i]:g})")  # fmt: skip
+    p.add_argument("--steps", default=None,
+                   help="G,S: train every N exactly G stage-1 and S stage-2 steps (the "
+                   "fixed-steps control; replaces the epochs)")  # fmt: skip
     p.add_argument("--seed-unseen", type=int, default=VALIDATION_SEED,
                    help=f"seed of the unseen people ({VALIDATION_SEED}: validation, the "
                    f"default; {REPORT_SEED}: the reported curve)")  # fmt: skip
@@ -533,6 +554,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for e in (args.epochs_guidance, args.epochs_gaussian):
         if not (math.isfinite(e) and e > 0):
             p.error(f"epochs must be finite and > 0, got {e:g}")
+    if args.steps is not None:
+        try:
+            args.steps = tuple(int(v) for v in args.steps.split(","))
+        except ValueError:
+            p.error(f"--steps must be two integers G,S, got {args.steps!r}")
+        if len(args.steps) != 2 or min(args.steps) < 1:
+            p.error(f"--steps must be two integers G,S >= 1, got {args.steps}")
     if args.out is None:
         args.out = ROOT / "bench_results" / f"identity_curve{'_quick' if args.quick else ''}"
     return args

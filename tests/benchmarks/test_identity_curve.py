@@ -49,6 +49,25 @@ def test_options_and_commands(tmp_path):
         ic.parse_args(["--epochs-gaussian", "0"])
 
 
+def test_fixed_steps_control_trains_every_n_the_same_steps(tmp_path):
+    args = ic.parse_args(["--steps", "270,1080", "--out", str(tmp_path)])
+    curve = ic.Curve(args)
+    for n in (8, 72):
+        train = curve.train(n)
+        assert {"train.guidance_steps=270", "train.gaussian_steps=1080",
+                "train.schedule_reference_rows=0"} <= set(train)  # fmt: skip
+        assert not any("epochs" in a for a in train)
+    # its own runs and reports beside the epoch schedule's, sharing the datasets
+    epochs = ic.Curve(ic.parse_args(["--out", str(tmp_path)]))
+    assert curve.run_dir(8).name == "N8_128px_gs270_ss1080" != epochs.run_dir(8).name
+    assert curve.train_data(8) == epochs.train_data(8)
+    est = ic.estimate_minutes([8, 72], ic.EPOCHS, 6, fixed_steps=(270, 1080))
+    assert est["train_N8_min"] == est["train_N72_min"]
+    for bad in ("270", "270,x", "0,10"):
+        with pytest.raises(SystemExit):
+            ic.parse_args(["--steps", bad])
+
+
 def test_report_and_plot_from_fake_numbers(tmp_path):
     pytest.importorskip("matplotlib")
     curve = ic.Curve(ic.parse_args(["--out", str(tmp_path), "--seed-unseen", "202"]))
