@@ -474,8 +474,11 @@ def plot_curve(report: dict[str, Any], path: Path) -> str | None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     o = report["options"]
-    schedule = (f"{o['guidance_epochs']:g}+{o['gaussian_epochs']:g} epochs" if not
-                o.get("fixed_steps") else "{}+{} steps for every N".format(*o["fixed_steps"]))
+    schedule = (
+        f"{o['guidance_epochs']:g}+{o['gaussian_epochs']:g} epochs"
+        if not o.get("fixed_steps")
+        else "{}+{} steps for every N".format(*o["fixed_steps"])
+    )
     fig.suptitle(f"model=tiny, {schedule}, "
                  f"{o['resolution']} px; unseen seed {report['unseen']['seed']} "
                  f"({report['unseen']['seed_role']}), {report['unseen']['num_identities']} "
