@@ -3,7 +3,7 @@
 ::
 
     H          = f_inj(Γ0, z_id)                         [B, N, H]
-    X_can      = X0 + f_id(H) + f_exp(H, z_exp)           [B, N, 3]
+    X_can      = X0 + f_id(H) + f_exp(H, z_exp) [+ E·z_exp] [B, N, 3]
     C          = sigmoid(f_col(H, z_exp))                 [B, N, 32]
     {S, Q, A}  = {S0, Q0, A0} + f_att(H, z_exp)           log-scale, quat, opacity logit
     X = s·R·X_can + T,   Q = R ⊗ Q_can,   scale = s·exp(S)         head pose of the frame
@@ -15,6 +15,17 @@ X0 are the mean-mesh vertices (optionally subdivided to a target count) and Γ0 
 mean-field features there, both now free parameters; S0 from nearest-neighbour
 distances, Q0 identity, A0 = logit(init_opacity); f_att is new with a zero-initialised
 last layer, so right after creation the head is exactly the initial Gaussians.
+
+``expression_basis`` / ``identity_basis``: each Gaussian also gets a free linear basis
+E_exp [N, 3, Dexp] / E_id [N, 3, Did] (zero at creation), learned per-Gaussian
+blendshapes of the codes added to f_exp's / f_id's offsets (``X_can += E_id·z_id +
+E_exp·z_exp``). f_exp sees a Gaussian only through its 32 hidden channels, which resolve
+a jaw but not a mouth corner or an eyelid (a smile moves ~1 % of the pixels, 0.07 head
+units); E_exp resolves every Gaussian. E_id gives identity the same per-Gaussian reach:
+without it the expression codes learn each subject's own shape details through E_exp
+(every frame of a subject shares them), which a code swap then carries to another person.
+The model's landmarks follow both at their nearest Gaussians
+(:meth:`GaussianHead.canonical_landmarks`).
 
 Shapes: ``B`` batch of (frame, camera) rows, ``N`` Gaussians, ``L`` landmarks.
 """
@@ -90,6 +101,13 @@ class GaussianHeadConfig:
     existed, which :meth:`GaussianHead.read_description` gives to a ``config.json`` that
     lacks it so that old checkpoints render as trained."""
 
+    expression_basis: bool = False
+    """A per-Gaussian linear expression basis E_exp [N, 3, Dexp] (module docstring):
+    offsets ``E_exp · z_exp`` beside f_exp's, trained at ``train.point_lr``. False (and a
+    ``config.json`` from before the field) is the model without it."""
+    identity_basis: bool = False
+    """The same for identity: ``E_id · z_id`` [N, 3, Did] beside f_id's offsets."""
+
     def __post_init__(self) -> None:
         if self.num_points < 0:
             raise ValueError(f"num_points must be >= 0, got {self.num_points}")
@@ -151,10 +169,13 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
     @classmethod
     def read_description(cls, directory: Any) -> dict[str, Any]:
         """``config.json`` as saved; one that predates ``GaussianHeadConfig.semantics``
-        gets the rule it was trained with (``"legacy"``), not today's default."""
+        gets the rule it was trained with (``"legacy"``), not today's default, and one that
+        predates the bases the model without them."""
         desc = super().read_description(directory)
         if isinstance(desc.get("config"), dict):
             desc["config"].setdefault("semantics", LEGACY_SEMANTICS)
+            desc["config"].setdefault("expression_basis", False)
+            desc["config"].setdefault("identity_basis", False)
         return desc
 
     def __init__(
@@ -196,6 +217,11 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         self.opacity_logits = nn.Parameter(torch.full((num_points,), logit))  # A0
         self.landmarks_canonical = nn.Parameter(torch.zeros(g.num_landmarks, 3))  # P0
         self.landmark_features = nn.Parameter(torch.zeros(g.num_landmarks, g.mean_feature_dim))
+        # E_exp / E_id, zero: the head starts as the networks alone
+        if config.expression_basis:
+            self.expression_basis = nn.Parameter(torch.zeros(num_points, 3, exp_dim))
+        if config.identity_basis:
+            self.identity_basis = nn.Parameter(torch.zeros(num_points, 3, id_dim))
 
     @property
     def num_points(self) -> int:
@@ -249,6 +275,15 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
     ) -> GaussianAttributes:
         """Canonical Gaussians of B (identity, expression) pairs."""
         deform, h_exp = conditioned_deformation(self, self.points, self.point_features, z_id, z_exp)
+        b_id, b_exp = self.basis_offsets(z_id, z_exp)
+        if b_id is not None:
+            deform = dataclasses.replace(
+                deform, points=deform.points + b_id, delta_id=deform.delta_id + b_id
+            )
+        if b_exp is not None:
+            deform = dataclasses.replace(
+                deform, points=deform.points + b_exp, delta_exp=deform.delta_exp + b_exp
+            )
         att = self.f_att(h_exp)
         means = deform.points if point_offsets is None else deform.points + point_offsets
         return GaussianAttributes(
@@ -259,6 +294,21 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             colors=deform.colors,
             deformation=deform,
         )
+
+    def bases(self) -> tuple[Tensor | None, Tensor | None]:
+        """E_id [N, 3, Did] and E_exp [N, 3, Dexp] (None where not configured)."""
+        return getattr(self, "identity_basis", None), getattr(self, "expression_basis", None)
+
+    def basis_offsets(
+        self,
+        z_id: Tensor,  # [B, Did]
+        z_exp: Tensor,  # [B, Dexp]
+    ) -> tuple[Tensor | None, Tensor | None]:  # [B, N, 3] each, None where not configured
+        """The bases' canonical offsets ``E_id · z_id`` and ``E_exp · z_exp``."""
+        return tuple(
+            None if e is None else torch.einsum("nkd,bd->bnk", e, z)
+            for e, z in zip(self.bases(), (z_id, z_exp))
+        )  # type: ignore[return-value]
 
     def render_context(self) -> dict[str, Any]:
         """As ``GuidanceModel.render_context``: Gaussians have nothing to share."""
@@ -275,16 +325,25 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         z_exp: Tensor,  # [B, Dexp]
         point_offsets: Tensor | None = None,  # [N, 3] the Gaussians' extra offsets (fitting)
     ) -> Tensor:  # [B, L, 3]
-        """P0 through the same identity/expression offsets as the Gaussians. With
-        ``point_offsets`` each landmark also moves with its nearest Gaussians (the
-        inverse-distance mean of their offsets, :meth:`landmark_anchors`), so a fitted
-        avatar's landmarks follow its personalised geometry and a landmark term can
-        shape that geometry."""
+        """P0 through the same identity/expression offsets as the Gaussians. The per-Gaussian
+        offsets that the landmarks' own path lacks, the bases' ``E_id·z_id + E_exp·z_exp`` and
+        a fit's ``point_offsets``, reach each landmark from its nearest Gaussians (the
+        inverse-distance mean of their offsets, :meth:`landmark_anchors`): a smile learned
+        by E moves the mouth-corner landmarks, a fitted avatar's landmarks follow its
+        personalised geometry, and a landmark term can shape both."""
         p0, g0 = self.landmarks_canonical, self.landmark_features
         points = conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
-        if point_offsets is None:
+        bases = self.bases()
+        if bases == (None, None) and point_offsets is None:
             return points
-        return points + anchored_offsets(point_offsets, *self.landmark_anchors())
+        idx, w = self.landmark_anchors()
+        for e, z in zip(bases, (z_id, z_exp)):
+            if e is not None:  # E at the anchors only: [L, 3, D]
+                at = (w[..., None, None] * e[idx]).sum(1)
+                points = points + torch.einsum("lkd,bd->blk", at, z)
+        if point_offsets is not None:
+            points = points + anchored_offsets(point_offsets, idx, w)
+        return points
 
     # ------------------------------------------------------------------ rendering
     def splat(

@@ -651,6 +651,7 @@ class GaussianTrainer(StageTrainer):
         self.perceptual = build_perceptual_loss(cfg.loss.gaussian.vgg_weights)
         t, m = cfg.train, self.model
         per_point = [m.point_features, m.log_scales, m.quats, m.opacity_logits]
+        per_point += [e for e in m.bases() if e is not None]
         codes = [m.identity_codes.codes.weight, m.expression_codes.codes.weight]
         codes += [m.landmarks_canonical, m.landmark_features]
         special = {id(p) for p in per_point + codes + [m.points]}

@@ -194,3 +194,77 @@ def test_landmarks_follow_the_point_offsets_of_their_nearest_gaussians(head, gui
     torch.testing.assert_close(out.landmarks, base + d)
     with pytest.raises(ValueError, match="GuidanceModel has none"):
         guidance.canonical_landmarks(z_id, z_exp, offsets)
+
+
+def test_expression_basis_is_a_per_gaussian_blendshape_of_the_code(guidance, tmp_path):
+    plain = GaussianHead.create_from(guidance)
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(expression_basis=True))
+    N, D = head.num_points, head.expression_codes.config.dim
+    assert head.expression_basis.shape == (N, 3, D) and not hasattr(plain, "expression_basis")
+    z_id, z_exp = torch.randn(2, head.identity_codes.config.dim), torch.randn(2, D)
+    with torch.no_grad():  # zero at creation: the head is the one without the basis
+        a, b = head.attributes(z_id, z_exp), plain.attributes(z_id, z_exp)
+        assert torch.equal(a.means, b.means)
+        torch.testing.assert_close(head.canonical_landmarks(z_id, z_exp),
+                                   plain.canonical_landmarks(z_id, z_exp))  # fmt: skip
+        # One Gaussian's basis column d moves that Gaussian by z_exp[:, d] along it, in
+        # means and delta_exp, and nothing else; a landmark anchored to it by its weight.
+        idx, w = head.landmark_anchors()
+        g, d = int(idx[3, 0]), 5
+        head.expression_basis[g, :, d] = torch.tensor([0.0, 0.2, -0.1])
+        moved = head.attributes(z_id, z_exp)
+        delta = moved.means - a.means
+        want = z_exp[:, d, None] * torch.tensor([0.0, 0.2, -0.1])
+        torch.testing.assert_close(delta[:, g], want)
+        torch.testing.assert_close(moved.deformation.delta_exp - a.deformation.delta_exp, delta)
+        assert delta.abs().sum() == pytest.approx(want.abs().sum().item(), rel=1e-5)
+        lmk = head.canonical_landmarks(z_id, z_exp) - plain.canonical_landmarks(z_id, z_exp)
+        torch.testing.assert_close(lmk[:, 3], float(w[3, 0]) * want, atol=1e-6, rtol=1e-5)
+        # The neutral code (0) gets no basis offset.
+        zero = torch.zeros(2, D)
+        torch.testing.assert_close(head.attributes(z_id, zero).means,
+                                   plain.attributes(z_id, zero).means)  # fmt: skip
+    out = head.canonical_landmarks(z_id, z_exp).sum() + head.attributes(z_id, z_exp).means.sum()
+    out.backward()
+    assert head.expression_basis.grad.abs().sum() > 0
+    head.save_pretrained(tmp_path / "g")  # the basis travels with the model
+    loaded = GaussianHead.from_pretrained(tmp_path / "g")
+    assert loaded.config.expression_basis and torch.equal(
+        loaded.expression_basis, head.expression_basis
+    )
+
+
+@torch.no_grad()
+def test_identity_basis_moves_identity_offsets_not_expression_offsets(guidance):
+    plain = GaussianHead.create_from(guidance)
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(identity_basis=True))
+    Did, Dexp = head.identity_codes.config.dim, head.expression_codes.config.dim
+    assert head.identity_basis.shape == (head.num_points, 3, Did)
+    assert head.bases()[1] is None and plain.bases() == (None, None)
+    z_id, z_exp = torch.randn(2, Did), torch.randn(2, Dexp)
+    idx, w = head.landmark_anchors()
+    g = int(idx[2, 0])
+    head.identity_basis[g, :, 2] = torch.tensor([0.1, 0.0, 0.0])
+    a, b = head.attributes(z_id, z_exp), plain.attributes(z_id, z_exp)
+    want = z_id[:, 2, None] * torch.tensor([0.1, 0.0, 0.0])
+    torch.testing.assert_close((a.means - b.means)[:, g], want)
+    torch.testing.assert_close(a.deformation.delta_id - b.deformation.delta_id, a.means - b.means)
+    torch.testing.assert_close(a.deformation.delta_exp, b.deformation.delta_exp)
+    lmk = head.canonical_landmarks(z_id, z_exp) - plain.canonical_landmarks(z_id, z_exp)
+    torch.testing.assert_close(lmk[:, 2], float(w[2, 0]) * want, atol=1e-6, rtol=1e-5)
+
+
+def test_config_json_without_the_basis_fields_loads_without_bases(guidance, tmp_path):
+    import json
+
+    from gphm.models.base import CONFIG_NAME
+
+    GaussianHead.create_from(guidance).save_pretrained(tmp_path / "old")
+    path = tmp_path / "old" / CONFIG_NAME
+    desc = json.loads(path.read_text())
+    for key in ("expression_basis", "identity_basis"):  # as written before the fields
+        del desc["config"][key]
+    path.write_text(json.dumps(desc))
+    old = GaussianHead.from_pretrained(tmp_path / "old")
+    assert old.bases() == (None, None)
+    assert not (old.config.expression_basis or old.config.identity_basis)
