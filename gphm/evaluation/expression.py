@@ -555,6 +555,34 @@ def _probe_pairs(
     return base, probes
 
 
+def _transfer_probes(
+    frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
+) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
+    """Subjects' neutral frames and the transfer probes ``(subject A, frame f, label)``:
+    every trained non-neutral frame ``f`` of a subject B (for a label, B's lowest trained
+    frame of it; every ``mix`` frame: each is its own expression) goes to the next subject
+    A after B (cyclically) with a trained neutral frame. A never showed f's expression
+    (f is B's frame, with B's parameters and intensities)."""
+    from gphm.evaluation.views import trained_frames_by_label
+
+    base = trained_frames_by_label(frames_meta, trained, subjects).get(neutral, {})
+    if not base:
+        raise ValueError(f"no subject has a trained frame labelled {neutral!r}; pass neutral=LABEL")
+    seen: set[tuple[int, str]] = set()
+    probes = []
+    for f in sorted(set(int(x) for x in trained)):
+        m = frames_meta[f]
+        b, label = int(m["subject"]), str(m["expression"])
+        if label == neutral or (label != "mix" and (b, label) in seen):
+            continue
+        seen.add((b, label))
+        targets = [(b + k) % len(subjects) for k in range(1, len(subjects))]
+        a = next((t for t in targets if t in base), None)
+        if a is not None:
+            probes.append((a, f, label))
+    return base, sorted(probes, key=lambda p: (p[2], p[0], p[1]))
+
+
 @torch.no_grad()
 def evaluate_expression_probe(
     model: Any,  # GuidanceModel | GaussianHead
@@ -567,6 +595,7 @@ def evaluate_expression_probe(
     train_frames: Iterable[int] | None = None,
     threshold: float = SUPPORT_THRESHOLD,
     save_dir: str | Path | None = None,
+    transfer: bool = False,
 ) -> dict[str, Any]:
     """Expression metrics of the trained subjects at the canonical head pose (the issue's
     measurement; needs no neutral twins, only a ``gphm-synth`` dataset).
@@ -578,6 +607,11 @@ def evaluate_expression_probe(
     expression and with the neutral one at the same pose and camera
     (:class:`~gphm.data.synthetic.truth.DatasetTruth`). Scores as
     :func:`evaluate_expressions`.
+
+    ``transfer=True`` (``split=expression_transfer``): cross-identity transfer of any
+    frame's expression, continuous mixtures included (:func:`_transfer_probes`): subject
+    A rendered with the code of another subject's frame f, against the generator's
+    render of A with f's expression parameters (which A never showed).
 
     ``save_dir``: also writes ``SAVE_DIR/difference.png`` (:func:`difference_picture`),
     one row per label for the first subject probed with it.
@@ -591,7 +625,8 @@ def evaluate_expression_probe(
     truth = DatasetTruth(meta)
     camera, row = _probe_camera(ds, camera, data_path)
     trained = ds.frames.tolist() if train_frames is None else train_frames
-    base, probes = _probe_pairs(meta["frames"], list(meta["subjects"]), trained, neutral)
+    pairs = _transfer_probes if transfer else _probe_pairs
+    base, probes = pairs(meta["frames"], list(meta["subjects"]), trained, neutral)
     model = model.to(device).eval()
     context = model.render_context()
     (h, w), (H, _) = ds.lr_size, ds.hr_size
@@ -613,9 +648,9 @@ def evaluate_expression_probe(
         size = tuple(out_e.rgb.shape[1:3])
         acc.add(out_e, out_n, *_probe_truth(truth, chunk, identity, rig, size))
     report: dict[str, Any] = {
-        "split": "expression:probe",
+        "split": "expression:transfer" if transfer else "expression:probe",
         "model": type(model).__name__,
-        "codes": "own",
+        "codes": "another subject's frame (transferred)" if transfer else "own",
         "camera": camera,
         "pose": "canonical (identity)",
         "neutral": neutral,

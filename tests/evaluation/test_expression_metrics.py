@@ -286,6 +286,29 @@ def test_expression_probe_at_the_canonical_pose(tiny_dataset):
     assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
 
 
+def test_expression_transfer_scores_other_subjects_frames(tiny_dataset):
+    from gphm.data.format import load_dataset_dir
+    from gphm.data.loaders import HeadDataset
+    from gphm.evaluation.expression import _transfer_probes, evaluate_expression_probe
+
+    _, meta = load_dataset_dir(tiny_dataset)
+    trained = HeadDataset(tiny_dataset, "train").frames.tolist()
+    subjects = list(meta["subjects"])
+    base, probes = _transfer_probes(meta["frames"], subjects, trained, "neutral")
+    owner = {f: int(m["subject"]) for f, m in enumerate(meta["frames"])}
+    assert probes and all(a != owner[f] and a in base for a, f, _ in probes)
+    assert all(f in trained and meta["frames"][f]["expression"] == lab for _, f, lab in probes)
+    mixes = {f for f in set(trained) if meta["frames"][f]["expression"] == "mix"}
+    assert mixes and {f for _, f, lab in probes if lab == "mix"} == mixes  # every mixture
+    report = evaluate_expression_probe(TruthModel(meta), tiny_dataset, transfer=True)
+    assert report["split"] == "expression:transfer" and report["n"] == len(probes)
+    assert report["per_label"]["mix"]["capture"] == pytest.approx(1.0, abs=1e-6)
+    assert report["all"]["support_gain_db"] > 40
+    ignoring = evaluate_expression_probe(TruthModel(meta, ignore_code=True), tiny_dataset,
+                                         transfer=True)  # fmt: skip
+    assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
+
+
 def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
     """The model interface for real: an untrained guidance model on the synthetic set."""
     from gphm import losses
