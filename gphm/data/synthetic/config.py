@@ -69,6 +69,12 @@ class MakeSyntheticConfig:
     ``out/neutral_twins/`` (the truth for expression metrics, gphm.data.synthetic.truth):
     none | eval (rows of the val/held-out splits; mode=sequence: the driving camera's
     rows) | all (every row: twice the rendering)."""
+    identities_from_seed: Optional[int] = None  # noqa: UP045
+    """mode=sequence: the subjects are the people of the regular (mode=expressions) set of
+    this seed: subject s gets exactly the identity that set samples for its subject s, and
+    its name (``synth_000``, ...), so a model trained on that set can be scored on its own
+    training subjects (``evaluate.py split=reenact reenact.targets=[trained]``). Default:
+    identities from the sequence's own random stream, never a regular set's people."""
     mixtures_per_subject: int = 0
     """mode=expressions: extra frames per subject (after its labelled ones), each a seeded
     random mixture of 1..``mixture_max_active`` of the non-neutral labels' expressions
@@ -185,6 +191,13 @@ class MakeSyntheticConfig:
         if not 0 <= self.mixtures_per_subject <= 1000:
             raise ValueError(
                 f"mixtures_per_subject must be in 0..1000, got {self.mixtures_per_subject}"
+            )
+        seed = self.identities_from_seed
+        if seed is not None and (self.mode != "sequence" or seed < 0):
+            raise ValueError(
+                f"identities_from_seed is for mode=sequence (the seed of the regular set whose "
+                f"people perform the sequence) and must be >= 0; got {seed} with "
+                f"mode={self.mode}"
             )
         if self.mixtures_per_subject and self.mode != "expressions":
             raise ValueError("mixtures_per_subject is for mode=expressions (a sequence "

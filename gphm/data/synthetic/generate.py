@@ -148,7 +148,7 @@ class DatasetPlan:
         """``meta.json`` content (docs/architecture.md §8.1); generator parameters exclude
         ``out``."""
         cfg = dataclasses.asdict(self.config)
-        for key in ("out", "overwrite"):
+        for key in ("out", "overwrite", "identities_from_seed"):  # the last: mode=sequence only
             cfg.pop(key)
         cfg["heldout_views"] = len(self.heldout_cameras)
         cfg["heldout_combos_per_subject"] = self.config.resolved_heldout_combos()

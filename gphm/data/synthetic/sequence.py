@@ -24,6 +24,12 @@ of step ``t``.
   small elevations. The focal length frames the head as the regular synthetic rig does.
 * **Subjects** come from their own random stream, so they are never the people of a
   regular synthetic set (of any seed): a sequence dataset is for evaluating and driving.
+  With ``identities_from_seed=S`` they are instead the people of the regular
+  (``mode=expressions``) set of seed ``S``: subject ``s`` is sampled exactly as that set
+  samples its subject ``s`` (its identity stream, :func:`sequence_identities`) and named
+  as there (``synth_000``, ...), so a model trained on that set is scored on its own
+  training subjects (``split=reenact reenact.targets=[trained]``). ``meta.json`` records
+  it (``generator.params.identities_from_seed`` and ``generator.identities_from``).
 
 Global frame index ``subject · F + step``. Every row also carries the optional column
 ``sequence_step``; ``meta.json`` records the whole sequence under ``"sequence"`` (keyframes,
@@ -61,6 +67,7 @@ from PIL import Image, ImageDraw, ImageFont
 from gphm.data.format import check_replaceable, write_dataset
 from gphm.data.synthetic.config import MakeSyntheticConfig
 from gphm.data.synthetic.deform import identity_vertices
+from gphm.data.synthetic.generate import _STREAM_IDENTITY as _REGULAR_IDENTITY_STREAM
 from gphm.data.synthetic.head import HeadTemplate, build_template
 from gphm.data.synthetic.landmarks import NUM_LANDMARKS
 from gphm.data.synthetic.params import (
@@ -90,19 +97,25 @@ from gphm.io.jsonfile import write_report
 __all__ = [
     "SequencePlan",
     "SEQUENCE_SPLIT",
+    "REGULAR_GENERATOR",
     "DRIVING_CAMERA",
     "blend_expressions",
     "plan_sequence",
     "sequence_rig",
+    "sequence_identities",
     "iter_sequence_rows",
     "write_sequence_twins",
     "generate_sequence",
 ]
 
 # Random streams of a sequence dataset (never reorder). Identities use their own stream
-# (not generate._STREAM_IDENTITY): sequence subjects are never a training set's people.
+# (not generate._STREAM_IDENTITY): sequence subjects are never a training set's people,
+# unless identities_from_seed asks for them (sequence_identities).
 _STREAM_IDENTITY, _STREAM_KEYFRAMES, _STREAM_MOTION = 11, 12, 13
 SEQUENCE_SPLIT = "heldout_combo"
+#: ``generator.name`` of the regular (mode=expressions) sets whose people
+#: ``identities_from_seed`` borrows.
+REGULAR_GENERATOR = "gphm.data.synthetic"
 DRIVING_CAMERA = "cam_00"
 STEPS_PER_KEYFRAME = 6  # about one expression change every 6 steps (0.25 s at 24 fps)
 MAX_SIDE_AZIMUTH = 60.0
@@ -153,9 +166,12 @@ class SequencePlan:
         for key in ("out", "overwrite", "heldout_views", "heldout_combos_per_subject",
                     "val_views", "val_combos_per_subject"):  # fmt: skip
             cfg.pop(key)  # meaningless here: every row is SEQUENCE_SPLIT
+        regular = self.config.identities_from_seed
+        if regular is None:  # recorded only when set: the default's meta.json is unchanged
+            cfg.pop("identities_from_seed")
         R = self.config.resolution
         F = self.num_steps
-        return {
+        meta = {
             "subjects": self.subjects,
             "expressions": self.labels,
             "cameras": self.rig.names,
@@ -199,6 +215,12 @@ class SequencePlan:
                 "neutral_twins": self.config.neutral_twins,
             },
         }
+        if regular is not None:  # whose people perform; absent: the sequence's own
+            meta["generator"]["identities_from"] = {
+                "generator": REGULAR_GENERATOR, "seed": regular,
+                "subjects": "subject s is that set's subject s (same name, same identity)",
+            }  # fmt: skip
+        return meta
 
 
 def sequence_rig(num_views: int, resolution: int) -> CameraRig:
@@ -239,9 +261,22 @@ def _motion(num_steps: int, rng: np.random.Generator) -> list[HeadPose]:
     return poses
 
 
+def sequence_identities(cfg: MakeSyntheticConfig) -> tuple[list[str], list[IdentityParams]]:
+    """The subjects' names and identities: ``seq_000``, ... from the sequence's own stream,
+    or with ``identities_from_seed=S`` the first ``num_identities`` people of the regular
+    set of seed ``S``, sampled and named exactly as :func:`~.generate.plan_dataset` does."""
+    K, regular = cfg.num_identities, cfg.identities_from_seed
+    if regular is None:
+        keys, name = [cfg.seed, _STREAM_IDENTITY], "seq_{:03d}"
+    else:
+        keys, name = [regular, _REGULAR_IDENTITY_STREAM], "synth_{:03d}"
+    identities = [sample_identity(np.random.default_rng([*keys, s])) for s in range(K)]
+    return [name.format(s) for s in range(K)], identities
+
+
 def plan_sequence(cfg: MakeSyntheticConfig) -> SequencePlan:
     """Subjects, keyframes, per-step expressions and poses, cameras of ``cfg``."""
-    K, F = cfg.num_identities, cfg.num_frames
+    F = cfg.num_frames
     labels = list(EXPRESSION_NAMES[: cfg.num_expressions])
     rng = np.random.default_rng([cfg.seed, _STREAM_KEYFRAMES])
     num_keys = max(2, round((F - 1) / STEPS_PER_KEYFRAME) + 1)
@@ -268,12 +303,10 @@ def plan_sequence(cfg: MakeSyntheticConfig) -> SequencePlan:
         w = float(_smoothstep(np.asarray((t - s0) / (s1 - s0))))
         expressions.append(blend_expressions(EXPRESSIONS[a], EXPRESSIONS[b], w))
         dominant.append(a if w < 0.5 else b)
-    identities = [
-        sample_identity(np.random.default_rng([cfg.seed, _STREAM_IDENTITY, s])) for s in range(K)
-    ]
+    subjects, identities = sequence_identities(cfg)
     return SequencePlan(
         config=cfg,
-        subjects=[f"seq_{s:03d}" for s in range(K)],
+        subjects=subjects,
         identities=identities,
         labels=labels,
         keyframes=keyframes,
