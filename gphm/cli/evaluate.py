@@ -19,10 +19,19 @@
   ``rotation_error_deg`` and ``translation_error`` (canonical-head units) and ``inputs``.
 * ``reenact`` (``driver=SUBJECT``, DIR from ``make_synthetic.py mode=sequence``): tracks
   the driver from the driving camera (``track.*``) and scores self-reenactment (other
-  cameras) and cross-reenactment (every other subject, fitted on its first step, driven
-  by the tracked codes at its true head motion, all cameras) against ground truth, with a
-  neutral baseline (``*_neutral``), unaligned and ``*_scale_aligned``, plus
-  ``seconds_per_frame`` and ``jitter`` (gphm.evaluation.reenact).
+  cameras) and cross-reenactment (every other subject, driven by the tracked codes at its
+  true head motion, all cameras) against ground truth, with a neutral baseline
+  (``*_neutral``), unaligned and ``*_scale_aligned``, plus ``seconds_per_frame`` and
+  ``jitter`` (gphm.evaluation.reenact). ``reenact.targets`` (default ``[1view]``) says
+  how each other subject becomes a target: ``1view`` fitted on its first step in the
+  driving camera (``cross_1view_*``, also under the older names ``cross_*``), ``3view``
+  fitted on its first step from 3 cameras of the rig (``cross_3view_*``), ``trained``
+  the model's own training subject of that name, no fit (``cross_trained_*``; a sequence
+  written with ``identities_from_seed`` = the training set's seed). Each also gets the
+  expression metrics on the truth's expression support (``*_support_gain_db``,
+  ``*_capture``, ``*_support_per_label``) on the images that have a neutral twin
+  (``neutral_twins=eval``: the driving camera only; ``reenact.support_cameras=all``
+  renders the others' twins).
 * ``expression_gain`` (DIR = the training set): every training row rendered with its
   own codes and with its subject's ``neutral`` frame's expression code; ``gain_db``
   (pooled over the non-neutral rows) and ``per_label``: what the model's expression codes
@@ -81,7 +90,7 @@ from gphm.evaluation.expression import (
 )
 from gphm.evaluation.fit import FIT_INPUTS, evaluate_fit
 from gphm.evaluation.perceptual import lpips_available
-from gphm.evaluation.reenact import evaluate_reenact
+from gphm.evaluation.reenact import check_reenact_options, evaluate_reenact
 from gphm.evaluation.views import evaluate_expression_gain, evaluate_model
 from gphm.fitting.fit import FitConfig
 from gphm.models.runs import load_run
@@ -135,6 +144,31 @@ class EvalFitConfig:
 
 
 @dataclass
+class EvalReenactConfig:
+    targets: list[str] = field(default_factory=lambda: ["1view"])
+    """How each subject other than the driver becomes a cross-reenactment target, one
+    report prefix each: 1view (fitted on its first step, driving camera: cross_1view_*,
+    also cross_*) | 3view (fitted on its first step from 3 cameras of the rig together:
+    cross_3view_*) | trained (the run's training subject of that name with its trained
+    identity and neutral codes, no fit: cross_trained_*; needs a sequence written with
+    identities_from_seed = the training set's seed). E.g. reenact.targets=[1view,3view]."""
+    trained_data: str | None = None
+    """targets=trained: the dataset the run was trained on (default: the data.path its
+    config.yaml records); checked against the run's dataset fingerprint."""
+    support_cameras: str = "twins"
+    """The images the expression metrics score: twins (those with a stored neutral twin;
+    gphm-synth's default neutral_twins=eval: the driving camera only) | all (every camera;
+    the missing twins rendered by the generator, ~2 s each on a CPU at 128 px)."""
+    max_subjects: int = 0
+    """Cross-reenact at most this many subjects other than the driver (0 = all)."""
+
+    def __post_init__(self) -> None:
+        self.targets = check_reenact_options(self.targets, self.support_cameras)
+        if self.max_subjects < 0:
+            raise ValueError(f"reenact.max_subjects must be >= 0, got {self.max_subjects}")
+
+
+@dataclass
 class EvaluateConfig:
     run_dir: str = MISSING
     """Trained run directory (RUN/model is evaluated)."""
@@ -144,8 +178,8 @@ class EvaluateConfig:
     (the model's own training rows with their codes vs the subject's neutral code: what
     its expression codes buy at most; data.path = the training set)."""
     neutral: str = "neutral"
-    """split=expression_gain|expression|expression_probe: the label of each subject's
-    neutral frame."""
+    """split=expression_gain|expression|expression_probe (and split=reenact
+    reenact.targets=[trained]): the label of each subject's neutral frame."""
     expression_rows: str = "train"
     """split=expression: the rows scored: train | val_view | heldout_view (each subject's
     own codes) | val_combo | heldout_combo (codes transferred from another subject's
@@ -165,6 +199,8 @@ class EvaluateConfig:
     """split=reenact: the subject (name or index) of the sequence dataset that drives."""
     track: TrackConfig = field(default_factory=TrackConfig)
     """split=reenact: tracking and identity-fit options (track.steps=..., track.fit.*)."""
+    reenact: EvalReenactConfig = field(default_factory=EvalReenactConfig)
+    """split=reenact: the cross-reenactment targets and the expression metrics' images."""
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
 
@@ -185,8 +221,12 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
     """The report of ``cfg.split`` (library calls; their errors propagate)."""
     progress = sys.stderr.isatty()
     if cfg.split == "reenact":
-        return evaluate_reenact(run, cfg.data.path, cfg.driver, cfg.track,
-                                save_dir=out / "reenact", progress=progress)  # fmt: skip
+        r = cfg.reenact
+        return evaluate_reenact(
+            run, cfg.data.path, cfg.driver, cfg.track, max_subjects=r.max_subjects,
+            save_dir=out / "reenact", progress=progress, targets=r.targets,
+            trained_data=r.trained_data, neutral=cfg.neutral, support_cameras=r.support_cameras,
+        )  # fmt: skip
     if cfg.split == "fit":
         return evaluate_fit(
             run, cfg.data.path, view=cfg.fit.view, frame=cfg.fit.frame,
@@ -278,17 +318,27 @@ def _expression_summary(r: dict[str, Any]) -> str:
             f"{fmt(pooled.get('capture'), '.2f')} ({labels})")  # fmt: skip
 
 
+def _reenact_summary(r: dict[str, Any]) -> str:
+    """One line of split=reenact: self, then each target kind's cross figures."""
+    cross = "; ".join(
+        f"cross PSNR ({kind} targets) {r.get(f'cross_{kind}_psnr')} dB (neutral "
+        f"{r.get(f'cross_{kind}_psnr_neutral')}, gain {r.get(f'cross_{kind}_gain_db')} dB"
+        + (f"; scale-aligned {r[f'cross_{kind}_psnr_scale_aligned']}"
+           if f"cross_{kind}_psnr_scale_aligned" in r else "")
+        + f"), support gain {r.get(f'cross_{kind}_support_gain_db')} dB, capture "
+        f"{r.get(f'cross_{kind}_capture')}"
+        for kind in r.get("target_kinds", [])
+    )  # fmt: skip
+    return (f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "
+            f"{r['self_psnr']} dB (neutral {r['self_psnr_neutral']}), {cross}, "
+            f"{r['seconds_per_frame']} s/frame, jitter {r['jitter']} px")  # fmt: skip
+
+
 def _summary_line(r: dict[str, Any]) -> str:
     if str(r["split"]).startswith("expression:"):
         return _expression_summary(r)
     if r["split"] == "reenact":
-        return (
-            f"evaluate reenact (driver {r['driver']}, {r['num_steps']} steps): self PSNR "
-            f"{r['self_psnr']} dB (neutral {r['self_psnr_neutral']}), cross PSNR "
-            f"{r['cross_psnr']} dB (neutral {r['cross_psnr_neutral']}, gain "
-            f"{r['cross_gain_db']} dB; scale-aligned {r['cross_psnr_scale_aligned']}), "
-            f"{r['seconds_per_frame']} s/frame, jitter {r['jitter']} px"
-        )
+        return _reenact_summary(r)
     if r["split"] == "expression_gain":
         labels = ", ".join(f"{k} {v['gain_db']:+.2f}" for k, v in r["per_label"].items()
                            if k != r["neutral"])  # fmt: skip
