@@ -226,23 +226,22 @@ class _Scores:
                     self.stats.setdefault((prefix, v, a), [])
                     self.labels.setdefault((prefix, v, a), [])
 
-    def add(self, prefix: str, variant: str, align: str, pred: Tensor, gt: Tensor) -> list[float]:
-        """Score ``pred`` against ``gt`` ([B, S, S, 3]); returns the PSNRs added."""
+    def add(self, prefix: str, variant: str, align: str, pred: Tensor, gt: Tensor) -> None:
+        """Score ``pred`` against ``gt`` ([B, S, S, 3])."""
         values = image_scores(pred, gt)
-        psnr = values["psnr"].tolist()
-        self.lists[f"{prefix}_psnr{variant}{align}"] += psnr
+        self.lists[f"{prefix}_psnr{variant}{align}"] += values["psnr"].tolist()
         self.lists[f"{prefix}_ssim{variant}{align}"] += values["ssim"].tolist()
-        return psnr
 
     def add_step(
         self, prefix: str, align: str, preds: dict[str, Tensor], gt: Tensor,
         twins: tuple[list[int], Tensor] | None, label: str,
-    ) -> dict[str, list[float]]:  # fmt: skip
+    ) -> None:  # fmt: skip
         """One step's renders ``preds`` (variant -> [B, S, S, 3], ``"_neutral"`` among them)
-        against the rows ``gt`` [B, S, S, 3]; with ``twins`` (indices into B, their twins)
-        also the expression statistics of each variant against the neutral render.
-        Returns the PSNRs added per variant."""
-        psnr = {v: self.add(prefix, v, align, pred, gt) for v, pred in preds.items()}
+        against the rows ``gt`` [B, S, S, 3]; with ``twins`` (indices into B, their twins
+        [n, S, S, 3]) also the expression statistics of each variant against the neutral
+        render, labelled ``label``."""
+        for v, pred in preds.items():
+            self.add(prefix, v, align, pred, gt)
         if twins is not None:
             idx, gt_neutral = twins
             for v, pred in preds.items():
@@ -250,7 +249,6 @@ class _Scores:
                     self.stats[(prefix, v, align)].append(expression_stats(
                         pred[idx], preds["_neutral"][idx], gt[idx], gt_neutral))  # fmt: skip
                     self.labels[(prefix, v, align)].append(label)
-        return psnr
 
     def merge(self, other: _Scores) -> None:
         """Append everything ``other`` holds."""
