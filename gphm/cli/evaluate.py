@@ -2,7 +2,7 @@
 
     python scripts/evaluate.py run_dir=RUN data.path=DIR \
         split=val_view|val_combo|heldout_view|heldout_combo|fit|reenact|expression_gain|
-              expression|expression_probe
+              expression|expression_probe|expression_transfer
 
 * ``val_view`` / ``heldout_view``: training frames from cameras never used in training.
 * ``val_combo`` / ``heldout_combo``: (subject, expression) pairs never trained, rendered by
@@ -47,6 +47,10 @@
   renders (needs no twins, only a generated dataset's ``meta.json``); writes
   ``expression_probe/difference.png`` (truth | truth difference | model | model
   difference, one row per label).
+* ``expression_transfer``: the same at the canonical pose for cross-identity transfer of
+  any trained frame's expression, continuous mixtures (label ``mix``) included: subject A
+  rendered with another subject's frame code against the generator's render of A with
+  that frame's expression parameters (writes ``expression_transfer/difference.png``).
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -100,12 +104,12 @@ from gphm.training.config import DataConfig
 # ``train`` is what the model was fitted to: not an evaluation split.
 ALL_SPLITS = (
     "val_view", "val_combo", "heldout_view", "heldout_combo", "fit", "reenact", "expression_gain",
-    "expression", "expression_probe",
+    "expression", "expression_probe", "expression_transfer",
 )  # fmt: skip
 # The splits that score the model's trained subjects with their trained codes.
 TRAINED_SPLITS = (
     "val_view", "val_combo", "heldout_view", "heldout_combo", "expression_gain", "expression",
-    "expression_probe",
+    "expression_probe", "expression_transfer",
 )  # fmt: skip
 # Report names (``<name>.json``, ``<name>/``) an ``out=`` folder may already hold.
 REPORT_NAMES = (*ALL_SPLITS, "fit_photo", *(f"expression_{rows}" for rows in EXPRESSION_SPLITS))
@@ -176,9 +180,10 @@ class EvaluateConfig:
     split: str = "heldout_view"
     """val_view | val_combo | heldout_view | heldout_combo | fit | reenact | expression_gain
     (the model's own training rows with their codes vs the subject's neutral code: what
-    its expression codes buy at most; data.path = the training set)."""
+    its expression codes buy at most; data.path = the training set) | expression |
+    expression_probe | expression_transfer (module docstring)."""
     neutral: str = "neutral"
-    """split=expression_gain|expression|expression_probe (and split=reenact
+    """split=expression_gain|expression|expression_probe|expression_transfer (and split=reenact
     reenact.targets=[trained]): the label of each subject's neutral frame."""
     expression_rows: str = "train"
     """split=expression: the rows scored: train | val_view | heldout_view (each subject's
@@ -246,11 +251,12 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
             lr_size=run.extra.get("lr_size"), batch_size=cfg.batch_size, device=device,
             train_frames=run.extra.get("train_frames"), progress=progress,
         )  # fmt: skip
-    if cfg.split == "expression_probe":
+    if cfg.split in ("expression_probe", "expression_transfer"):
         return evaluate_expression_probe(
             run.model, cfg.data.path, neutral=cfg.neutral, lr_size=run.extra.get("lr_size"),
             batch_size=cfg.batch_size, device=device,
             train_frames=run.extra.get("train_frames"), save_dir=out / name,
+            transfer=cfg.split == "expression_transfer",
         )  # fmt: skip
     return evaluate_model(
         run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),
@@ -282,8 +288,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     except (FileNotFoundError, ValueError, BackendUnavailableError) as err:
         raise UserError(str(err)) from None
     no_lpips = result.get("lpips") is None and "lpips_unavailable" not in result
-    if cfg.split not in ("reenact", "expression_gain", "expression", "expression_probe") \
-            and no_lpips:
+    if not cfg.split.startswith(("reenact", "expression")) and no_lpips:
         available, reason = lpips_available()
         if not available:
             result["lpips_unavailable"] = reason

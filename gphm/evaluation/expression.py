@@ -558,11 +558,13 @@ def _probe_pairs(
 def _transfer_probes(
     frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
 ) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
-    """Subjects' neutral frames and the transfer probes ``(subject A, frame f, label)``:
-    every trained non-neutral frame ``f`` of a subject B (for a label, B's lowest trained
-    frame of it; every ``mix`` frame: each is its own expression) goes to the next subject
-    A after B (cyclically) with a trained neutral frame. A never showed f's expression
-    (f is B's frame, with B's parameters and intensities)."""
+    """Subjects' neutral frames and the transfer probes ``(subject A, frame f, label)`` of
+    ``split=expression_transfer``: cross-identity transfer of any frame's expression,
+    continuous mixtures included. Every trained non-neutral frame ``f`` of a subject B (for
+    a label, B's lowest trained frame of it; every ``mix`` frame: each is its own
+    expression) goes to the next subject A after B (cyclically) with a trained neutral
+    frame: A is rendered with f's code and scored against the generator's render of A
+    with f's expression parameters, which A never showed."""
     from gphm.evaluation.views import trained_frames_by_label
 
     base = trained_frames_by_label(frames_meta, trained, subjects).get(neutral, {})
@@ -608,10 +610,7 @@ def evaluate_expression_probe(
     (:class:`~gphm.data.synthetic.truth.DatasetTruth`). Scores as
     :func:`evaluate_expressions`.
 
-    ``transfer=True`` (``split=expression_transfer``): cross-identity transfer of any
-    frame's expression, continuous mixtures included (:func:`_transfer_probes`): subject
-    A rendered with the code of another subject's frame f, against the generator's
-    render of A with f's expression parameters (which A never showed).
+    ``transfer=True``: subject A with another subject's frame code (:func:`_transfer_probes`).
 
     ``save_dir``: also writes ``SAVE_DIR/difference.png`` (:func:`difference_picture`),
     one row per label for the first subject probed with it.

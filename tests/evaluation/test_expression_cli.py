@@ -41,6 +41,7 @@ def _check_report(report: dict) -> None:
         (["split=expression", "expression_rows=heldout_combo"], "expression_heldout_combo",
          "transferred"),
         (["split=expression_probe"], "expression_probe", None),
+        (["split=expression_transfer"], "expression_transfer", None),
     ],
 )
 def test_evaluate_expression_splits(trained, args, name, codes, capsys):
