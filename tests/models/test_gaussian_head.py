@@ -196,9 +196,12 @@ def test_landmarks_follow_the_point_offsets_of_their_nearest_gaussians(head, gui
         guidance.canonical_landmarks(z_id, z_exp, offsets)
 
 
+NO_BASES = GaussianHeadConfig(expression_basis=False, identity_basis=False)
+
+
 def test_expression_basis_is_a_per_gaussian_blendshape_of_the_code(guidance, tmp_path):
-    plain = GaussianHead.create_from(guidance)
-    head = GaussianHead.create_from(guidance, GaussianHeadConfig(expression_basis=True))
+    plain = GaussianHead.create_from(guidance, NO_BASES)
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(identity_basis=False))
     N, D = head.num_points, head.expression_codes.config.dim
     assert head.expression_basis.shape == (N, 3, D) and not hasattr(plain, "expression_basis")
     z_id, z_exp = torch.randn(2, head.identity_codes.config.dim), torch.randn(2, D)
@@ -236,8 +239,8 @@ def test_expression_basis_is_a_per_gaussian_blendshape_of_the_code(guidance, tmp
 
 @torch.no_grad()
 def test_identity_basis_moves_identity_offsets_not_expression_offsets(guidance):
-    plain = GaussianHead.create_from(guidance)
-    head = GaussianHead.create_from(guidance, GaussianHeadConfig(identity_basis=True))
+    plain = GaussianHead.create_from(guidance, NO_BASES)
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(expression_basis=False))
     Did, Dexp = head.identity_codes.config.dim, head.expression_codes.config.dim
     assert head.identity_basis.shape == (head.num_points, 3, Did)
     assert head.bases()[1] is None and plain.bases() == (None, None)
@@ -259,7 +262,7 @@ def test_config_json_without_the_basis_fields_loads_without_bases(guidance, tmp_
 
     from gphm.models.base import CONFIG_NAME
 
-    GaussianHead.create_from(guidance).save_pretrained(tmp_path / "old")
+    GaussianHead.create_from(guidance, NO_BASES).save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / CONFIG_NAME
     desc = json.loads(path.read_text())
     for key in ("expression_basis", "identity_basis"):  # as written before the fields
