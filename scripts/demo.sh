@@ -118,11 +118,12 @@ fi
 cp -f "$SEQ/contact_sheet.png" "$OUT/sequence_contact_sheet.png"
 step eval_reenact "tracking seq_000 from cam_00; self/cross-reenactment vs ground truth"
 python scripts/evaluate.py run_dir="$RUN" data.path="$SEQ" split=reenact driver=seq_000 \
-    track.fit.phase1_steps=100 track.fit.phase2_steps=30
+    track.fit.phase1_steps=100 track.fit.phase2_steps=30 'reenact.targets=[1view,3view]'
 step eval_expression_gain "what the model's expression codes buy on its own training rows"
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_gain
 step eval_expressions "expression metrics: where each expression changes the image"
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_probe
+python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression_transfer
 python scripts/evaluate.py run_dir="$RUN" data.path="$DATA" split=expression \
     expression_rows=train
 if [ -d "$DATA/neutral_twins" ]; then

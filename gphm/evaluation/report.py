@@ -404,6 +404,18 @@ def _reenactment(page: _Page) -> dict[str, Any]:
             f"| {_num(r.get('cross_psnr_neutral_scale_aligned'))} | |",
             f"| cross, relative transfer | {_num(r.get('cross_psnr_relative'))} | | |",
         )
+        kinds = r.get("target_kinds") or []
+        if kinds:
+            page.add(
+                "Cross-reenactment where the expressions are (the truth's expression "
+                "support, images with a neutral twin): support gain over the neutral "
+                "baseline (dB) / capture, per kind of target:",
+                "| target | support gain | capture | whole-image gain |",
+                "|---|---|---|---|",
+                *(f"| {k} | {_num(r.get(f'cross_{k}_support_gain_db'))} "
+                  f"| {_num(r.get(f'cross_{k}_capture'))} "
+                  f"| {_num(r.get(f'cross_{k}_gain_db'))} |" for k in kinds),
+            )  # fmt: skip
     g = _json(page.run / "eval" / "expression_gain.json")
     if g:
         labels = ", ".join(f"{k} {_num(v.get('gain_db'))}" for k, v in
@@ -429,6 +441,7 @@ _EXPRESSION_REPORTS = (
     ("expression_probe", "canonical pose, own codes"),
     ("expression_train", "training rows, own codes"),
     ("expression_heldout_combo", "held-out pairs, transferred codes"),
+    ("expression_transfer", "canonical pose, another subject's frame codes"),
 )
 
 

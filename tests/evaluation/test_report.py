@@ -27,6 +27,15 @@ def test_demo_report_on_an_empty_run_and_with_reenact_figures(tmp_path):
     assert r["reenact"]["cross_gain_db"] == 0.25
     assert "| cross (other subjects, all cameras) | 24.50 | 24.25 | 0.25 |" in text
     assert "`split=expression_gain`" in text and "1.49 dB (jaw_open 4.21)" in text
+    assert "per kind of target" not in text  # a report from before the target kinds
+    reenact |= {"target_kinds": ["1view", "3view"], "cross_1view_support_gain_db": 3.2,
+                "cross_1view_capture": 0.48, "cross_1view_gain_db": 0.25,
+                "cross_3view_support_gain_db": 2.54, "cross_3view_capture": 0.385,
+                "cross_3view_gain_db": -0.19}  # fmt: skip
+    (run / "eval" / "reenact.json").write_text(json.dumps(reenact))
+    demo_report(DemoReportConfig(out=str(out), run=str(run), seconds=1.0))
+    text = (out / "index.md").read_text()
+    assert "| 1view | 3.20 | 0.48 | 0.25 |" in text and "| 3view | 2.54 | 0.39 | -0.19 |" in text
 
 
 def test_demo_report_expression_table(tmp_path):
