@@ -71,7 +71,8 @@ def test_fitting_recovers_a_training_subject(trained, tiny_head_dataset):
 def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     # Two phase-2 steps may not improve the input yet: keep them (the round trip is tested).
-    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0)
+    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0,
+                    offset_min_images=1)  # position offsets from one image too  # fmt: skip
     result = fit_image(trained.model, target_from_item(ds[0]), cfg, str(trained.path))
     result.avatar.save(tmp_path / "av")
     loaded = Avatar.load(tmp_path / "av")
@@ -427,7 +428,8 @@ def test_fitting_starts_from_and_is_held_to_the_trained_rows(trained, tiny_head_
 def _avatar(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     result = fit_image(trained.model, target_from_item(ds[0]),
-                       FitConfig(phase1_steps=1, phase2_steps=1), str(trained.path))  # fmt: skip
+                       FitConfig(phase1_steps=1, phase2_steps=1, offset_min_images=1),
+                       str(trained.path))  # fmt: skip
     return result.avatar.save(tmp_path / "av"), result.avatar
 
 
@@ -611,7 +613,8 @@ def test_phase2_reproduces_the_input_view_better_and_the_avatar_applies_it(
 ):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     target = target_from_item(ds[0])
-    result = fit_image(trained.model, target, FitConfig(phase1_steps=30, phase2_steps=40))
+    cfg = FitConfig(phase1_steps=30, phase2_steps=40, offset_min_images=1)
+    result = fit_image(trained.model, target, cfg)
     assert result.psnr_masked > result.phase1_psnr_masked + 0.3, (
         result.psnr_masked, result.phase1_psnr_masked)  # fmt: skip
     av = result.avatar
@@ -630,7 +633,6 @@ def test_phase2_reproduces_the_input_view_better_and_the_avatar_applies_it(
     moved = target_from_item(ds[0])
     moved.landmarks = moved.landmarks.clone()
     moved.landmarks[:10, 1] += 2.0
-    cfg = FitConfig(phase1_steps=30, phase2_steps=40)
     p1 = fit_image(trained.model, moved, dataclasses.replace(cfg, phase2_steps=0))
     p2 = fit_image(trained.model, moved, cfg)
     err1, err2 = ((r.landmarks[:10] - moved.landmarks[:10]).norm(dim=-1).mean() for r in (p1, p2))
@@ -710,3 +712,18 @@ def test_fit_from_a_calibrated_rig_has_one_head_pose_and_one_expression(trained,
     targets[1].camera = None
     with pytest.raises(ValueError, match="camera for every target"):
         fit_images(trained.model, targets, FitConfig(phase1_steps=1, phase2_steps=0))
+
+
+def test_position_offsets_need_offset_min_images(trained, tiny_head_dataset):
+    ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
+    items = _frame_items(ds, subject=1, frame=2)
+    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0)
+    one = fit_image(trained.model, target_from_item(items[0]), cfg).avatar
+    assert one.point_offsets is None and one.color_offsets is not None  # one view: none
+    two = fit_images(trained.model, [target_from_item(it) for it in items[:2]], cfg).avatar
+    assert two.point_offsets is not None and two.point_offsets.shape[1] == 3
+    forced = fit_image(trained.model, target_from_item(items[0]),
+                       dataclasses.replace(cfg, offset_min_images=1)).avatar  # fmt: skip
+    assert forced.point_offsets is not None
+    with pytest.raises(ValueError, match="offset_min_images"):
+        FitConfig(offset_min_images=0)
