@@ -30,7 +30,10 @@ subject (smooth blends between the expressions above plus head motion, F steps, 
 ``cam_00`` frontal = the driving camera), every row ``heldout_combo`` with its
 ``sequence_step``; the sequence is in meta.json, with a contact sheet and an MP4 preview
 per subject (gphm.data.synthetic.sequence). It is for ``evaluate.py split=reenact``,
-``track_video.py`` and ``reenact.py``, not for training.
+``track_video.py`` and ``reenact.py``, not for training. Its subjects are new people
+unless ``identities_from_seed=S``: then subject s is the regular set of seed S's subject s
+(same identity and name), so ``split=reenact reenact.targets=[trained]`` can drive a
+model's own training subjects.
 
 Rows get split ``train``, ``val_view``, ``val_combo``, ``heldout_view`` or
 ``heldout_combo`` (pairs win over cameras, held out over validation). Choose defaults
