@@ -717,13 +717,14 @@ def test_fit_from_a_calibrated_rig_has_one_head_pose_and_one_expression(trained,
 def test_position_offsets_need_offset_min_images(trained, tiny_head_dataset):
     ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
     items = _frame_items(ds, subject=1, frame=2)
-    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0)
+    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0,
+                    offset_min_images=2)  # fmt: skip
     one = fit_image(trained.model, target_from_item(items[0]), cfg).avatar
     assert one.point_offsets is None and one.color_offsets is not None  # one view: none
     two = fit_images(trained.model, [target_from_item(it) for it in items[:2]], cfg).avatar
     assert two.point_offsets is not None and two.point_offsets.shape[1] == 3
-    forced = fit_image(trained.model, target_from_item(items[0]),
-                       dataclasses.replace(cfg, offset_min_images=1)).avatar  # fmt: skip
-    assert forced.point_offsets is not None
+    default = fit_image(trained.model, target_from_item(items[0]),
+                        dataclasses.replace(cfg, offset_min_images=1)).avatar  # fmt: skip
+    assert default.point_offsets is not None and FitConfig().offset_min_images == 1
     with pytest.raises(ValueError, match="offset_min_images"):
         FitConfig(offset_min_images=0)
