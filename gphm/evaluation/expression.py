@@ -534,17 +534,26 @@ class _Accumulator:
         return _pooled_report(self.stats, self.labels, self.lmks)
 
 
-def _probe_pairs(
+def _trained_neutrals(
     frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
-) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
-    """Subjects' neutral frames and the ``(subject, frame, label)`` probes: each trained
-    subject's lowest trained frame of every other label (mixtures: label ``mix``)."""
+) -> tuple[dict, dict[int, int]]:
+    """Each label's trained frames by subject and the subjects' ``neutral`` frames
+    (ValueError when no subject has one)."""
     from gphm.evaluation.views import trained_frames_by_label
 
     by_label = trained_frames_by_label(frames_meta, trained, subjects)
     base = by_label.get(neutral, {})
     if not base:
         raise ValueError(f"no subject has a trained frame labelled {neutral!r}; pass neutral=LABEL")
+    return by_label, base
+
+
+def _probe_pairs(
+    frames_meta: list, subjects: list[str], trained: Iterable[int], neutral: str
+) -> tuple[dict[int, int], list[tuple[int, int, str]]]:
+    """Subjects' neutral frames and the ``(subject, frame, label)`` probes: each trained
+    subject's lowest trained frame of every other label (mixtures: label ``mix``)."""
+    by_label, base = _trained_neutrals(frames_meta, subjects, trained, neutral)
     probes = [
         (s, f, str(label))
         for label, frames in sorted(by_label.items(), key=lambda kv: str(kv[0]))
@@ -565,11 +574,7 @@ def _transfer_probes(
     expression) goes to the next subject A after B (cyclically) with a trained neutral
     frame: A is rendered with f's code and scored against the generator's render of A
     with f's expression parameters, which A never showed."""
-    from gphm.evaluation.views import trained_frames_by_label
-
-    base = trained_frames_by_label(frames_meta, trained, subjects).get(neutral, {})
-    if not base:
-        raise ValueError(f"no subject has a trained frame labelled {neutral!r}; pass neutral=LABEL")
+    base = _trained_neutrals(frames_meta, subjects, trained, neutral)[1]
     seen: set[tuple[int, str]] = set()
     probes = []
     for f in sorted(set(int(x) for x in trained)):

@@ -714,9 +714,8 @@ def _phase2_model(
     device: torch.device, images: int = 1,
 ) -> Model:  # fmt: skip
     """The copy that phase 2 fine-tunes (fitting ``images`` images); fills ``extra`` with
-    the per-Gaussian offsets,
-    ``reg`` with the neighbour tables they are regularised by, what is tuned
-    (``reg["tuned"]``) and the phase's parameter groups (``reg["groups"]``)."""
+    the per-Gaussian offsets, ``reg`` with the neighbour tables they are regularised by,
+    what is tuned (``reg["tuned"]``) and the phase's parameter groups (``reg["groups"]``)."""
     groups: list[ParamGroup] = []
     if isinstance(model, GaussianHead):
         if cfg.offset_lr > 0 and images >= cfg.offset_min_images:

@@ -3,7 +3,8 @@
 ::
 
     H          = f_inj(Γ0, z_id)                         [B, N, H]
-    X_can      = X0 + f_id(H) + f_exp(H, z_exp) [+ E·z_exp] [B, N, 3]
+    X_can      = X0 + f_id(H) + f_exp(H, z_exp)           [B, N, 3]
+                 + E_id·z_id + E_exp·z_exp                (the optional bases, below)
     C          = sigmoid(f_col(H, z_exp))                 [B, N, 32]
     {S, Q, A}  = {S0, Q0, A0} + f_att(H, z_exp)           log-scale, quat, opacity logit
     X = s·R·X_can + T,   Q = R ⊗ Q_can,   scale = s·exp(S)         head pose of the frame
@@ -344,7 +345,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         idx, w = self.landmark_anchors()
         for e, z in zip(bases, (z_id, z_exp)):
             if e is not None:  # E at the anchors only: [L, 3, D]
-                at = (w[..., None, None] * e[idx]).sum(1)
+                at = anchored_offsets(e.flatten(1), idx, w).unflatten(-1, e.shape[1:])
                 points = points + torch.einsum("lkd,bd->blk", at, z)
         if point_offsets is not None:
             points = points + anchored_offsets(point_offsets, idx, w)
