@@ -72,7 +72,8 @@ from gphm.models.runs import TrainedRun, seen_by
 
 __all__ = [
     "FIT_INPUTS", "FIT_SCORES", "SeenDatasetError", "crop_camera", "evaluate_fit", "fit_landmarks",
-    "frontal_row", "gauge_scale", "pose_errors", "render_fit_view", "target_from_item",
+    "frontal_row", "gauge_scale", "pose_errors", "render_fit_view", "rig_targets",
+    "target_from_item",
 ]  # fmt: skip
 
 FIT_INPUTS = ("gt", "photo")
@@ -212,6 +213,17 @@ _INPUTS = {
 }
 
 
+def rig_targets(items: list[HeadItem]) -> list[FitTarget]:
+    """Fitting targets of dataset rows with their true inputs (:func:`target_from_item`);
+    several rows are the dataset's calibrated rig (each target gets its camera: one head
+    pose in world, one expression)."""
+    targets = [target_from_item(it) for it in items]
+    if len(targets) > 1:
+        for t, it in zip(targets, items):
+            t.camera = it.viewmat
+    return targets
+
+
 def _fit_view(
     run: TrainedRun,
     items: list[HeadItem],
@@ -225,11 +237,7 @@ def _fit_view(
     extras."""
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
-        targets = [target_from_item(it) for it in items]
-        if len(targets) > 1:  # the dataset's calibrated rig: one head pose, one expression
-            for t, it in zip(targets, items):
-                t.camera = it.viewmat
-        result = fit_images(run.model, targets, config, str(run.path), rows=rows)
+        result = fit_images(run.model, rig_targets(items), config, str(run.path), rows=rows)
         return result, dict(_INPUTS["gt"]), {}
     from gphm.data.preprocess.single_image import prepare_image
 

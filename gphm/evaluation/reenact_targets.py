@@ -32,7 +32,7 @@ from torch import Tensor
 
 from gphm.data.loaders import HeadItem
 from gphm.data.synthetic.sequence import REGULAR_GENERATOR
-from gphm.evaluation.fit import fit_landmarks, frontal_row, gauge_scale, target_from_item
+from gphm.evaluation.fit import fit_landmarks, frontal_row, gauge_scale, rig_targets
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, TrainedRows, fit_images
 from gphm.geometry.cameras import world_to_camera
@@ -148,12 +148,9 @@ def fitted_target(run: TrainedRun, seq: Any, b: int, drive_cam: str, config: Fit
     """Subject ``b`` fitted from its step 0: one image (``1view``) or :data:`RIG_VIEWS`
     calibrated views (``3view``: one head pose in world, as ``split=fit fit.views=3``)."""
     items = rig_items(seq, b, drive_cam, RIG_VIEWS if kind == "3view" else 1)
-    targets = [target_from_item(it) for it in items]
-    if len(targets) > 1:  # the sequence's calibrated rig
-        for t, it in zip(targets, items):
-            t.camera = it.viewmat
     t0 = time.perf_counter()
-    fit = fit_images(run.model, targets, config, str(run.path), rows=TrainedRows.of_run(run))
+    fit = fit_images(run.model, rig_targets(items), config, str(run.path),
+                     rows=TrainedRows.of_run(run))  # fmt: skip
     seconds = time.perf_counter() - t0
     gauge = gauge_of(run.model, fit.avatar, items[0])
     entry = {"input_views": [it.camera for it in items], "fit_seconds": round(seconds, 2),
