@@ -87,6 +87,15 @@ def offset_l2(delta: Tensor) -> Tensor:  # [..., 3] -> []
     return (delta**2).sum(-1).mean()
 
 
+def knn_laplacian(x: Tensor, nbrs: Tensor) -> Tensor:  # [N, D], [N, k] -> []
+    """kNN-Laplacian energy: each row of ``x`` minus the mean of its ``k`` neighbours'
+    rows (``nbrs``, e.g. :func:`gphm.geometry.mesh.knn_indices`), squared, summed over D,
+    mean over N. 0 for ``k = 0``."""
+    if nbrs.shape[1] == 0:
+        return x.new_zeros(())
+    return ((x - x[nbrs].mean(1)) ** 2).sum(-1).mean()
+
+
 def code_l2(code: Tensor) -> Tensor:  # [B, D] -> []
     """Mean squared norm of latent codes (keeps the auto-decoder's codes near 0)."""
     return (code**2).sum(-1).mean()

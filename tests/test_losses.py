@@ -123,3 +123,11 @@ def test_landmark_distance_is_the_mean_euclidean_distance_with_unit_gradient():
     torch.testing.assert_close(pred.grad[1, 2], torch.tensor([0.0, 0.0, -1.0 / 5]), atol=1e-5, rtol=0)
     assert pred.grad[1, 1].abs().sum() == 0
     assert torch.isfinite(losses.landmark_distance(target.nan_to_num(), target.nan_to_num()))
+
+
+def test_knn_laplacian_by_hand():
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    nbrs = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    # row minus neighbours' mean: (-1, -2), (2, -2), (-1, 4) -> squared norms 5, 8, 17
+    assert float(losses.knn_laplacian(x, nbrs)) == pytest.approx(10.0)
+    assert float(losses.knn_laplacian(x, torch.zeros(3, 0, dtype=torch.long))) == 0

@@ -33,6 +33,7 @@ __all__ = [
     "subdivide_to_count",
     "knn_mean_distance",
     "knn_weights",
+    "knn_indices",
     "anchored_offsets",
     "mesh_volume",
     "euler_characteristic",
@@ -248,6 +249,22 @@ def knn_weights(
         dist, idx = d.topk(min(k, d.shape[1]), dim=1, largest=False)
         w = 1.0 / dist.clamp_min(1e-6)
         return idx, w / w.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def knn_indices(points: Tensor, k: int, chunk: int = 2048) -> Tensor:  # [N, 3] -> [N, k]
+    """The ``k`` nearest other points of every point (Euclidean), in chunks of rows
+    (memory ``chunk × N``); ``k`` is capped at ``N − 1``."""
+    N = points.shape[0]
+    k = min(k, N - 1)
+    if k < 1:
+        return torch.zeros(N, 0, dtype=torch.long, device=points.device)
+    out = []
+    for s in range(0, N, chunk):
+        d = torch.cdist(points[s : s + chunk], points)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = math.inf
+        out.append(d.topk(k, largest=False).indices)
+    return torch.cat(out)
 
 
 def anchored_offsets(

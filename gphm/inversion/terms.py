@@ -85,11 +85,8 @@ def opacity_offset_size(opacity: Tensor) -> Tensor:  # [N(, 1)] -> []
     return (opacity**2).mean()
 
 
-def laplacian(x: Tensor, nbrs: Tensor) -> Tensor:  # [N, D], [N, k] -> []
-    """Each row minus the mean of its ``k`` neighbours' rows, squared, summed over D."""
-    if nbrs.shape[1] == 0:
-        return x.new_zeros(())
-    return ((x - x[nbrs].mean(1)) ** 2).sum(-1).mean()
+#: Each row minus the mean of its neighbours' rows, squared (:func:`gphm.losses.knn_laplacian`).
+laplacian = losses.knn_laplacian
 
 
 def offset_smoothness(points: Tensor | None, colors: Tensor | None, nbrs: Tensor) -> Tensor:

@@ -260,3 +260,14 @@ def test_knn_weights_nearest_anchors_and_inverse_distance():
     with pytest.raises(ValueError, match="queries and points"):
         knn_weights(torch.zeros(2, 2), points, 2)
     assert knn_weights(queries, points, k=10)[0].shape == (2, 4)  # k capped at N
+
+
+def test_knn_indices_match_brute_force_in_any_chunking():
+    from gphm.geometry.mesh import knn_indices
+
+    pts = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    d = torch.cdist(pts, pts) + torch.diag(torch.full((50,), float("inf")))
+    want = d.topk(4, largest=False).indices
+    for chunk in (7, 2048):
+        assert torch.equal(knn_indices(pts, 4, chunk=chunk), want)  # never the point itself
+    assert knn_indices(pts[:3], 8).shape == (3, 2)  # capped at N - 1
