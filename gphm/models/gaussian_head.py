@@ -5,7 +5,8 @@
     H          = f_inj(Γ0, z_id)                         [B, N, H]
     X_can      = X0 + f_id(H) + f_exp(H, z_exp)           [B, N, 3]
                  + E_id·z_id + E_exp·z_exp                (the optional bases, below)
-    C          = sigmoid(f_col(H, z_exp))                 [B, N, 32]
+    C          = sigmoid(f_col(H, z_exp)                  [B, N, 32]
+                 + [C_id·z_id + C_exp·z_exp, 0])          (the optional colour bases)
     {S, Q, A}  = {S0, Q0, A0} + f_att(H, z_exp)           log-scale, quat, opacity logit
     X = s·R·X_can + T,   Q = R ⊗ Q_can,   scale = s·exp(S)         head pose of the frame
     splat C at lr (white background) -> Ψ -> RGB at hr
@@ -27,6 +28,12 @@ without it the expression codes learn each subject's own shape details through E
 (every frame of a subject shares them), which a code swap then carries to another person.
 The model's landmarks follow both at their nearest Gaussians
 (:meth:`GaussianHead.canonical_landmarks`).
+
+``color_basis_channels = K``: the same for colour, C_id [N, K, Did] / C_exp [N, K, Dexp]
+added to f_col's logits of the first K of the 32 channels (the first 3 are the lr RGB).
+The synthetic expressions change colour as well as shape (a smile and a puffed cheek
+flush the cheek, a blink covers the eye's white with the lid), which f_col resolves no
+better than f_exp resolves a mouth corner.
 
 Shapes: ``B`` batch of (frame, camera) rows, ``N`` Gaussians, ``L`` landmarks.
 """
@@ -114,7 +121,16 @@ class GaussianHeadConfig:
     it the expression basis learns each subject's shape details in the expression codes
     (every frame of a subject shares them): val_combo (code swapping) fell to 23.63 dB."""
 
+    color_basis_channels: int = 3
+    """Per-Gaussian colour bases of both codes on the first K colour channels (module
+    docstring), trained at ``train.point_lr``; 0 (and a ``config.json`` from before the
+    field) is the model without them. 3 (the lr RGB) on the demo set's val rows, with
+    ``loss.gaussian.basis_smooth=10``: val_view / val_combo 32.13 / 33.37 -> 32.26 / 33.68
+    dB, expression gain on val_view 7.11 -> 7.39 dB (blink on the probe 5.3 -> 6.8 dB)."""
+
     def __post_init__(self) -> None:
+        if self.color_basis_channels < 0:
+            raise ValueError(f"color_basis_channels must be >= 0, got {self.color_basis_channels}")
         if self.num_points < 0:
             raise ValueError(f"num_points must be >= 0, got {self.num_points}")
         if not 0 < self.init_opacity < 1:
@@ -182,6 +198,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             desc["config"].setdefault("semantics", LEGACY_SEMANTICS)
             desc["config"].setdefault("expression_basis", False)
             desc["config"].setdefault("identity_basis", False)
+            desc["config"].setdefault("color_basis_channels", 0)
         return desc
 
     def __init__(
@@ -228,6 +245,15 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             self.expression_basis = nn.Parameter(torch.zeros(num_points, 3, exp_dim))
         if config.identity_basis:
             self.identity_basis = nn.Parameter(torch.zeros(num_points, 3, id_dim))
+        k = config.color_basis_channels
+        if k > g.color_channels:
+            raise ValueError(
+                f"model.gaussian.color_basis_channels={k} exceeds the {g.color_channels} "
+                "colour channels of the guidance model"
+            )
+        if k:  # C_id / C_exp, zero as well
+            self.identity_color_basis = nn.Parameter(torch.zeros(num_points, k, id_dim))
+            self.expression_color_basis = nn.Parameter(torch.zeros(num_points, k, exp_dim))
 
     @property
     def num_points(self) -> int:
@@ -280,7 +306,10 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         point_offsets: Tensor | None = None,  # [N, 3] extra X_can offsets (fitting)
     ) -> GaussianAttributes:
         """Canonical Gaussians of B (identity, expression) pairs."""
-        deform, h_exp = conditioned_deformation(self, self.points, self.point_features, z_id, z_exp)
+        colors = self.color_basis_logits(z_id, z_exp)
+        deform, h_exp = conditioned_deformation(
+            self, self.points, self.point_features, z_id, z_exp, colors
+        )
         b_id, b_exp = self.basis_offsets(z_id, z_exp)
         if b_id is not None:
             deform = dataclasses.replace(
@@ -315,6 +344,24 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             None if e is None else torch.einsum("nkd,bd->bnk", e, z)
             for e, z in zip(self.bases(), (z_id, z_exp))
         )  # type: ignore[return-value]
+
+    def color_bases(self) -> tuple[Tensor | None, Tensor | None]:
+        """C_id [N, K, Did] and C_exp [N, K, Dexp] (None without ``color_basis_channels``)."""
+        return (getattr(self, "identity_color_basis", None),
+                getattr(self, "expression_color_basis", None))  # fmt: skip
+
+    def color_basis_logits(
+        self,
+        z_id: Tensor,  # [B, Did]
+        z_exp: Tensor,  # [B, Dexp]
+    ) -> Tensor | None:  # [B, N, C], None without colour bases
+        """``C_id·z_id + C_exp·z_exp`` on the first K colour channels, zero on the others."""
+        c_id, c_exp = self.color_bases()
+        if c_id is None or c_exp is None:
+            return None
+        k = c_id.shape[1]
+        logits = torch.einsum("nkd,bd->bnk", c_id, z_id) + torch.einsum("nkd,bd->bnk", c_exp, z_exp)
+        return nn.functional.pad(logits, (0, self.color_channels - k))
 
     def render_context(self) -> dict[str, Any]:
         """As ``GuidanceModel.render_context``: Gaussians have nothing to share."""

@@ -138,10 +138,13 @@ def conditioned_deformation(
     features: Tensor,  # [M, G] Γ at those points
     z_id: Tensor,  # [B, Did]
     z_exp: Tensor,  # [B, Dexp]
+    color_logit_offsets: Tensor | None = None,  # [B, M, C] added to f_col's output
 ) -> tuple[Deformation, Tensor]:  # deformation, (H, z_exp) [B, M, H + Dexp]
     """The identity/expression path shared by both stages::
 
-    H = f_inj(Γ, z_id);  X = X0 + f_id(H) + f_exp(H, z_exp);  C = sigmoid(f_col(H, z_exp))
+    H = f_inj(Γ, z_id);  X = X0 + f_id(H) + f_exp(H, z_exp);  C = sigmoid(f_col(H, z_exp) + c)
+
+    with ``c = color_logit_offsets`` (0 when None; stage 2's colour bases).
     """
     B, M = z_id.shape[0], points.shape[0]
     gamma = features.unsqueeze(0).expand(B, M, -1)
@@ -149,11 +152,12 @@ def conditioned_deformation(
     h_exp = torch.cat([hidden, z_exp[:, None].expand(B, M, -1)], -1)
     delta_id = nets.f_id(hidden)
     delta_exp = nets.f_exp(h_exp)
+    logits = nets.f_col(h_exp)
     deform = Deformation(
         points=points + delta_id + delta_exp,
         delta_id=delta_id,
         delta_exp=delta_exp,
-        colors=torch.sigmoid(nets.f_col(h_exp)),
+        colors=torch.sigmoid(logits + (0 if color_logit_offsets is None else color_logit_offsets)),
         hidden=hidden,
     )
     return deform, h_exp

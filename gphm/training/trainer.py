@@ -32,7 +32,7 @@ from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, c
 from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
-from gphm.geometry.mesh import anchored_offsets, knn_weights
+from gphm.geometry.mesh import anchored_offsets, knn_indices, knn_weights
 from gphm.geometry.pose import apply_head_pose
 from gphm.io import threads as adaptive_threads
 from gphm.io.atomic import atomic_directory, atomic_write_text
@@ -127,6 +127,11 @@ def expression_groups(frames: list[dict[str, Any]], train_frames) -> torch.Tenso
             groups[f] = index[label]
     return groups
 
+
+#: Canonical neighbours of a Gaussian in ``loss.gaussian.basis_smooth``, and how many
+#: stage-2 steps they are kept before being found again (X0 moves slowly).
+BASIS_NEIGHBOURS = 8
+BASIS_NEIGHBOUR_REFRESH = 250
 
 #: Anchors a landmark follows in ``loss.landmark_anchor`` (few: two lips or two eyelids
 #: a few vertices apart must not share them).
@@ -651,7 +656,7 @@ class GaussianTrainer(StageTrainer):
         self.perceptual = build_perceptual_loss(cfg.loss.gaussian.vgg_weights)
         t, m = cfg.train, self.model
         per_point = [m.point_features, m.log_scales, m.quats, m.opacity_logits]
-        per_point += [e for e in m.bases() if e is not None]
+        per_point += [e for e in (*m.bases(), *m.color_bases()) if e is not None]
         codes = [m.identity_codes.codes.weight, m.expression_codes.codes.weight]
         codes += [m.landmarks_canonical, m.landmark_features]
         special = {id(p) for p in per_point + codes + [m.points]}
@@ -725,9 +730,24 @@ class GaussianTrainer(StageTrainer):
             + losses.code_l2(model.expression_codes(batch.frame)),
             "expression_consistency": self._expression_consistency(model),
             "landmark_anchor": self._anchor_term(model, model.points, d, batch),
+            "basis_smooth": self._basis_smoothness(model),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
+
+    def _basis_smoothness(self, model: GaussianHead) -> torch.Tensor:
+        """``loss.gaussian.basis_smooth``'s term: the bases' kNN-Laplacian over the
+        canonical Gaussians (neighbours found again every ``BASIS_NEIGHBOUR_REFRESH`` steps,
+        as X0 moves)."""
+        bases = [e for e in (*model.bases(), *model.color_bases()) if e is not None]
+        if not bases or self.cfg.loss.gaussian.basis_smooth == 0:
+            return model.points.new_zeros(())
+        calls = getattr(self, "_basis_calls", 0)
+        if calls % BASIS_NEIGHBOUR_REFRESH == 0:
+            self._basis_nbrs = knn_indices(model.points.detach(), BASIS_NEIGHBOURS)
+        self._basis_calls = calls + 1
+        return sum(losses.knn_laplacian(e.flatten(1), self._basis_nbrs) / e[0].numel()
+                   for e in bases)  # fmt: skip
 
 
 def _rounded(terms: dict[str, torch.Tensor]) -> dict[str, float]:

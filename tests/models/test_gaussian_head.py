@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -196,7 +197,7 @@ def test_landmarks_follow_the_point_offsets_of_their_nearest_gaussians(head, gui
         guidance.canonical_landmarks(z_id, z_exp, offsets)
 
 
-NO_BASES = GaussianHeadConfig(expression_basis=False, identity_basis=False)
+NO_BASES = GaussianHeadConfig(expression_basis=False, identity_basis=False, color_basis_channels=0)
 
 
 def test_expression_basis_is_a_per_gaussian_blendshape_of_the_code(guidance, tmp_path):
@@ -265,9 +266,37 @@ def test_config_json_without_the_basis_fields_loads_without_bases(guidance, tmp_
     GaussianHead.create_from(guidance, NO_BASES).save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / CONFIG_NAME
     desc = json.loads(path.read_text())
-    for key in ("expression_basis", "identity_basis"):  # as written before the fields
+    for key in ("expression_basis", "identity_basis", "color_basis_channels"):  # before the fields
         del desc["config"][key]
     path.write_text(json.dumps(desc))
     old = GaussianHead.from_pretrained(tmp_path / "old")
-    assert old.bases() == (None, None)
+    assert old.bases() == (None, None) and old.color_bases() == (None, None)
     assert not (old.config.expression_basis or old.config.identity_basis)
+
+
+@torch.no_grad()
+def test_color_bases_add_per_gaussian_logits_of_both_codes_on_the_first_channels(guidance):
+    plain = GaussianHead.create_from(guidance, NO_BASES)
+    head = GaussianHead.create_from(guidance, dataclasses.replace(NO_BASES, color_basis_channels=3))
+    N, C = head.num_points, head.color_channels
+    Did, Dexp = head.identity_codes.config.dim, head.expression_codes.config.dim
+    c_id, c_exp = head.color_bases()
+    assert c_id.shape == (N, 3, Did) and c_exp.shape == (N, 3, Dexp)
+    assert plain.color_bases() == (None, None) and plain.color_basis_logits(
+        torch.zeros(1, Did), torch.zeros(1, Dexp)) is None  # fmt: skip
+    z_id, z_exp = torch.randn(2, Did), torch.randn(2, Dexp)
+    base = plain.attributes(z_id, z_exp).colors
+    torch.testing.assert_close(head.attributes(z_id, z_exp).colors, base)  # zero at creation
+    # Gaussian g's green logit moves by z_exp[:, 4]·0.5 − z_id[:, 1]·0.3; nothing else moves.
+    g = 7
+    c_exp[g, 1, 4], c_id[g, 1, 1] = 0.5, -0.3
+    colors = head.attributes(z_id, z_exp).colors
+    want = torch.logit(base[:, g, 1]) + 0.5 * z_exp[:, 4] - 0.3 * z_id[:, 1]
+    torch.testing.assert_close(torch.logit(colors[:, g, 1]), want, atol=1e-4, rtol=1e-4)
+    changed = (colors - base).abs() > 0
+    assert changed[:, g, 1].all() and changed.sum() == 2
+    assert head.attributes(z_id, z_exp).means.equal(plain.attributes(z_id, z_exp).means)
+    with pytest.raises(ValueError, match="color_basis_channels"):
+        GaussianHead.create_from(guidance, GaussianHeadConfig(color_basis_channels=C + 1))
+    with pytest.raises(ValueError, match="color_basis_channels"):
+        GaussianHeadConfig(color_basis_channels=-1)

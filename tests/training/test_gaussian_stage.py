@@ -28,7 +28,8 @@ def stage1_run(tiny_head_dataset, tmp_path_factory):
 def test_stage_gaussian_from_a_stage1_run(tiny_head_dataset, stage1_run, tmp_path):
     cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, "stage=gaussian",
                f"guidance_run={stage1_run}", "train.gaussian_steps=8",
-               "loss.gaussian.rgb_hr_mse=10")  # fmt: skip
+               "loss.gaussian.rgb_hr_mse=10", "loss.gaussian.basis_smooth=2",
+               "model.gaussian.color_basis_channels=3")  # fmt: skip
     summary = GaussianTrainer(cfg).train()
     log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
     assert all(r["stage"] == "gaussian" for r in log)
@@ -44,6 +45,7 @@ def test_stage_gaussian_from_a_stage1_run(tiny_head_dataset, stage1_run, tmp_pat
     assert desc["extra"]["stage"] == "gaussian"
     model = GaussianHead.from_pretrained(tmp_path / "run/model")
     assert model.num_points == desc["extra"]["num_points"]
+    assert log[-1]["basis_smooth"] > 0 and model.color_bases()[1].abs().sum() > 0  # trained
     assert (tmp_path / "run/guidance_model/config.json").is_file()  # copied for resume
     assert latest_checkpoint(tmp_path / "run/checkpoints/gaussian").name == "step_00000008"
     assert not (tmp_path / "run/eval").exists() and summary["eval"] == {}  # no val rows
@@ -65,6 +67,30 @@ def test_stage2_resume_is_bit_exact_and_nan_guard(tiny_head_dataset, stage1_run,
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at gaussian step 3"):
         nan_term(GaussianTrainer(cfg), "rgb_hr").train()
     assert latest_checkpoint(tmp_path / "nan/checkpoints/gaussian") == good
+
+
+@torch.no_grad()
+def test_basis_smoothness_is_the_bases_knn_laplacian(tiny_head_dataset, stage1_run, tmp_path):
+    from gphm import losses
+    from gphm.geometry.mesh import knn_indices
+
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, "stage=gaussian",
+               f"guidance_run={stage1_run}", "loss.gaussian.basis_smooth=1",
+               "model.gaussian.color_basis_channels=2")  # fmt: skip
+    trainer = GaussianTrainer(cfg)
+    model = trainer.model
+    bases = [*model.bases(), *model.color_bases()]
+    assert trainer._basis_smoothness(model) == 0  # zero at creation
+    for e in bases:  # the same basis everywhere: smooth
+        e.copy_(torch.randn(e.shape[1:]).expand_as(e))
+    assert trainer._basis_smoothness(model) == pytest.approx(0, abs=1e-10)
+    g = torch.Generator().manual_seed(0)
+    for e in bases:
+        e.copy_(torch.randn(e.shape, generator=g))
+    nbrs = knn_indices(model.points, 8)
+    want = sum(losses.knn_laplacian(e.flatten(1), nbrs) / e[0].numel() for e in bases)
+    assert float(trainer._basis_smoothness(model)) == pytest.approx(float(want), rel=1e-5)
+    assert float(want) == pytest.approx(4 * (1 + 1 / 8), rel=0.1)  # 4 white-noise bases
 
 
 def test_stage_gaussian_without_stage1_is_refused(tiny_head_dataset, tmp_path):
