@@ -236,6 +236,7 @@ def write_fit(
         "seconds": round(result.seconds, 2),
         "aligned_size": avatar.image_size,
         "psnr_input_masked_phase1": round(result.phase1_psnr_masked, 3),
+        "prior_trust": round(result.prior_trust, 3),  # fit.trusted_prior_views' τ
         "fit": {"phase1_steps": cfg.fit.phase1_steps, "phase2_steps": cfg.fit.phase2_steps},
         # The collapse guard: each image's render coverage of its mask after phase 1, and
         # what it did when one fell below fit.min_coverage (restart, phase 2 dropped).

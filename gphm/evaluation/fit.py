@@ -396,6 +396,7 @@ def _subject_entry(
         "psnr_input": round(result.psnr, 3),
         "psnr_input_masked": mean([result.psnr_masked], 3),
         "psnr_input_masked_phase1": mean([result.phase1_psnr_masked], 3),
+        "prior_trust": round(result.prior_trust, 3),
         **{k: mean(view_scores[k], _digits(k)) for k in _KEYS if k.startswith("psnr")},
         "gauge_scale": round(gauge, 4),
         **{k: round(v, 4) for k, v in pose.items()},
@@ -418,7 +419,7 @@ def _fit_report(
     }  # fmt: skip
     for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
               "landmark_error_px", "gauge_scale", "detector_error_px", "psnr_input",
-              "psnr_input_masked", "psnr_input_masked_phase1"):  # fmt: skip
+              "psnr_input_masked", "psnr_input_masked_phase1", "prior_trust"):  # fmt: skip
         if per_subject and k in per_subject[0]:
             report[k] = mean([p[k] for p in per_subject if p[k] is not None], 4)
         elif k in ("rotation_error_deg", "translation_error"):

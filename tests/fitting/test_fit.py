@@ -71,8 +71,8 @@ def test_fitting_recovers_a_training_subject(trained, tiny_head_dataset):
 def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     # Two phase-2 steps may not improve the input yet: keep them (the round trip is tested).
-    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0,
-                    offset_min_images=1)  # position offsets from one image too  # fmt: skip
+    cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0, offset_min_images=1,
+                    trusted_prior_views=0.0)  # position offsets from one image too  # fmt: skip
     result = fit_image(trained.model, target_from_item(ds[0]), cfg, str(trained.path))
     result.avatar.save(tmp_path / "av")
     loaded = Avatar.load(tmp_path / "av")
@@ -86,6 +86,35 @@ def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
     loaded.point_offsets = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="fitted with another checkpoint"):
         loaded.personalised(trained.model)
+
+
+def test_prior_trust_ramps_with_phase1_psnr_and_gates_offsets_and_prior_views():
+    from gphm.fitting.fit import prior_trust, trusted_config
+
+    cfg = FitConfig(trust_low_db=14.0, trust_high_db=22.0, trusted_prior_views=2.0,
+                    prior_views=0.5, offset_lr=1e-3)  # fmt: skip
+    assert [prior_trust(cfg, db, 1) for db in (8.0, 14.0, 18.0, 22.0, 30.0)] == [0, 0, 0.5, 1, 1]
+    assert prior_trust(cfg, 30.0, 2) == 0  # several images: never gated
+    assert prior_trust(cfg, float("nan"), 1) == 0
+    assert prior_trust(dataclasses.replace(cfg, trusted_prior_views=0.0), 30.0, 1) == 0
+    half = trusted_config(cfg, 0.5)
+    assert half.prior_views == pytest.approx(1.5) and half.offset_lr == pytest.approx(5e-4)
+    assert trusted_config(cfg, 1.0).offset_lr == 0 and trusted_config(cfg, 0.0) is cfg
+    with pytest.raises(ValueError, match="trust_low_db"):
+        FitConfig(trust_low_db=22.0, trust_high_db=22.0)
+
+
+def test_a_trusted_prior_fits_one_image_without_position_offsets(trained, tiny_head_dataset):
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    target = target_from_item(ds[0])
+    cfg = FitConfig(phase1_steps=30, phase2_steps=2, phase2_max_drop_db=100.0,
+                    trust_low_db=-2.0, trust_high_db=-1.0)  # any phase 1 is trusted  # fmt: skip
+    trusted = fit_image(trained.model, target, cfg, str(trained.path))
+    assert trusted.prior_trust == 1 and trusted.avatar.point_offsets is None
+    assert "prior_views" in trusted.phase_losses["phase2"]
+    free = fit_image(trained.model, target, dataclasses.replace(cfg, trusted_prior_views=0.0),
+                     str(trained.path))  # fmt: skip
+    assert free.prior_trust == 0 and free.avatar.point_offsets is not None
 
 
 def test_evaluate_fit_split(trained, tiny_head_dataset, tmp_path):
@@ -428,7 +457,8 @@ def test_fitting_starts_from_and_is_held_to_the_trained_rows(trained, tiny_head_
 def _avatar(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     result = fit_image(trained.model, target_from_item(ds[0]),
-                       FitConfig(phase1_steps=1, phase2_steps=1, offset_min_images=1),
+                       FitConfig(phase1_steps=1, phase2_steps=1, offset_min_images=1,
+                                 trusted_prior_views=0.0),
                        str(trained.path))  # fmt: skip
     return result.avatar.save(tmp_path / "av"), result.avatar
 
@@ -613,7 +643,7 @@ def test_phase2_reproduces_the_input_view_better_and_the_avatar_applies_it(
 ):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     target = target_from_item(ds[0])
-    cfg = FitConfig(phase1_steps=30, phase2_steps=40, offset_min_images=1)
+    cfg = FitConfig(phase1_steps=30, phase2_steps=40, offset_min_images=1, trusted_prior_views=0.0)
     result = fit_image(trained.model, target, cfg)
     assert result.psnr_masked > result.phase1_psnr_masked + 0.3, (
         result.psnr_masked, result.phase1_psnr_masked)  # fmt: skip
@@ -718,7 +748,7 @@ def test_position_offsets_need_offset_min_images(trained, tiny_head_dataset):
     ds = HeadDataset(tiny_head_dataset, split=["train", "heldout_view"], lr_size=16)
     items = _frame_items(ds, subject=1, frame=2)
     cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0,
-                    offset_min_images=2)  # fmt: skip
+                    offset_min_images=2, trusted_prior_views=0.0)  # fmt: skip
     one = fit_image(trained.model, target_from_item(items[0]), cfg).avatar
     assert one.point_offsets is None and one.color_offsets is not None  # one view: none
     two = fit_images(trained.model, [target_from_item(it) for it in items[:2]], cfg).avatar

@@ -58,7 +58,7 @@ def test_a_phase2_that_fades_the_head_out_is_discarded(trained, item):
     target.image = torch.ones_like(target.image)
     res = _fit(trained, target, phase1_steps=20, phase2_steps=30, mask=0.0, landmark=0.0,
                offset_lr=1.0, offset=0.0, smooth=0.0, symmetry=0.0, opacity_lr=2.0,
-               offset_min_images=1)  # fmt: skip
+               offset_min_images=1, trusted_prior_views=0.0)  # fmt: skip
     assert [r["phase"] for r in res.recoveries] == [2]
     assert len(res.recoveries[0]["coverage"]) == 1 and res.recoveries[0]["coverage"][0] < 0.01
     assert res.images[0].coverage == res.phase1_coverage[0] > 0.5
@@ -85,7 +85,7 @@ def test_absurd_rates_and_weights_stop_the_fit_naming_the_option(trained, item, 
     name = re.escape(f"fit.{option}={value:g}")
     with pytest.raises(NonFiniteError, match=rf"fit {step}.* {name} \(default"):
         _fit(trained, target_from_item(item), phase1_steps=10, phase2_steps=5,
-             offset_min_images=1, **{option: value})  # fmt: skip
+             offset_min_images=1, trusted_prior_views=0.0, **{option: value})  # fmt: skip
 
 
 def test_landmarks_outside_their_image_are_refused(trained, item, tmp_path):
