@@ -128,10 +128,8 @@ def expression_groups(frames: list[dict[str, Any]], train_frames) -> torch.Tenso
     return groups
 
 
-#: Canonical neighbours of a Gaussian in ``loss.gaussian.basis_smooth``, and how many
-#: stage-2 steps they are kept before being found again (X0 moves slowly).
+#: Canonical neighbours of a Gaussian in ``loss.gaussian.basis_smooth``.
 BASIS_NEIGHBOURS = 8
-BASIS_NEIGHBOUR_REFRESH = 250
 
 #: Anchors a landmark follows in ``loss.landmark_anchor`` (few: two lips or two eyelids
 #: a few vertices apart must not share them).
@@ -649,6 +647,9 @@ class GaussianTrainer(StageTrainer):
         self.guidance_fingerprint = module_fingerprint(guidance)
         guidance = guidance.to(self.acc.device)
         self.model = GaussianHead.create_from(guidance, cfg.model.gaussian, seed=cfg.seed)
+        # The bases' neighbours, of the Gaussians as created (X0 then moves slowly): the
+        # same in a resumed run, which loads its checkpoint after this.
+        self.basis_nbrs = knn_indices(self.model.points.detach(), BASIS_NEIGHBOURS)
         if self.acc.is_main_process and not (self.run_dir / GUIDANCE_MODEL_DIR).is_dir():
             with atomic_directory(self.run_dir / GUIDANCE_MODEL_DIR) as tmp:
                 guidance.save_pretrained(tmp, extra={"stage": "guidance", "copied_from":
@@ -737,16 +738,11 @@ class GaussianTrainer(StageTrainer):
 
     def _basis_smoothness(self, model: GaussianHead) -> torch.Tensor:
         """``loss.gaussian.basis_smooth``'s term: the bases' kNN-Laplacian over the
-        canonical Gaussians (neighbours found again every ``BASIS_NEIGHBOUR_REFRESH`` steps,
-        as X0 moves)."""
+        canonical Gaussians' neighbours (``self.basis_nbrs``)."""
         bases = [e for e in (*model.bases(), *model.color_bases()) if e is not None]
         if not bases or self.cfg.loss.gaussian.basis_smooth == 0:
             return model.points.new_zeros(())
-        calls = getattr(self, "_basis_calls", 0)
-        if calls % BASIS_NEIGHBOUR_REFRESH == 0:
-            self._basis_nbrs = knn_indices(model.points.detach(), BASIS_NEIGHBOURS)
-        self._basis_calls = calls + 1
-        return sum(losses.knn_laplacian(e.flatten(1), self._basis_nbrs) / e[0].numel()
+        return sum(losses.knn_laplacian(e.flatten(1), self.basis_nbrs) / e[0].numel()
                    for e in bases)  # fmt: skip
 
 

@@ -87,7 +87,8 @@ def test_basis_smoothness_is_the_bases_knn_laplacian(tiny_head_dataset, stage1_r
     g = torch.Generator().manual_seed(0)
     for e in bases:
         e.copy_(torch.randn(e.shape, generator=g))
-    nbrs = knn_indices(model.points, 8)
+    nbrs = knn_indices(model.points, 8)  # X0 as created
+    assert torch.equal(trainer.basis_nbrs, nbrs)
     want = sum(losses.knn_laplacian(e.flatten(1), nbrs) / e[0].numel() for e in bases)
     assert float(trainer._basis_smoothness(model)) == pytest.approx(float(want), rel=1e-5)
     assert float(want) == pytest.approx(4 * (1 + 1 / 8), rel=0.1)  # 4 white-noise bases
