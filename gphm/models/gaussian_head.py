@@ -175,6 +175,18 @@ class GaussianOutput:
     attributes: GaussianAttributes
 
 
+def _blend(
+    bases: tuple[Tensor | None, Tensor | None],  # [N, K, Did], [N, K, Dexp] or None
+    z_id: Tensor,  # [B, Did]
+    z_exp: Tensor,  # [B, Dexp]
+) -> tuple[Tensor | None, Tensor | None]:  # [B, N, K] each, None where the basis is
+    """Per-Gaussian linear bases applied to the codes: ``basis · z`` for each pair."""
+    return tuple(
+        None if e is None else torch.einsum("nkd,bd->bnk", e, z)
+        for e, z in zip(bases, (z_id, z_exp))
+    )  # type: ignore[return-value]
+
+
 class GaussianHead(RendersTrainingRows, SerializableModule):
     """Stage-2 multi-identity Gaussian head model (see the module docstring).
 
@@ -340,10 +352,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         z_exp: Tensor,  # [B, Dexp]
     ) -> tuple[Tensor | None, Tensor | None]:  # [B, N, 3] each, None where not configured
         """The bases' canonical offsets ``E_id · z_id`` and ``E_exp · z_exp``."""
-        return tuple(
-            None if e is None else torch.einsum("nkd,bd->bnk", e, z)
-            for e, z in zip(self.bases(), (z_id, z_exp))
-        )  # type: ignore[return-value]
+        return _blend(self.bases(), z_id, z_exp)
 
     def color_bases(self) -> tuple[Tensor | None, Tensor | None]:
         """C_id [N, K, Did] and C_exp [N, K, Dexp] (None without ``color_basis_channels``)."""
@@ -356,12 +365,15 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         z_exp: Tensor,  # [B, Dexp]
     ) -> Tensor | None:  # [B, N, C], None without colour bases
         """``C_id·z_id + C_exp·z_exp`` on the first K colour channels, zero on the others."""
-        c_id, c_exp = self.color_bases()
-        if c_id is None or c_exp is None:
+        by_id, by_exp = _blend(self.color_bases(), z_id, z_exp)
+        if by_id is None or by_exp is None:  # both or neither (color_basis_channels)
             return None
-        k = c_id.shape[1]
-        logits = torch.einsum("nkd,bd->bnk", c_id, z_id) + torch.einsum("nkd,bd->bnk", c_exp, z_exp)
-        return nn.functional.pad(logits, (0, self.color_channels - k))
+        return nn.functional.pad(by_id + by_exp, (0, self.color_channels - by_id.shape[-1]))
+
+    def learned_bases(self) -> list[Tensor]:
+        """Every configured per-Gaussian basis (E_id, E_exp, C_id, C_exp): the stage-2
+        parameters trained at ``train.point_lr`` and smoothed by ``loss.gaussian.basis_smooth``."""
+        return [e for e in (*self.bases(), *self.color_bases()) if e is not None]
 
     def render_context(self) -> dict[str, Any]:
         """As ``GuidanceModel.render_context``: Gaussians have nothing to share."""

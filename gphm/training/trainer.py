@@ -649,7 +649,9 @@ class GaussianTrainer(StageTrainer):
         self.model = GaussianHead.create_from(guidance, cfg.model.gaussian, seed=cfg.seed)
         # The bases' neighbours, of the Gaussians as created (X0 then moves slowly): the
         # same in a resumed run, which loads its checkpoint after this.
-        self.basis_nbrs = knn_indices(self.model.points.detach(), BASIS_NEIGHBOURS)
+        self.basis_nbrs: torch.Tensor | None = None
+        if cfg.loss.gaussian.basis_smooth > 0 and self.model.learned_bases():
+            self.basis_nbrs = knn_indices(self.model.points.detach(), BASIS_NEIGHBOURS)
         if self.acc.is_main_process and not (self.run_dir / GUIDANCE_MODEL_DIR).is_dir():
             with atomic_directory(self.run_dir / GUIDANCE_MODEL_DIR) as tmp:
                 guidance.save_pretrained(tmp, extra={"stage": "guidance", "copied_from":
@@ -657,7 +659,7 @@ class GaussianTrainer(StageTrainer):
         self.perceptual = build_perceptual_loss(cfg.loss.gaussian.vgg_weights)
         t, m = cfg.train, self.model
         per_point = [m.point_features, m.log_scales, m.quats, m.opacity_logits]
-        per_point += [e for e in (*m.bases(), *m.color_bases()) if e is not None]
+        per_point += m.learned_bases()
         codes = [m.identity_codes.codes.weight, m.expression_codes.codes.weight]
         codes += [m.landmarks_canonical, m.landmark_features]
         special = {id(p) for p in per_point + codes + [m.points]}
@@ -739,11 +741,10 @@ class GaussianTrainer(StageTrainer):
     def _basis_smoothness(self, model: GaussianHead) -> torch.Tensor:
         """``loss.gaussian.basis_smooth``'s term: the bases' kNN-Laplacian over the
         canonical Gaussians' neighbours (``self.basis_nbrs``)."""
-        bases = [e for e in (*model.bases(), *model.color_bases()) if e is not None]
-        if not bases or self.cfg.loss.gaussian.basis_smooth == 0:
+        if self.basis_nbrs is None:  # no bases, or the term is off
             return model.points.new_zeros(())
         return sum(losses.knn_laplacian(e.flatten(1), self.basis_nbrs) / e[0].numel()
-                   for e in bases)  # fmt: skip
+                   for e in model.learned_bases())  # fmt: skip
 
 
 def _rounded(terms: dict[str, torch.Tensor]) -> dict[str, float]:
