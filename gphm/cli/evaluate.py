@@ -41,7 +41,9 @@
   rendered with its expression code (own, or transferred on ``*_combo`` rows) and with
   the subject's neutral code, scored on the pixels where the truth's expression changes
   the image: ``support_gain_db``, ``capture`` and ``landmark_capture`` per region, per
-  label and pooled (gphm.evaluation.expression). Writes ``expression_<rows>.json``.
+  label and pooled (gphm.evaluation.expression), and beside them ``lr_bicubic_*``: the
+  same metrics of the truth box-downsampled to the model's render size and upsampled
+  bicubically (what the render size leaves to Ψ). Writes ``expression_<rows>.json``.
 * ``expression_probe``: the same metrics for every trained (subject, label) at the
   canonical head pose and the generator's reference camera, against the generator's
   renders (needs no twins, only a generated dataset's ``meta.json``); writes
@@ -317,10 +319,14 @@ def _expression_summary(r: dict[str, Any]) -> str:
         for k, v in r["per_label"].items()
     )
     pooled = r["all"] or {}
+    reference = ""
+    if "lr_bicubic" in r:
+        reference = ("; an exact lr render upsampled bicubically: capture "
+                     f"{fmt(pooled.get('lr_bicubic_capture'), '.2f')}")  # fmt: skip
     return (f"evaluate {r['split']} ({r.get('codes', 'own')} codes vs the neutral code, on "
             f"the truth's expression support): support gain "
             f"{fmt(pooled.get('support_gain_db'), '+.2f')} dB, capture "
-            f"{fmt(pooled.get('capture'), '.2f')} ({labels})")  # fmt: skip
+            f"{fmt(pooled.get('capture'), '.2f')} ({labels}){reference}")  # fmt: skip
 
 
 def _reenact_summary(r: dict[str, Any]) -> str:

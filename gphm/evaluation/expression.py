@@ -55,6 +55,7 @@ from torch import Tensor
 
 from gphm.data.synthetic.params import EXPRESSIONS
 from gphm.data.synthetic.truth import DatasetTruth, load_neutral_twins
+from gphm.geometry.landmarks import IBUG68_REGIONS
 from gphm.io.images import box_downsample
 
 __all__ = [
@@ -73,20 +74,12 @@ __all__ = [
     "evaluate_expressions",
     "evaluate_expression_probe",
     "difference_picture",
+    "lr_bicubic",
 ]
 
 #: Default support threshold: a truth pixel changes by more than 4 of 255 levels.
 SUPPORT_THRESHOLD = 4.0 / 255.0
 _MIN_MSE = 1e-12  # as gphm.evaluation.metrics.psnr: identical images give 120 dB
-
-#: iBUG-68 landmark index ranges of the face regions (end exclusive).
-IBUG68_REGIONS: dict[str, range] = {
-    "jaw": range(0, 17),
-    "brows": range(17, 27),
-    "nose": range(27, 36),
-    "eyes": range(36, 48),
-    "mouth": range(48, 68),
-}
 
 
 def _check_images(**images: Tensor) -> torch.Size:
@@ -456,7 +449,7 @@ def evaluate_expressions(
     base, table = _expression_codes(split, frames_meta, subjects, train_frames, neutral)
     model = model.to(device).eval()
     context = model.render_context()
-    acc = _Accumulator(threshold)
+    acc = _Accumulator(threshold, ds.lr_size)
     skipped = 0
     for idx in row_batches(len(ds), batch_size, f"eval expressions {split}", progress):
         keep, sources, missed = _scored_rows([ds[i] for i in idx], table, base, neutral)
@@ -508,12 +501,30 @@ def _scored_rows(
     return keep, sources, skipped
 
 
+def lr_bicubic(
+    images: Tensor,  # [B, H, W, 3]
+    size: tuple[int, int],  # (h, w) the model's render size
+) -> Tensor:  # [B, H, W, 3] in [0, 1]
+    """``images`` box-downsampled to ``size`` and upsampled back bicubically: what a
+    renderer exact at ``size`` followed by a bicubic (not a learned) upsampler would
+    output. Its expression metrics against the truth (``lr_bicubic_*`` in the reports)
+    show how much of a small motion the render size alone leaves to the upsampler."""
+    H, W = images.shape[1:3]
+    low = _at(images, size).permute(0, 3, 1, 2)
+    up = torch.nn.functional.interpolate(low, size=(H, W), mode="bicubic", align_corners=False)
+    return up.clamp(0, 1).permute(0, 2, 3, 1)
+
+
 class _Accumulator:
     """Batches of expression stats, labels and landmark tuples, pooled at the end; keeps
-    the first item of each label for :func:`difference_picture`."""
+    the first item of each label for :func:`difference_picture`. With ``lr_size`` (the
+    model's render size, when below the scored size) it also scores :func:`lr_bicubic`
+    of the truth."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, lr_size: tuple[int, int] | None = None) -> None:
         self.threshold = threshold
+        self.lr_size = lr_size
+        self.reference: list[ExpressionStats] = []
         self.stats: list[ExpressionStats] = []
         self.labels: list[str] = []
         self.lmks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -525,13 +536,29 @@ class _Accumulator:
         expression's and the neutral code; ``gt_*`` the truths at the same size."""
         pred_e, pred_n = out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu()
         self.stats.append(expression_stats(pred_e, pred_n, gt_e, gt_n, self.threshold))
+        if self.lr_size is not None and tuple(gt_e.shape[1:3]) != tuple(self.lr_size):
+            ref_e, ref_n = lr_bicubic(gt_e, self.lr_size), lr_bicubic(gt_n, self.lr_size)
+            self.reference.append(expression_stats(ref_e, ref_n, gt_e, gt_n, self.threshold))
         self.labels.extend(labels)
         for k, label in enumerate(labels):
             self.shown.setdefault(label, (gt_e[k], gt_n[k], pred_e[k], pred_n[k]))
         self.lmks.append((out_e.landmarks.cpu(), out_n.landmarks.cpu(), gt_lmk_e, gt_lmk_n))
 
     def pooled(self) -> dict[str, Any]:
-        return _pooled_report(self.stats, self.labels, self.lmks)
+        report = _pooled_report(self.stats, self.labels, self.lmks)
+        if not self.reference or not self.labels:
+            return report
+        items = [item for st in self.reference for item in _items(st)]
+        ref = pool_expression_stats(items, self.labels)
+        for label, entry in [*report["per_label"].items(), ("all", report["all"])]:
+            entry["lr_bicubic_support_gain_db"] = ref[label]["support_gain_db"]
+            entry["lr_bicubic_capture"] = ref[label]["capture"]
+        report["lr_bicubic"] = (
+            f"the truth box-downsampled to the render size {list(self.lr_size)} and upsampled "
+            "bicubically, scored like the model: what an exact lr render without a learned "
+            "upsampler would score"
+        )
+        return report
 
 
 def _trained_neutrals(
@@ -636,7 +663,7 @@ def evaluate_expression_probe(
     (h, w), (H, _) = ds.lr_size, ds.hr_size
     identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
     rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
-    acc = _Accumulator(threshold)
+    acc = _Accumulator(threshold, (h, w))
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
         B = len(chunk)

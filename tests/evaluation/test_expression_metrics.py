@@ -270,6 +270,18 @@ def test_evaluate_expressions_renders_missing_twins_and_needs_twins(tiny_dataset
         evaluate_expressions(TruthModel(meta), old, split="heldout_view")
 
 
+def test_lr_bicubic_keeps_what_the_render_size_resolves_and_loses_the_rest():
+    from gphm.evaluation.expression import lr_bicubic
+
+    flat = torch.full((1, 8, 8, 3), 0.25)
+    assert torch.allclose(lr_bicubic(flat, (4, 4)), flat)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2  # 1-px detail
+    fine = checker[None, ..., None].expand(1, 8, 8, 3).float()
+    assert torch.allclose(lr_bicubic(fine, (4, 4)), torch.full_like(fine, 0.5))
+    assert lr_bicubic(fine, (8, 8)).equal(fine)  # at the render size: itself
+    assert lr_bicubic(torch.ones(2, 8, 6, 3), (4, 3)).shape == (2, 8, 6, 3)
+
+
 def test_expression_probe_at_the_canonical_pose(tiny_dataset):
     from gphm.data.format import load_dataset_dir
     from gphm.evaluation.expression import evaluate_expression_probe
@@ -282,6 +294,7 @@ def test_expression_probe_at_the_canonical_pose(tiny_dataset):
     assert set(report["per_label"]) <= {"jaw_open", "smile_l", "smile_r", "mix"}
     assert report["per_label"]["jaw_open"]["capture"] == pytest.approx(1.0, abs=1e-6)
     assert report["all"]["support_gain_db"] > 40  # identical renders: 120 dB vs the neutral
+    assert "lr_bicubic" not in report  # the truth model renders at the scored size
     ignoring = evaluate_expression_probe(TruthModel(meta, ignore_code=True), tiny_dataset)
     assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
 
@@ -340,4 +353,8 @@ def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
         assert report["n"] > 0 and report["model"] == "GuidanceModel"
         assert set(report["all"]) >= {"support_gain_db", "capture", "landmark_capture"}
         assert math.isfinite(report["all"]["support_fraction"])
+        # renders at 16 px, scored at Ψ's 32: the bicubic reference of a 16-px truth
+        assert "[16, 16]" in report["lr_bicubic"]
+        assert 0 < report["all"]["lr_bicubic_capture"] < 1.05
+        assert all("lr_bicubic_capture" in e for e in report["per_label"].values())
         json.dumps(report)  # a report is plain JSON (NaN aside)
