@@ -49,6 +49,19 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:  # [B, H, W, C] x2 -> []
     return (pred - target).square().mean()
 
 
+def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Mean squared error over the pixels ``weight`` [B, H, W] (0/1 or soft) selects,
+    all channels of ``pred``, ``target`` [B, H, W, C]: ``Σ w (pred − target)² / (C Σ w)``;
+    0 where ``weight`` is all zero."""
+    _check_same_shape("masked_mse", pred, target)
+    if weight.shape != pred.shape[:-1]:
+        want = tuple(pred.shape[:-1])
+        raise ValueError(f"masked_mse: weight {tuple(weight.shape)} must be {want}")
+    w = weight.to(pred.dtype)
+    sse = ((pred - target).square().sum(-1) * w).sum()
+    return sse / (w.sum() * pred.shape[-1]).clamp_min(1e-12)
+
+
 def silhouette_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """``mean_b (1 − IoU_b)`` of soft masks ``pred``, ``target`` [B, H, W, 1] in [0, 1]."""
     _check_same_shape("silhouette_iou", pred, target)

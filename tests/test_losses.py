@@ -125,6 +125,19 @@ def test_landmark_distance_is_the_mean_euclidean_distance_with_unit_gradient():
     assert torch.isfinite(losses.landmark_distance(target.nan_to_num(), target.nan_to_num()))
 
 
+def test_masked_mse_by_hand():
+    pred, target = torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 2, 3)
+    pred[0, 0, 0] = 1.0  # error 1 on 3 channels of pixel (0, 0)
+    pred[0, 1, 1, 0] = 2.0  # error 4 on one channel of pixel (1, 1)
+    w = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    assert float(losses.masked_mse(pred, target, w)) == pytest.approx(1.0)
+    w[0, 1, 1] = 1.0  # (3 + 4) / (2 pixels x 3 channels)
+    assert float(losses.masked_mse(pred, target, w)) == pytest.approx(7 / 6)
+    assert float(losses.masked_mse(pred, target, torch.zeros(1, 2, 2))) == 0
+    with pytest.raises(ValueError, match="weight"):
+        losses.masked_mse(pred, target, torch.ones(1, 2, 3))
+
+
 def test_knn_laplacian_by_hand():
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
     nbrs = torch.tensor([[1, 2], [0, 2], [0, 1]])

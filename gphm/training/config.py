@@ -171,11 +171,23 @@ class GaussianLossConfig:
     it their Laplacian energy was 88 % of their energy). On the demo set's val rows
     (README, "Expression metrics") val_view / val_combo 31.83 / 32.99 -> 32.13 / 33.37 dB
     at 10; 0 turns it off."""
+    face_regions: float = 0.0
+    """Mean squared error of Ψ's RGB over the boxes of the true landmarks' brows, eyes and
+    mouth (:data:`gphm.geometry.landmarks.EXPRESSIVE_REGIONS`, each box grown by
+    :data:`FACE_REGION_PAD` of the face's size), on top of ``rgb_hr_mse`` which spreads
+    over the whole image (a smile moves ~1 % of the pixels). The region-weighted
+    photometric term of HeadGAP / FlashAvatar's mouth mask, for every expressive region.
+    Needs iBUG-68 landmarks (``landmark_convention`` of the dataset); 0 turns it off."""
     vgg_weights: str | None = None
     """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
 
     def __post_init__(self) -> None:
         _check_weights(self, "loss.gaussian.")
+
+
+#: ``loss.gaussian.face_regions``: each region's box grows by this fraction of the largest
+#: side of all the landmarks' box on every side (0.1: ~7 px of a 128-px synthetic face).
+FACE_REGION_PAD = 0.1
 
 
 @dataclass

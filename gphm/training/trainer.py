@@ -32,6 +32,8 @@ from gphm.data.loaders import DistributedFrameSampler, HeadBatch, HeadDataset, c
 from gphm.data.sampling import StepRows
 from gphm.evaluation.perceptual import build_perceptual_loss
 from gphm.evaluation.views import evaluate_model
+from gphm.geometry.cameras import project_points
+from gphm.geometry.landmarks import EXPRESSIVE_REGIONS, region_box_mask
 from gphm.geometry.mesh import anchored_offsets, knn_indices, knn_weights
 from gphm.geometry.pose import apply_head_pose
 from gphm.io import threads as adaptive_threads
@@ -47,7 +49,7 @@ from gphm.training.checkpoint import (
     prune_checkpoints,
     save_training_state,
 )
-from gphm.training.config import TrainRunConfig, check_training_budget
+from gphm.training.config import FACE_REGION_PAD, TrainRunConfig, check_training_budget
 from gphm.training.logging import MetricLogger
 from gphm.training.run_dir import (
     RunDirError,
@@ -642,6 +644,12 @@ class GaussianTrainer(StageTrainer):
         if guidance is None:
             guidance = load_guidance(cfg.guidance_run or cfg.run_dir)
         self._check_guidance(guidance)
+        convention = self.dataset.meta.get("landmark_convention")
+        if cfg.loss.gaussian.face_regions > 0 and convention != "ibug68":
+            raise DatasetMismatch(
+                f"loss.gaussian.face_regions needs iBUG-68 landmarks but {cfg.data.path} has "
+                f"landmark_convention={convention!r}; set loss.gaussian.face_regions=0"
+            )
         # Stage-2 checkpoints record the stage-1 model they were built from: one built
         # from another (e.g. stage 1 trained further since) no longer fits.
         self.guidance_fingerprint = module_fingerprint(guidance)
@@ -734,9 +742,20 @@ class GaussianTrainer(StageTrainer):
             "expression_consistency": self._expression_consistency(model),
             "landmark_anchor": self._anchor_term(model, model.points, d, batch),
             "basis_smooth": self._basis_smoothness(model),
+            "face_regions": self._face_regions(out, batch),
         }
         terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
         return terms
+
+    def _face_regions(self, out: GaussianOutput, batch: HeadBatch) -> torch.Tensor:
+        """``loss.gaussian.face_regions``'s term: Ψ's MSE inside the boxes of the true
+        landmarks' expressive regions, projected with the hr camera."""
+        if self.cfg.loss.gaussian.face_regions == 0:
+            return out.rgb.new_zeros(())
+        uv = project_points(batch.landmarks_3d, batch.viewmat, batch.K)[0]
+        H, W = out.rgb.shape[1:3]
+        regions = region_box_mask(uv, EXPRESSIVE_REGIONS, H, W, FACE_REGION_PAD)
+        return losses.masked_mse(out.rgb, batch.image, regions)
 
     def _basis_smoothness(self, model: GaussianHead) -> torch.Tensor:
         """``loss.gaussian.basis_smooth``'s term: the bases' kNN-Laplacian over the

@@ -94,6 +94,49 @@ def test_basis_smoothness_is_the_bases_knn_laplacian(tiny_head_dataset, stage1_r
     assert float(want) == pytest.approx(4 * (1 + 1 / 8), rel=0.1)  # 4 white-noise bases
 
 
+@torch.no_grad()
+def test_face_regions_term_is_the_mse_inside_the_true_landmarks_boxes(
+    tiny_head_dataset, stage1_run, tmp_path
+):
+    from gphm import losses
+    from gphm.data.loaders import collate_views
+    from gphm.geometry.cameras import project_points
+    from gphm.geometry.landmarks import EXPRESSIVE_REGIONS, region_box_mask
+    from gphm.training.config import FACE_REGION_PAD
+
+    data = _with_landmark_convention(tiny_head_dataset, tmp_path / "data", "ibug68")
+    cfg = _cfg(data, tmp_path / "run", *STAGE2, "stage=gaussian",
+               f"guidance_run={stage1_run}", "loss.gaussian.face_regions=3")  # fmt: skip
+    trainer = GaussianTrainer(cfg)
+    batch = collate_views([trainer.dataset[0], trainer.dataset[1]])
+    out = trainer._forward(batch)
+    uv = project_points(batch.landmarks_3d, batch.viewmat, batch.K)[0]
+    boxes = region_box_mask(uv, EXPRESSIVE_REGIONS, *batch.image.shape[1:3], FACE_REGION_PAD)
+    assert 0 < boxes.mean() < 1
+    term = trainer.compute_losses(out, batch)["face_regions"]
+    assert float(term) == pytest.approx(float(losses.masked_mse(out.rgb, batch.image, boxes)))
+    err = (out.rgb - batch.image).square().mean(-1)
+    assert float(term) == pytest.approx(float((err * boxes).sum() / boxes.sum()), rel=1e-5)
+
+
+def _with_landmark_convention(data, to, convention: str):
+    """A copy of the dataset ``data`` whose meta.json names another landmark convention."""
+    import shutil
+
+    shutil.copytree(data, to)
+    meta = json.loads((to / "meta.json").read_text())
+    (to / "meta.json").write_text(json.dumps(meta | {"landmark_convention": convention}))
+    return to
+
+
+def test_face_regions_need_ibug68_landmarks(tiny_head_dataset, stage1_run, tmp_path):
+    data = _with_landmark_convention(tiny_head_dataset, tmp_path / "data", "mediapipe")
+    cfg = _cfg(data, tmp_path / "run", *STAGE2, "stage=gaussian",
+               f"guidance_run={stage1_run}", "loss.gaussian.face_regions=1")  # fmt: skip
+    with pytest.raises(Exception, match="face_regions needs iBUG-68 landmarks.*'mediapipe'"):
+        GaussianTrainer(cfg)
+
+
 def test_stage_gaussian_without_stage1_is_refused(tiny_head_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained stage-1 model"):
         GaussianTrainer(_cfg(tiny_head_dataset, tmp_path / "run", "stage=gaussian"))
