@@ -645,11 +645,11 @@ class GaussianTrainer(StageTrainer):
             guidance = load_guidance(cfg.guidance_run or cfg.run_dir)
         self._check_guidance(guidance)
         convention = self.dataset.meta.get("landmark_convention")
-        if cfg.loss.gaussian.face_regions > 0 and convention != "ibug68":
-            raise DatasetMismatch(
-                f"loss.gaussian.face_regions needs iBUG-68 landmarks but {cfg.data.path} has "
-                f"landmark_convention={convention!r}; set loss.gaussian.face_regions=0"
-            )
+        self.face_regions = cfg.loss.gaussian.face_regions > 0 and convention == "ibug68"
+        if cfg.loss.gaussian.face_regions > 0 and not self.face_regions:
+            self.acc.print(f"[train] note: loss.gaussian.face_regions needs iBUG-68 landmarks "
+                           f"and {cfg.data.path} has landmark_convention={convention!r}: "
+                           "the term is off")  # fmt: skip
         # Stage-2 checkpoints record the stage-1 model they were built from: one built
         # from another (e.g. stage 1 trained further since) no longer fits.
         self.guidance_fingerprint = module_fingerprint(guidance)
@@ -750,7 +750,7 @@ class GaussianTrainer(StageTrainer):
     def _face_regions(self, out: GaussianOutput, batch: HeadBatch) -> torch.Tensor:
         """``loss.gaussian.face_regions``'s term: Ψ's MSE inside the boxes of the true
         landmarks' expressive regions, projected with the hr camera."""
-        if self.cfg.loss.gaussian.face_regions == 0:
+        if not self.face_regions:  # off, or the dataset's landmarks are not iBUG-68
             return out.rgb.new_zeros(())
         uv = project_points(batch.landmarks_3d, batch.viewmat, batch.K)[0]
         H, W = out.rgb.shape[1:3]

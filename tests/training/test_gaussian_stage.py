@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gphm.data.loaders import collate_views
 from gphm.io.ply import load_gaussian_ply
 from gphm.models.gaussian_head import GaussianHead
 from gphm.training.checkpoint import latest_checkpoint
@@ -99,7 +100,6 @@ def test_face_regions_term_is_the_mse_inside_the_true_landmarks_boxes(
     tiny_head_dataset, stage1_run, tmp_path
 ):
     from gphm import losses
-    from gphm.data.loaders import collate_views
     from gphm.geometry.cameras import project_points
     from gphm.geometry.landmarks import EXPRESSIVE_REGIONS, region_box_mask
     from gphm.training.config import FACE_REGION_PAD
@@ -129,12 +129,15 @@ def _with_landmark_convention(data, to, convention: str):
     return to
 
 
-def test_face_regions_need_ibug68_landmarks(tiny_head_dataset, stage1_run, tmp_path):
+def test_face_regions_are_off_without_ibug68_landmarks(tiny_head_dataset, stage1_run, tmp_path,
+                                                       capsys):  # fmt: skip
     data = _with_landmark_convention(tiny_head_dataset, tmp_path / "data", "mediapipe")
     cfg = _cfg(data, tmp_path / "run", *STAGE2, "stage=gaussian",
                f"guidance_run={stage1_run}", "loss.gaussian.face_regions=1")  # fmt: skip
-    with pytest.raises(Exception, match="face_regions needs iBUG-68 landmarks.*'mediapipe'"):
-        GaussianTrainer(cfg)
+    trainer = GaussianTrainer(cfg)
+    assert "face_regions needs iBUG-68 landmarks" in capsys.readouterr().out
+    batch = collate_views([trainer.dataset[0]])
+    assert trainer.compute_losses(trainer._forward(batch), batch)["face_regions"] == 0
 
 
 def test_stage_gaussian_without_stage1_is_refused(tiny_head_dataset, tmp_path):
