@@ -171,17 +171,18 @@ class GaussianLossConfig:
     it their Laplacian energy was 88 % of their energy). On the demo set's val rows
     (README, "Expression metrics") val_view / val_combo 31.83 / 32.99 -> 32.13 / 33.37 dB
     at 10; 0 turns it off."""
-    face_regions: float = 10.0
+    face_regions: float = 0.0
     """Mean squared error of Ψ's RGB over the boxes of the true landmarks' brows, eyes and
     mouth (:data:`gphm.geometry.landmarks.EXPRESSIVE_REGIONS`, each box grown by
     :data:`FACE_REGION_PAD` of the face's size), on top of ``rgb_hr_mse`` which spreads
     over the whole image (a smile moves ~1 % of the pixels). The region-weighted
     photometric term of HeadGAP / FlashAvatar's mouth mask, for every expressive region.
-    On the demo set's val rows (README, "Expression metrics") at 10: val_view expression
-    capture 0.78 -> 0.80 (blink 0.45 -> 0.59, smiles 0.49 / 0.56 -> 0.58 / 0.61), val_view
-    / val_combo 32.26 / 33.68 -> 32.37 / 33.49 dB; at 30 the captures are alike and the
-    PSNR drops 0.7-1.0 dB. Needs iBUG-68 landmarks (``landmark_convention`` of the
-    dataset; on other data the term is off, with a note); 0 turns it off."""
+    Off by default: on the demo set's val rows 10 raised the small expressions' capture
+    (val_view blink 0.45 -> 0.59, smiles 0.49 / 0.56 -> 0.58 / 0.61) at +0.11 / -0.19 dB
+    val_view / val_combo, but on a second, freshly generated set's val rows it cost
+    0.30 / 0.34 dB with no capture gain there (README, "Expression metrics"); 30 costs
+    0.7-1.0 dB. Needs iBUG-68 landmarks (``landmark_convention`` of the dataset; on
+    other data the term is off, with a note)."""
     vgg_weights: str | None = None
     """Local torchvision VGG-16 checkpoint (.pth or .safetensors); never downloaded."""
 
