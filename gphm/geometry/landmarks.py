@@ -39,7 +39,7 @@ def region_box_mask(
     regions: Mapping[str, Sequence[int] | range],
     height: int,
     width: int,
-    pad: float = 0.1,
+    pad: float,
 ) -> Tensor:  # [..., H, W] float, 1 inside the union of the regions' boxes
     """The union of the regions' landmark bounding boxes, each grown on every side by
     ``pad`` × the size (largest side) of the bounding box of *all* the landmarks, so the

@@ -645,8 +645,9 @@ class GaussianTrainer(StageTrainer):
             guidance = load_guidance(cfg.guidance_run or cfg.run_dir)
         self._check_guidance(guidance)
         convention = self.dataset.meta.get("landmark_convention")
-        self.face_regions = cfg.loss.gaussian.face_regions > 0 and convention == "ibug68"
-        if cfg.loss.gaussian.face_regions > 0 and not self.face_regions:
+        wanted = cfg.loss.gaussian.face_regions > 0
+        self.face_regions = wanted and convention == "ibug68"
+        if wanted and not self.face_regions:
             self.acc.print(f"[train] note: loss.gaussian.face_regions needs iBUG-68 landmarks "
                            f"and {cfg.data.path} has landmark_convention={convention!r}: "
                            "the term is off")  # fmt: skip

@@ -32,6 +32,6 @@ def test_region_box_mask_follows_the_landmarks_and_refuses_bad_regions():
     assert m.sum() > 0 and torch.equal(shifted[:, 7:], m[:, :-7])  # moves with the face
     assert set(IBUG68_REGIONS) == {"jaw", "brows", "nose", "eyes", "mouth"}
     with pytest.raises(ValueError, match="region 'x'"):
-        region_box_mask(uv, {"x": [70]}, 8, 8)
+        region_box_mask(uv, {"x": [70]}, 8, 8, 0.1)
     with pytest.raises(ValueError, match=r"\[\.\.\., L, 2\]"):
-        region_box_mask(torch.zeros(68, 3), EXPRESSIVE_REGIONS, 8, 8)
+        region_box_mask(torch.zeros(68, 3), EXPRESSIVE_REGIONS, 8, 8, 0.1)
