@@ -141,6 +141,11 @@ class EvalFitConfig:
     score: str = "others"
     """others: score every view that is not an input | heldout: score only the frame's
     heldout_view rows, never inputs, so fit.views=1, 2, 3 are scored on the same views."""
+    rig_prior: bool = True
+    """fit.inputs=gt, one view: the head's expected position is the point the frame's
+    cameras are aimed at (a calibrated rig's centre), which settles the view's
+    size/distance ambiguity (fit.config.head_center_sigma, head_size_sigma) | false: the
+    fit keeps the canonical head size."""
 
     def __post_init__(self) -> None:
         if self.inputs not in FIT_INPUTS:
@@ -240,6 +245,7 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
             max_subjects=cfg.fit.max_subjects, config=cfg.fit.config, save_dir=out / name,
             progress=progress, inputs=cfg.fit.inputs, allow_seen=cfg.fit.allow_seen,
             detector=cfg.fit.detector, views=cfg.fit.views, score=cfg.fit.score,
+            rig_prior=cfg.fit.rig_prior,
         )  # fmt: skip
     if cfg.split == "expression_gain":
         return evaluate_expression_gain(

@@ -18,6 +18,9 @@ What the fit is given (``inputs``, recorded in the report):
 
 * ``"gt"``: the input view's image, its ground-truth mask, its true ``K`` and the dataset's
   3D landmarks projected into it (no detector): the fitting algorithm alone is scored.
+  A single view also gets, unless ``rig_prior=False``, the point the frame's cameras are
+  aimed at as the head's expected position (:func:`rig_targets`): what a user of a
+  calibrated rig knows, never the head's true position or size.
 * ``"photo"``: the rendered input view only, prepared as a user's photo is
   (:func:`~gphm.data.preprocess.single_image.prepare_image`: detector landmarks,
   segmentation mask, the crop aligned to the training framing, ``K`` estimated from that
@@ -26,7 +29,8 @@ What the fit is given (``inputs``, recorded in the report):
 
 Every metric is reported twice. ``psnr``, ``ssim``, ``psnr_masked``, ``ssim_masked`` and
 ``lpips`` are **unaligned**: the fit exactly as it came out, which is what a user gets in
-a calibrated rig. The ``*_scale_aligned`` figures first scale the fit about the input
+a calibrated rig (a single view's size is then settled by the rig's centre, K views by
+the views together). The ``*_scale_aligned`` figures first scale the fit about the input
 camera centre by :func:`gauge_scale` (least squares against the true 3D landmarks in that
 camera's frame), as monocular benchmarks (NoW) align scale: one image cannot tell a small
 near head from a large far one, the input view is unchanged by it and only novel views
@@ -64,6 +68,7 @@ from gphm.geometry.cameras import (
     camera_centers,
     invert_viewmat,
     project_points,
+    rig_center,
     world_to_camera,
 )
 from gphm.geometry.pose import apply_head_pose
@@ -213,14 +218,20 @@ _INPUTS = {
 }
 
 
-def rig_targets(items: list[HeadItem]) -> list[FitTarget]:
+def rig_targets(items: list[HeadItem], rig: Tensor | None = None) -> list[FitTarget]:
     """Fitting targets of dataset rows with their true inputs (:func:`target_from_item`);
     several rows are the dataset's calibrated rig (each target gets its camera: one head
-    pose in world, one expression)."""
+    pose in world, one expression). One row with ``rig`` (every camera's world -> camera
+    ``viewmats`` [V, 4, 4] at that instant) gets the point the rig is aimed at as its
+    ``head_center`` (:func:`~gphm.geometry.cameras.rig_center`), which settles the
+    single view's size/distance ambiguity as a rig's user can; none when the cameras do
+    not define such a point."""
     targets = [target_from_item(it) for it in items]
     if len(targets) > 1:
         for t, it in zip(targets, items):
             t.camera = it.viewmat
+    elif rig is not None and (center := rig_center(rig)) is not None:
+        targets[0].head_center = world_to_camera(items[0].viewmat, center[None])[0]
     return targets
 
 
@@ -231,14 +242,19 @@ def _fit_view(
     config: FitConfig | None,
     detector: Any,
     segmenter: Any,
+    rig: Tensor | None = None,
 ) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
     """Fit the input views ``items`` together; the avatar's pose is in the first input
-    camera's (true) frame. Returns the result, the ``inputs`` record and per-subject
-    extras."""
+    camera's (true) frame. ``rig``: the frame's cameras (:func:`rig_targets`; ``inputs="gt"``
+    only). Returns the result, the ``inputs`` record and per-subject extras."""
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
-        result = fit_images(run.model, rig_targets(items), config, str(run.path), rows=rows)
-        return result, dict(_INPUTS["gt"]), {}
+        targets = rig_targets(items, rig)
+        result = fit_images(run.model, targets, config, str(run.path), rows=rows)
+        record = dict(_INPUTS["gt"])
+        if targets[0].head_center is not None:
+            record["head_center"] = "rig centre"
+        return result, record, {}
     from gphm.data.preprocess.single_image import prepare_image
 
     S = items[0].image.shape[0]
@@ -398,7 +414,8 @@ def _subject_entry(
         "psnr_input_masked_phase1": mean([result.phase1_psnr_masked], 3),
         "prior_trust": round(result.prior_trust, 3),
         **{k: mean(view_scores[k], _digits(k)) for k in _KEYS if k.startswith("psnr")},
-        "gauge_scale": round(gauge, 4),
+        "gauge_scale": round(gauge, 4), "head_scale": round(result.head_scale, 4),
+        "true_head_scale": round(float(source.head_scale), 4),
         **{k: round(v, 4) for k, v in pose.items()},
         **extras,
     }  # fmt: skip
@@ -418,7 +435,8 @@ def _fit_report(
         **{k: mean(v, _digits(k)) for k, v in scores.items()},
     }  # fmt: skip
     for k in ("rotation_error_deg", "translation_error", "translation_error_scale_aligned",
-              "landmark_error_px", "gauge_scale", "detector_error_px", "psnr_input",
+              "landmark_error_px", "gauge_scale", "head_scale", "true_head_scale",
+              "detector_error_px", "psnr_input",
               "psnr_input_masked", "psnr_input_masked_phase1", "prior_trust"):  # fmt: skip
         if per_subject and k in per_subject[0]:
             report[k] = mean([p[k] for p in per_subject if p[k] is not None], 4)
@@ -456,6 +474,7 @@ def evaluate_fit(
     lpips: bool | Callable[[Tensor, Tensor], Tensor] = True,
     views: int = 1,
     score: str = "others",
+    rig_prior: bool = True,
 ) -> dict[str, Any]:
     """Fit each subject of ``data_path`` from ``views`` camera views (the first: ``view``,
     default the most frontal) of its first frame (or the one labelled ``frame``); score
@@ -467,7 +486,10 @@ def evaluate_fit(
     (``inputs="photo"``): a backend name or object as :func:`prepare_image` takes them.
     ``lpips``: True loads AlexNet LPIPS (:func:`~gphm.evaluation.perceptual.load_lpips`;
     ``null`` and ``lpips_unavailable`` when it cannot), False skips it, or a metric
-    ``(pred [B,H,W,3], target [B,H,W,3]) -> [B]`` to use.
+    ``(pred [B,H,W,3], target [B,H,W,3]) -> [B]`` to use. ``rig_prior``: a single view
+    with ``inputs="gt"`` takes the head's expected position from the point the frame's
+    cameras are aimed at (:func:`rig_targets`), as a calibrated rig's user knows it;
+    False leaves the size at the canonical one.
     """
     _check_fit_options(inputs, views, score)
     ds = HeadDataset(data_path, split=list(DATA_SPLITS), lr_size=run.extra.get("lr_size"))
@@ -489,8 +511,9 @@ def evaluate_fit(
         sel = _subject_views(ds, row_split, s, frame, view, views, score, data_path)
         input_items = [sel.items[j] for j in sel.inputs]
         try:
+            rig = torch.stack([it.viewmat for it in sel.items]) if rig_prior else None
             result, record, extras = _fit_view(run, input_items, inputs, config, detector,
-                                               segmenter)  # fmt: skip
+                                               segmenter, rig)  # fmt: skip
         except (NoFaceError, FitCollapseError) as err:  # failing is part of the score
             failed.append({"subject": names[s], "frame": sel.frame,
                            "input_view": input_items[0].camera, "failed": str(err)})  # fmt: skip

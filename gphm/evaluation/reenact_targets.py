@@ -5,8 +5,10 @@ identity (an :class:`~gphm.fitting.avatar.Avatar`), its *neutral code* ``z_B`` (
 neutral baseline holds) and how to place it at B's true head motion. Kinds
 (:data:`TARGET_KINDS`, ``reenact.targets``):
 
-* ``1view``: fitted from B's step 0 in the driving camera (:func:`fitted_target`); its
-  pose is the fit's, moved by the true motion since step 0;
+* ``1view``: fitted from B's step 0 in the driving camera (:func:`fitted_target`), its
+  size/distance settled by the point the rig's cameras are aimed at
+  (:func:`~gphm.evaluation.fit.rig_targets`); its pose is the fit's, moved by the true
+  motion since step 0;
 * ``3view``: fitted from B's step 0 seen by :data:`RIG_VIEWS` cameras together, the
   driving camera first and then the most frontal others, as one calibrated rig (one head
   pose in world, one expression: what ``split=fit fit.views=3`` does);
@@ -148,14 +150,15 @@ def fitted_target(run: TrainedRun, seq: Any, b: int, drive_cam: str, config: Fit
     """Subject ``b`` fitted from its step 0: one image (``1view``) or :data:`RIG_VIEWS`
     calibrated views (``3view``: one head pose in world, as ``split=fit fit.views=3``)."""
     items = rig_items(seq, b, drive_cam, RIG_VIEWS if kind == "3view" else 1)
+    rig = torch.stack([seq.item(b, 0, c).viewmat for c in seq.cams])
     t0 = time.perf_counter()
-    fit = fit_images(run.model, rig_targets(items), config, str(run.path),
+    fit = fit_images(run.model, rig_targets(items, rig), config, str(run.path),
                      rows=TrainedRows.of_run(run))  # fmt: skip
     seconds = time.perf_counter() - t0
     gauge = gauge_of(run.model, fit.avatar, items[0])
     entry = {"input_views": [it.camera for it in items], "fit_seconds": round(seconds, 2),
              "fit_landmark_error_px": round(fit.landmark_error_px, 3),
-             "gauge_scale": round(gauge, 4)}  # fmt: skip
+             "gauge_scale": round(gauge, 4), "head_scale": round(fit.head_scale, 4)}  # fmt: skip
     return Target(kind, b, fit.avatar, items[0], gauge, entry)
 
 

@@ -60,7 +60,7 @@ from gphm.evaluation import metrics
 from gphm.fitting.avatar import Avatar, PersonalisedGaussianHead
 from gphm.geometry.cameras import project_points, rescale_K
 from gphm.geometry.mesh import knn_indices
-from gphm.geometry.pose import solve_pnp
+from gphm.geometry.pose import scale_from_centers, solve_pnp
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.inversion import terms as T
 from gphm.inversion.engine import history_hook, run_phase
@@ -160,6 +160,15 @@ class FitConfig:
     """Phase-1 masked PSNR (dB) at and below which the prior is not trusted (τ = 0)."""
     trust_high_db: float = 22.0
     """Phase-1 masked PSNR (dB) from which the prior is fully trusted (τ = 1)."""
+    head_size_sigma: float = 0.03
+    """Spread of head sizes about the canonical size 1 (relative): the size prior that a
+    target's ``head_center`` is weighed against (:func:`~gphm.geometry.pose.scale_from_centers`).
+    Adult head sizes spread by ~3 %; the synthetic generator's by 2.3 % (0.96-1.04)."""
+    head_center_sigma: float = 0.01
+    """Spread of the head origin's depth about a target's ``head_center``, relative to the
+    camera's distance from it: a subject seated in a rig sits within ~1 cm per metre of
+    its centre (the synthetic rig: ±0.04 at distance 4, 0.6 % std). Smaller trusts the
+    centre more than the size prior."""
     fit_pose: bool = True
     min_coverage: float = 0.25
     """The fraction of every input's head mask (at the rasteriser's size) that the render
@@ -177,11 +186,12 @@ class FitConfig:
         for name in ("phase1_lr", "pose_lr", "phase2_lr", "offset_lr", "color_lr",
                      "opacity_lr", "upsampler_lr", "rgb", "dssim", "mask", "landmark", "code",
                      "offset", "color_offset", "opacity_offset", "smooth", "symmetry",
-                     "prior_views", "trusted_prior_views"):  # fmt: skip
+                     "prior_views", "trusted_prior_views", "head_size_sigma",
+                     "head_center_sigma"):  # fmt: skip
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"fit.{name} must be a finite number >= 0, got {value}")
-        for name in ("phase1_lr", "pose_lr"):  # 0 would fit nothing
+        for name in ("phase1_lr", "pose_lr", "head_size_sigma", "head_center_sigma"):
             if not getattr(self, name) > 0:
                 value = getattr(self, name)
                 raise ValueError(f"fit.{name} must be a finite number > 0, got {value}")
@@ -262,6 +272,9 @@ class FitResult:
     """τ of ``FitConfig.trusted_prior_views`` (0: phase 2 as configured)."""
     phase1_coverage: list[float] = field(default_factory=list)
     """Every image's render coverage of its mask after phase 1 (:attr:`ImageFit.coverage`)."""
+    head_scale: float = 1.0
+    """The avatar's size relative to the canonical head: 1 unless a target's
+    ``head_center`` settled one image's size/distance ambiguity (:func:`_head_scale`)."""
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     """What the collapse guard did ({"phase", "action", "coverage", ...}; empty: nothing)."""
 
@@ -568,7 +581,8 @@ def _fit(
         net = model
         cov, out, uv = fp.coverage(net)
         images = _image_fits(fp, out, uv, cov)
-    avatar = _avatar(fp, net, checkpoint, names, images)
+    head_scale = _head_scale(fp, targets, images)
+    avatar = _avatar(fp, net, checkpoint, names, images, head_scale)
     first = images[0]
     return FitResult(
         avatar=avatar, render=first.render, landmarks=first.landmarks,
@@ -576,9 +590,34 @@ def _fit(
         seconds=time.perf_counter() - t0, history=log.history, psnr_masked=first.psnr_masked,
         ssim_masked=first.ssim_masked, images=images, phase_losses=log.phase_losses,
         phase1_psnr_masked=phase1_psnr_masked, phase1_coverage=_rounded(cov1),
-        prior_trust=trust,
+        prior_trust=trust, head_scale=head_scale,
         recoveries=recoveries,
     )  # fmt: skip
+
+
+def _head_scale(fp: _FitProblem, targets: list[FitTarget], images: list[ImageFit]) -> float:
+    """The fitted head's size (1: canonical) from the targets' ``head_center``
+    (:func:`~gphm.geometry.pose.scale_from_centers`); the images' translations are scaled
+    by it in place, which leaves every input view's render unchanged. 1 when no target
+    has a centre, or when a rig of several views fixes the size itself."""
+    given = [i for i, t in enumerate(targets) if t.head_center is not None]
+    if not given or (fp.rig and fp.B > 1):
+        return 1.0
+    centers = []
+    for i in given:
+        c = torch.as_tensor(targets[i].head_center, dtype=torch.float64).cpu()
+        if c.shape != (3,) or not bool(torch.isfinite(c).all()) or not float(c[2]) > 0:
+            raise ValueError(f"target {i}: head_center must be a finite [3] point in front of "
+                             f"the camera (z > 0), got {c.tolist()}")  # fmt: skip
+        centers.append(c)
+    T = torch.stack([images[i].head_T.double() for i in given])
+    scale = scale_from_centers(T, torch.stack(centers), fp.cfg.head_size_sigma,
+                               fp.cfg.head_center_sigma)  # fmt: skip
+    if not (math.isfinite(scale) and scale > 0):
+        return 1.0
+    for im in images:
+        im.head_T = im.head_T * scale
+    return scale
 
 
 def prior_trust(cfg: FitConfig, phase1_psnr_masked: float, images: int) -> float:
@@ -710,8 +749,9 @@ def _image_fits(fp: _FitProblem, out: Any, uv: Tensor, cov: Tensor) -> list[Imag
 
 
 def _avatar(
-    fp: _FitProblem, net: Model, checkpoint: str, names: list[str], images: list[ImageFit]
-) -> Avatar:
+    fp: _FitProblem, net: Model, checkpoint: str, names: list[str], images: list[ImageFit],
+    head_scale: float = 1.0,
+) -> Avatar:  # fmt: skip
     """The avatar of the fit: the first image's pose and code, every fitted tensor."""
     cfg, extra = fp.cfg, fp.extra
 
@@ -727,7 +767,7 @@ def _avatar(
     return Avatar(
         checkpoint=checkpoint, model_class=type(fp.model).__name__,
         z_id=fp.z_id[0].detach().cpu(), z_exp=fp.z_exp[0].detach().cpu(), head_R=first.head_R,
-        head_T=first.head_T, head_scale=1.0, K=fp.batch.K[0].cpu(), image_size=fp.S,
+        head_T=first.head_T, head_scale=head_scale, K=fp.batch.K[0].cpu(), image_size=fp.S,
         point_offsets=opt_cpu("points"),
         f_col=state(net.f_col) if "f_col" in tuned else None,
         upsampler=state(net.upsampler, None if cfg.upsampler_layers == "all" else ("tail",))

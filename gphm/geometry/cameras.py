@@ -29,6 +29,7 @@ __all__ = [
     "camera_centers",
     "invert_viewmat",
     "orbit_cameras",
+    "rig_center",
 ]
 
 
@@ -154,6 +155,33 @@ def invert_viewmat(viewmats: Tensor) -> Tensor:
 def camera_centers(viewmats: Tensor) -> Tensor:
     """Camera centres [..., 3] in world coordinates from world→camera [..., 4, 4]."""
     return invert_viewmat(viewmats)[..., :3, 3]
+
+
+def rig_center(viewmats: Tensor, min_angle_degrees: float = 5.0) -> Tensor | None:
+    """Where a calibrated rig is aimed: the world point [3] nearest to every camera's
+    optical axis in the least-squares sense, from world→camera ``viewmats`` [V, 4, 4].
+
+    With centres ``C_i`` and unit axes ``d_i`` it solves ``Σ (I − d_i d_iᵀ)(x − C_i) = 0``.
+    None when that point is not defined: fewer than two cameras, axes within
+    ``min_angle_degrees`` of parallel (the system is then ill-conditioned), or a point
+    behind any camera (a rig facing outwards is not aimed at a subject).
+    """
+    if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4):
+        raise ValueError(f"viewmats must be [V, 4, 4], got {list(viewmats.shape)}")
+    if viewmats.shape[0] < 2:
+        return None
+    vm = viewmats.double()
+    C = camera_centers(vm)  # [V, 3]
+    d = vm[:, 2, :3]  # [V, 3] the optical axis (camera +z) in world: the third row of R
+    P = torch.eye(3, dtype=vm.dtype) - d[:, :, None] * d[:, None, :]  # [V, 3, 3]
+    A, b = P.sum(0), (P @ C[..., None]).sum(0)[:, 0]
+    # The smallest eigenvalue of A is ~ sin² of the widest angle between the axes.
+    if float(torch.linalg.eigvalsh(A)[0]) < math.sin(math.radians(min_angle_degrees)) ** 2 / 2:
+        return None
+    x = torch.linalg.solve(A, b)
+    if bool((((x - C) * d).sum(-1) <= 0).any()):
+        return None
+    return x.to(viewmats.dtype)
 
 
 def orbit_cameras(

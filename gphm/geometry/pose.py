@@ -20,6 +20,7 @@ __all__ = [
     "similarity_matrix",
     "nearest_rotation",
     "decompose_similarity",
+    "scale_from_centers",
 ]
 
 
@@ -158,3 +159,34 @@ def apply_head_pose(
 ) -> Tensor:  # [B, N, 3] world: s·R·x + T
     """Head pose canonical → world (docs/architecture.md §4), batched over B."""
     return scale[:, None, None] * (points @ R.transpose(-1, -2)) + T[:, None, :]
+
+
+def scale_from_centers(
+    T: Tensor,  # [n, 3] fitted head origins of a unit-size head, each in its camera's frame
+    centers: Tensor,  # [n, 3] where each camera expects the head origin (e.g. rig_center)
+    size_sigma: float,
+    center_sigma: float,
+) -> float:
+    """The head size ``s`` that settles one image's size/distance ambiguity.
+
+    Scaling a head by ``s`` about the camera centre (``T → s·T``) leaves its image
+    unchanged, so one image fixes only the direction of ``T``. Two Gaussian priors pick
+    ``s``: the size itself, ``(s − 1)/size_sigma`` (the canonical head has size 1), and the
+    depth of the origin along its ray, ``(s·|T_i| − <c_i, T_i/|T_i|>) / (center_sigma·|c_i|)``
+    (``center_sigma`` is relative to the camera's distance from ``c_i``). The MAP of the
+    two is closed-form: ``s = (1/σs² + Σ a_i b_i/w_i²) / (1/σs² + Σ a_i²/w_i²)`` with
+    ``a_i = |T_i|``, ``b_i = <c_i, T_i/a_i>``, ``w_i = σc·|c_i|``.
+    """
+    if T.shape != centers.shape or T.ndim != 2 or T.shape[-1] != 3 or T.shape[0] == 0:
+        raise ValueError(
+            f"T and centers must both be [n, 3] with n >= 1, got {list(T.shape)} and "
+            f"{list(centers.shape)}"
+        )
+    if not (size_sigma > 0 and center_sigma > 0):
+        raise ValueError(f"the sigmas must be > 0, got {size_sigma} and {center_sigma}")
+    T, c = T.double(), centers.double()
+    a = T.norm(dim=-1)
+    b = (c * T).sum(-1) / a.clamp_min(1e-12)
+    w2 = (center_sigma * c.norm(dim=-1)) ** 2
+    prior = 1.0 / size_sigma**2
+    return float((prior + (a * b / w2).sum()) / (prior + (a * a / w2).sum()))

@@ -34,6 +34,12 @@ class Target:
     at one instant: given for every target, the fit has **one** head pose (in world) and
     one expression for all of them, so the views fix the head's scale and depth together.
     None (every target): an independent pose and expression per image (separate photos)."""
+    head_center: Tensor | None = None
+    """[3] where the head's origin is expected in this image's camera frame, e.g. the point
+    a calibrated rig is aimed at (:func:`~gphm.geometry.cameras.rig_center`). One image
+    cannot tell a small near head from a large far one; with a centre, the fit picks its
+    size from it and the size prior (``FitConfig.head_center_sigma`` / ``head_size_sigma``).
+    None: the canonical size. Ignored when the views of a rig fix the size themselves."""
     info: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (a video frame's file, dataset frame, ...)."""
 

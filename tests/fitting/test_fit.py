@@ -19,11 +19,13 @@ from gphm.evaluation.fit import (
     fit_landmarks,
     gauge_scale,
     render_fit_view,
+    rig_targets,
     target_from_item,
 )
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, fit_image, fit_images, render_avatar
 from gphm.geometry.cameras import invert_viewmat, project_points
+from gphm.geometry.pose import scale_from_centers
 from tests.training.test_train import ROOT, _env
 
 FAST_FIT = FitConfig(phase1_steps=60, phase2_steps=20)
@@ -126,10 +128,12 @@ def test_evaluate_fit_split(trained, tiny_head_dataset, tmp_path):
                           save_dir=tmp_path, allow_seen=True)  # fmt: skip
     assert report["split"] == "fit" and report["subjects"] == 1 and report["n"] == 2
     assert report["n_empty"] == 0 and "trained on" in report["seen"]
+    # One view of a rig: the cameras' aim point settles the head's size (rig_targets).
     assert report["inputs"] == {"landmarks": "ground truth projected", "mask": "ground truth",
-                                "K": "ground truth"}  # fmt: skip
+                                "K": "ground truth", "head_center": "rig centre"}  # fmt: skip
     sub = report["per_subject"][0]
     assert sub["input_view"] == "c1" and 0.5 < sub["gauge_scale"] < 2
+    assert sub["head_scale"] != 1.0 and sub["true_head_scale"] > 0
     for k in ("psnr", "ssim", "psnr_masked", "ssim_masked"):  # both ways, explicit names
         assert report[k] is not None and report[k + "_scale_aligned"] is not None, k
     assert 5 < report["psnr"] < 60 and 5 < report["psnr_scale_aligned"] < 60
@@ -256,6 +260,12 @@ def test_evaluate_cli_split_fit_refuses_seen_data_and_reports_both_ways(
         f"PSNR {report['psnr']} dB unaligned / {report['psnr_scale_aligned']} scale-aligned" in line
     )
     assert "pose error" in line
+    assert report["inputs"]["head_center"] == "rig centre"
+    # fit.rig_prior=false: the canonical size, the same input-view fit.
+    cfg.fit.rig_prior, cfg.overwrite = False, True
+    plain = evaluate.main(cfg)
+    assert "head_center" not in plain["inputs"] and plain["per_subject"][0]["head_scale"] == 1.0
+    assert plain["psnr_scale_aligned"] == pytest.approx(report["psnr_scale_aligned"], abs=0.05)
     with pytest.raises(ValueError, match="fit.inputs must be one of gt|photo"):
         evaluate.EvalFitConfig(inputs="selfie")
     with pytest.raises(ValueError, match="split must be one of val_view|val_combo"):
@@ -742,6 +752,46 @@ def test_fit_from_a_calibrated_rig_has_one_head_pose_and_one_expression(trained,
     targets[1].camera = None
     with pytest.raises(ValueError, match="camera for every target"):
         fit_images(trained.model, targets, FitConfig(phase1_steps=1, phase2_steps=0))
+
+
+def test_a_head_center_sizes_a_single_image_fit_and_keeps_its_view(trained, tiny_head_dataset):
+    """One image cannot tell size from distance; a rig's centre settles it post hoc."""
+    ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
+    items = _frame_items(ds, subject=0, frame=0)
+    source = items[0]
+    cfg = FitConfig(phase1_steps=10, phase2_steps=3)
+    plain = fit_image(trained.model, target_from_item(source), cfg)
+    assert plain.head_scale == 1.0 and plain.avatar.head_scale == 1.0
+    targets = rig_targets([source], torch.stack([it.viewmat for it in items]))
+    center = targets[0].head_center
+    assert center is not None and float(center[2]) > 0
+    sized = fit_image(trained.model, targets[0], dataclasses.replace(cfg, head_center_sigma=1e-3))
+    T = plain.avatar.head_T
+    expected = scale_from_centers(T[None], center[None], cfg.head_size_sigma, 1e-3)
+    assert sized.head_scale == pytest.approx(expected, rel=1e-4) and sized.head_scale != 1.0
+    av = sized.avatar
+    assert av.head_scale == sized.head_scale
+    torch.testing.assert_close(av.head_T, sized.head_scale * T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sized.images[0].head_T, av.head_T)
+    # The head's origin now lies at the centre's depth along its ray (σc small).
+    assert float(av.head_T.norm()) == pytest.approx(float(center @ T / T.norm()), rel=2e-3)
+    # The input view is the same picture; another camera sees the new size.
+    eye = torch.eye(4)
+    net_p, net_s = plain.avatar.personalised(trained.model), av.personalised(trained.model)
+    torch.testing.assert_close(render_fit_view(net_s, av, eye, source.K),
+                               render_fit_view(net_p, plain.avatar, eye, source.K),
+                               atol=2e-3, rtol=0)  # fmt: skip
+    side = items[1].viewmat @ invert_viewmat(source.viewmat[None])[0]
+    near = render_fit_view(net_p, plain.avatar, side, items[1].K)
+    assert not torch.allclose(render_fit_view(net_s, av, side, items[1].K), near, atol=2e-3)
+    # A rig of several views fixes the size itself: their centre is not used.
+    rig = rig_targets(items[:2])
+    rig[0].head_center = center
+    assert fit_images(trained.model, rig, FitConfig(phase1_steps=2, phase2_steps=0)).head_scale == 1
+    bad = target_from_item(source)
+    bad.head_center = -center
+    with pytest.raises(ValueError, match="head_center must be a finite"):
+        fit_image(trained.model, bad, FitConfig(phase1_steps=1, phase2_steps=0))
 
 
 def test_position_offsets_need_offset_min_images(trained, tiny_head_dataset):

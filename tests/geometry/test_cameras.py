@@ -11,6 +11,7 @@ from gphm.geometry.cameras import (
     look_at,
     project_points,
     rescale_K,
+    rig_center,
     transform_points,
     world_to_camera,
 )
@@ -123,3 +124,36 @@ def test_orbit_cameras_face_the_target():
     # azimuth 0 is in front of the face (+z), the next camera moves towards +x
     centers = camera_centers(vm)
     assert centers[0, 2] > 0 and abs(float(centers[0, 0])) < 1e-5 and centers[0, 1] > 0
+
+
+def test_rig_center_is_where_the_cameras_look():
+    target = torch.tensor([0.3, -0.2, 0.5], dtype=F64)
+    eyes = target + _eyes((5,))
+    vm = look_at(eyes, target.expand(5, 3))
+    torch.testing.assert_close(rig_center(vm), target)
+    # A rigid motion of the whole rig moves the centre with it (world -> world' = G).
+    G = torch.eye(4, dtype=F64)
+    a = torch.tensor(0.7, dtype=F64)
+    G[:3, :3] = torch.tensor([[a.cos(), 0, a.sin()], [0, 1, 0], [-a.sin(), 0, a.cos()]])
+    G[:3, 3] = torch.tensor([1.0, 2.0, -3.0], dtype=F64)
+    moved = rig_center(vm @ invert_viewmat(G[None])[0])
+    torch.testing.assert_close(moved, G[:3, :3] @ target + G[:3, 3])
+    # Axes that miss each other: the least-squares point lies between them.
+    two = look_at(torch.tensor([[3.0, 0.1, 0], [0, -0.1, 3.0]], dtype=F64),
+                  torch.tensor([[0, 0.1, 0], [0, -0.1, 0]], dtype=F64))  # fmt: skip
+    torch.testing.assert_close(rig_center(two), torch.zeros(3, dtype=F64), atol=1e-9, rtol=0)
+
+
+def test_rig_center_is_none_where_no_point_is_aimed_at():
+    target = torch.zeros(1, 3, dtype=F64)
+    one = look_at(torch.tensor([[0.0, 0.0, 3.0]], dtype=F64), target)
+    assert rig_center(one) is None  # one camera
+    parallel = look_at(torch.tensor([[0.0, 0, 3], [0.5, 0, 3]], dtype=F64),
+                       torch.tensor([[0.0, 0, 0], [0.5, 0, 0]], dtype=F64))  # fmt: skip
+    assert rig_center(parallel) is None
+    # Cameras facing away from each other: their axes cross behind them.
+    outwards = look_at(torch.tensor([[3.0, 0, 0], [0, 0, 3.0]], dtype=F64),
+                       torch.tensor([[6.0, 0, 0], [0, 0, 6.0]], dtype=F64))  # fmt: skip
+    assert rig_center(outwards) is None
+    with pytest.raises(ValueError, match=r"\[V, 4, 4\]"):
+        rig_center(torch.eye(4))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gphm.geometry.cameras import intrinsics, look_at, project_points
-from gphm.geometry.pose import solve_pnp, umeyama
+from gphm.geometry.pose import scale_from_centers, solve_pnp, umeyama
 from gphm.geometry.rotations import axis_angle_to_matrix
 
 BATCH_SHAPES = [(), (3,), (2, 2)]
@@ -129,3 +129,30 @@ def test_similarity_matrix_round_trip():
     noisy = R + 1e-3 * np.random.default_rng(0).standard_normal((3, 3))
     P = nearest_rotation(noisy)
     assert np.allclose(P @ P.T, np.eye(3)) and np.linalg.det(P) > 0 and np.allclose(P, R, atol=5e-3)
+
+
+def test_scale_from_centers_weighs_the_centre_against_the_size_prior():
+    # A unit head fitted at T; the true head (size 1.05) sits exactly at the centre c,
+    # so the image says T = c / 1.05 (scaling about the camera keeps the image).
+    c = torch.tensor([[0.1, -0.05, 4.0]], dtype=torch.float64)
+    T = c / 1.05
+    assert scale_from_centers(T, c, 1e6, 1e-4) == pytest.approx(1.05, rel=1e-6)  # the centre
+    assert scale_from_centers(T, c, 1e-6, 1.0) == pytest.approx(1.0, abs=1e-6)  # the prior
+    # Equal weights of the two (σs = σc·|c|/|T|): half way.
+    sc = 0.01 * float(c.norm()) / float(T.norm())
+    assert scale_from_centers(T, c, sc, 0.01) == pytest.approx(1.025, rel=1e-6)
+    # Only the depth along the fitted ray counts: a centre moved across the ray gives the
+    # same size.
+    side = c
+    lateral = torch.linalg.cross(T, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))
+    lateral = 0.2 * lateral / lateral.norm()
+    assert scale_from_centers(T, side + lateral, 1e6, 1e-4) == pytest.approx(
+        scale_from_centers(T, side, 1e6, 1e-4), rel=1e-9
+    )
+    # Several images of one head: each pulls by its own depth.
+    two = scale_from_centers(torch.cat([T, T]), torch.cat([c, c * 1.1]), 1e6, 1e-3)
+    assert 1.05 < two < 1.05 * 1.1
+    with pytest.raises(ValueError, match=r"\[n, 3\]"):
+        scale_from_centers(T, c[:, :2], 0.03, 0.01)
+    with pytest.raises(ValueError, match="sigmas must be > 0"):
+        scale_from_centers(T, c, 0.0, 0.01)
