@@ -3,8 +3,10 @@
 * :func:`frames_from_dataset` — one subject seen by one camera of a gphm dataset, in
   ``sequence_step`` order (``frame`` order for datasets without the column). Each frame
   gets its ground-truth image, mask, ``K`` and the dataset's 3D landmarks projected: no
-  detector, like ``split=fit`` with ``fit.inputs=gt``. The camera is the world origin of
-  the tracking, so the returned items say where the other cameras are.
+  detector, like ``split=fit`` with ``fit.inputs=gt``; and, where the frame's cameras are
+  aimed at one point, that point as its ``head_center`` (the first fit's size). The
+  camera is the world origin of the tracking, so the returned items say where the other
+  cameras are.
 * :func:`frames_from_video` — every frame goes through
   :func:`~gphm.data.preprocess.single_image.prepare_image` (detector landmarks,
   segmentation mask, aligned to the training framing at the model's output size). A frame
@@ -27,6 +29,7 @@ from gphm.data.loaders import HeadDataset, HeadItem
 from gphm.data.preprocess.detectors import NoFaceError
 from gphm.evaluation.fit import target_from_item
 from gphm.fitting.sources import IMAGE_SUFFIXES
+from gphm.geometry.cameras import rig_center, world_to_camera
 from gphm.io.images import box_downsample
 from gphm.tracking.track import TrackFrame
 
@@ -77,13 +80,29 @@ def frames_from_dataset(
     picked = [i for i in rows if cam_col[int(ds.indices[i])] == camera]
     picked.sort(key=lambda i: (steps[int(ds.frames[i])], int(ds.frames[i])))
     items = [ds[i] for i in picked]
+    centers = rig_centers(ds, rows)
     frames = []
     for it in items:
         tgt = target_from_item(it)
+        c = centers.get(int(it.frame))
         frames.append(TrackFrame(image=tgt.image, mask=tgt.mask, K=tgt.K, landmarks=tgt.landmarks,
+                                 head_center=None if c is None else
+                                 world_to_camera(it.viewmat.double(), c[None])[0].float(),
                                  info={"frame": int(it.frame), "camera": it.camera,
                                        "step": steps[int(it.frame)]}))  # fmt: skip
     return frames, items, ds
+
+
+def rig_centers(ds: HeadDataset, rows: list[int]) -> dict[int, torch.Tensor | None]:
+    """Global frame index -> the world point its cameras are aimed at
+    (:func:`~gphm.geometry.cameras.rig_center`, None where they define none), over the
+    dataset indices ``rows`` (one subject's), read from the ``viewmat`` column only."""
+    column = ds.ds.data.column("viewmat")
+    by_frame: dict[int, list[torch.Tensor]] = {}
+    for i in rows:
+        vm = torch.tensor(column[int(ds.indices[i])].as_py(), dtype=torch.float64).reshape(4, 4)
+        by_frame.setdefault(int(ds.frames[i]), []).append(vm)
+    return {f: rig_center(torch.stack(vms)) for f, vms in by_frame.items()}
 
 
 def read_video(path: str | Path) -> list[tuple[str, np.ndarray]]:

@@ -311,7 +311,8 @@ def landmark_jitter(landmarks: Tensor) -> float | None:  # [T, L, 2] -> px
 
 def _target(frame: TrackFrame) -> FitTarget:
     assert frame.landmarks is not None
-    return FitTarget(image=frame.image, mask=frame.mask, K=frame.K, landmarks=frame.landmarks)
+    return FitTarget(image=frame.image, mask=frame.mask, K=frame.K, landmarks=frame.landmarks,
+                     head_center=frame.head_center)  # fmt: skip
 
 
 def track_frames(

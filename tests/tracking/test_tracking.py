@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from gphm.data.format import SPLITS
+from gphm.data.loaders import HeadDataset
 from gphm.data.preprocess.detectors import Detection, NoFaceError
 from gphm.data.synthetic import MakeSyntheticConfig
 from gphm.data.synthetic.sequence import generate_sequence
@@ -21,7 +23,7 @@ from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, render_avatar
 from gphm.fitting.sources import resolve_source
 from gphm.geometry import intrinsics, look_at
-from gphm.geometry.cameras import project_points
+from gphm.geometry.cameras import project_points, rig_center, world_to_camera
 from gphm.geometry.rotations import axis_angle_to_matrix
 from gphm.inversion import NonFiniteError
 from gphm.models.runs import load_run
@@ -125,13 +127,26 @@ def test_tracking_follows_the_head_and_carries_a_frame_without_a_face(run):
     assert all(p.requires_grad for p in run.model.parameters())
 
 
+def _frame_rows(sequence, item):
+    """Every camera's row of ``item``'s frame."""
+    ds = HeadDataset(sequence, split=list(SPLITS))
+    return [ds[i] for i in range(len(ds)) if int(ds.frames[i]) == int(item.frame)]
+
+
 def test_tracking_fits_the_identity_on_the_first_face_frame(run, sequence):
     frames, items, _ = frames_from_dataset(sequence, "seq_000")
     assert [f.info["step"] for f in frames] == [0, 1, 2, 3]
     assert all(it.camera == "cam_00" for it in items)
+    # Each frame knows where the sequence's rig is aimed, in its camera's frame: the
+    # identity fit takes its size from it (gphm.fitting.fit._head_scale).
+    center = rig_center(torch.stack([it.viewmat for it in _frame_rows(sequence, items[0])]))
+    for f, it in zip(frames, items):
+        expected = world_to_camera(it.viewmat, center[None].float())[0]
+        torch.testing.assert_close(f.head_center, expected)
     frames[0] = TrackFrame(frames[0].image, frames[0].mask, frames[0].K, None)
     tracking = track_frames(run, frames, FAST)
     assert tracking.identity_frame == 1 and tracking.carried[0]
+    assert tracking.avatar.head_scale != 1.0
     assert torch.equal(tracking.z_exp[0], tracking.z_exp[1])  # leading frame: the first face's
     assert tracking.info["identity_fit_seconds"] > 0
     blank = [TrackFrame(f.image, f.mask, f.K, None) for f in frames]
