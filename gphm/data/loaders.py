@@ -207,6 +207,15 @@ class HeadDataset(Dataset):
             self._cache[i] = item
         return item
 
+    def viewmats(self, indices: Sequence[int]) -> Tensor:  # [n, 4, 4] float32
+        """The world -> camera matrices of the rows at ``indices`` (as ``self[i]``), read
+        from the ``viewmat`` column without decoding any image."""
+        column = self.ds.data.column("viewmat")
+        return torch.stack([
+            torch.tensor(column[int(self.indices[i])].as_py(), dtype=torch.float32).reshape(4, 4)
+            for i in indices
+        ])  # fmt: skip
+
     def _decode(self, row: int) -> HeadItem:
         r = self.ds[row]
         rgb = torch.from_numpy(np.asarray(r["image"].convert("RGB"), np.float32) / 255.0)

@@ -218,19 +218,18 @@ _INPUTS = {
 }
 
 
-def rig_targets(items: list[HeadItem], rig: Tensor | None = None) -> list[FitTarget]:
+def rig_targets(items: list[HeadItem], center: Tensor | None = None) -> list[FitTarget]:
     """Fitting targets of dataset rows with their true inputs (:func:`target_from_item`);
     several rows are the dataset's calibrated rig (each target gets its camera: one head
-    pose in world, one expression). One row with ``rig`` (every camera's world -> camera
-    ``viewmats`` [V, 4, 4] at that instant) gets the point the rig is aimed at as its
-    ``head_center`` (:func:`~gphm.geometry.cameras.rig_center`), which settles the
-    single view's size/distance ambiguity as a rig's user can; none when the cameras do
-    not define such a point."""
+    pose in world, one expression). One row with ``center`` (the world point [3] the rig's
+    cameras are aimed at, :func:`~gphm.geometry.cameras.rig_center`) gets it, in its
+    camera's frame, as its ``head_center``, which settles the single view's size/distance
+    ambiguity as a rig's user can."""
     targets = [target_from_item(it) for it in items]
     if len(targets) > 1:
         for t, it in zip(targets, items):
             t.camera = it.viewmat
-    elif rig is not None and (center := rig_center(rig)) is not None:
+    elif center is not None:
         targets[0].head_center = world_to_camera(items[0].viewmat, center[None])[0]
     return targets
 
@@ -242,14 +241,15 @@ def _fit_view(
     config: FitConfig | None,
     detector: Any,
     segmenter: Any,
-    rig: Tensor | None = None,
+    center: Tensor | None = None,
 ) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
     """Fit the input views ``items`` together; the avatar's pose is in the first input
-    camera's (true) frame. ``rig``: the frame's cameras (:func:`rig_targets`; ``inputs="gt"``
-    only). Returns the result, the ``inputs`` record and per-subject extras."""
+    camera's (true) frame. ``center``: where the frame's cameras are aimed
+    (:func:`rig_targets`; ``inputs="gt"`` only). Returns the result, the ``inputs`` record
+    and per-subject extras."""
     rows = TrainedRows.of_run(run)
     if inputs == "gt":
-        targets = rig_targets(items, rig)
+        targets = rig_targets(items, center)
         result = fit_images(run.model, targets, config, str(run.path), rows=rows)
         record = dict(_INPUTS["gt"])
         if targets[0].head_center is not None:
@@ -510,10 +510,12 @@ def evaluate_fit(
     for s in tqdm(subjects, desc="fit subjects", disable=not progress):
         sel = _subject_views(ds, row_split, s, frame, view, views, score, data_path)
         input_items = [sel.items[j] for j in sel.inputs]
+        center = None  # where the frame's cameras are aimed: one true view only
+        if rig_prior and inputs == "gt" and views == 1:
+            center = rig_center(torch.stack([it.viewmat for it in sel.items]))
         try:
-            rig = torch.stack([it.viewmat for it in sel.items]) if rig_prior else None
             result, record, extras = _fit_view(run, input_items, inputs, config, detector,
-                                               segmenter, rig)  # fmt: skip
+                                               segmenter, center)  # fmt: skip
         except (NoFaceError, FitCollapseError) as err:  # failing is part of the score
             failed.append({"subject": names[s], "frame": sel.frame,
                            "input_view": input_items[0].camera, "failed": str(err)})  # fmt: skip

@@ -37,7 +37,7 @@ from gphm.data.synthetic.sequence import REGULAR_GENERATOR
 from gphm.evaluation.fit import fit_landmarks, frontal_row, gauge_scale, rig_targets
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, TrainedRows, fit_images
-from gphm.geometry.cameras import world_to_camera
+from gphm.geometry.cameras import rig_center, world_to_camera
 from gphm.models.runs import TrainedRun, dataset_fingerprint, seen_by
 
 __all__ = [
@@ -150,9 +150,9 @@ def fitted_target(run: TrainedRun, seq: Any, b: int, drive_cam: str, config: Fit
     """Subject ``b`` fitted from its step 0: one image (``1view``) or :data:`RIG_VIEWS`
     calibrated views (``3view``: one head pose in world, as ``split=fit fit.views=3``)."""
     items = rig_items(seq, b, drive_cam, RIG_VIEWS if kind == "3view" else 1)
-    rig = torch.stack([seq.item(b, 0, c).viewmat for c in seq.cams])
+    center = rig_center(seq.ds.viewmats([seq.index[(b, 0, c)] for c in seq.cams]))
     t0 = time.perf_counter()
-    fit = fit_images(run.model, rig_targets(items, rig), config, str(run.path),
+    fit = fit_images(run.model, rig_targets(items, center), config, str(run.path),
                      rows=TrainedRows.of_run(run))  # fmt: skip
     seconds = time.perf_counter() - t0
     gauge = gauge_of(run.model, fit.avatar, items[0])

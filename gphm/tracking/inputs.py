@@ -87,7 +87,7 @@ def frames_from_dataset(
         c = centers.get(int(it.frame))
         frames.append(TrackFrame(image=tgt.image, mask=tgt.mask, K=tgt.K, landmarks=tgt.landmarks,
                                  head_center=None if c is None else
-                                 world_to_camera(it.viewmat.double(), c[None])[0].float(),
+                                 world_to_camera(it.viewmat, c[None])[0],
                                  info={"frame": int(it.frame), "camera": it.camera,
                                        "step": steps[int(it.frame)]}))  # fmt: skip
     return frames, items, ds
@@ -96,13 +96,11 @@ def frames_from_dataset(
 def rig_centers(ds: HeadDataset, rows: list[int]) -> dict[int, torch.Tensor | None]:
     """Global frame index -> the world point its cameras are aimed at
     (:func:`~gphm.geometry.cameras.rig_center`, None where they define none), over the
-    dataset indices ``rows`` (one subject's), read from the ``viewmat`` column only."""
-    column = ds.ds.data.column("viewmat")
-    by_frame: dict[int, list[torch.Tensor]] = {}
+    dataset indices ``rows`` (one subject's), from :meth:`HeadDataset.viewmats`."""
+    by_frame: dict[int, list[int]] = {}
     for i in rows:
-        vm = torch.tensor(column[int(ds.indices[i])].as_py(), dtype=torch.float64).reshape(4, 4)
-        by_frame.setdefault(int(ds.frames[i]), []).append(vm)
-    return {f: rig_center(torch.stack(vms)) for f, vms in by_frame.items()}
+        by_frame.setdefault(int(ds.frames[i]), []).append(i)
+    return {f: rig_center(ds.viewmats(ids)) for f, ids in by_frame.items()}
 
 
 def read_video(path: str | Path) -> list[tuple[str, np.ndarray]]:

@@ -24,7 +24,7 @@ from gphm.evaluation.fit import (
 )
 from gphm.fitting.avatar import Avatar
 from gphm.fitting.fit import FitConfig, fit_image, fit_images, render_avatar
-from gphm.geometry.cameras import invert_viewmat, project_points
+from gphm.geometry.cameras import invert_viewmat, project_points, rig_center
 from gphm.geometry.pose import scale_from_centers
 from tests.training.test_train import ROOT, _env
 
@@ -762,7 +762,11 @@ def test_a_head_center_sizes_a_single_image_fit_and_keeps_its_view(trained, tiny
     cfg = FitConfig(phase1_steps=10, phase2_steps=3)
     plain = fit_image(trained.model, target_from_item(source), cfg)
     assert plain.head_scale == 1.0 and plain.avatar.head_scale == 1.0
-    targets = rig_targets([source], torch.stack([it.viewmat for it in items]))
+    # The viewmat column alone gives the rows' cameras (no image decoded).
+    rows = [i for i in range(len(ds)) if ds.subjects[i] == 0 and ds.frames[i] == 0]
+    viewmats = ds.viewmats(rows)
+    torch.testing.assert_close(viewmats, torch.stack([it.viewmat for it in items]))
+    targets = rig_targets([source], rig_center(viewmats))
     center = targets[0].head_center
     assert center is not None and float(center[2]) > 0
     sized = fit_image(trained.model, targets[0], dataclasses.replace(cfg, head_center_sigma=1e-3))
