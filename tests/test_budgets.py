@@ -51,10 +51,10 @@ TRAIN = ["data.path=/nonexistent", "run_dir=/nonexistent/run", "device=cpu"]
          rf"model\.gaussian\.num_points=1000000000 .*would need 4\d\d\.\d GB; {MEMORY_HINT}"),
         ("model.guidance.tet_resolution=5000",
          rf"model\.guidance\.tet_resolution=5000 .*would need 45\.5 TB; {MEMORY_HINT}"),
-        ("model.lr_size=4096",
-         r"train\.batch_size=4 at model\.lr_size=4096 \(8192 px\) .*would need 3\d\.\d GB"),
+        ("model.lr_size=8192",
+         r"train\.batch_size=4 at model\.lr_size=8192 \(8192 px\) .*would need 3\d\.\d GB"),
         ("train.batch_size=100000",
-         r"train\.batch_size=100000 at model\.lr_size=64 \(128 px\) .*would need .* GB"),
+         r"train\.batch_size=100000 at model\.lr_size=128 \(128 px\) .*would need .* GB"),
         ("train.guidance_steps=10000000",
          rf"train\.guidance_steps=10000000, .* would take about \d+\.\d days of work on the "
          rf"CPU \(estimated\); {TIME_HINT}"),

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["data.path=DATA", "run_dir=RUN"]
 
 # The values tiny_model() / paper_model() built in Python before the presets moved to
-# configs/model/*.yaml (captured from those functions at commit 1e36be4).
+# configs/model/*.yaml (captured from those functions at commit 1e36be4); since then the
+# tiny preset renders at the full 128 px (lr_size 128, upsampler factor 1).
 _MLP = {"skips": [], "activation": "relu", "zero_init_last": False}
 _COMMON = {
     "guidance.grid_bound": 1.0,
@@ -56,7 +57,8 @@ OLD_PRESETS = {
     | _mlps(64, 2)
     | {
         "name": "tiny",
-        "lr_size": 64,
+        "lr_size": 128,
+        "guidance.upsampler.factor": 1,
         "guidance.tet_resolution": 32,
         "guidance.f_mean.width": 64,
         "guidance.f_mean.depth": 3,

@@ -72,7 +72,8 @@ def model_preset(name: str, config_dir: str | None = None) -> ModelConfig:
 
 
 def tiny_model() -> ModelConfig:
-    """``model=tiny`` (CPU-sized: tet grid 32, lr 64 -> hr 128, 64-wide MLPs)."""
+    """``model=tiny`` (CPU-sized: tet grid 32, splats at 128 px refined by Ψ at factor 1,
+    64-wide MLPs)."""
     return model_preset("tiny")
 
 

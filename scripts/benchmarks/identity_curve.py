@@ -66,8 +66,8 @@ matplotlib, else the JSON says why there is no plot). Every gphm command runs as
 process (the ``gphm-*`` executables beside this Python). An existing dataset, run or report
 is refused unless ``--reuse``, which keeps complete datasets and reports and lets
 ``gphm-train`` resume (or keep) an existing run. ``--quick``: N = 2, 4 at 64 px
-(``model.lr_size=32``), 1 + 1 epochs, 2 unseen people, 10 + 10 fitting steps — a smoke
-run of a minute or two.
+(``model.lr_size=32``, Ψ factor 2), 1 + 1 epochs, 2 unseen people, 10 + 10 fitting
+steps — a smoke run of a minute or two.
 """
 
 from __future__ import annotations
@@ -290,8 +290,8 @@ class Curve:
         cmd = [gphm_exe("gphm-train"), f"data.path={self.train_data(n)}",
                f"run_dir={self.run_dir(n)}", "model=tiny", "stage=all", f"seed={TRAIN_SEED}",
                *schedule, "train.preview_every=1000000"]  # fmt: skip
-        if self.quick:
-            cmd.append("model.lr_size=32")
+        if self.quick:  # 32 px splats, Ψ upsampling to the quick data's 64 px
+            cmd += ["model.lr_size=32", "model.guidance.upsampler.factor=2"]
         return cmd
 
     def evaluate(self, n: int, what: str) -> list[str]:

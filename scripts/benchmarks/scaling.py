@@ -11,11 +11,11 @@ comma-separated, overrides the list; ``quick``: 8 only):
   (then ``gen_s`` is the stored report's). ``gen_s_per_identity`` = ``gen_s / N``
   (rendering on the CPU, one process).
 * **Training** — a fresh Python process per N (so its peak RSS is its own) runs the
-  trainers of ``gphm-train`` (``model=tiny``; ``quick``: ``model.lr_size=32``) on one
-  process: stage 1 for ``GUIDANCE_STEPS`` steps, then stage 2 for ``GAUSSIAN_STEPS``
-  (``train.schedule_reference_rows=0``: exactly these steps). Measured: ``*_s_per_step``
-  (the stage's loop seconds / steps: includes the checkpoint and preview of the last
-  step, so an upper bound), ``*_s_per_epoch`` = that × steps per epoch (extrapolated,
+  trainers of ``gphm-train`` (``model=tiny``; ``quick``: ``model.lr_size=32``, Ψ factor
+  2) on one process: stage 1 for ``GUIDANCE_STEPS`` steps, then stage 2 for
+  ``GAUSSIAN_STEPS`` (``train.schedule_reference_rows=0``: exactly these steps). Measured:
+  ``*_s_per_step`` (the stage's loop seconds / steps: includes the checkpoint and preview
+  of the last step, so an upper bound), ``*_s_per_epoch`` = that × steps per epoch (extrapolated,
   subject-balanced epoch of the training split at batch 4), ``*_setup_and_validate_s``
   (building the stage — SDF pre-fit, Gaussian creation — and its end-of-stage
   evaluation on the validation splits), ``peak_rss_mb`` (``ru_maxrss`` of the
@@ -85,8 +85,8 @@ def worker(data: str, run_dir: str, quick: bool) -> dict:
     args = [f"data.path={data}", f"run_dir={run_dir}", "model=tiny", "stage=all", "train.cpu=true",
             f"train.guidance_steps={g_steps}", f"train.gaussian_steps={s_steps}",
             "train.schedule_reference_rows=0", "train.preview_every=1000000"]  # fmt: skip
-    if quick:
-        args.append("model.lr_size=32")
+    if quick:  # 32 px splats, Ψ upsampling to the quick data's 64 px
+        args += ["model.lr_size=32", "model.guidance.upsampler.factor=2"]
     cfg = parse_config(TrainRunConfig, args)
     acc = Accelerator(cpu=True)
     out: dict = {}

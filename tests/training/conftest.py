@@ -24,6 +24,7 @@ L = 68
 # Small enough for a CPU test step, large enough to have a surface.
 TINY_OVERRIDES = [
     "model.lr_size=16",
+    "model.guidance.upsampler.factor=2",
     "model.guidance.tet_resolution=10",
     "model.guidance.f_mean.width=16",
     "model.guidance.f_inj.width=16",

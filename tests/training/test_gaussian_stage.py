@@ -119,6 +119,26 @@ def test_face_regions_term_is_the_mse_inside_the_true_landmarks_boxes(
     assert float(term) == pytest.approx(float((err * boxes).sum() / boxes.sum()), rel=1e-5)
 
 
+def test_both_stages_at_factor_1_render_at_the_data_size(tiny_head_dataset, tmp_path):
+    """model=tiny's layout: splats (and stage 1's mesh) rendered at the full image size,
+    Ψ a refiner at factor 1 (the RGB is the render's first three channels plus Ψ's
+    correction, at the same size)."""
+    full = ["model.lr_size=32", "model.guidance.upsampler.factor=1"]
+    stage1 = tmp_path / "s1"
+    GuidanceTrainer(_cfg(tiny_head_dataset, stage1, *STAGE2, *full)).train()
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, *full, "stage=gaussian",
+               f"guidance_run={stage1}", "train.gaussian_steps=8")  # fmt: skip
+    trainer = GaussianTrainer(cfg)
+    trainer.train()
+    log = [json.loads(x) for x in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["rgb_hr"] < log[0]["rgb_hr"] and log[-1]["rgb_lr"] < log[0]["rgb_lr"]
+    extra = json.loads((tmp_path / "run/model/config.json").read_text())["extra"]
+    assert extra["lr_size"] == extra["hr_size"] == 32
+    batch = collate_views([trainer.dataset[0]])
+    out = trainer._forward(batch)
+    assert out.rgb.shape[1:3] == batch.image.shape[1:3] == out.features.shape[1:3]
+
+
 def _with_landmark_convention(data, to, convention: str):
     """A copy of the dataset ``data`` whose meta.json names another landmark convention."""
     import shutil
