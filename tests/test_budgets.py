@@ -52,7 +52,7 @@ TRAIN = ["data.path=/nonexistent", "run_dir=/nonexistent/run", "device=cpu"]
         ("model.guidance.tet_resolution=5000",
          rf"model\.guidance\.tet_resolution=5000 .*would need 45\.5 TB; {MEMORY_HINT}"),
         ("model.lr_size=8192",
-         r"train\.batch_size=4 at model\.lr_size=8192 \(8192 px\) .*would need 3\d\.\d GB"),
+         r"train\.batch_size=4 at model\.lr_size=8192 \(8192 px\) .*would need \d\d\.\d GB"),
         ("train.batch_size=100000",
          r"train\.batch_size=100000 at model\.lr_size=128 \(128 px\) .*would need .* GB"),
         ("train.guidance_steps=10000000",
