@@ -74,10 +74,14 @@ def test_avatar_round_trip_and_mismatch(trained, tiny_head_dataset, tmp_path):
     ds = HeadDataset(tiny_head_dataset, split="train", lr_size=16)
     # Two phase-2 steps may not improve the input yet: keep them (the round trip is tested).
     cfg = FitConfig(phase1_steps=2, phase2_steps=2, phase2_max_drop_db=100.0, offset_min_images=1,
-                    trusted_prior_views=0.0)  # position offsets from one image too  # fmt: skip
+                    trusted_prior_views=0.0,  # position offsets from one image too
+                    upsampler_layers="all")  # every layer of Ψ fine-tuned and stored  # fmt: skip
     result = fit_image(trained.model, target_from_item(ds[0]), cfg, str(trained.path))
     result.avatar.save(tmp_path / "av")
     loaded = Avatar.load(tmp_path / "av")
+    assert set(loaded.upsampler) == set(trained.model.upsampler.state_dict())
+    psi = loaded.personalised(trained.model).upsampler.state_dict()
+    assert all(torch.equal(psi[k], v) for k, v in loaded.upsampler.items())
     assert torch.equal(loaded.z_id, result.avatar.z_id)
     assert torch.equal(loaded.point_offsets, result.avatar.point_offsets)
     assert loaded.f_col.keys() == result.avatar.f_col.keys()
