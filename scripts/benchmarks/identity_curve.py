@@ -89,7 +89,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "scripts") not in sys.path:  # run as a file: import its sibling suites
     sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchmarks.scaling import COST, _dir_mb  # noqa: E402  (the per-identity cost choice)
+# the per-identity cost choice and the quick runs' model come from the scaling benchmark
+from benchmarks.scaling import COST, QUICK_MODEL, _dir_mb  # noqa: E402
 
 SIZES = (8, 24, 72)
 QUICK_SIZES = (2, 4)
@@ -290,8 +291,8 @@ class Curve:
         cmd = [gphm_exe("gphm-train"), f"data.path={self.train_data(n)}",
                f"run_dir={self.run_dir(n)}", "model=tiny", "stage=all", f"seed={TRAIN_SEED}",
                *schedule, "train.preview_every=1000000"]  # fmt: skip
-        if self.quick:  # 32 px splats, Ψ upsampling to the quick data's 64 px
-            cmd += ["model.lr_size=32", "model.guidance.upsampler.factor=2"]
+        if self.quick:
+            cmd += QUICK_MODEL
         return cmd
 
     def evaluate(self, n: int, what: str) -> list[str]:

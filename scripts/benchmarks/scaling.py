@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = (8, 64, 256)
 GUIDANCE_STEPS, GAUSSIAN_STEPS = 20, 10
 QUICK_STEPS = (5, 3)
+#: ``quick`` runs' model: 32 px splats and Ψ upsampling to the quick data's 64 px (the
+#: tiny preset renders at its data's full size); shared with the identity curve.
+QUICK_MODEL = ("model.lr_size=32", "model.guidance.upsampler.factor=2")
 COST = {"num_expressions": 8, "expressions_per_subject": 4, "val_combos_per_subject": 0,
         "num_views": 9, "views_per_subject": 4, "neutral_twins": "none"}  # fmt: skip
 
@@ -85,8 +88,8 @@ def worker(data: str, run_dir: str, quick: bool) -> dict:
     args = [f"data.path={data}", f"run_dir={run_dir}", "model=tiny", "stage=all", "train.cpu=true",
             f"train.guidance_steps={g_steps}", f"train.gaussian_steps={s_steps}",
             "train.schedule_reference_rows=0", "train.preview_every=1000000"]  # fmt: skip
-    if quick:  # 32 px splats, Ψ upsampling to the quick data's 64 px
-        args += ["model.lr_size=32", "model.guidance.upsampler.factor=2"]
+    if quick:
+        args += QUICK_MODEL
     cfg = parse_config(TrainRunConfig, args)
     acc = Accelerator(cpu=True)
     out: dict = {}
