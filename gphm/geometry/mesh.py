@@ -31,6 +31,7 @@ __all__ = [
     "laplacian_cotangent",
     "subdivide_midpoint",
     "subdivide_to_count",
+    "midpoints_near",
     "knn_mean_distance",
     "knn_weights",
     "knn_indices",
@@ -224,6 +225,29 @@ def subdivide_to_count(
         f"cannot reach min_vertices={min_vertices} within max_levels={max_levels} "
         f"subdivisions (reached {verts.shape[-2]} vertices, {faces.shape[0]} faces)"
     )
+
+
+def midpoints_near(
+    verts: Tensor,  # [V, 3]
+    faces: Tensor,  # [F, 3]
+    targets: Tensor,  # [T, 3]
+    count: int,
+) -> Tensor:  # [K, 2] int64 edges (vertex pairs), K = min(count, E)
+    """The ``count`` edges of :func:`edge_list` whose midpoints lie nearest the
+    ``targets`` (by the distance to the nearest target; ties broken by edge order),
+    nearest first: the midpoints a local subdivision towards a region of interest adds
+    (the Gaussian head's ``face_points``). Fewer when the mesh has fewer edges."""
+    _check_mesh(verts, faces)
+    if targets.dim() != 2 or targets.shape[-1] != 3 or targets.shape[0] == 0:
+        raise ValueError(f"targets must be [T, 3] with T >= 1, got {list(targets.shape)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    edges = edge_list(faces)
+    mids = 0.5 * (verts[edges[:, 0]] + verts[edges[:, 1]])
+    with torch.no_grad():
+        near = torch.cdist(mids.detach(), targets.detach().to(mids)).amin(1)  # [E]
+        order = torch.sort(near, stable=True).indices
+    return edges[order[: min(count, edges.shape[0])]]
 
 
 def knn_weights(

@@ -370,7 +370,8 @@ def check_training_time(cfg: TrainRunConfig, device: str) -> None:
     Per stage: steps × (batch × hr² rendered pixels + the stage's grid cells or
     Gaussians); stage 1 also pre-fits the SDF (``train.sdf_prefit_steps`` grid
     evaluations). ``num_points=0`` (one Gaussian per mesh vertex, unknown before stage
-    1) counts no Gaussians. The steps of a resumed run are counted in full.
+    1) counts no Gaussians; ``face_points`` are counted. The steps of a resumed run are
+    counted in full.
     """
     model, train = cfg.model, cfg.train
     cells = float(model.guidance.tet_resolution) ** 3
@@ -384,12 +385,14 @@ def check_training_time(cfg: TrainRunConfig, device: str) -> None:
         named.append(f"model.guidance.tet_resolution={model.guidance.tet_resolution}")
     if cfg.stage in ("gaussian", "all"):
         steps = train.gaussian_steps
-        points = float(train.batch_size) * model.gaussian.num_points
+        points = float(train.batch_size) * (model.gaussian.num_points + model.gaussian.face_points)
         work += limits.work_seconds(pixels=steps * pixels, gaussians=steps * points,
                                     items=steps, device=device)  # fmt: skip
         named.append(f"train.gaussian_steps={steps}")
         if model.gaussian.num_points:
             named.append(f"model.gaussian.num_points={model.gaussian.num_points}")
+        if model.gaussian.face_points:
+            named.append(f"model.gaussian.face_points={model.gaussian.face_points}")
     named.append(_batch_text(cfg))
     limits.check_seconds(work, ", ".join(named), device)
 

@@ -14,6 +14,7 @@ from gphm.geometry.mesh import (
     laplacian_uniform,
     laplacian_vectors,
     mesh_volume,
+    midpoints_near,
     subdivide_midpoint,
     subdivide_to_count,
     vertex_normals,
@@ -171,6 +172,28 @@ def test_subdivide_midpoint_topology_positions_and_features():
     # Each new face keeps the parent's orientation.
     parent_n = face_normals(TET_VERTS, TET_FACES).repeat_interleave(4, 0)
     assert torch.allclose(face_normals(v2, f2), parent_n)
+
+
+def test_midpoints_near_orders_edges_by_their_midpoints_distance_to_the_targets():
+    edges = edge_list(TET_FACES)  # 6 edges of the unit right tetrahedron
+    mids = TET_VERTS[edges].mean(1)
+    # One target on the midpoint of (1, 2), one near the midpoint of (0, 3).
+    targets = torch.stack([mids[(edges == torch.tensor([1, 2])).all(1)][0],
+                           mids[(edges == torch.tensor([0, 3])).all(1)][0] + 0.01])  # fmt: skip
+    got = midpoints_near(TET_VERTS, TET_FACES, targets, 2)
+    assert got.tolist() == [[1, 2], [0, 3]]
+    # All edges, nearest first: the distances to the nearest target never decrease.
+    every = midpoints_near(TET_VERTS, TET_FACES, targets, 100)
+    assert every.shape == (6, 2) and {tuple(e) for e in every.tolist()} == {
+        tuple(e) for e in edges.tolist()
+    }
+    d = torch.cdist(TET_VERTS[every].mean(1), targets).amin(1)
+    assert torch.all(d[1:] >= d[:-1])
+    assert midpoints_near(TET_VERTS, TET_FACES, targets, 0).shape == (0, 2)
+    with pytest.raises(ValueError, match="targets"):
+        midpoints_near(TET_VERTS, TET_FACES, torch.zeros(0, 3, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="count"):
+        midpoints_near(TET_VERTS, TET_FACES, targets, -1)
 
 
 @pytest.mark.parametrize("shape", BATCH_SHAPES)

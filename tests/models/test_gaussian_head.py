@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gphm.geometry import intrinsics
-from gphm.geometry.mesh import knn_mean_distance
+from gphm.geometry.mesh import edge_list, knn_mean_distance
 from gphm.geometry.rotations import axis_angle_to_matrix, quat_to_matrix
 from gphm.models.gaussian_head import INHERITED, GaussianHead, GaussianHeadConfig
 
@@ -62,6 +62,32 @@ def test_point_count_target_subdivides_then_subsamples(guidance):
     assert fewer.num_points == M // 2
     again = GaussianHead.create_from(guidance, GaussianHeadConfig(num_points=M // 2))
     assert torch.equal(fewer.points, again.points)  # deterministic
+
+
+def test_face_points_add_the_midpoints_nearest_the_landmarks(guidance, head):
+    mm = guidance.mean_mesh()
+    M, K = mm.verts.shape[0], 25
+    dense = GaussianHead.create_from(guidance, GaussianHeadConfig(face_points=K))
+    assert dense.num_points == M + K
+    assert torch.equal(dense.points[:M], head.points)  # the mesh's vertices come first
+    # The added points are edge midpoints (features averaged), nearer the landmarks than
+    # any midpoint left out.
+    edges = edge_list(mm.faces)
+    mids, feats = mm.verts[edges].mean(1), mm.features[edges].mean(1)
+    match = torch.cdist(dense.points[M:], mids).argmin(1)
+    assert torch.allclose(dense.points[M:], mids[match], atol=1e-6)
+    assert torch.allclose(dense.point_features[M:], feats[match], atol=1e-6)
+    near = torch.cdist(mids, guidance.landmarks_canonical).amin(1)
+    left_out = torch.ones(len(mids), dtype=torch.bool)
+    left_out[match] = False
+    assert near[match].max() <= near[left_out].min() + 1e-6
+    # Scales follow the denser neighbourhood: never larger, smaller near the new points.
+    dist = knn_mean_distance(dense.points.detach(), 3)
+    assert torch.allclose(dense.log_scales, dist.log()[:, None].expand(-1, 3))
+    assert torch.all(dense.log_scales[:M] <= head.log_scales + 1e-6)
+    assert torch.any(dense.log_scales[:M] < head.log_scales - 1e-3)
+    again = GaussianHead.create_from(guidance, GaussianHeadConfig(face_points=K))
+    assert torch.equal(dense.points, again.points)  # deterministic
 
 
 def test_splat_agrees_with_the_mesh_render_right_after_creation(guidance, head):
@@ -128,6 +154,8 @@ def test_config_validation():
         GaussianHeadConfig(init_opacity=1.0)
     with pytest.raises(ValueError, match="num_points"):
         GaussianHeadConfig(num_points=-1)
+    with pytest.raises(ValueError, match="face_points"):
+        GaussianHeadConfig(face_points=-1)
     assert math.isclose(torch.sigmoid(torch.tensor(math.log(0.1 / 0.9))).item(), 0.1, rel_tol=1e-6)
     with pytest.raises(ValueError, match="eps2d"):
         GaussianHeadConfig(eps2d=-0.1)
