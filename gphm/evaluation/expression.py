@@ -465,8 +465,11 @@ def evaluate_expressions(
         size = tuple(out_e.rgb.shape[1:3])
         twins = [twin_of(it) for it in keep]
         gt_n = _at(torch.stack([t[0] for t in twins]), size)
+        keys = [{"subject": subjects[int(it.subject)], "frame": int(it.frame),
+                 "camera": str(it.camera), "code_frame": int(src)}
+                for it, src in zip(keep, sources)]  # fmt: skip
         acc.add(out_e, out_n, _at(b.image.cpu(), size), gt_n, list(b.expression),
-                b.landmarks_3d.cpu(), torch.stack([t[1] for t in twins]))  # fmt: skip
+                b.landmarks_3d.cpu(), torch.stack([t[1] for t in twins]), keys)  # fmt: skip
     report: dict[str, Any] = {
         "split": f"expression:{split}",
         "model": type(model).__name__,
@@ -529,13 +532,16 @@ class _Accumulator:
         self.labels: list[str] = []
         self.lmks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.shown: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.keys: list[dict[str, Any]] = []
 
     def add(self, out_e: Any, out_n: Any, gt_e: Tensor, gt_n: Tensor, labels: list[str],
-            gt_lmk_e: Tensor, gt_lmk_n: Tensor) -> None:  # fmt: skip
+            gt_lmk_e: Tensor, gt_lmk_n: Tensor, keys: list[dict[str, Any]]) -> None:  # fmt: skip
         """``out_*``: model outputs (``rgb`` [B, h, w, 3], ``landmarks`` [B, L, 3]) with the
-        expression's and the neutral code; ``gt_*`` the truths at the same size."""
+        expression's and the neutral code; ``gt_*`` the truths at the same size; ``keys``
+        what names each item in the report's ``per_item`` (subject, frame, ...)."""
         pred_e, pred_n = out_e.rgb.clamp(0, 1).cpu(), out_n.rgb.clamp(0, 1).cpu()
         self.stats.append(expression_stats(pred_e, pred_n, gt_e, gt_n, self.threshold))
+        self.keys.extend(keys)
         if self.lr_size is not None and tuple(gt_e.shape[1:3]) != tuple(self.lr_size):
             ref_e, ref_n = lr_bicubic(gt_e, self.lr_size), lr_bicubic(gt_n, self.lr_size)
             self.reference.append(expression_stats(ref_e, ref_n, gt_e, gt_n, self.threshold))
@@ -546,6 +552,12 @@ class _Accumulator:
 
     def pooled(self) -> dict[str, Any]:
         report = _pooled_report(self.stats, self.labels, self.lmks)
+        report["per_item"] = [
+            {**key, "label": label, "support_gain_db": _finite(it.support_gain_db),
+             "capture": _finite(it.capture)}
+            for key, label, it in zip(self.keys, self.labels,
+                                      (i for st in self.stats for i in _items(st)))
+        ]  # fmt: skip
         if not self.reference or not self.labels:
             return report
         items = [item for st in self.reference for item in _items(st)]
@@ -559,6 +571,12 @@ class _Accumulator:
             "upsampler would score"
         )
         return report
+
+
+def _finite(x: Tensor) -> float | None:
+    """A scalar for JSON: None where the metric is undefined (an empty support)."""
+    v = float(x)
+    return v if math.isfinite(v) else None
 
 
 def _trained_neutrals(
@@ -677,7 +695,8 @@ def evaluate_expression_probe(
         out_e = model.render(z_id, codes, *pose, w, h, **context)
         out_n = model.render(z_id, ref, *pose, w, h, **context)
         size = tuple(out_e.rgb.shape[1:3])
-        acc.add(out_e, out_n, *_probe_truth(truth, chunk, identity, rig, size))
+        keys = [{"subject": meta["subjects"][s], "code_frame": f} for s, f, _ in chunk]
+        acc.add(out_e, out_n, *_probe_truth(truth, chunk, identity, rig, size), keys)
     report: dict[str, Any] = {
         "split": "expression:transfer" if transfer else "expression:probe",
         "model": type(model).__name__,

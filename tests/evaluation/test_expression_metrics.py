@@ -247,6 +247,10 @@ def test_evaluate_expressions_with_a_truth_renderer(tiny_dataset, split):
     for entry in report["per_label"].values():
         moving = [v for v in entry["landmark_capture"].values() if not math.isnan(v)]
         assert moving and all(v == pytest.approx(1.0, abs=1e-3) for v in moving)
+    items = report["per_item"]
+    assert len(items) == report["n"] and all(it["camera"].startswith("cam_") for it in items)
+    own = [it["frame"] == it["code_frame"] for it in items]
+    assert all(own) if split == "heldout_view" else not any(own)  # transferred codes
     ignoring = evaluate_expressions(TruthModel(meta, ignore_code=True), tiny_dataset, split=split)
     assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
     assert all(v == 0.0 or math.isnan(v) for v in ignoring["all"]["landmark_capture"].values())
@@ -295,8 +299,18 @@ def test_expression_probe_at_the_canonical_pose(tiny_dataset):
     assert report["per_label"]["jaw_open"]["capture"] == pytest.approx(1.0, abs=1e-6)
     assert report["all"]["support_gain_db"] > 40  # identical renders: 120 dB vs the neutral
     assert "lr_bicubic" not in report  # the truth model renders at the scored size
+    # One entry per probe: who was rendered with which frame's code, and its own metrics.
+    items = report["per_item"]
+    assert len(items) == report["n"]
+    assert {(it["subject"], it["label"]) for it in items} == {
+        (meta["subjects"][int(meta["frames"][it["code_frame"]]["subject"])],
+         meta["frames"][it["code_frame"]]["expression"]) for it in items
+    }  # fmt: skip
+    jaw = [it for it in items if it["label"] == "jaw_open"]
+    assert jaw and all(it["capture"] == pytest.approx(1.0, abs=1e-6) for it in jaw)
     ignoring = evaluate_expression_probe(TruthModel(meta, ignore_code=True), tiny_dataset)
     assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
+    assert all(it["capture"] in (0.0, None) for it in ignoring["per_item"])
 
 
 def test_expression_transfer_scores_other_subjects_frames(tiny_dataset):
