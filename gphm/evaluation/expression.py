@@ -553,8 +553,8 @@ class _Accumulator:
     def pooled(self) -> dict[str, Any]:
         report = _pooled_report(self.stats, self.labels, self.lmks)
         report["per_item"] = [
-            {**key, "label": label, "support_gain_db": _finite(it.support_gain_db),
-             "capture": _finite(it.capture)}
+            {**key, "label": label, "support_gain_db": float(it.support_gain_db),
+             "capture": float(it.capture)}
             for key, label, it in zip(self.keys, self.labels,
                                       (i for st in self.stats for i in _items(st)))
         ]  # fmt: skip
@@ -571,12 +571,6 @@ class _Accumulator:
             "upsampler would score"
         )
         return report
-
-
-def _finite(x: Tensor) -> float | None:
-    """A scalar for JSON: None where the metric is undefined (an empty support)."""
-    v = float(x)
-    return v if math.isfinite(v) else None
 
 
 def _trained_neutrals(
