@@ -32,6 +32,7 @@ __all__ = [
     "subdivide_midpoint",
     "subdivide_to_count",
     "midpoints_near",
+    "midpoints_within",
     "knn_mean_distance",
     "knn_weights",
     "knn_indices",
@@ -248,6 +249,36 @@ def midpoints_near(
         near = torch.cdist(mids.detach(), targets.detach().to(mids)).amin(1)  # [E]
         order = torch.sort(near, stable=True).indices
     return edges[order[: min(count, edges.shape[0])]]
+
+
+def midpoints_within(
+    verts: Tensor,  # [V, 3]
+    faces: Tensor,  # [F, 3]
+    targets: Tensor,  # [T, 3]
+    radius: float,
+    count: int,
+    seed: int = 0,
+) -> Tensor:  # [K, 2] int64 edges (vertex pairs), K = min(count, edges within radius)
+    """``count`` edges of :func:`edge_list` drawn uniformly at random (seeded, without
+    replacement) among those whose midpoints lie within ``radius`` of a target, in edge
+    order: an even subdivision of the region around the targets, where
+    :func:`midpoints_near` packs the midpoints against them. All the region's edges
+    when it has fewer than ``count``."""
+    _check_mesh(verts, faces)
+    if targets.dim() != 2 or targets.shape[-1] != 3 or targets.shape[0] == 0:
+        raise ValueError(f"targets must be [T, 3] with T >= 1, got {list(targets.shape)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    edges = edge_list(faces)
+    with torch.no_grad():
+        mids = 0.5 * (verts[edges[:, 0]] + verts[edges[:, 1]]).detach()
+        region = (torch.cdist(mids, targets.detach().to(mids)).amin(1) < radius).nonzero()[:, 0]
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(region.shape[0], generator=g)[: min(count, region.shape[0])]
+        chosen = region[pick.to(region.device)].sort().values
+    return edges[chosen]
 
 
 def knn_weights(

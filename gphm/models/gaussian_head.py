@@ -53,6 +53,7 @@ from gphm.geometry.mesh import (
     knn_mean_distance,
     knn_weights,
     midpoints_near,
+    midpoints_within,
     subdivide_to_count,
 )
 from gphm.geometry.pose import apply_head_pose
@@ -96,6 +97,12 @@ class GaussianHeadConfig:
     move the surface. The tiny preset's mean mesh puts only 3–5 Gaussians within ~2 px
     of a mouth corner, and splat density is what the smiles' capture lacks (README,
     "Expression metrics"). 0 adds none."""
+    face_radius: float = 0.0
+    """Where ``face_points`` go: 0 packs them against the landmarks (the nearest
+    midpoints first); > 0 spreads them evenly, drawn at random (seeded) among the edges
+    whose midpoints lie within ``face_radius`` canonical head units of a landmark
+    (:func:`gphm.geometry.mesh.midpoints_within`), which also reaches the cheeks between
+    the landmarks."""
     f_att: MLPConfig = field(
         default_factory=lambda: MLPConfig(width=64, depth=2, zero_init_last=True)
     )
@@ -148,6 +155,8 @@ class GaussianHeadConfig:
             raise ValueError(f"num_points must be >= 0, got {self.num_points}")
         if self.face_points < 0:
             raise ValueError(f"face_points must be >= 0, got {self.face_points}")
+        if not (math.isfinite(self.face_radius) and self.face_radius >= 0):
+            raise ValueError(f"face_radius must be a finite number >= 0, got {self.face_radius}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         if self.init_scale_factor <= 0:
@@ -308,7 +317,13 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
             keep = keep.to(verts.device)
             verts, feats = verts[keep], feats[keep]
         if config.face_points:
-            e = midpoints_near(mm.verts, mm.faces, guidance.landmarks_canonical, config.face_points)
+            lmk = guidance.landmarks_canonical
+            if config.face_radius > 0:
+                e = midpoints_within(
+                    mm.verts, mm.faces, lmk, config.face_radius, config.face_points, seed
+                )
+            else:
+                e = midpoints_near(mm.verts, mm.faces, lmk, config.face_points)
             verts = torch.cat([verts, 0.5 * (mm.verts[e[:, 0]] + mm.verts[e[:, 1]])])
             feats = torch.cat([feats, 0.5 * (mm.features[e[:, 0]] + mm.features[e[:, 1]])])
         head = cls(

@@ -15,6 +15,7 @@ from gphm.geometry.mesh import (
     laplacian_vectors,
     mesh_volume,
     midpoints_near,
+    midpoints_within,
     subdivide_midpoint,
     subdivide_to_count,
     vertex_normals,
@@ -194,6 +195,38 @@ def test_midpoints_near_orders_edges_by_their_midpoints_distance_to_the_targets(
         midpoints_near(TET_VERTS, TET_FACES, torch.zeros(0, 3, dtype=torch.float64), 2)
     with pytest.raises(ValueError, match="count"):
         midpoints_near(TET_VERTS, TET_FACES, targets, -1)
+
+
+def test_midpoints_within_draws_evenly_from_the_region_around_the_targets():
+    verts, faces, _ = flat_grid(9)  # 64 squares, 208 edges in the unit square
+    edges = edge_list(faces)
+    mids = verts[edges].mean(1)
+    target = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    near = torch.cdist(mids, target)[:, 0]
+    region = near < 0.3
+    assert 40 < region.sum() < 150  # the region is neither empty nor everything
+    got = midpoints_within(verts, faces, target, 0.3, 20, seed=3)
+    assert got.shape == (20, 2)
+    idx = torch.cdist(verts[got].mean(1), mids).argmin(1)
+    assert torch.equal(edges[idx], got)  # whole edges of the mesh ...
+    assert region[idx].all() and len(set(idx.tolist())) == 20  # ... inside, each once
+    assert torch.all(idx[1:] > idx[:-1])  # in edge order
+    # Spread over the region, not packed against the target like midpoints_near.
+    packed = midpoints_near(verts, faces, target, 20)
+    assert near[idx].mean() > torch.cdist(verts[packed].mean(1), target).mean() + 0.05
+    assert torch.equal(got, midpoints_within(verts, faces, target, 0.3, 20, seed=3))
+    assert not torch.equal(got, midpoints_within(verts, faces, target, 0.3, 20, seed=4))
+    # The whole region when it holds fewer than count; none with count 0.
+    every = midpoints_within(verts, faces, target, 0.3, 10**4)
+    assert every.shape[0] == int(region.sum())
+    assert midpoints_within(verts, faces, target, 0.3, 0).shape == (0, 2)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="radius"):
+            midpoints_within(verts, faces, target, bad, 5)
+    with pytest.raises(ValueError, match="count"):
+        midpoints_within(verts, faces, target, 0.3, -1)
+    with pytest.raises(ValueError, match="targets"):
+        midpoints_within(verts, faces, target[0], 0.3, 5)
 
 
 @pytest.mark.parametrize("shape", BATCH_SHAPES)

@@ -90,6 +90,31 @@ def test_face_points_add_the_midpoints_nearest_the_landmarks(guidance, head):
     assert torch.equal(dense.points, again.points)  # deterministic
 
 
+def test_face_radius_spreads_the_face_points_over_the_landmarks_region(guidance, head):
+    mm = guidance.mean_mesh()
+    M, K, radius = mm.verts.shape[0], 25, 0.3
+    packed = GaussianHead.create_from(guidance, GaussianHeadConfig(face_points=K))
+    even = GaussianHead.create_from(
+        guidance, GaussianHeadConfig(face_points=K, face_radius=radius), seed=1
+    )
+    assert even.num_points == M + K and torch.equal(even.points[:M], head.points)
+    edges = edge_list(mm.faces)
+    mids, feats = mm.verts[edges].mean(1), mm.features[edges].mean(1)
+    match = torch.cdist(even.points[M:], mids).argmin(1)
+    assert torch.allclose(even.points[M:], mids[match], atol=1e-6)
+    assert torch.allclose(even.point_features[M:], feats[match], atol=1e-6)
+    lmk = guidance.landmarks_canonical
+    near = torch.cdist(even.points[M:], lmk).amin(1)
+    assert near.max() < radius  # inside the region ...
+    assert near.mean() > torch.cdist(packed.points[M:], lmk).amin(1).mean()  # ... and spread
+    again = GaussianHead.create_from(
+        guidance, GaussianHeadConfig(face_points=K, face_radius=radius), seed=1
+    )
+    assert torch.equal(even.points, again.points)
+    with pytest.raises(ValueError, match="face_radius"):
+        GaussianHeadConfig(face_points=K, face_radius=-0.1)
+
+
 def test_splat_agrees_with_the_mesh_render_right_after_creation(guidance, head):
     """Stated tolerance (48 px renders, ~700 Gaussians at opacity 0.1): silhouettes
     overlap with IoU > 0.78, the splatted alpha averages > 0.6 where the mesh covers a
