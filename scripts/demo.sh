@@ -32,7 +32,7 @@
 #   GPHM_DEMO_SEQ              shared-expression sequence for split=reenact
 #                              (default data/synthetic_sequence)
 #   GPHM_DEMO_GUIDANCE_STEPS   stage-1 steps (default 300; GPHM_DEMO_STEPS is an alias)
-#   GPHM_DEMO_GAUSSIAN_STEPS   stage-2 steps (default 1300)
+#   GPHM_DEMO_GAUSSIAN_STEPS   stage-2 steps (default 1100)
 #   GPHM_DEMO_TRAIN_ARGS       extra train.py overrides, word-split, e.g.
 #                              "train.batch_size=2 train.checkpoint_every=250"
 # The expression-transfer targets name (subject, expression) pairs trained from the
@@ -47,7 +47,7 @@ DATA="${GPHM_DEMO_DATA:-data/synthetic}"
 UNSEEN="${GPHM_DEMO_UNSEEN:-data/synthetic_unseen}"
 SEQ="${GPHM_DEMO_SEQ:-data/synthetic_sequence}"
 G="${GPHM_DEMO_GUIDANCE_STEPS:-${GPHM_DEMO_STEPS:-300}}"
-S="${GPHM_DEMO_GAUSSIAN_STEPS:-1300}"
+S="${GPHM_DEMO_GAUSSIAN_STEPS:-1100}"
 TRAIN_EXTRA="${GPHM_DEMO_TRAIN_ARGS:-}"
 RUN="$OUT/run"
 mkdir -p "$OUT"
