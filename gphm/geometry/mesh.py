@@ -228,6 +228,25 @@ def subdivide_to_count(
     )
 
 
+def _midpoint_distances(
+    verts: Tensor,  # [V, 3]
+    faces: Tensor,  # [F, 3]
+    targets: Tensor,  # [T, 3]
+    count: int,
+) -> tuple[Tensor, Tensor]:  # edges [E, 2], distance of each midpoint to its nearest target [E]
+    """Checked inputs of :func:`midpoints_near` / :func:`midpoints_within`: the mesh's
+    edges and how far each midpoint lies from the nearest target (no gradient)."""
+    _check_mesh(verts, faces)
+    if targets.dim() != 2 or targets.shape[-1] != 3 or targets.shape[0] == 0:
+        raise ValueError(f"targets must be [T, 3] with T >= 1, got {list(targets.shape)}")
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    edges = edge_list(faces)
+    with torch.no_grad():
+        mids = 0.5 * (verts[edges[:, 0]] + verts[edges[:, 1]]).detach()
+        return edges, torch.cdist(mids, targets.detach().to(mids)).amin(1)
+
+
 def midpoints_near(
     verts: Tensor,  # [V, 3]
     faces: Tensor,  # [F, 3]
@@ -238,16 +257,8 @@ def midpoints_near(
     ``targets`` (by the distance to the nearest target; ties broken by edge order),
     nearest first: the midpoints a local subdivision towards a region of interest adds
     (the Gaussian head's ``face_points``). Fewer when the mesh has fewer edges."""
-    _check_mesh(verts, faces)
-    if targets.dim() != 2 or targets.shape[-1] != 3 or targets.shape[0] == 0:
-        raise ValueError(f"targets must be [T, 3] with T >= 1, got {list(targets.shape)}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    edges = edge_list(faces)
-    mids = 0.5 * (verts[edges[:, 0]] + verts[edges[:, 1]])
-    with torch.no_grad():
-        near = torch.cdist(mids.detach(), targets.detach().to(mids)).amin(1)  # [E]
-        order = torch.sort(near, stable=True).indices
+    edges, near = _midpoint_distances(verts, faces, targets, count)
+    order = torch.sort(near, stable=True).indices
     return edges[order[: min(count, edges.shape[0])]]
 
 
@@ -264,21 +275,13 @@ def midpoints_within(
     order: an even subdivision of the region around the targets, where
     :func:`midpoints_near` packs the midpoints against them. All the region's edges
     when it has fewer than ``count``."""
-    _check_mesh(verts, faces)
-    if targets.dim() != 2 or targets.shape[-1] != 3 or targets.shape[0] == 0:
-        raise ValueError(f"targets must be [T, 3] with T >= 1, got {list(targets.shape)}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    edges, near = _midpoint_distances(verts, faces, targets, count)
     if not radius > 0:
         raise ValueError(f"radius must be > 0, got {radius}")
-    edges = edge_list(faces)
-    with torch.no_grad():
-        mids = 0.5 * (verts[edges[:, 0]] + verts[edges[:, 1]]).detach()
-        region = (torch.cdist(mids, targets.detach().to(mids)).amin(1) < radius).nonzero()[:, 0]
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(region.shape[0], generator=g)[: min(count, region.shape[0])]
-        chosen = region[pick.to(region.device)].sort().values
-    return edges[chosen]
+    region = (near < radius).nonzero()[:, 0]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(region.shape[0], generator=g)[: min(count, region.shape[0])]
+    return edges[region[pick.to(region.device)].sort().values]
 
 
 def knn_weights(
