@@ -53,6 +53,9 @@
   any trained frame's expression, continuous mixtures (label ``mix``) included: subject A
   rendered with another subject's frame code against the generator's render of A with
   that frame's expression parameters (writes ``expression_transfer/difference.png``).
+  With ``probe_parts=true`` both also report ``parts``: the capture left when one of the
+  Gaussian head's expression paths (networks, position_basis, color_basis) is fed the
+  neutral code, i.e. which part carries each expression.
 
 Writes ``RUN/eval/<split>.json`` (``psnr``, ``psnr_masked``, ``ssim``, ``ssim_masked``,
 ``lpips`` — null when unavailable, with ``lpips_unavailable`` — and ``n``) and
@@ -196,6 +199,11 @@ class EvaluateConfig:
     """split=expression: the rows scored: train | val_view | heldout_view (each subject's
     own codes) | val_combo | heldout_combo (codes transferred from another subject's
     frame with the label)."""
+    probe_parts: bool = False
+    """split=expression_probe|expression_transfer, a Gaussian head: also the capture with
+    each of the model's expression paths (networks, position_basis, color_basis) fed the
+    neutral code, i.e. which part carries each expression (report ``parts``; ~2.5x the
+    time)."""
     batch_size: int = 8
     out: str | None = None
     """Report directory (default RUN/eval, the run's own: a split's earlier report there is
@@ -224,6 +232,9 @@ class EvaluateConfig:
             raise ValueError("split=reenact needs driver=SUBJECT (a subject of data.path)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.probe_parts and self.split not in ("expression_probe", "expression_transfer"):
+            raise ValueError(f"probe_parts=true is for split=expression_probe|"
+                             f"expression_transfer, not split={self.split}")  # fmt: skip
         if self.expression_rows not in EXPRESSION_SPLITS:
             raise ValueError(f"expression_rows must be one of {'|'.join(EXPRESSION_SPLITS)}, "
                              f"got {self.expression_rows!r}")  # fmt: skip
@@ -264,7 +275,7 @@ def _evaluate(cfg: EvaluateConfig, run: Any, out: Path, name: str, device: Any) 
             run.model, cfg.data.path, neutral=cfg.neutral, lr_size=run.extra.get("lr_size"),
             batch_size=cfg.batch_size, device=device,
             train_frames=run.extra.get("train_frames"), save_dir=out / name,
-            transfer=cfg.split == "expression_transfer",
+            transfer=cfg.split == "expression_transfer", parts=cfg.probe_parts,
         )  # fmt: skip
     return evaluate_model(
         run.model, cfg.data.path, cfg.split, lr_size=run.extra.get("lr_size"),

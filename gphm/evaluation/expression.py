@@ -642,6 +642,7 @@ def evaluate_expression_probe(
     threshold: float = SUPPORT_THRESHOLD,
     save_dir: str | Path | None = None,
     transfer: bool = False,
+    parts: bool = False,
 ) -> dict[str, Any]:
     """Expression metrics of the trained subjects at the canonical head pose (the issue's
     measurement; needs no neutral twins, only a ``gphm-synth`` dataset).
@@ -658,11 +659,22 @@ def evaluate_expression_probe(
 
     ``save_dir``: also writes ``SAVE_DIR/difference.png`` (:func:`difference_picture`),
     one row per label for the first subject probed with it.
+
+    ``parts=True`` (a :class:`~gphm.models.gaussian_head.GaussianHead` only): which path
+    of the model carries each expression. For every part of
+    :data:`~gphm.models.gaussian_head.EXPRESSION_PARTS` the expression is rendered once
+    more with that part fed the neutral code (``render(exp_parts=...)``) and scored
+    against the same truth: ``report["parts"][part][label]`` is the capture left without
+    that part (what the other parts carry); the full capture minus it is the part's share.
     """
     from gphm.data.loaders import HeadDataset
     from gphm.data.synthetic.render import HeadPose
     from gphm.data.synthetic.truth import rig_of
+    from gphm.models.gaussian_head import EXPRESSION_PARTS, GaussianHead
 
+    if parts and not isinstance(model, GaussianHead):
+        raise ValueError(f"expression parts need a Gaussian head (stage 2), not a "
+                         f"{type(model).__name__}")  # fmt: skip
     ds = HeadDataset(data_path, split="train", lr_size=lr_size)
     meta = ds.meta
     truth = DatasetTruth(meta)
@@ -676,6 +688,7 @@ def evaluate_expression_probe(
     identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
     rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
     acc = _Accumulator(threshold, (h, w))
+    part_accs = {p: _Accumulator(threshold) for p in EXPRESSION_PARTS} if parts else {}
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
         B = len(chunk)
@@ -690,7 +703,11 @@ def evaluate_expression_probe(
         out_n = model.render(z_id, ref, *pose, w, h, **context)
         size = tuple(out_e.rgb.shape[1:3])
         keys = [{"subject": meta["subjects"][s], "code_frame": f} for s, f, _ in chunk]
-        acc.add(out_e, out_n, *_probe_truth(truth, chunk, identity, rig, size), keys)
+        gt = _probe_truth(truth, chunk, identity, rig, size)
+        acc.add(out_e, out_n, *gt, keys)
+        for part, part_acc in part_accs.items():
+            out_p = model.render(z_id, codes, *pose, w, h, exp_parts={part: ref}, **context)
+            part_acc.add(out_p, out_n, *gt, keys)
     report: dict[str, Any] = {
         "split": "expression:transfer" if transfer else "expression:probe",
         "model": type(model).__name__,
@@ -709,6 +726,18 @@ def evaluate_expression_probe(
         save_png(path, difference_picture([acc.shown[k] for k in sorted(acc.shown)]))
         report["difference_picture"] = str(path)
         report["difference_picture_labels"] = sorted(acc.shown)
+    if part_accs:
+        pooled = {part: a.pooled() for part, a in part_accs.items()}
+        report["parts"] = {
+            part: {label: entry["capture"] for label, entry in
+                   [*p["per_label"].items(), ("all", p["all"])]}
+            for part, p in pooled.items()
+        }  # fmt: skip
+        report["parts_note"] = (
+            "capture with that part fed the subject's neutral code and the others the "
+            "expression's: what the other parts carry (networks: f_exp, f_col, f_att; "
+            "position_basis: E_exp; color_basis: C_exp)"
+        )
     return report | acc.pooled()
 
 

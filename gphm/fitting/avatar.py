@@ -86,8 +86,8 @@ class PersonalisedGaussianHead(GaussianHead):
             )
         return out
 
-    def attributes(self, z_id, z_exp, point_offsets=None):
-        att = super().attributes(z_id, z_exp, point_offsets)
+    def attributes(self, z_id, z_exp, point_offsets=None, exp_parts=None):
+        att = super().attributes(z_id, z_exp, point_offsets, exp_parts)
         return dataclasses.replace(
             att,
             colors=att.colors + self.color_offsets,

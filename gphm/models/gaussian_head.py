@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,13 @@ from gphm.models.upsampler import Upsampler
 from gphm.render import rasterize_gaussians
 from gphm.render._checks import check_eps2d, check_semantics
 
-__all__ = ["GaussianHeadConfig", "GaussianHead", "GaussianAttributes", "GaussianOutput"]
+__all__ = [
+    "EXPRESSION_PARTS",
+    "GaussianHeadConfig",
+    "GaussianHead",
+    "GaussianAttributes",
+    "GaussianOutput",
+]
 
 #: Modules copied verbatim from the guidance model by ``create_from``.
 INHERITED = ("f_inj", "f_id", "f_exp", "f_col", "upsampler", "identity_codes", "expression_codes")
@@ -80,6 +87,30 @@ INHERITED = ("f_inj", "f_id", "f_exp", "f_col", "upsampler", "identity_codes", "
 
 #: Gaussians a canonical landmark follows when a fit offsets them (``landmark_anchors``).
 LANDMARK_ANCHORS = 8
+
+#: The paths through which the expression code reaches a Gaussian, each of which can be
+#: given its own code (``GaussianHead.attributes(exp_parts=...)``): ``networks`` (f_exp,
+#: f_col and f_att, through ``(H, z_exp)``), ``position_basis`` (E_exp) and
+#: ``color_basis`` (C_exp). Feeding one the neutral code shows what the others carry
+#: (``gphm-evaluate split=expression_probe probe_parts=true``).
+EXPRESSION_PARTS = ("networks", "position_basis", "color_basis")
+
+
+def _part_codes(
+    z_exp: Tensor,  # [B, Dexp]
+    exp_parts: Mapping[str, Tensor] | None,  # part -> [B, Dexp]
+) -> dict[str, Tensor]:  # every part -> its code [B, Dexp]
+    """The code each of :data:`EXPRESSION_PARTS` sees: its ``exp_parts`` entry, else ``z_exp``."""
+    exp_parts = dict(exp_parts or {})
+    unknown = sorted(set(exp_parts) - set(EXPRESSION_PARTS))
+    if unknown:
+        raise ValueError(f"exp_parts: unknown part(s) {unknown}; the parts are "
+                         f"{list(EXPRESSION_PARTS)}")  # fmt: skip
+    for name, z in exp_parts.items():
+        if z.shape != z_exp.shape:
+            raise ValueError(f"exp_parts[{name!r}] must have z_exp's shape "
+                             f"{list(z_exp.shape)}, got {list(z.shape)}")  # fmt: skip
+    return {name: exp_parts.get(name, z_exp) for name in EXPRESSION_PARTS}
 
 
 @dataclass
@@ -350,13 +381,19 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         z_id: Tensor,  # [B, Did]
         z_exp: Tensor,  # [B, Dexp]
         point_offsets: Tensor | None = None,  # [N, 3] extra X_can offsets (fitting)
+        exp_parts: Mapping[str, Tensor] | None = None,  # part -> [B, Dexp]
     ) -> GaussianAttributes:
-        """Canonical Gaussians of B (identity, expression) pairs."""
-        colors = self.color_basis_logits(z_id, z_exp)
+        """Canonical Gaussians of B (identity, expression) pairs.
+
+        ``exp_parts``: another code for some of :data:`EXPRESSION_PARTS` (the others see
+        ``z_exp``), a diagnostic: with ``{"position_basis": z_neutral}`` the expression
+        reaches the Gaussians through the networks and the colour basis only."""
+        codes = _part_codes(z_exp, exp_parts)
+        colors = self.color_basis_logits(z_id, codes["color_basis"])
         deform, h_exp = conditioned_deformation(
-            self, self.points, self.point_features, z_id, z_exp, colors
+            self, self.points, self.point_features, z_id, codes["networks"], colors
         )
-        b_id, b_exp = self.basis_offsets(z_id, z_exp)
+        b_id, b_exp = self.basis_offsets(z_id, codes["position_basis"])
         if b_id is not None:
             deform = dataclasses.replace(
                 deform, points=deform.points + b_id, delta_id=deform.delta_id + b_id
@@ -423,6 +460,7 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         z_id: Tensor,  # [B, Did]
         z_exp: Tensor,  # [B, Dexp]
         point_offsets: Tensor | None = None,  # [N, 3] the Gaussians' extra offsets (fitting)
+        exp_parts: Mapping[str, Tensor] | None = None,  # part -> [B, Dexp], as ``attributes``
     ) -> Tensor:  # [B, L, 3]
         """P0 through the same identity/expression offsets as the Gaussians. The per-Gaussian
         offsets that the landmarks' own path lacks, the bases' ``E_id·z_id + E_exp·z_exp`` and
@@ -431,12 +469,13 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         by E moves the mouth-corner landmarks, a fitted avatar's landmarks follow its
         personalised geometry, and a landmark term can shape both."""
         p0, g0 = self.landmarks_canonical, self.landmark_features
-        points = conditioned_deformation(self, p0, g0, z_id, z_exp)[0].points
+        codes = _part_codes(z_exp, exp_parts)
+        points = conditioned_deformation(self, p0, g0, z_id, codes["networks"])[0].points
         bases = self.bases()
         if bases == (None, None) and point_offsets is None:
             return points
         idx, w = self.landmark_anchors()
-        for e, z in zip(bases, (z_id, z_exp)):
+        for e, z in zip(bases, (z_id, codes["position_basis"])):
             if e is not None:  # E at the anchors only: [L, 3, D]
                 at = anchored_offsets(e.flatten(1), idx, w).unflatten(-1, e.shape[1:])
                 points = points + torch.einsum("lkd,bd->blk", at, z)
@@ -484,14 +523,16 @@ class GaussianHead(RendersTrainingRows, SerializableModule):
         width_lr: int,
         height_lr: int,
         point_offsets: Tensor | None = None,  # [N, 3]
+        exp_parts: Mapping[str, Tensor] | None = None,  # part -> [B, Dexp]
     ) -> GaussianOutput:
         """Render B (identity, expression, pose, camera) combinations; RGB is
-        ``upsampler.factor`` times the lr size."""
-        att = self.attributes(z_id, z_exp, point_offsets)
+        ``upsampler.factor`` times the lr size. ``exp_parts``: as :meth:`attributes`
+        (the landmarks follow the same codes)."""
+        att = self.attributes(z_id, z_exp, point_offsets, exp_parts)
         features, alpha = self.splat(
             att, head_R, head_T, head_scale, viewmats, Ks_lr, width_lr, height_lr
         )
-        lmk = self.canonical_landmarks(z_id, z_exp, point_offsets)
+        lmk = self.canonical_landmarks(z_id, z_exp, point_offsets, exp_parts)
         lmk = apply_head_pose(lmk, head_R, head_T, head_scale)
         return GaussianOutput(
             rgb=self.upsampler(features), features=features, mask=alpha, landmarks=lmk,

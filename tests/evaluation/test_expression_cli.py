@@ -73,6 +73,18 @@ def test_expression_rows_must_be_a_known_split(trained, capsys):
     assert "expression_rows must be one of" in capsys.readouterr().err
 
 
+def test_probe_parts_needs_a_probe_split_and_a_gaussian_head(trained, capsys):
+    from gphm.cli.evaluate import cli
+
+    data, run = trained
+    assert cli([f"run_dir={run}", f"data.path={data}", "split=heldout_view",
+                "probe_parts=true"]) == 2  # fmt: skip
+    assert "probe_parts=true is for split=expression_probe" in capsys.readouterr().err
+    assert cli([f"run_dir={run}", f"data.path={data}", "split=expression_probe",
+                "probe_parts=true", "device=cpu"]) == 2  # fmt: skip
+    assert "need a Gaussian head (stage 2), not a GuidanceModel" in capsys.readouterr().err
+
+
 def test_difference_picture_columns():
     import torch
 

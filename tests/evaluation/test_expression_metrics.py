@@ -336,10 +336,10 @@ def test_expression_transfer_scores_other_subjects_frames(tiny_dataset):
     assert ignoring["all"]["capture"] == 0.0 and ignoring["all"]["support_gain_db"] == 0.0
 
 
-def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
-    """The model interface for real: an untrained guidance model on the synthetic set."""
+def _untrained_guidance():
+    """A small guidance model for the synthetic set (3 subjects, 6 frames each) whose
+    mean SDF is fitted to a sphere, so that its mean mesh exists."""
     from gphm import losses
-    from gphm.evaluation.expression import evaluate_expression_probe, evaluate_expressions
     from gphm.models.guidance import GuidanceConfig, GuidanceModel
     from gphm.models.mlp import MLPConfig
     from gphm.models.upsampler import UpsamplerConfig
@@ -359,6 +359,14 @@ def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return model
+
+
+def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
+    """The model interface for real: an untrained guidance model on the synthetic set."""
+    from gphm.evaluation.expression import evaluate_expression_probe, evaluate_expressions
+
+    model = _untrained_guidance()
     for run in (
         lambda: evaluate_expressions(model, tiny_dataset, "heldout_combo", lr_size=16),
         lambda: evaluate_expression_probe(model, tiny_dataset, lr_size=16),
@@ -372,3 +380,32 @@ def test_evaluate_expressions_runs_a_real_model(tiny_dataset):
         assert 0 < report["all"]["lr_bicubic_capture"] < 1.05
         assert all("lr_bicubic_capture" in e for e in report["per_label"].values())
         json.dumps(report)  # a report is plain JSON (NaN aside)
+
+
+def test_expression_parts_say_which_path_carries_the_expression(tiny_dataset):
+    """``parts=True``: the capture left with one expression path of a Gaussian head fed
+    the neutral code. A path that carries nothing (a zero basis) leaves the full capture;
+    the path that carries everything leaves none."""
+    from gphm.evaluation.expression import evaluate_expression_probe
+    from gphm.models.gaussian_head import EXPRESSION_PARTS, GaussianHead, GaussianHeadConfig
+
+    guidance = _untrained_guidance()
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(color_basis_channels=3))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        head.expression_codes.codes.weight.normal_(0, 1.0, generator=g)
+        head.expression_color_basis.normal_(0, 1.0, generator=g)  # the colour basis only:
+        for p in head.f_exp.parameters():  # no expression offsets (f_att starts at zero)
+            p.zero_()
+        head.f_col.hidden[0].weight[:, -head.expression_codes.config.dim :] = 0  # f_col blind
+    with pytest.raises(ValueError, match="Gaussian head"):
+        evaluate_expression_probe(guidance, tiny_dataset, lr_size=16, parts=True)
+    report = evaluate_expression_probe(head, tiny_dataset, lr_size=16, parts=True)
+    parts = report["parts"]
+    assert set(parts) == set(EXPRESSION_PARTS) and "parts_note" in report
+    assert set(parts["color_basis"]) == {*report["per_label"], "all"}
+    full = report["all"]["capture"]
+    assert abs(full) > 1e-3  # the colour basis changes the image where the truth does
+    assert parts["position_basis"]["all"] == pytest.approx(full, abs=1e-6)  # E_exp is zero
+    assert parts["networks"]["all"] == pytest.approx(full, abs=1e-6)  # blind to the code
+    assert parts["color_basis"]["all"] == pytest.approx(0.0, abs=1e-6)  # it carried all

@@ -353,3 +353,50 @@ def test_color_bases_add_per_gaussian_logits_of_both_codes_on_the_first_channels
         GaussianHead.create_from(guidance, GaussianHeadConfig(color_basis_channels=C + 1))
     with pytest.raises(ValueError, match="color_basis_channels"):
         GaussianHeadConfig(color_basis_channels=-1)
+
+
+@torch.no_grad()
+def test_expression_parts_route_each_path_its_own_code(guidance):
+    """``exp_parts`` gives the networks, E_exp and C_exp each their own expression code:
+    fed z2 they are the head at z2, each one moves only what it drives, and the three
+    together are the head at z2."""
+    from gphm.models.gaussian_head import EXPRESSION_PARTS
+
+    head = GaussianHead.create_from(guidance, GaussianHeadConfig(color_basis_channels=3))
+    g = torch.Generator().manual_seed(0)
+    for basis in head.learned_bases():
+        basis.normal_(0, 0.2, generator=g)
+    for p in head.f_att.parameters():  # f_att starts at zero: make it see the code
+        p.normal_(0, 0.1, generator=g)
+    Did, Dexp = head.identity_codes.config.dim, head.expression_codes.config.dim
+    z_id = torch.randn(2, Did, generator=g)
+    z1, z2 = torch.randn(2, Dexp, generator=g), torch.randn(2, Dexp, generator=g)
+    a1, a2 = head.attributes(z_id, z1), head.attributes(z_id, z2)
+    same = head.attributes(z_id, z1, exp_parts={p: z1 for p in EXPRESSION_PARTS})
+    assert torch.equal(same.means, a1.means) and torch.equal(same.colors, a1.colors)
+    every = head.attributes(z_id, z1, exp_parts={p: z2 for p in EXPRESSION_PARTS})
+    for name in ("means", "colors", "log_scales", "quats", "opacity_logits"):
+        torch.testing.assert_close(getattr(every, name), getattr(a2, name))
+    torch.testing.assert_close(
+        head.canonical_landmarks(z_id, z1, exp_parts={p: z2 for p in EXPRESSION_PARTS}),
+        head.canonical_landmarks(z_id, z2))  # fmt: skip
+    # E_exp alone: the means move by E_exp·(z2 − z1), nothing else changes.
+    pos = head.attributes(z_id, z1, exp_parts={"position_basis": z2})
+    want = torch.einsum("nkd,bd->bnk", head.expression_basis, z2 - z1)
+    torch.testing.assert_close(pos.means - a1.means, want)
+    assert torch.equal(pos.colors, a1.colors) and torch.equal(pos.log_scales, a1.log_scales)
+    # C_exp alone: the first 3 colour logits move by C_exp·(z2 − z1); positions stay.
+    col = head.attributes(z_id, z1, exp_parts={"color_basis": z2})
+    shift = torch.einsum("nkd,bd->bnk", head.expression_color_basis, z2 - z1)
+    torch.testing.assert_close(torch.logit(col.colors[..., :3]) - torch.logit(a1.colors[..., :3]),
+                               shift, atol=2e-4, rtol=1e-3)  # fmt: skip
+    assert torch.equal(col.colors[..., 3:], a1.colors[..., 3:])
+    assert torch.equal(col.means, a1.means) and torch.equal(col.opacity_logits, a1.opacity_logits)
+    # The networks alone: f_att's attributes follow z2, the bases' terms stay at z1.
+    net = head.attributes(z_id, z1, exp_parts={"networks": z2})
+    torch.testing.assert_close(net.opacity_logits, a2.opacity_logits)
+    torch.testing.assert_close(net.means - a2.means, -want)  # E_exp still at z1
+    with pytest.raises(ValueError, match="unknown part"):
+        head.attributes(z_id, z1, exp_parts={"f_col": z2})
+    with pytest.raises(ValueError, match="shape"):
+        head.attributes(z_id, z1, exp_parts={"networks": z2[:1]})

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from gphm.data.loaders import collate_views
+from gphm.errors import UserError
 from gphm.io.ply import load_gaussian_ply
 from gphm.models.gaussian_head import GaussianHead
 from gphm.training.checkpoint import latest_checkpoint
@@ -68,6 +69,31 @@ def test_stage2_resume_is_bit_exact_and_nan_guard(tiny_head_dataset, stage1_run,
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at gaussian step 3"):
         nan_term(GaussianTrainer(cfg), "rgb_hr").train()
     assert latest_checkpoint(tmp_path / "nan/checkpoints/gaussian") == good
+
+
+def test_stage2_learning_rates_per_parameter_group(tiny_head_dataset, stage1_run, tmp_path):
+    """Every trainable tensor is in exactly one Adam group, at its option's rate (the
+    per-Gaussian bases with the other per-point parameters), and the schedule scales
+    every group alike."""
+    cfg = _cfg(tiny_head_dataset, tmp_path / "run", *STAGE2, "stage=gaussian",
+               f"guidance_run={stage1_run}", "model.gaussian.color_basis_channels=2",
+               "train.point_lr=3e-3", "train.gaussian_lr=1e-3",
+               "train.gaussian_code_lr=2e-2", "train.point_position_lr=5e-4")  # fmt: skip
+    trainer = GaussianTrainer(cfg)
+    m = trainer.model
+    lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    grouped = [id(p) for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in m.parameters())  # each exactly once
+    assert [lr_of[id(b)] for b in m.learned_bases()] == [3e-3] * 4  # E_id, E_exp, C_id, C_exp
+    assert lr_of[id(m.log_scales)] == 3e-3 and lr_of[id(m.points)] == 5e-4
+    assert lr_of[id(m.expression_codes.codes.weight)] == 2e-2
+    assert lr_of[id(next(m.f_col.parameters()))] == 1e-3
+    trainer._set_lr(trainer.total_steps)
+    decay = cfg.train.lr_decay
+    got = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert got == pytest.approx([lr * decay for lr in trainer.base_lrs])
+    with pytest.raises(UserError, match="train.point_lr must be in"):
+        _cfg(tiny_head_dataset, tmp_path / "bad", "train.point_lr=-1")
 
 
 @torch.no_grad()
