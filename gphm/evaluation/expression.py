@@ -46,6 +46,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ import torch
 from torch import Tensor
 
 from gphm.data.synthetic.params import EXPRESSIONS
-from gphm.data.synthetic.truth import DatasetTruth, load_neutral_twins
+from gphm.data.synthetic.render import HeadPose
+from gphm.data.synthetic.truth import DatasetTruth, load_neutral_twins, rig_of
 from gphm.geometry.landmarks import IBUG68_REGIONS
 from gphm.io.images import box_downsample
 
@@ -660,24 +662,14 @@ def evaluate_expression_probe(
     ``save_dir``: also writes ``SAVE_DIR/difference.png`` (:func:`difference_picture`),
     one row per label for the first subject probed with it.
 
-    ``parts=True`` (a :class:`~gphm.models.gaussian_head.GaussianHead` only): which path
-    of the model carries each expression. For every part of
-    :data:`~gphm.models.gaussian_head.EXPRESSION_PARTS` the expression is rendered once
-    more with that part fed the neutral code (``render(exp_parts=...)``) and scored
-    against the same truth: ``report["parts"][part][label]`` is the capture left without
-    that part (what the other parts carry); the full capture minus it is the part's share.
+    ``parts=True`` (a Gaussian head only): also which of its expression paths carries
+    each expression (:class:`_PartProbes`, report ``parts``).
     """
     from gphm.data.loaders import HeadDataset
-    from gphm.data.synthetic.render import HeadPose
-    from gphm.data.synthetic.truth import rig_of
-    from gphm.models.gaussian_head import EXPRESSION_PARTS, GaussianHead
 
-    if parts and not isinstance(model, GaussianHead):
-        raise ValueError(f"expression parts need a Gaussian head (stage 2), not a "
-                         f"{type(model).__name__}")  # fmt: skip
+    part_probes = _PartProbes(model, threshold) if parts else None
     ds = HeadDataset(data_path, split="train", lr_size=lr_size)
-    meta = ds.meta
-    truth = DatasetTruth(meta)
+    meta, truth = ds.meta, DatasetTruth(ds.meta)
     camera, row = _probe_camera(ds, camera, data_path)
     trained = ds.frames.tolist() if train_frames is None else train_frames
     pairs = _transfer_probes if transfer else _probe_pairs
@@ -688,26 +680,22 @@ def evaluate_expression_probe(
     identity = HeadPose(R=np.eye(3), T=np.zeros(3), scale=1.0)
     rig = rig_of(row.viewmat.numpy(), row.K.numpy(), H, [camera])
     acc = _Accumulator(threshold, (h, w))
-    part_accs = {p: _Accumulator(threshold) for p in EXPRESSION_PARTS} if parts else {}
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
-        B = len(chunk)
         subj = torch.tensor([s for s, _, _ in chunk], device=device)
         z_id = model.identity_codes(subj)
         codes = model.expression_codes(torch.tensor([f for _, f, _ in chunk], device=device))
         ref = model.expression_codes(torch.tensor([base[s] for s, _, _ in chunk], device=device))
-        pose = (torch.eye(3, device=device).expand(B, 3, 3), torch.zeros(B, 3, device=device),
-                torch.ones(B, device=device), row.viewmat.to(device).expand(B, 4, 4),
-                row.K_lr.to(device).expand(B, 3, 3))  # fmt: skip
+        pose = _canonical_pose(row, len(chunk), device)
         out_e = model.render(z_id, codes, *pose, w, h, **context)
         out_n = model.render(z_id, ref, *pose, w, h, **context)
         size = tuple(out_e.rgb.shape[1:3])
         keys = [{"subject": meta["subjects"][s], "code_frame": f} for s, f, _ in chunk]
         gt = _probe_truth(truth, chunk, identity, rig, size)
         acc.add(out_e, out_n, *gt, keys)
-        for part, part_acc in part_accs.items():
-            out_p = model.render(z_id, codes, *pose, w, h, exp_parts={part: ref}, **context)
-            part_acc.add(out_p, out_n, *gt, keys)
+        if part_probes is not None:
+            render = partial(model.render, z_id, codes, *pose, w, h, **context)
+            part_probes.add(render, ref, out_n, gt, keys)
     report: dict[str, Any] = {
         "split": "expression:transfer" if transfer else "expression:probe",
         "model": type(model).__name__,
@@ -720,25 +708,67 @@ def evaluate_expression_probe(
         "n": len(acc.labels),
     }
     if save_dir is not None and acc.shown:
-        from gphm.io.images import save_png
-
-        path = Path(save_dir) / "difference.png"
-        save_png(path, difference_picture([acc.shown[k] for k in sorted(acc.shown)]))
-        report["difference_picture"] = str(path)
-        report["difference_picture_labels"] = sorted(acc.shown)
-    if part_accs:
-        pooled = {part: a.pooled() for part, a in part_accs.items()}
-        report["parts"] = {
-            part: {label: entry["capture"] for label, entry in
-                   [*p["per_label"].items(), ("all", p["all"])]}
-            for part, p in pooled.items()
-        }  # fmt: skip
-        report["parts_note"] = (
-            "capture with that part fed the subject's neutral code and the others the "
-            "expression's: what the other parts carry (networks: f_exp, f_col, f_att; "
-            "position_basis: E_exp; color_basis: C_exp)"
-        )
+        report |= _save_difference_picture(acc.shown, Path(save_dir) / "difference.png")
+    if part_probes is not None:
+        report |= part_probes.report()
     return report | acc.pooled()
+
+
+def _canonical_pose(row: Any, B: int, device: torch.device | str) -> tuple[Tensor, ...]:
+    """``render``'s pose arguments of B rows at the identity head pose seen from ``row``'s
+    camera: R [B, 3, 3], T [B, 3], scale [B], viewmats [B, 4, 4], Ks_lr [B, 3, 3]."""
+    return (torch.eye(3, device=device).expand(B, 3, 3), torch.zeros(B, 3, device=device),
+            torch.ones(B, device=device), row.viewmat.to(device).expand(B, 4, 4),
+            row.K_lr.to(device).expand(B, 3, 3))  # fmt: skip
+
+
+def _save_difference_picture(shown: dict[str, tuple], path: Path) -> dict[str, Any]:
+    """Writes :func:`difference_picture` of ``shown`` (label -> the images of its first
+    item), one row per label in sorted order; the report's entries naming it."""
+    from gphm.io.images import save_png
+
+    save_png(path, difference_picture([shown[k] for k in sorted(shown)]))
+    return {"difference_picture": str(path), "difference_picture_labels": sorted(shown)}
+
+
+class _PartProbes:
+    """Which path of a :class:`~gphm.models.gaussian_head.GaussianHead` carries each
+    expression: for every part of :data:`~gphm.models.gaussian_head.EXPRESSION_PARTS`
+    the expression is rendered once more with that part fed the neutral code
+    (``render(exp_parts=...)``) and scored against the same truth. ``parts[part][label]``
+    is the capture left without that part (what the other parts carry); the full capture
+    minus it is the part's share."""
+
+    def __init__(self, model: Any, threshold: float) -> None:
+        from gphm.models.gaussian_head import EXPRESSION_PARTS, GaussianHead
+
+        if not isinstance(model, GaussianHead):
+            raise ValueError(f"expression parts need a Gaussian head (stage 2), not a "
+                             f"{type(model).__name__}")  # fmt: skip
+        self.accs = {part: _Accumulator(threshold) for part in EXPRESSION_PARTS}
+
+    def add(self, render: Any, ref: Tensor, out_n: Any, gt: tuple, keys: list) -> None:
+        """``render(exp_parts=...)``: the model's render of the batch's expression codes with
+        ``exp_parts``; ``ref`` the neutral codes; the rest as :meth:`_Accumulator.add`."""
+        for part, acc in self.accs.items():
+            acc.add(render(exp_parts={part: ref}), out_n, *gt, keys)
+
+    def report(self) -> dict[str, Any]:
+        pooled = {part: acc.pooled() for part, acc in self.accs.items()}
+        return {
+            "parts": {
+                part: {
+                    label: entry["capture"]
+                    for label, entry in [*p["per_label"].items(), ("all", p["all"])]
+                }
+                for part, p in pooled.items()
+            },
+            "parts_note": (
+                "capture with that part fed the subject's neutral code and the others the "
+                "expression's: what the other parts carry (networks: f_exp, f_col, f_att; "
+                "position_basis: E_exp; color_basis: C_exp)"
+            ),
+        }
 
 
 def _probe_camera(ds: Any, camera: str | None, data_path: str | Path) -> tuple[str, Any]:
